@@ -1,0 +1,3 @@
+from w2vkit.cli import main
+
+raise SystemExit(main())

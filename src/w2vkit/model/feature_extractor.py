@@ -1,0 +1,102 @@
+"""Convolutional waveform encoder f: X -> Z (Sec. 2 of the paper)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from w2vkit.model.config import FeatureExtractorConfig
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward, gradient times `scale` backward (fairseq `GradMultiply`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: Tensor, scale: float) -> Tensor:
+    return x if scale == 1.0 else _GradScale.apply(x, scale)
+
+
+def output_lengths(num_samples: Tensor, conv_layers: list[tuple[int, int, int]]) -> Tensor:
+    """Frames produced from `num_samples` samples: floor((L - k) / s) + 1 per layer, no padding."""
+    lengths = num_samples
+    for _, kernel, stride in conv_layers:
+        lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+    return lengths.clamp(min=0)
+
+
+def frame_padding_mask(padding_mask: Tensor, conv_layers: list[tuple[int, int, int]], num_frames: int) -> Tensor:
+    """Sample-level padding mask (B, S) -> frame-level (B, T); a frame is padded past the valid length."""
+    lengths = output_lengths((~padding_mask).sum(-1), conv_layers)  # (B,)
+    return torch.arange(num_frames, device=padding_mask.device)[None, :] >= lengths[:, None]
+
+
+class _ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over channels of a (B, C, T) tensor, computed in fp32 (bf16 variance is too coarse)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.layer_norm(x.transpose(1, 2).float(), self.normalized_shape, self.weight.float(),
+                         self.bias.float(), self.eps)
+        return y.transpose(1, 2).type_as(x)
+
+
+class _Fp32GroupNorm(nn.GroupNorm):
+    """GroupNorm in fp32: it normalises each channel over the whole utterance, long sums in bf16 drift."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
+        return y.type_as(x)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *, bias: bool,
+                 norm: nn.Module | None) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
+        nn.init.kaiming_normal_(self.conv.weight)
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return F.gelu(x)
+
+
+class ConvFeatureExtractor(nn.Module):
+    """Stack of strided 1-D convolutions. Shape: wav (B, S) -> features (B, C, T).
+
+    `group_norm` mode (BASE) normalises the first layer's channels over time, so a padded batch
+    changes the valid frames; `layer_norm` mode (LARGE) normalises every frame on its own.
+    """
+
+    def __init__(self, cfg: FeatureExtractorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        layers = []
+        in_channels = 1
+        for i, (channels, kernel, stride) in enumerate(cfg.conv_layers):
+            if cfg.norm_mode == "layer_norm":
+                norm: nn.Module | None = _ChannelLayerNorm(channels)
+            elif i == 0:
+                norm = _Fp32GroupNorm(channels, channels)
+            else:
+                norm = None
+            layers.append(ConvBlock(in_channels, channels, kernel, stride, bias=cfg.conv_bias, norm=norm))
+            in_channels = channels
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, wav: Tensor) -> Tensor:
+        x = wav.unsqueeze(1)  # (B, S) -> (B, 1, S)
+        for layer in self.layers:
+            x = layer(x)
+        return x  # (B, C, T)

@@ -1,0 +1,87 @@
+"""Distractor sampling and contrastive logits (Sec. 3.2, Eq. 3).
+
+Masked frames are kept flat: N = all masked frames of the batch in row-major (b, t) order, so rows
+with different masked counts (padding, `require_same_masks=False`) need no special case.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _uniform_below(high: Tensor, num: int, generator: torch.Generator | None) -> Tensor:
+    """Integers uniform in [0, high[i]) for each row i: (N,) -> (N, num)."""
+    # float64: with float32, u * high rounds up to `high` for u close to 1 once high > ~2**10.
+    u = torch.rand(high.shape[0], num, generator=generator, device=high.device, dtype=torch.float64)
+    return (u * high[:, None]).floor().long().clamp_(max=(high[:, None] - 1).clamp(min=0))
+
+
+def sample_negatives(masked_per_row: Tensor, num_negatives: int, num_cross_sample: int = 0, *,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """Indices of distractors (paper: distractors) into the N flat masked targets.
+
+    Within-utterance negatives come uniformly, with replacement, from the other masked frames of the
+    same utterance (fairseq `sample_negatives`). Cross-sample negatives come from every other masked
+    frame of the batch. fairseq excludes the *local* index there, so a frame could draw itself
+    (REFERENCE.md 13 #3); we exclude the frame's own global index.
+
+    Shape: masked_per_row (B,) -> indices (N, num_negatives + num_cross_sample).
+    """
+    counts = masked_per_row.long()
+    device = counts.device
+    total = int(counts.sum())
+    row = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)  # (N,)
+    row_start = (torch.cumsum(counts, 0) - counts)[row]  # (N,) flat index of the row's first masked frame
+    own = torch.arange(total, device=device)  # (N,) flat index of each positive
+    columns = []
+    if num_negatives > 0:
+        row_count = counts[row]  # (N,)
+        if total > 0 and int(row_count.min()) < 2:
+            bad = int(row[row_count < 2][0])
+            raise ValueError(f"utterance {bad} in the batch has {int(counts[bad])} masked frame(s); "
+                             "within-utterance negatives need at least 2 (use longer audio or a higher mask prob)")
+        pick = _uniform_below(row_count - 1, num_negatives, generator)  # (N, K) in [0, count-2]
+        pick = pick + (pick >= (own - row_start)[:, None]).long()  # skip the positive itself
+        columns.append(row_start[:, None] + pick)
+    if num_cross_sample > 0:
+        if total < 2:
+            raise ValueError("cross-sample negatives need at least 2 masked frames in the batch")
+        pick = _uniform_below(torch.full((total,), total - 1, device=device), num_cross_sample, generator)
+        columns.append(pick + (pick >= own[:, None]).long())  # (N, Kc), never the positive
+    return torch.cat(columns, dim=1)
+
+
+def contrastive_logits(context: Tensor, targets: Tensor, negative_indices: Tensor, *,
+                       target_ids: Tensor | None = None, extra_negatives: Tensor | None = None,
+                       extra_ids: Tensor | None = None, logit_temperature: float) -> Tensor:
+    """Cosine similarity / kappa between each context vector and [positive, negatives...].
+
+    A negative identical to its positive gets -inf (it is not a distractor). Identity is decided on
+    `target_ids` (the chosen code ids, (N, G)) when given, else on exact vector equality: under
+    straight-through Gumbel the same code can differ in the last bit, which makes exact equality
+    of vectors an unreliable test.
+
+    Shape: context (N, F), targets (N, F), negative_indices (N, K) [, extra_negatives (N, Kq, F)]
+    -> logits (N, 1 + K [+ Kq]), positive in column 0, fp32.
+    """
+    # fp32: bf16 cosine collapses small angles (REFERENCE.md 13 #17).
+    c = F.normalize(context.float(), dim=-1, eps=1e-8)  # (N, F)
+    t = F.normalize(targets.float(), dim=-1, eps=1e-8)  # (N, F)
+    positive = (c * t).sum(-1, keepdim=True)  # (N, 1)
+    # Each negative is another row's target: one (N, N) similarity table, then a gather, instead of
+    # materialising (N, K, F) candidates as fairseq does.
+    negative = (c @ t.T).gather(1, negative_indices)  # (N, N) -> (N, K)
+    if target_ids is not None:
+        same = (target_ids[negative_indices] == target_ids[:, None]).all(-1)  # (N, K, G) -> (N, K)
+    else:
+        same = (targets[negative_indices] == targets[:, None]).all(-1)  # (N, K, F) -> (N, K)
+    parts = [positive, negative.masked_fill(same, float("-inf"))]
+    if extra_negatives is not None:
+        e = F.normalize(extra_negatives.float(), dim=-1, eps=1e-8)  # (N, Kq, F)
+        extra = torch.einsum("nf,nkf->nk", c, e)
+        if extra_ids is not None and target_ids is not None:
+            extra = extra.masked_fill((extra_ids == target_ids[:, None]).all(-1), float("-inf"))
+        parts.append(extra)
+    return torch.cat(parts, dim=1) / logit_temperature

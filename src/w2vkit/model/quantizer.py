@@ -1,0 +1,94 @@
+"""Gumbel-softmax product quantizer (Sec. 2 and Eq. 1; fairseq `GumbelVectorQuantizer`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from w2vkit.model.config import QuantizerConfig
+
+
+def gumbel_temperature(step: int, cfg: QuantizerConfig) -> float:
+    """Temperature after `step` optimizer updates: max(start * decay**step, end).
+
+    Tied to the optimizer step, not to forward calls, so gradient accumulation does not make it
+    decay faster (the fairseq2 pitfall in REFERENCE.md section 13 #14).
+    """
+    return max(cfg.temperature_start * cfg.temperature_decay**step, cfg.temperature_end)
+
+
+def perplexity(probs: Tensor) -> Tensor:
+    """Sum over groups of exp(entropy) of the mean distribution. probs (N, G, V) -> scalar."""
+    mean = probs.mean(0)  # (G, V)
+    return torch.exp(-(mean * torch.log(mean + 1e-7)).sum(-1)).sum()
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: Tensor
+    """(N, code_dim): one codevector per group, concatenated."""
+    codes: Tensor
+    """(N, G) entry chosen per group: argmax in eval, the Gumbel-noisy argmax in training."""
+    prob_perplexity: Tensor
+    """Perplexity of the mean softmax (no noise): the diversity loss uses it."""
+    code_perplexity: Tensor
+    """Perplexity of the hard code histogram (log only)."""
+
+
+class GumbelVectorQuantizer(nn.Module):
+    """G codebooks of V entries; training picks entries by straight-through hard Gumbel-softmax.
+
+    Shape: x (N, C) -> quantized (N, code_dim), code_dim = G * entry_dim.
+    """
+
+    def __init__(self, input_dim: int, num_groups: int, num_entries: int, code_dim: int) -> None:
+        super().__init__()
+        self.num_groups = num_groups
+        self.num_entries = num_entries
+        self.entry_dim = code_dim // num_groups
+        self.weight_proj = nn.Linear(input_dim, num_groups * num_entries)
+        nn.init.normal_(self.weight_proj.weight, mean=0.0, std=1.0)
+        nn.init.zeros_(self.weight_proj.bias)
+        self.codevectors = nn.Parameter(torch.rand(1, num_groups * num_entries, self.entry_dim))
+
+    @property
+    def num_vars(self) -> int:
+        return self.num_groups * self.num_entries
+
+    def forward(self, x: Tensor, temperature: float, generator: torch.Generator | None = None) -> QuantizerOutput:
+        num_frames = x.shape[0]
+        # fp32 logits: softmax at temperature 0.1-0.5 in bf16 flips near-ties.
+        logits = self.weight_proj(x).float().view(num_frames, self.num_groups, self.num_entries)  # (N, G, V)
+        codes = logits.argmax(-1)  # (N, G)
+        hard = F.one_hot(codes, self.num_entries).float()  # (N, G, V)
+        with torch.no_grad():
+            code_perplexity = perplexity(hard)
+        prob_perplexity = perplexity(logits.softmax(-1))
+        if self.training:
+            # Straight-through: forward uses the hard one-hot of the noisy logits, backward the soft.
+            noise = -torch.empty_like(logits).exponential_(generator=generator).log()  # Gumbel(0, 1)
+            soft = ((logits + noise) / temperature).softmax(-1)
+            codes = soft.argmax(-1)
+            weights = F.one_hot(codes, self.num_entries).float() - soft.detach() + soft
+        else:
+            weights = hard
+        return QuantizerOutput(
+            quantized=self._lookup(weights),
+            codes=codes,
+            prob_perplexity=prob_perplexity,
+            code_perplexity=code_perplexity,
+        )
+
+    def codevectors_for(self, codes: Tensor) -> Tensor:
+        """Entry ids (..., G) -> concatenated codevectors (..., code_dim), as an exact gather."""
+        table = self.codevectors.view(self.num_groups, self.num_entries, self.entry_dim)  # (G, V, d)
+        group = torch.arange(self.num_groups, device=codes.device)
+        return table[group, codes].flatten(-2)  # (..., G, d) -> (..., G*d)
+
+    def _lookup(self, weights: Tensor) -> Tensor:
+        table = self.codevectors.view(self.num_groups, self.num_entries, self.entry_dim)  # (G, V, d)
+        quantized = torch.einsum("ngv,gvd->ngd", weights.to(table.dtype), table)  # (N, G, d)
+        return quantized.flatten(1)  # (N, G*d)

@@ -1,0 +1,148 @@
+"""Context network g: Z -> C, a Transformer with a convolutional relative positional embedding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from w2vkit.model.config import TransformerConfig
+
+
+def _bert_init(linear: nn.Linear) -> nn.Linear:
+    # fairseq `init_bert_params`, applied to the encoder only.
+    nn.init.normal_(linear.weight, mean=0.0, std=0.02)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class ConvPositionalEmbedding(nn.Module):
+    """Weight-normed grouped conv over time, same-padded. Shape: (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
+        nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(4.0 / (kernel * dim)))
+        nn.init.zeros_(conv.bias)
+        # Normalise per kernel tap (dim=2), as fairseq and HF do; the g vector has shape (1, 1, K).
+        self.conv = weight_norm(conv, name="weight", dim=2)
+        # An even kernel with padding k/2 yields T+1 frames: drop the last to keep T (fairseq SamePad).
+        self.trim_last = kernel % 2 == 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x.transpose(1, 2))  # (B, T, D) -> (B, D, T')
+        if self.trim_last:
+            y = y[..., :-1]
+        return F.gelu(y).transpose(1, 2)  # (B, D, T) -> (B, T, D)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention through `scaled_dot_product_attention` (flash/efficient kernels on GPU)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout_prob: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout_prob = dropout_prob
+        self.q_proj = _bert_init(nn.Linear(dim, dim))
+        self.k_proj = _bert_init(nn.Linear(dim, dim))
+        self.v_proj = _bert_init(nn.Linear(dim, dim))
+        self.out_proj = _bert_init(nn.Linear(dim, dim))
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        batch, frames, dim = x.shape
+
+        def heads(t: Tensor) -> Tensor:
+            return t.view(batch, frames, self.num_heads, -1).transpose(1, 2)  # (B, T, D) -> (B, H, T, D/H)
+
+        # SDPA's boolean mask is True = attend; None keeps the flash kernel eligible.
+        attend = None if padding_mask is None else ~padding_mask[:, None, None, :]  # (B, 1, 1, T)
+        y = F.scaled_dot_product_attention(
+            heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)), attn_mask=attend,
+            dropout_p=self.dropout_prob if self.training else 0.0,
+        )
+        return self.out_proj(y.transpose(1, 2).reshape(batch, frames, dim))  # (B, H, T, D/H) -> (B, T, D)
+
+
+class EncoderLayer(nn.Module):
+    """One Transformer block, post-LN (BASE) or pre-LN (LARGE)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.layer_norm_first = cfg.layer_norm_first
+        self.attention = SelfAttention(cfg.model_dim, cfg.num_heads, cfg.attention_dropout_prob)
+        self.attention_norm = nn.LayerNorm(cfg.model_dim)
+        self.fc1 = _bert_init(nn.Linear(cfg.model_dim, cfg.ffn_dim))
+        self.fc2 = _bert_init(nn.Linear(cfg.ffn_dim, cfg.model_dim))
+        self.ffn_norm = nn.LayerNorm(cfg.model_dim)
+        self.dropout = nn.Dropout(cfg.dropout_prob)
+        self.activation_dropout = nn.Dropout(cfg.activation_dropout_prob)
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x)))))
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        if self.layer_norm_first:
+            x = x + self.dropout(self.attention(self.attention_norm(x), padding_mask))
+            return x + self._ffn(self.ffn_norm(x))
+        x = self.attention_norm(x + self.dropout(self.attention(x, padding_mask)))
+        return self.ffn_norm(x + self._ffn(x))
+
+
+class TransformerEncoder(nn.Module):
+    """Positional conv, then L layers with LayerDrop. Shape: x (B, T, D) -> hidden states (B, T, D)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pos_conv = ConvPositionalEmbedding(cfg.model_dim, cfg.pos_conv_kernel, cfg.pos_conv_groups)
+        self.norm = nn.LayerNorm(cfg.model_dim)
+        self.dropout = nn.Dropout(cfg.dropout_prob)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None, *, num_layers: int | None = None,
+                generator: torch.Generator | None = None) -> list[Tensor]:
+        """Returns [encoder input, output of each layer run]; `num_layers` stops early.
+
+        The pre-LN final LayerNorm is applied to the last state when every layer runs.
+        """
+        num_layers = len(self.layers) if num_layers is None else num_layers
+        if not 0 <= num_layers <= len(self.layers):
+            raise ValueError(f"num_layers must be in [0, {len(self.layers)}], got {num_layers}")
+        frames = x.shape[1]
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[..., None], 0.0)  # padded frames must not leak through the conv
+        x = x + self.pos_conv(x)
+        if not self.cfg.layer_norm_first:
+            x = self.norm(x)
+        x, padding_mask = self._pad_to_multiple(x, padding_mask)
+        x = self.dropout(x)
+        states = [x]
+        drop = self._layers_to_drop(x.device, generator)
+        for i, layer in enumerate(self.layers[:num_layers]):
+            if drop is not None and drop[i]:
+                continue
+            x = layer(x, padding_mask)
+            states.append(x)
+        if self.cfg.layer_norm_first and num_layers == len(self.layers):
+            states[-1] = self.norm(states[-1])
+        return [state[:, :frames] for state in states]
+
+    def _pad_to_multiple(self, x: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        # fairseq pads T to `required_seq_len_multiple` (kernel-friendly shapes) and masks the pad.
+        batch, frames, _ = x.shape
+        extra = -frames % self.cfg.required_seq_len_multiple
+        if extra == 0:
+            return x, padding_mask
+        if padding_mask is None:
+            padding_mask = torch.zeros(batch, frames, dtype=torch.bool, device=x.device)
+        padding_mask = F.pad(padding_mask, (0, extra), value=True)  # (B, T) -> (B, T + extra)
+        return F.pad(x, (0, 0, 0, extra)), padding_mask
+
+    def _layers_to_drop(self, device: torch.device, generator: torch.Generator | None) -> list[bool] | None:
+        if not self.training or self.cfg.layerdrop_prob == 0.0:
+            return None
+        device = generator.device if generator is not None else device
+        return (torch.rand(len(self.layers), generator=generator, device=device) < self.cfg.layerdrop_prob).tolist()

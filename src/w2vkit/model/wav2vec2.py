@@ -1,0 +1,184 @@
+"""wav2vec 2.0 (Baevski et al., 2020, arXiv:2006.11477): the pretraining graph of Figure 1.
+
+raw audio -> conv features Z -> (mask) -> Transformer context C
+          -> quantized targets Q at the masked frames -> contrastive logits against distractors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from w2vkit.model.config import ModelConfig, preset
+from w2vkit.model.feature_extractor import ConvFeatureExtractor, frame_padding_mask, scale_grad
+from w2vkit.model.masking import SpanMasker
+from w2vkit.model.negatives import contrastive_logits, sample_negatives
+from w2vkit.model.quantizer import GumbelVectorQuantizer
+from w2vkit.model.transformer import TransformerEncoder
+
+
+@dataclass
+class PretrainOutput:
+    logits: Tensor
+    """(N, 1+K) fp32, positive in column 0; one row per masked frame in row-major (b, t) order."""
+    time_mask: Tensor
+    """(B, T) True = masked."""
+    frame_padding_mask: Tensor | None
+    """(B, T) True = padded."""
+    features_penalty: Tensor
+    """Mean squared conv feature over unpadded frames (fp32 scalar)."""
+    prob_perplexity: Tensor | None
+    code_perplexity: Tensor | None
+    num_vars: int
+    """G * V (0 without a quantizer)."""
+    temperature: float
+    negative_indices: Tensor
+    """(N, K) indices into the N masked targets."""
+
+
+@dataclass
+class FeatureOutput:
+    hidden_states: list[Tensor]
+    """[encoder input, output of layer 1, ...], each (B, T, D)."""
+    features: Tensor
+    """(B, T, C) conv features after `feature_norm`."""
+    padding_mask: Tensor | None
+    """(B, T) True = padded."""
+
+    @property
+    def context(self) -> Tensor:
+        return self.hidden_states[-1]
+
+
+class Wav2Vec2Model(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        conv_dim, model_dim = cfg.conv_dim, cfg.transformer.model_dim
+        self.feature_extractor = ConvFeatureExtractor(cfg.feature_extractor)
+        self.feature_norm = nn.LayerNorm(conv_dim)
+        self.feature_projection = nn.Linear(conv_dim, model_dim) if conv_dim != model_dim else None
+        self.input_dropout = nn.Dropout(cfg.input_dropout_prob)
+        self.features_dropout = nn.Dropout(cfg.features_dropout_prob)
+        self.masker = SpanMasker(cfg.masking, model_dim)
+        self.encoder = TransformerEncoder(cfg.transformer)
+        q = cfg.quantizer
+        if q.quantize_targets:
+            self.quantizer = GumbelVectorQuantizer(conv_dim, q.num_groups, q.num_entries, cfg.code_dim)
+            self.target_proj = nn.Linear(cfg.code_dim, cfg.final_dim)
+        else:
+            self.quantizer = None
+            self.target_proj = nn.Linear(conv_dim, cfg.final_dim)
+        self.context_proj = nn.Linear(model_dim, cfg.final_dim)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> Wav2Vec2Model:
+        return cls(cfg)
+
+    @classmethod
+    def from_preset(cls, name: str) -> Wav2Vec2Model:
+        """`tiny`, `base` (fairseq LibriSpeech BASE), `large` (LV-60 LARGE) or `large_paper`."""
+        return cls(preset(name))
+
+    def forward(self, wav: Tensor, padding_mask: Tensor | None = None, *, temperature: float,
+                time_mask: Tensor | None = None, negative_indices: Tensor | None = None,
+                generator: torch.Generator | None = None) -> PretrainOutput:
+        """Shape: wav (B, S), padding_mask (B, S) -> logits (N, 1+K) over the N masked frames.
+
+        `time_mask` (B, T) and `negative_indices` (N, K) replace the sampled ones (parity tests).
+        """
+        # 1. Conv features z and the penalty on their scale.
+        features, frame_pad, features_penalty = self._features(wav, padding_mask)  # (B, T, C)
+        batch, frames, _ = features.shape
+        # 2. Encoder input, masked; the quantizer sees the unmasked features.
+        x = self.input_dropout(self._project(features))  # (B, T, D)
+        unmasked = self.features_dropout(features)  # (B, T, C)
+        if time_mask is None:
+            time_mask = self.masker.time_mask(batch, frames, frame_pad, generator, wav.device)
+            if time_mask is None:
+                raise ValueError("masking.time_prob is 0: pretraining needs masked frames")
+        else:
+            self._check_time_mask(time_mask, batch, frames, frame_pad)
+        channel_mask = self.masker.channel_mask(batch, x.shape[-1], generator, wav.device)
+        x = self.masker(x, time_mask, channel_mask)
+        # 3. Context network; only the masked frames are scored.
+        context = self.encoder(x, frame_pad, generator=generator)[-1]  # (B, T, D)
+        context = self.context_proj(context[time_mask])  # (N, D) -> (N, F)
+        # 4. Targets: quantized unmasked features at the masked frames (fairseq quantizes only these).
+        temperature = float(temperature)
+        target_ids = extra = extra_ids = None
+        prob_ppl = code_ppl = None
+        if self.quantizer is not None:
+            quantized = self.quantizer(unmasked[time_mask], temperature, generator)  # (N, C) -> (N, code_dim)
+            targets = self.target_proj(quantized.quantized)  # (N, F)
+            target_ids, prob_ppl, code_ppl = quantized.codes, quantized.prob_perplexity, quantized.code_perplexity
+            if self.cfg.num_codebook_negatives > 0:
+                extra_ids, extra = self._codebook_negatives(targets.shape[0], generator, wav.device)
+        else:
+            targets = self.target_proj(unmasked[time_mask])  # (N, C) -> (N, F)
+        # 5. Distractors and logits.
+        if negative_indices is None:
+            negative_indices = sample_negatives(time_mask.sum(1), self.cfg.num_negatives,
+                                                self.cfg.num_cross_sample_negatives, generator=generator)
+        logits = contrastive_logits(context, targets, negative_indices, target_ids=target_ids,
+                                    extra_negatives=extra, extra_ids=extra_ids,
+                                    logit_temperature=self.cfg.logit_temperature)
+        return PretrainOutput(
+            logits=logits, time_mask=time_mask, frame_padding_mask=frame_pad,
+            features_penalty=features_penalty, prob_perplexity=prob_ppl, code_perplexity=code_ppl,
+            num_vars=self.quantizer.num_vars if self.quantizer is not None else 0,
+            temperature=temperature, negative_indices=negative_indices,
+        )
+
+    def extract_features(self, wav: Tensor, padding_mask: Tensor | None = None,
+                         layer: int | None = None) -> FeatureOutput:
+        """Per-layer hidden states for downstream use: no masking, no quantizer.
+
+        `layer=k` runs only the first k Transformer layers. Shape: wav (B, S) -> states (B, T, D).
+        """
+        features, frame_pad, _ = self._features(wav, padding_mask)
+        x = self.input_dropout(self._project(features))
+        states = self.encoder(x, frame_pad, num_layers=layer)
+        return FeatureOutput(hidden_states=states, features=features, padding_mask=frame_pad)
+
+    def _features(self, wav: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        grad_scale = self.cfg.feature_extractor.grad_scale
+        # grad_scale 0 freezes the extractor: skip its autograd graph entirely (fairseq).
+        with torch.no_grad() if grad_scale == 0 else contextlib.nullcontext():
+            conv = self.feature_extractor(wav)  # (B, C, T)
+        if grad_scale > 0:
+            conv = scale_grad(conv, grad_scale)
+        features = conv.transpose(1, 2)  # (B, C, T) -> (B, T, C)
+        frame_pad = None
+        if padding_mask is not None:
+            frame_pad = frame_padding_mask(padding_mask, self.cfg.feature_extractor.conv_layers, features.shape[1])
+        squared = features.float().pow(2).mean(-1)  # (B, T)
+        if frame_pad is None:
+            penalty = squared.mean()
+        else:
+            # fairseq averages over padded frames too (REFERENCE.md 13 #8); only real audio counts here.
+            valid = (~frame_pad).float()
+            penalty = (squared * valid).sum() / valid.sum().clamp(min=1.0)
+        return self.feature_norm(features), frame_pad, penalty
+
+    def _project(self, features: Tensor) -> Tensor:
+        return features if self.feature_projection is None else self.feature_projection(features)
+
+    def _codebook_negatives(self, num_frames: int, generator: torch.Generator | None,
+                            device: torch.device) -> tuple[Tensor, Tensor]:
+        # fairseq `sample_from_codebook`: random entries of each group, projected like the targets.
+        q = self.quantizer
+        ids = torch.randint(q.num_entries, (num_frames, self.cfg.num_codebook_negatives, q.num_groups),
+                            generator=generator, device=device)  # (N, Kq, G)
+        return ids, self.target_proj(q.codevectors_for(ids))  # (N, Kq, F)
+
+    @staticmethod
+    def _check_time_mask(time_mask: Tensor, batch: int, frames: int, frame_pad: Tensor | None) -> None:
+        if time_mask.shape != (batch, frames) or time_mask.dtype != torch.bool:
+            raise ValueError(f"time_mask must be a bool tensor of shape ({batch}, {frames}), "
+                             f"got {time_mask.dtype} {tuple(time_mask.shape)}")
+        if frame_pad is not None and bool((time_mask & frame_pad).any()):
+            raise ValueError("time_mask masks padded frames")
