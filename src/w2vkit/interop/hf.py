@@ -1,0 +1,355 @@
+"""HF transformers `Wav2Vec2ForPreTraining` / `Wav2Vec2Model` directories <-> w2vkit, both ways.
+
+Config translation covers every field both sides have (table `FIELDS` plus the conv stack, the
+extractor norm and the code width). w2vkit fields HF has no place for are of two kinds:
+- `HF_CANNOT`: options that change what the model computes in a way HF cannot (cross-sample or
+  codebook negatives, non-static span lengths, ...). A non-default value is a ConfigError naming it.
+- everything else (gradient scale into the extractor, Gumbel temperature schedule, fairseq mask
+  sampling details, sequence padding multiple): training-procedure settings HF leaves to the
+  training script. They travel in config.json as `w2vkit_extras` (HF keeps unknown keys and ignores
+  them), so w2vkit -> HF -> w2vkit gives back the same config. A config.json without them (a model
+  trained with transformers) gets w2vkit's defaults for these.
+Reading never loads a pickle: safetensors where present, else `pytorch_model.bin` through safe_load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from w2vkit.config import ConfigError, from_dict, to_dict
+from w2vkit.interop.keymap import KeyMap
+from w2vkit.interop.native import Pretrained, check_state_dict
+from w2vkit.interop.safe_load import CheckpointError, load_torch_file
+from w2vkit.model.config import ModelConfig
+
+# w2vkit dotted field -> HF Wav2Vec2Config field, values copied as they are.
+FIELDS: dict[str, str] = {
+    "transformer.num_layers": "num_hidden_layers",
+    "transformer.model_dim": "hidden_size",
+    "transformer.ffn_dim": "intermediate_size",
+    "transformer.num_heads": "num_attention_heads",
+    "transformer.layer_norm_first": "do_stable_layer_norm",
+    "transformer.dropout_prob": "hidden_dropout",
+    "transformer.attention_dropout_prob": "attention_dropout",
+    "transformer.activation_dropout_prob": "activation_dropout",
+    "transformer.layerdrop_prob": "layerdrop",
+    "transformer.pos_conv_kernel": "num_conv_pos_embeddings",
+    "transformer.pos_conv_groups": "num_conv_pos_embedding_groups",
+    "feature_extractor.conv_bias": "conv_bias",
+    "input_dropout_prob": "feat_proj_dropout",
+    "features_dropout_prob": "feat_quantizer_dropout",
+    "masking.time_prob": "mask_time_prob",
+    "masking.time_span_frames": "mask_time_length",
+    "masking.time_min_spans": "mask_time_min_masks",
+    "masking.channel_prob": "mask_feature_prob",
+    "masking.channel_span_channels": "mask_feature_length",
+    "quantizer.num_groups": "num_codevector_groups",
+    "quantizer.num_entries": "num_codevectors_per_group",
+    "final_dim": "proj_codevector_dim",
+    "logit_temperature": "contrastive_logits_temperature",
+    "num_negatives": "num_negatives",
+}
+# Wav2Vec2Config defaults (transformers 4.x-5.x) of the translated fields; older config.json files
+# lack some of them (e.g. mask_time_min_masks).
+HF_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_dropout": 0.1, "activation_dropout": 0.1,
+    "attention_dropout": 0.1, "feat_proj_dropout": 0.0, "feat_quantizer_dropout": 0.0,
+    "layerdrop": 0.1, "feat_extract_norm": "group", "conv_dim": [512] * 7,
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_bias": False,
+    "num_conv_pos_embeddings": 128, "num_conv_pos_embedding_groups": 16,
+    "do_stable_layer_norm": False, "mask_time_prob": 0.05, "mask_time_length": 10,
+    "mask_time_min_masks": 2, "mask_feature_prob": 0.0, "mask_feature_length": 10,
+    "num_codevectors_per_group": 320, "num_codevector_groups": 2,
+    "contrastive_logits_temperature": 0.1, "num_negatives": 100, "codevector_dim": 256,
+    "proj_codevector_dim": 256,
+}  # fmt: skip
+# HF fields w2vkit implements with one value only (w2vkit's model and loss defaults).
+FIXED: dict[str, Any] = {
+    "model_type": "wav2vec2",
+    "hidden_act": "gelu",
+    "feat_extract_activation": "gelu",
+    "layer_norm_eps": 1e-5,
+    "apply_spec_augment": True,
+    "mask_feature_min_masks": 0,
+    "diversity_loss_weight": 0.1,
+    "add_adapter": False,
+    "adapter_attn_dim": None,
+}
+# w2vkit fields whose non-default values HF cannot compute; the value HF does compute.
+HF_CANNOT: dict[str, Any] = {
+    "num_cross_sample_negatives": 0,
+    "num_codebook_negatives": 0,
+    "quantizer.quantize_targets": True,
+    "masking.time_span_selection": "static",
+    "masking.channel_span_selection": "static",
+    "masking.time_no_overlap": False,
+    "masking.channel_no_overlap": False,
+    "masking.mask_dropout_prob": 0.0,
+    "masking.channel_before": False,
+}
+SPECIAL = {"feature_extractor.conv_layers", "feature_extractor.norm_mode", "quantizer.dim"}
+_NORM = {"group_norm": "group", "layer_norm": "layer"}
+PRETRAINING_HEADS = ("quantizer.", "target_proj.", "context_proj.")
+
+# HF names are those of `Wav2Vec2Model`; `Wav2Vec2ForPreTraining` puts them under `wav2vec2.`.
+KEYS = KeyMap([
+    ("feature_extractor.conv_layers.{i}.conv.{p}", "feature_extractor.layers.{i}.conv.{p}"),
+    ("feature_extractor.conv_layers.{i}.layer_norm.{p}", "feature_extractor.layers.{i}.norm.{p}"),
+    ("feature_projection.layer_norm.{p}", "feature_norm.{p}"),
+    ("feature_projection.projection.{p}", "feature_projection.{p}"),
+    ("masked_spec_embed", "masker.mask_embedding"),
+    # weight norm: original0 = g (1, 1, K), original1 = v (D, D/groups, K)
+    ("encoder.pos_conv_embed.conv.parametrizations.weight.original{i}",
+     "encoder.pos_conv.conv.parametrizations.weight.original{i}"),
+    ("encoder.pos_conv_embed.conv.bias", "encoder.pos_conv.conv.bias"),
+    ("encoder.layer_norm.{p}", "encoder.norm.{p}"),
+    ("encoder.layers.{i}.attention.{qkv}_proj.{p}", "encoder.layers.{i}.attention.{qkv}_proj.{p}"),
+    ("encoder.layers.{i}.layer_norm.{p}", "encoder.layers.{i}.attention_norm.{p}"),
+    ("encoder.layers.{i}.feed_forward.intermediate_dense.{p}", "encoder.layers.{i}.fc1.{p}"),
+    ("encoder.layers.{i}.feed_forward.output_dense.{p}", "encoder.layers.{i}.fc2.{p}"),
+    ("encoder.layers.{i}.final_layer_norm.{p}", "encoder.layers.{i}.ffn_norm.{p}"),
+    # pretraining heads (Wav2Vec2ForPreTraining only, no prefix)
+    ("quantizer.codevectors", "quantizer.codevectors"),
+    ("quantizer.weight_proj.{p}", "quantizer.weight_proj.{p}"),
+    ("project_q.{p}", "target_proj.{p}"),
+    ("project_hid.{p}", "context_proj.{p}"),
+])  # fmt: skip
+_HF_HEADS = ("quantizer.", "project_q.", "project_hid.")
+# Older HF checkpoints (torch.nn.utils.weight_norm) store the pos-conv weight norm as g / v.
+_LEGACY_WEIGHT_NORM = {
+    ".conv.weight_g": ".conv.parametrizations.weight.original0",
+    ".conv.weight_v": ".conv.parametrizations.weight.original1",
+}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+    tree: dict = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def hf_config_from_w2vkit(
+    cfg: ModelConfig, *, architecture: str = "Wav2Vec2ForPreTraining"
+) -> dict:
+    """ModelConfig -> the dict `Wav2Vec2Config(**d)` takes (config.json)."""
+    flat = _flat(to_dict(cfg))
+    for dotted, value in HF_CANNOT.items():
+        if flat[dotted] != value:
+            raise ConfigError(
+                f"model.{dotted}={flat[dotted]!r} cannot be represented in HF transformers "
+                f"(Wav2Vec2ForPreTraining only computes {value!r})"
+            )
+    if cfg.masking.time_prob == 0 and cfg.masking.channel_prob == 0:
+        raise ConfigError(
+            "model.masking.time_prob=0 cannot be represented in HF transformers: with "
+            "mask_time_prob = mask_feature_prob = 0 it drops the mask embedding"
+        )
+    conv = cfg.feature_extractor.conv_layers
+    out = {
+        "architectures": [architecture],
+        **FIXED,
+        **{hf: flat[w] for w, hf in FIELDS.items()},
+        "feat_extract_norm": _NORM[cfg.feature_extractor.norm_mode],
+        "conv_dim": [c for c, _, _ in conv],
+        "conv_kernel": [k for _, k, _ in conv],
+        "conv_stride": [s for _, _, s in conv],
+        "codevector_dim": cfg.code_dim,
+    }
+    out["w2vkit_extras"] = {k: v for k, v in flat.items() if k not in FIELDS and k not in SPECIAL}
+    out["w2vkit_extras"]["quantizer.dim"] = cfg.quantizer.dim
+    return out
+
+
+def config_from_hf(hf: dict, *, source: str = "config.json") -> ModelConfig:
+    """HF config.json dict -> ModelConfig; HF options w2vkit cannot represent are ConfigErrors."""
+    for name, value in FIXED.items():  # absent = HF's default, which is the value w2vkit implements
+        found = hf.get(name, value)
+        if name == "mask_feature_min_masks" and not hf.get("mask_feature_prob"):
+            continue  # unused without feature masking
+        if found != value:
+            raise ConfigError(
+                f"{source}: {name}={found!r} cannot be represented in w2vkit (it implements "
+                f"only {value!r}"
+                + (
+                    "; set loss.diversity_weight in the pretraining config instead)"
+                    if name == "diversity_loss_weight"
+                    else ")"
+                )
+            )
+    hf = {**HF_DEFAULTS, **hf}  # a missing field means HF's default, as in Wav2Vec2Config
+    extras = hf.get("w2vkit_extras") or {}
+    clash = sorted(
+        set(extras)
+        & (set(FIELDS) | {"feature_extractor.conv_layers", "feature_extractor.norm_mode"})
+    )
+    if clash:
+        raise ConfigError(
+            f"{source}: w2vkit_extras.{clash[0]} duplicates an HF field; edit the HF field"
+        )
+    if hf["feat_extract_norm"] not in _NORM.values():
+        raise ConfigError(
+            f"{source}: feat_extract_norm={hf['feat_extract_norm']!r} is not 'group' or 'layer'"
+        )
+    if not len(hf["conv_dim"]) == len(hf["conv_kernel"]) == len(hf["conv_stride"]):
+        raise ConfigError(f"{source}: conv_dim, conv_kernel and conv_stride differ in length")
+    flat = {w: hf[h] for w, h in FIELDS.items()}
+    flat["feature_extractor.norm_mode"] = {v: k for k, v in _NORM.items()}[hf["feat_extract_norm"]]
+    flat["feature_extractor.conv_layers"] = [
+        list(t) for t in zip(hf["conv_dim"], hf["conv_kernel"], hf["conv_stride"], strict=True)
+    ]
+    code_dim = hf["codevector_dim"]
+    flat["quantizer.dim"] = 0 if code_dim == hf["proj_codevector_dim"] else code_dim
+    flat.update(extras)
+    try:
+        cfg = from_dict(ModelConfig, _nest(flat), where="model")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err
+    if cfg.code_dim != code_dim:
+        raise ConfigError(
+            f"{source}: w2vkit_extras.quantizer.dim={cfg.quantizer.dim} disagrees with "
+            f"codevector_dim={code_dim}"
+        )
+    return cfg
+
+
+def to_hf_state(
+    cfg: ModelConfig, state: dict[str, Tensor], *, heads: bool = True
+) -> dict[str, Tensor]:
+    """w2vkit state dict -> `Wav2Vec2ForPreTraining` (heads=True) or `Wav2Vec2Model` keys."""
+    state = dict(state)
+    if cfg.conv_dim == cfg.transformer.model_dim:  # HF always projects; C == D -> identity
+        state["feature_projection.weight"] = torch.eye(cfg.conv_dim)
+        state["feature_projection.bias"] = torch.zeros(cfg.conv_dim)
+    if not heads:
+        state = {k: v for k, v in state.items() if not k.startswith(PRETRAINING_HEADS)}
+    out = KEYS.from_w2vkit(state, source="w2vkit state dict")
+    prefix = "wav2vec2." if heads else ""
+    return {
+        (k if k.startswith(_HF_HEADS) else prefix + k): v.detach().cpu().contiguous().clone()
+        for k, v in out.items()
+    }
+
+
+def from_hf_state(
+    cfg: ModelConfig, hf_state: dict[str, Tensor], *, source: str
+) -> dict[str, Tensor]:
+    """HF state dict (ForPreTraining, Model, or ForCTC without its `lm_head`) -> w2vkit."""
+    renamed = {}
+    for key, value in hf_state.items():
+        for old, new in _LEGACY_WEIGHT_NORM.items():
+            key = key.replace(old, new)
+        if key.startswith("lm_head."):  # CTC fine-tuning head: not part of the pretraining model
+            continue
+        renamed[key.removeprefix("wav2vec2.")] = value
+    state = KEYS.to_w2vkit(renamed, source=source)
+    if cfg.conv_dim == cfg.transformer.model_dim and "feature_projection.weight" in state:
+        weight, bias = state.pop("feature_projection.weight"), state.pop("feature_projection.bias")
+        if not (torch.equal(weight, torch.eye(cfg.conv_dim)) and not bias.any()):
+            raise ConfigError(
+                f"{source}: feature_projection.projection is not the identity, which w2vkit "
+                "cannot represent when conv_dim == hidden_size"
+            )
+    optional = PRETRAINING_HEADS
+    if cfg.masking.time_prob == 0 and cfg.masking.channel_prob == 0:
+        optional += ("masker.",)  # HF keeps no mask embedding when it never masks
+    check_state_dict(cfg, state, source=source, optional_prefixes=optional)
+    return state
+
+
+def read_hf_weights(directory: Path) -> dict[str, Tensor]:
+    """Weights of an HF model directory: safetensors (single or sharded), else pytorch_model.bin."""
+    for name, single, index in (
+        ("safetensors", "model.safetensors", "model.safetensors.index.json"),
+        ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        files = [directory / single] if (directory / single).is_file() else []
+        if not files and (directory / index).is_file():
+            shards = json.loads((directory / index).read_text())["weight_map"].values()
+            files = [directory / s for s in sorted(set(shards))]
+        if files:
+            state: dict[str, Tensor] = {}
+            for file in files:
+                if name == "safetensors":
+                    try:
+                        state.update(load_file(str(file)))
+                    except Exception as err:  # safetensors raises its own error types
+                        raise CheckpointError(
+                            f"{file}: truncated or corrupt safetensors file ({err})"
+                        ) from err
+                else:
+                    weights = load_torch_file(file)
+                    if not isinstance(weights, dict):
+                        raise CheckpointError(f"{file}: not a state dict")
+                    state.update(weights)
+            return state
+    raise CheckpointError(
+        f"{directory}: no model.safetensors or pytorch_model.bin (sharded or not)"
+    )
+
+
+def load_hf(directory: str | Path) -> Pretrained:
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    try:
+        hf = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{config_path}: cannot read an HF config ({err})") from err
+    cfg = config_from_hf(hf, source=str(config_path))
+    state = from_hf_state(cfg, read_hf_weights(directory), source=str(directory))
+    pre = directory / "preprocessor_config.json"
+    normalize = json.loads(pre.read_text()).get("do_normalize") if pre.is_file() else None
+    return Pretrained(cfg, state, normalize if isinstance(normalize, bool) else None)
+
+
+def save_hf(pretrained: Pretrained, directory: str | Path, *, heads: bool = True) -> None:
+    """Write config.json, model.safetensors and preprocessor_config.json for `from_pretrained`."""
+    cfg = pretrained.cfg
+    if heads and "quantizer.codevectors" not in pretrained.state_dict:
+        raise ConfigError(
+            "the model has no pretraining heads (quantizer, projections) to write; "
+            "write a Wav2Vec2Model directory instead (--hf-class model)"
+        )
+    hf = hf_config_from_w2vkit(
+        cfg, architecture="Wav2Vec2ForPreTraining" if heads else "Wav2Vec2Model"
+    )
+    state = to_hf_state(cfg, pretrained.state_dict, heads=heads)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    # HF convention: layer-norm extractors (LV-60) take attention masks and normalised input; group
+    # norm ones must not be given padding masks. An explicit `normalize` from training wins.
+    layer_norm = cfg.feature_extractor.norm_mode == "layer_norm"
+    normalize = pretrained.normalize if pretrained.normalize is not None else layer_norm
+    preprocessor = {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": 16000,
+        "padding_value": 0.0,
+        "padding_side": "right",
+        "do_normalize": normalize,
+        "return_attention_mask": layer_norm,
+    }
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")

@@ -1,0 +1,214 @@
+"""Load untrusted `torch.save` checkpoints without running code from them.
+
+fairseq checkpoints pickle config objects (omegaconf `DictConfig` trees, `argparse.Namespace`,
+fairseq enums). A bare `torch.load(weights_only=False)` would import and run whatever the pickle
+names, so a crafted file could execute code. Here every load goes through two gates:
+
+1. A scan of the pickle opcodes (nothing is executed) lists every global the file references.
+   omegaconf, fairseq, `argparse.Namespace` and `typing` names become inert stand-ins (`Record`),
+   plain builtin types and numpy scalars are allowed as they are, and anything else that torch's
+   own weights-only allowlist does not hold is refused, naming it, before unpickling starts.
+2. The load itself is `torch.load(weights_only=True)` with the stand-ins registered under the
+   original names (`torch.serialization.safe_globals([(stand_in, "module.Name")])`), so even a
+   global the scan missed is refused by torch.
+
+`to_plain` then turns the stand-ins into plain dicts, lists and scalars.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import io
+import pickle
+import pickletools
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+try:
+    from numpy._core import multiarray as np_multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as np_multiarray
+
+# Modules whose classes only carry data in checkpoints; their globals become inert `Record`s.
+_STAND_IN_MODULES = ("omegaconf", "fairseq", "typing")
+_STAND_IN_NAMES = frozenset({"argparse.Namespace"})
+
+
+def _empty_dict(*_args: Any) -> dict:
+    """`collections.defaultdict(factory)` as a plain dict: the factory is never kept or called."""
+    return {}
+
+
+# Real objects whose reconstruction runs no code of the file's choosing: plain builtin types
+# (omegaconf metadata names `dict`/`list` as types), numpy scalars from fairseq's `extra_state`.
+_SAFE: dict[str, Any] = {
+    **{f"builtins.{t.__name__}": t for t in (dict, list, tuple, int, float, str, bool, frozenset)},
+    "collections.defaultdict": _empty_dict,
+    "numpy.core.multiarray.scalar": np_multiarray.scalar,
+    "numpy._core.multiarray.scalar": np_multiarray.scalar,
+    "numpy.dtype": np.dtype,
+}
+# numpy dtypes are rebuilt as instances of these classes, which BUILD then needs allowed.
+_NUMPY_DTYPES = [
+    (t, f"numpy.dtypes.{n}")
+    for n in dir(np.dtypes)
+    if n.endswith("DType")
+    for t in [getattr(np.dtypes, n)]
+    if isinstance(t, type)
+]
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, not a checkpoint, or unsafe to load."""
+
+
+class Record:
+    """Inert stand-in for a pickled class: keeps constructor args and state, runs nothing."""
+
+    global_name = "?"
+
+    def __new__(cls, *args: Any) -> Record:  # NEWOBJ and REDUCE (cls(*args)) both land here
+        obj = super().__new__(cls)
+        obj.args = args
+        obj.state = None
+        return obj
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"Record({self.global_name}, args={self.args!r}, state={self.state!r})"
+
+
+_RECORD_TYPES: dict[str, type[Record]] = {}
+
+
+def _record_type(global_name: str) -> type[Record]:
+    if global_name not in _RECORD_TYPES:
+        name = global_name.rsplit(".", 1)[-1]
+        _RECORD_TYPES[global_name] = type(name, (Record,), {"global_name": global_name})
+    return _RECORD_TYPES[global_name]
+
+
+def _torch_allowed() -> frozenset[str]:
+    """Names torch's weights-only unpickler allows (private API: if it is gone, torch decides)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+    except ImportError:  # torch still refuses unknown globals itself in step 2
+        return frozenset()
+    return frozenset(_get_allowed_globals())
+
+
+def _is_stand_in(global_name: str) -> bool:
+    return global_name in _STAND_IN_NAMES or global_name.split(".", 1)[0] in _STAND_IN_MODULES
+
+
+def _pickle_streams(path: Path, head: bytes) -> list[bytes]:
+    """The pickle bytes of a torch checkpoint (zip: data.pkl; legacy: the whole file)."""
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = [
+                    n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"
+                ]
+                if not names:
+                    raise CheckpointError(
+                        f"{path}: a zip file without data.pkl, not a torch checkpoint"
+                    )
+                return [archive.read(names[0])]
+        except (zipfile.BadZipFile, EOFError, OSError) as err:
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
+    if head[:1] == bytes([_PICKLE_PROTO]):
+        return [path.read_bytes()]  # legacy format: pickles back to back, then raw storages
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint (unrecognised header {head[:8]!r})")
+
+
+def referenced_globals(path: str | Path) -> list[str]:
+    """Every `module.name` global the checkpoint's pickle references, in order; executes nothing."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(8)
+    found: list[str] = []
+    for stream in _pickle_streams(path, head):
+        buffer = io.BytesIO(stream)
+        # legacy files hold 5 pickles (magic, protocol, sys info, object, storage keys); zip holds 1
+        for _ in range(5 if not head.startswith(_ZIP_MAGIC) else 1):
+            try:
+                for opcode, arg, _pos in pickletools.genops(buffer):
+                    if opcode.name == "GLOBAL":
+                        module, name = str(arg).split(" ", 1)
+                        # protocol 2 uses Python 2 names (`__builtin__.long`); torch maps them too
+                        module, name = _compat_pickle.NAME_MAPPING.get(
+                            (module, name),
+                            (_compat_pickle.IMPORT_MAPPING.get(module, module), name),
+                        )
+                        found.append(f"{module}.{name}")
+                    elif opcode.name in ("STACK_GLOBAL", "INST", "OBJ"):
+                        raise CheckpointError(
+                            f"{path}: refusing to load: pickle opcode {opcode.name} builds objects "
+                            "from computed names, which no torch checkpoint needs"
+                        )
+            except (ValueError, EOFError) as err:
+                raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
+    return list(dict.fromkeys(found))
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """`torch.load` an untrusted checkpoint on CPU, with config objects replaced by `Record`s."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    names = referenced_globals(path)
+    allowed = _torch_allowed()
+    if allowed:  # else torch's own check below is the only gate
+        refused = [n for n in names if not (_is_stand_in(n) or n in _SAFE or n in allowed)]
+    else:
+        refused = []
+    if refused:
+        raise CheckpointError(
+            f"{path}: refusing to load: its pickle references {', '.join(refused)}, which "
+            "is not a tensor, container or known config type (loading it could run code)"
+        )
+    safe = [(_record_type(n), n) for n in names if _is_stand_in(n)]
+    safe += [(_SAFE[n], n) for n in names if n in _SAFE]
+    if "numpy.dtype" in names:
+        safe += _NUMPY_DTYPES
+    try:
+        with torch.serialization.safe_globals(safe):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refusing to load: {err}") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
+
+
+def to_plain(obj: Any) -> Any:
+    """Records, tuples and containers -> plain dicts/lists/scalars (omegaconf nodes -> values)."""
+    if isinstance(obj, Record):
+        return _record_to_plain(obj)
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def _record_to_plain(record: Record) -> Any:
+    state = record.state
+    if isinstance(state, dict) and "_content" in state:  # omegaconf DictConfig/ListConfig/ValueNode
+        return to_plain(state["_content"])
+    if isinstance(state, dict) and "_val" in state:
+        return to_plain(state["_val"])
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+        state = {**(state[0] or {}), **state[1]}  # (dict state, slot state)
+    if isinstance(state, dict):  # argparse.Namespace and plain objects: their attributes
+        return {k: to_plain(v) for k, v in state.items() if not k.startswith("_")}
+    if len(record.args) == 1:  # enum members pickle as EnumClass(value)
+        return to_plain(record.args[0])
+    return record

@@ -1,0 +1,60 @@
+"""`w2vkit convert SRC DST --to {w2vkit,hf}`: fairseq / HF / w2vkit checkpoints -> w2vkit or HF.
+
+SRC is a fairseq `.pt` checkpoint, an HF model directory (config.json + safetensors or
+pytorch_model.bin) or a w2vkit checkpoint; its format is detected. `--to hf` writes a directory for
+`Wav2Vec2ForPreTraining.from_pretrained` (or, with `--hf-class model`, a `Wav2Vec2Model` one
+without the pretraining heads) with config.json, model.safetensors and preprocessor_config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from w2vkit.interop import CheckpointError, hf, read_pretrained, save_w2vkit
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "src", type=Path, help="fairseq .pt, HF model directory or w2vkit checkpoint"
+    )
+    parser.add_argument(
+        "dst", type=Path, help="output: a .pt file (--to w2vkit) or a directory (--to hf)"
+    )
+    parser.add_argument("--to", required=True, choices=["w2vkit", "hf"], help="output format")
+    parser.add_argument(
+        "--hf-class",
+        choices=["pretraining", "model"],
+        default="pretraining",
+        help="--to hf: Wav2Vec2ForPreTraining with quantizer and projection heads "
+        "(default) or a bare Wav2Vec2Model",
+    )
+    parser.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether the model expects per-utterance normalised audio; default: what "
+        "the source records, else true for layer-norm extractors (HF convention)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dst.exists() and not args.force:
+        print(f"w2vkit convert: {args.dst} exists; pass --force to overwrite", file=sys.stderr)
+        return 2
+    try:
+        pretrained = read_pretrained(args.src)
+    except CheckpointError as err:
+        print(f"w2vkit convert: {err}", file=sys.stderr)
+        return 2
+    if args.normalize is not None:
+        pretrained.normalize = args.normalize
+    if args.to == "hf":
+        hf.save_hf(pretrained, args.dst, heads=args.hf_class == "pretraining")
+    else:
+        save_w2vkit(pretrained, args.dst)
+    num_params = sum(v.numel() for v in pretrained.state_dict.values())
+    print(f"w2vkit convert: {args.src} -> {args.dst} ({args.to}, {num_params:,} parameters)")
+    return 0

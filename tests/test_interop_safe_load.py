@@ -1,0 +1,156 @@
+"""Untrusted checkpoints: malicious pickles are refused before anything runs; damage is reported."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import pickle
+import sys
+import types
+import zipfile
+
+import pytest
+import torch
+
+from w2vkit.interop import load_pretrained
+from w2vkit.interop.safe_load import (
+    CheckpointError,
+    Record,
+    load_torch_file,
+    referenced_globals,
+    to_plain,
+)
+
+
+class _RunsShell:
+    """Unpickling this calls os.system (pickled as posix.system on Linux)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _RunsEval:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (eval, (f"open({str(self.marker)!r}, 'w')",))
+
+
+@pytest.mark.parametrize(
+    "payload_cls, refused", [(_RunsShell, "system"), (_RunsEval, "builtins.eval")]
+)
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_malicious_checkpoint_is_refused_and_runs_nothing(
+    tmp_path, payload_cls, refused, zip_format
+):
+    marker = tmp_path / "pwned"
+    checkpoint = {
+        "model": {"w": torch.zeros(2)},
+        "cfg": {"model": {}},
+        "extra": payload_cls(marker),
+    }
+    torch.save(checkpoint, tmp_path / "evil.pt", _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError, match=f"refusing to load: .*{refused}"):
+        load_pretrained(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_malicious_pytorch_model_bin_in_hf_directory_is_refused(tmp_path):
+    import json
+
+    from w2vkit.interop.hf import hf_config_from_w2vkit
+    from w2vkit.model.config import tiny
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_from_w2vkit(tiny())))
+    torch.save({"wav2vec2.masked_spec_embed": _RunsShell(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_pretrained(tmp_path)
+    assert not marker.exists()
+
+
+def test_protocol_4_stack_global_is_refused(tmp_path):
+    """torch.save writes protocol 2; a hand-made zip checkpoint with STACK_GLOBAL is refused."""
+    torch.save({"model": {}}, tmp_path / "ok.pt")
+    with (
+        zipfile.ZipFile(tmp_path / "ok.pt") as src,
+        zipfile.ZipFile(tmp_path / "p4.pt", "w") as dst,
+    ):
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                data = pickle.dumps(argparse.Namespace(a=1), protocol=4)
+            dst.writestr(item, data)
+    with pytest.raises(CheckpointError, match="STACK_GLOBAL"):
+        load_torch_file(tmp_path / "p4.pt")
+
+
+def test_config_objects_become_inert_records(tmp_path):
+    """An argparse Namespace (fairseq's pre-2021 `args`) loads as an inert Record of plain data."""
+    namespace = argparse.Namespace(arch="wav2vec2", latent_temp="(2,0.5,0.999995)", lr=[5e-4])
+    torch.save({"args": namespace, "model": {"mask_emb": torch.ones(3)}}, tmp_path / "ns.pt")
+    assert referenced_globals(tmp_path / "ns.pt")[0] == "argparse.Namespace"
+    loaded = load_torch_file(tmp_path / "ns.pt")
+    assert isinstance(loaded["args"], Record) and loaded["args"].global_name == "argparse.Namespace"
+    assert to_plain(loaded["args"]) == {
+        "arch": "wav2vec2",
+        "latent_temp": "(2,0.5,0.999995)",
+        "lr": [5e-4],
+    }
+    assert torch.equal(loaded["model"]["mask_emb"], torch.ones(3))
+
+
+def test_enum_members_become_their_values(tmp_path, monkeypatch):
+    """An enum from a fairseq module pickles as `Choice("static")`; it loads as "static"."""
+
+    class Choice(enum.Enum):
+        STATIC = "static"
+
+    Choice.__module__, Choice.__qualname__ = "fairseq", "Choice"
+    module = types.ModuleType("fairseq")
+    module.Choice = Choice
+    monkeypatch.setitem(sys.modules, "fairseq", module)
+    torch.save({"cfg": {"model": {"mask_selection": Choice.STATIC}}}, tmp_path / "enum.pt")
+    monkeypatch.delitem(sys.modules, "fairseq")
+    assert referenced_globals(tmp_path / "enum.pt") == ["fairseq.Choice"]
+    loaded = to_plain(load_torch_file(tmp_path / "enum.pt"))
+    assert loaded == {"cfg": {"model": {"mask_selection": "static"}}}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a PyTorch checkpoint"),
+        (b"hello world", "not a PyTorch checkpoint"),
+        (b"PK\x03\x04garbage", "truncated or corrupt"),
+    ],
+)
+def test_not_a_checkpoint_is_a_clear_error(tmp_path, content, message):
+    (tmp_path / "x.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_pretrained(tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, zip_format):
+    torch.save(
+        {"model": {"w": torch.randn(1000)}, "config": {"model": {}}},
+        tmp_path / "full.pt",
+        _use_new_zipfile_serialization=zip_format,
+    )
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) - 1500])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_pretrained(tmp_path / "cut.pt")
+
+
+def test_missing_file_and_bare_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_pretrained(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="without config.json"):
+        load_pretrained(tmp_path)
