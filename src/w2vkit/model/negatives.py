@@ -41,7 +41,9 @@ def sample_negatives(masked_per_row: Tensor, num_negatives: int, num_cross_sampl
         if total > 0 and int(row_count.min()) < 2:
             bad = int(row[row_count < 2][0])
             raise ValueError(f"utterance {bad} in the batch has {int(counts[bad])} masked frame(s); "
-                             "within-utterance negatives need at least 2 (use longer audio or a higher mask prob)")
+                             "within-utterance negatives need at least 2. With masking.require_same_masks every "
+                             "row keeps the shortest row's count: raise data.min_samples, crop less, or "
+                             "raise masking.time_prob")
         pick = _uniform_below(row_count - 1, num_negatives, generator)  # (N, K) in [0, count-2]
         pick = pick + (pick >= (own - row_start)[:, None]).long()  # skip the positive itself
         columns.append(row_start[:, None] + pick)

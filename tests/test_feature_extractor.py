@@ -1,0 +1,188 @@
+"""Conv feature extractor: output lengths, frame padding, norm modes (and what they do to padded
+batches), gradient scaling."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from w2vkit.losses import pretraining_loss
+from w2vkit.model.config import BASE_CONV_LAYERS, FeatureExtractorConfig, tiny
+from w2vkit.model.feature_extractor import ConvFeatureExtractor, frame_padding_mask, output_lengths
+from w2vkit.model.negatives import sample_negatives
+from w2vkit.model.wav2vec2 import Wav2Vec2Model
+
+TINY_CONV = tiny().feature_extractor.conv_layers
+
+
+@pytest.mark.parametrize(("num_samples", "num_frames"), [(250000, 781), (32000, 99), (16000, 49)])
+def test_output_lengths_reference_values(num_samples, num_frames):
+    # REFERENCE.md 14 #1: BASE strides give 320 samples per frame, a 400-sample receptive field.
+    assert output_lengths(torch.tensor([num_samples]), BASE_CONV_LAYERS).item() == num_frames
+
+
+def test_output_lengths_below_receptive_field_is_zero():
+    lengths = output_lengths(torch.tensor([0, 100, 399, 400, 719, 720]), BASE_CONV_LAYERS)
+    assert lengths.tolist() == [0, 0, 0, 1, 1, 2]
+
+
+def test_output_lengths_equal_actual_conv_output():
+    torch.manual_seed(0)
+    extractor = ConvFeatureExtractor(
+        FeatureExtractorConfig(conv_layers=[(4, 10, 5)] + [(4, 3, 2)] * 4 + [(4, 2, 2)] * 2)
+    )
+    for num_samples in torch.randint(400, 6000, (25,)).tolist():
+        with torch.no_grad():
+            actual = extractor(torch.randn(1, num_samples)).shape[-1]
+        assert (
+            output_lengths(torch.tensor([num_samples]), extractor.cfg.conv_layers).item() == actual
+        ), num_samples
+
+
+def test_frame_padding_mask_marks_frames_past_each_length():
+    padding = torch.zeros(3, 16000, dtype=torch.bool)
+    padding[1, 10000:] = True
+    padding[2, 720:] = True
+    mask = frame_padding_mask(padding, TINY_CONV, num_frames=49)
+    expected_lengths = [49, output_lengths(torch.tensor(10000), TINY_CONV).item(), 2]
+    assert expected_lengths[1] == 31  # 10000 -> 1999 -> 999 -> 499 -> 249 -> 124 -> 62 -> 31
+    for row, length in enumerate(expected_lengths):
+        assert not mask[row, :length].any() and mask[row, length:].all()
+
+
+def test_group_norm_mode_normalises_first_layer_over_time_only():
+    torch.manual_seed(0)
+    extractor = ConvFeatureExtractor(
+        FeatureExtractorConfig(conv_layers=TINY_CONV, norm_mode="group_norm")
+    )
+    norms = [layer.norm for layer in extractor.layers]
+    assert isinstance(norms[0], torch.nn.GroupNorm) and norms[0].num_groups == 64
+    assert all(norm is None for norm in norms[1:])
+    assert all(layer.conv.bias is None for layer in extractor.layers)
+    # Reference: per (utterance, channel) standardisation over time, then GELU.
+    wav = torch.randn(2, 3000)
+    conv = extractor.layers[0].conv(wav[:, None])  # (B, C, T)
+    mean, var = conv.mean(-1, keepdim=True), conv.var(-1, unbiased=False, keepdim=True)
+    reference = F.gelu((conv - mean) / torch.sqrt(var + 1e-5))
+    torch.testing.assert_close(extractor.layers[0](wav[:, None]), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_norm_mode_normalises_every_frame_of_every_layer():
+    torch.manual_seed(0)
+    cfg = FeatureExtractorConfig(conv_layers=TINY_CONV, norm_mode="layer_norm", conv_bias=True)
+    extractor = ConvFeatureExtractor(cfg)
+    assert all(isinstance(layer.norm, torch.nn.LayerNorm) for layer in extractor.layers)
+    assert all(layer.conv.bias is not None for layer in extractor.layers)
+    x = torch.randn(2, 64, 30)
+    layer = extractor.layers[3]
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 1.5)
+        layer.norm.bias.uniform_(-0.5, 0.5)
+    conv = layer.conv(x)  # (B, C, T)
+    mean, var = conv.mean(1, keepdim=True), conv.var(1, unbiased=False, keepdim=True)
+    normed = (conv - mean) / torch.sqrt(var + 1e-5) * layer.norm.weight[:, None] + layer.norm.bias[
+        :, None
+    ]
+    torch.testing.assert_close(layer(x), F.gelu(normed), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_mode", ["group_norm", "layer_norm"])
+def test_norms_compute_in_fp32_under_bf16(norm_mode):
+    torch.manual_seed(0)
+    cfg = FeatureExtractorConfig(conv_layers=TINY_CONV, norm_mode=norm_mode)
+    norm = ConvFeatureExtractor(cfg).layers[0].norm.to(torch.bfloat16)
+    # A large offset with a small spread: bf16 statistics would lose the spread entirely.
+    x = (300.0 + torch.randn(2, 64, 50)).to(torch.bfloat16)
+    y = norm(x)
+    assert y.dtype == torch.bfloat16
+    reference = (
+        F.group_norm(x.float(), 64)
+        if norm_mode == "group_norm"
+        else F.layer_norm(x.float().transpose(1, 2), (64,)).transpose(1, 2)
+    )
+    torch.testing.assert_close(y.float(), reference, atol=0.02, rtol=0.02)
+
+
+def _padded_invariance_error(norm_mode: str) -> tuple[float, float]:
+    """Max |difference| at the valid frames of a shorter utterance, padded in a batch vs alone:
+    (over the conv `features`, over every hidden state)."""
+    cfg = tiny()
+    torch.manual_seed(0)
+    extractor = replace(cfg.feature_extractor, norm_mode=norm_mode)
+    model = Wav2Vec2Model(replace(cfg, feature_extractor=extractor)).eval()
+    g = torch.Generator().manual_seed(1)
+    long, short = torch.randn(1, 16000, generator=g), torch.randn(1, 10000, generator=g)
+    batch = torch.cat([long, torch.nn.functional.pad(short, (0, 6000))])
+    padding = torch.zeros(2, 16000, dtype=torch.bool)
+    padding[1, 10000:] = True
+    with torch.no_grad():
+        padded, alone = model.extract_features(batch, padding), model.extract_features(short)
+    frames = alone.features.shape[1]
+    assert frames == 31 and padded.padding_mask[1].tolist() == [False] * 31 + [True] * 18
+    features = (padded.features[1, :frames] - alone.features[0]).abs().max().item()
+    hidden = max(
+        (p[1, :frames] - a[0]).abs().max().item()
+        for p, a in zip(padded.hidden_states, alone.hidden_states, strict=True)
+    )
+    return features, hidden
+
+
+def test_layer_norm_extractor_is_invariant_to_padding():
+    features, hidden = _padded_invariance_error("layer_norm")
+    assert features < 1e-5 and hidden < 1e-5
+
+
+def test_group_norm_extractor_is_not_invariant_to_padding():
+    # GroupNorm normalises each channel over the whole (padded) length, so padding moves every
+    # valid frame; docs/model.md records the measured size (fairseq issue 3227, HF docs).
+    features, hidden = _padded_invariance_error("group_norm")
+    assert features > 0.05 and hidden > 0.05
+
+
+def _extractor_grads(grad_scale: float, state: dict | None) -> tuple[dict, dict, Wav2Vec2Model]:
+    """Gradients of the pretraining loss with feature `grad_scale`, weights from `state`."""
+    cfg = tiny()
+    cfg = replace(cfg, feature_extractor=replace(cfg.feature_extractor, grad_scale=grad_scale))
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(cfg).eval()  # eval: no Gumbel noise, the graph is deterministic
+    if state is not None:
+        model.load_state_dict(state)
+    wav = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
+    time_mask = torch.zeros(2, 24, dtype=torch.bool)
+    time_mask[:, 3:13] = True
+    negatives = sample_negatives(time_mask.sum(1), 5, generator=torch.Generator().manual_seed(2))
+    out = model(wav, temperature=1.0, time_mask=time_mask, negative_indices=negatives)
+    pretraining_loss(out).loss.backward()
+    extractor, rest = {}, {}
+    for name, p in model.named_parameters():
+        (extractor if name.startswith("feature_extractor.") else rest)[name] = p.grad
+    return extractor, rest, model
+
+
+def test_grad_scale_multiplies_the_extractor_gradient_exactly():
+    unscaled, rest_unscaled, model = _extractor_grads(1.0, None)
+    state = model.state_dict()
+    # A power of two scales every float exactly, so the scaled gradient is bit-equal.
+    scaled, rest_scaled, _ = _extractor_grads(0.25, state)
+    for name, grad in unscaled.items():
+        assert grad is not None and grad.abs().max() > 0, name
+        assert torch.equal(scaled[name], grad * 0.25), name
+    for name, grad in rest_unscaled.items():
+        assert torch.equal(rest_scaled[name], grad), name
+    tenth, _, _ = _extractor_grads(0.1, state)  # the BASE value: equal up to rounding
+    for name, grad in unscaled.items():
+        torch.testing.assert_close(
+            tenth[name], grad * 0.1, rtol=0, atol=1e-5 * float(grad.abs().max())
+        )
+
+
+def test_grad_scale_zero_freezes_the_extractor():
+    unscaled, rest_unscaled, model = _extractor_grads(1.0, None)
+    frozen, rest_frozen, _ = _extractor_grads(0.0, model.state_dict())
+    assert all(grad is None for grad in frozen.values())
+    # The rest of the model still trains, with the same gradients (the scale only acts backward).
+    for name, grad in rest_unscaled.items():
+        torch.testing.assert_close(rest_frozen[name], grad, rtol=1e-6, atol=1e-9)
