@@ -166,6 +166,11 @@ def _coerce(hint: Any, value: Any, key: str, current: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # PyYAML (YAML 1.1) reads 5e-4, without a dot, as a string
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -1,0 +1,339 @@
+"""The training loop: one normalisation per update, accumulation, skipped non-finite updates, bf16 on
+CPU, exact resume, SIGTERM. `toy_train` is shared with test_train_distributed.py."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import audiogen
+import pytest
+import torch
+from torch import nn
+
+from w2vkit import cli
+from w2vkit.data.collate import Batch
+from w2vkit.data.dataset import AudioDataset
+from w2vkit.data.loader import build_dataloader
+from w2vkit.data.sampler import BucketBatchSampler
+from w2vkit.losses import pretraining_loss
+from w2vkit.model.config import tiny
+from w2vkit.model.feature_extractor import output_lengths
+from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.recipes.pretrain import make_step_fn
+from w2vkit.train import checkpoint, dist
+from w2vkit.train.config import PretrainConfig, build_config, load_layers
+from w2vkit.train.loop import StepOutput, TrainState, run_update, train
+from w2vkit.train.metrics import RunLogger
+from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_YAML = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
+
+
+def make_manifest(directory: Path, num_files: int = 12, valid_percent: float = 0.25) -> Path:
+    """Tones of 0.6-2.0 s and their train/valid manifests; returns the manifest folder."""
+    audiogen.make_corpus(directory / "audio", num_files, (0.6, 2.0), 16_000, seed=0)
+    dest = directory / "manifest"
+    assert (
+        cli.main(
+            [
+                "manifest",
+                str(directory / "audio"),
+                "--dest",
+                str(dest),
+                "--valid-percent",
+                str(valid_percent),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    return dest
+
+
+@pytest.fixture(scope="module")
+def manifest_dir(tmp_path_factory) -> Path:
+    return make_manifest(tmp_path_factory.mktemp("tones"))
+
+
+class ToyModel(nn.Module):
+    """Per-frame regression on raw audio: its summed loss splits exactly over rows, ranks, micro-batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, kernel_size=400, stride=320)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.conv(wav[:, None])).transpose(
+            1, 2
+        )  # (B, 1, S) -> (B, C, T) -> (B, T, C)
+        return self.head(x).squeeze(-1)  # (B, T)
+
+
+def toy_step(model, batch, step: int, generator: torch.Generator) -> StepOutput:
+    prediction = model(batch.wav)  # (B, T)
+    loss = (prediction - 0.3).pow(2).sum()
+    return StepOutput(
+        loss=loss,
+        sample_size=prediction.numel(),
+        sums={"loss": float(loss.detach()), "sample_size": prediction.numel()},
+    )
+
+
+def toy_config(*overrides: str) -> PretrainConfig:
+    return build_config(
+        load_layers(TINY_YAML, ["optim.warmup_steps=0", "optim.lr=0.01", *overrides])
+    )
+
+
+def toy_state(cfg: PretrainConfig, sampler=None, model: nn.Module | None = None) -> TrainState:
+    torch.manual_seed(0)
+    model = model if model is not None else ToyModel()
+    optimizer = build_optimizer(model, cfg.optim)
+    return TrainState(
+        model=model,
+        optimizer=optimizer,
+        schedule=PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps),
+        scaler=None,
+        generator=torch.Generator(),
+        sampler=sampler,
+    )
+
+
+def toy_train(
+    manifest: Path, out_dir: Path, *overrides: str, step_fn=toy_step
+) -> tuple[TrainState, str]:
+    """The real loop, data pipeline and DDP wrapping (under torchrun) around the toy model."""
+    cfg = toy_config(
+        f"data.manifest_dir={manifest}",
+        f"train.out_dir={out_dir}",
+        "data.min_samples=4000",
+        "data.max_samples=16000",
+        "data.max_batch_samples=48000",
+        "train.validate_interval_steps=0",
+        *overrides,
+    )
+    dataset = AudioDataset(
+        manifest / "train.tsv", min_samples=cfg.data.min_samples, max_samples=cfg.data.max_samples
+    )
+    sampler = BucketBatchSampler(
+        dataset.sizes,
+        max_batch_samples=cfg.data.max_batch_samples,
+        max_batch_size=cfg.data.max_batch_size,
+        required_batch_size_multiple=1,
+        seed=cfg.train.seed,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+    )
+    state = toy_state(cfg, sampler)
+    state.model = dist.wrap_model(state.model, torch.device("cpu"), find_unused_parameters=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = RunLogger(
+        out_dir,
+        total_steps=cfg.train.max_steps,
+        start_step=0,
+        tensorboard=False,
+        progress_bar=False,
+    )
+    reason = train(
+        state,
+        cfg=cfg,
+        step_fn=step_fn,
+        train_loader=build_dataloader(dataset, sampler, seed=1),
+        valid_loader=None,
+        device=torch.device("cpu"),
+        out_dir=out_dir,
+        config_dict={},
+        logger=logger,
+    )
+    return state, reason
+
+
+def _rows(num_rows: int, num_samples: int, seed: int) -> Batch:
+    wav = torch.randn(num_rows, num_samples, generator=torch.Generator().manual_seed(seed))
+    return Batch(wav=wav, padding_mask=None, indices=torch.arange(seed * 10, seed * 10 + num_rows))
+
+
+def test_one_update_is_the_gradient_of_the_global_mean():
+    # Micro-batches of 1 and 3 rows (uneven sample sizes) and of a different length: the update must
+    # use d/dp [sum of all losses / sum of all sample sizes], not an average of per-micro-batch means.
+    cfg = toy_config("train.update_freq=3")
+    micro = [_rows(1, 3200, 1), _rows(3, 3200, 2), _rows(2, 6400, 3)]
+    state = toy_state(cfg)
+    reference = toy_state(cfg).model
+    total = sum(toy_step(reference, b, 0, None).loss for b in micro)
+    size = sum(toy_step(reference, b, 0, None).sample_size for b in micro)
+    expected = torch.autograd.grad(total / size, list(reference.parameters()))
+    result = run_update(state, micro, toy_step, cfg=cfg, device=torch.device("cpu"))
+    assert result.finite and result.sample_size == size and state.step == 1
+    for param, grad in zip(state.model.parameters(), expected):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-5, atol=1e-8)
+
+
+def test_two_half_batches_equal_one_full_batch_toy():
+    cfg = toy_config()
+    full = _rows(4, 3200, 7)
+    halves = [
+        Batch(wav=full.wav[:1], padding_mask=None, indices=full.indices[:1]),
+        Batch(wav=full.wav[1:], padding_mask=None, indices=full.indices[1:]),
+    ]
+    one, two = toy_state(cfg), toy_state(cfg)
+    for _ in range(3):
+        run_update(one, [full], toy_step, cfg=cfg, device=torch.device("cpu"))
+        run_update(two, halves, toy_step, cfg=cfg, device=torch.device("cpu"))
+    for a, b in zip(one.model.parameters(), two.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+class _ArgmaxQuantizerModel(Wav2Vec2Model):
+    """Gumbel noise is drawn per call, so it differs between one batch and two halves of it; argmax
+    codes (the quantizer's eval path) keep everything else of the real objective split-invariant."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.quantizer.eval()
+        return self
+
+
+def _fixed_mask_step(model, batch, step, generator) -> StepOutput:
+    # Masks and negatives fixed per utterance (seeded by its dataset index), 8 masked frames per row;
+    # the diversity term is per micro-batch in fairseq (not split-invariant), so it is off here.
+    num_samples = batch.wav.shape[1]
+    frames = int(output_lengths(torch.tensor(num_samples), tiny().feature_extractor.conv_layers))
+    masks, negatives = [], []
+    for row, index in enumerate(batch.indices.tolist()):
+        g = torch.Generator().manual_seed(index)
+        mask = torch.zeros(frames, dtype=torch.bool)
+        mask[torch.randperm(frames, generator=g)[:8]] = True
+        others = torch.randint(0, 7, (8, 5), generator=g)
+        others += others >= torch.arange(8)[:, None]  # skip the frame itself
+        masks.append(mask)
+        negatives.append(others + 8 * row)
+    output = model(
+        batch.wav,
+        None,
+        temperature=2.0,
+        time_mask=torch.stack(masks),
+        negative_indices=torch.cat(negatives),
+    )
+    terms = pretraining_loss(output, diversity_weight=0.0, feature_penalty_weight=10.0)
+    return StepOutput(
+        loss=terms.loss,
+        sample_size=terms.sample_size,
+        sums={"loss": float(terms.loss.detach()), "sample_size": terms.sample_size},
+    )
+
+
+def test_two_half_batches_equal_one_full_batch_wav2vec2():
+    cfg = toy_config()
+    full = _rows(4, 8000, 5)
+    halves = [
+        Batch(wav=full.wav[:2], padding_mask=None, indices=full.indices[:2]),
+        Batch(wav=full.wav[2:], padding_mask=None, indices=full.indices[2:]),
+    ]
+    states, results = [], []
+    for micro in ([full], halves):
+        torch.manual_seed(0)
+        state = toy_state(cfg, model=_ArgmaxQuantizerModel(tiny()))
+        results.append(
+            run_update(state, micro, _fixed_mask_step, cfg=cfg, device=torch.device("cpu"))
+        )
+        states.append(state)
+    assert results[0].sample_size == results[1].sample_size == 32
+    assert results[0].loss == pytest.approx(results[1].loss, rel=1e-6)
+    # Gradients, not parameters: Adam's first step is ~lr * sign(grad), which turns rounding-level
+    # differences of near-zero gradients into lr-sized ones.
+    named = dict(states[1].model.named_parameters())
+    assert sum(p.grad is not None for p in named.values()) > 20
+    for name, a in states[0].model.named_parameters():
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, named[name].grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_non_finite_updates_are_skipped_counted_and_stop_the_run(manifest_dir, tmp_path):
+    def nan_step(model, batch, step, generator):
+        out = toy_step(model, batch, step, generator)
+        return StepOutput(out.loss * math.nan, out.sample_size, out.sums)
+
+    state, reason = toy_train(
+        manifest_dir, tmp_path, "train.max_consecutive_nonfinite=3", step_fn=nan_step
+    )
+    assert reason == "nonfinite" and state.step == 0 and state.num_nonfinite == 3
+    saved = checkpoint.load(tmp_path / checkpoint.LAST)
+    assert saved["progress"]["step"] == 0 and saved["progress"]["consecutive_nonfinite"] == 3
+    torch.manual_seed(0)
+    for name, value in ToyModel().state_dict().items():  # the skipped updates changed nothing
+        assert torch.equal(saved["model"][name], value)
+
+
+def test_one_bad_update_is_skipped_and_training_goes_on():
+    cfg = toy_config()
+    state = toy_state(cfg)
+    before = [p.detach().clone() for p in state.model.parameters()]
+    bad = _rows(2, 3200, 1)
+    bad.wav[0, 5] = math.inf
+    result = run_update(state, [bad], toy_step, cfg=cfg, device=torch.device("cpu"))
+    assert not result.finite and state.step == 0 and state.num_nonfinite == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters()))
+    assert run_update(
+        state, [_rows(2, 3200, 2)], toy_step, cfg=cfg, device=torch.device("cpu")
+    ).finite
+    assert state.step == 1 and state.consecutive_nonfinite == 0
+
+
+def test_bf16_autocast_runs_the_real_model_on_cpu():
+    cfg = build_config(load_layers(TINY_YAML, ["train.precision=bf16", "optim.warmup_steps=0"]))
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(cfg.model)
+    seen = []
+    model.encoder.layers[0].fc1.register_forward_hook(
+        lambda module, args, out: seen.append(out.dtype)
+    )
+    state = toy_state(cfg, model=model)
+    before = model.context_proj.weight.detach().clone()
+    result = run_update(
+        state, [_rows(2, 16000, 3)], make_step_fn(cfg), cfg=cfg, device=torch.device("cpu")
+    )
+    assert seen == [torch.bfloat16]
+    assert result.finite and math.isfinite(result.loss) and result.gnorm > 0
+    assert not torch.equal(before, model.context_proj.weight)
+
+
+def test_fp16_dynamic_loss_scaling_skips_overflows_and_unscales():
+    # fp16 autocast runs on the CPU too, which lets the GradScaler path be tested without a GPU.
+    cfg = toy_config("train.precision=fp16")
+    state = toy_state(cfg)
+    state.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # fp16 gradients overflow
+    before = [p.detach().clone() for p in state.model.parameters()]
+    batch = _rows(2, 3200, 4)
+    result = run_update(state, [batch], toy_step, cfg=cfg, device=torch.device("cpu"))
+    assert not result.finite and state.step == 0 and state.num_nonfinite == 1
+    assert state.scaler.get_scale() == 2.0**39  # halved after the overflow
+    assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters()))
+
+    state.scaler = torch.amp.GradScaler("cpu", init_scale=128.0)
+    result = run_update(state, [batch], toy_step, cfg=cfg, device=torch.device("cpu"))
+    reference = toy_state(toy_config()).model
+    out = toy_step(reference, batch, 0, None)
+    expected = torch.autograd.grad(out.loss / out.sample_size, list(reference.parameters()))
+    assert result.finite and state.step == 1
+    for param, grad in zip(state.model.parameters(), expected):  # unscaled, then normalised once
+        assert (param.grad - grad).norm() <= 1e-2 * grad.norm()  # fp16 activations: ~1e-3 relative
+
+
+def test_max_epochs_stops_after_whole_passes(manifest_dir, tmp_path):
+    state, reason = toy_train(
+        manifest_dir,
+        tmp_path,
+        "train.max_steps=0",
+        "train.max_epochs=2",
+        "optim.total_steps=100",
+        "train.update_freq=2",
+    )
+    batches_per_epoch = len(state.sampler)
+    assert reason == "max_epochs" and state.epoch == 2
+    assert state.step == 2 * math.ceil(batches_per_epoch / 2)  # an epoch's last group may be short
+    assert state.sampler.state_dict()["epoch"] == 2 and state.sampler.state_dict()["position"] == 0
