@@ -43,6 +43,29 @@ def deep_merge(base: dict, diff: dict) -> dict:
     return out
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def nest(flat: dict[str, Any]) -> dict:
+    """`{"a.b": 1}` -> `{"a": {"b": 1}}`."""
+    tree: dict = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """`["optim.lr=1e-3", "train.max_steps=10"]` -> nested dict; values parsed as YAML scalars."""
     tree: dict = {}
@@ -191,8 +214,10 @@ __all__ = [
     "ConfigError",
     "check",
     "deep_merge",
+    "flatten",
     "from_dict",
     "load_yaml",
+    "nest",
     "parse_overrides",
     "to_dict",
 ]

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from w2vkit.config import ConfigError, from_dict, to_dict
+from w2vkit.config import ConfigError, flatten, from_dict, nest, to_dict
 from w2vkit.interop.keymap import KeyMap
 from w2vkit.interop.native import Pretrained, check_state_dict
 from w2vkit.interop.safe_load import CheckpointError, load_torch_file
@@ -129,32 +129,11 @@ _LEGACY_WEIGHT_NORM = {
 }
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _nest(flat: dict[str, Any]) -> dict:
-    tree: dict = {}
-    for dotted, value in flat.items():
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
 def hf_config_from_w2vkit(
     cfg: ModelConfig, *, architecture: str = "Wav2Vec2ForPreTraining"
 ) -> dict:
     """ModelConfig -> the dict `Wav2Vec2Config(**d)` takes (config.json)."""
-    flat = _flat(to_dict(cfg))
+    flat = flatten(to_dict(cfg))
     for dotted, value in HF_CANNOT.items():
         if flat[dotted] != value:
             raise ConfigError(
@@ -223,7 +202,7 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> ModelConfig:
     flat["quantizer.dim"] = 0 if code_dim == hf["proj_codevector_dim"] else code_dim
     flat.update(extras)
     try:
-        cfg = from_dict(ModelConfig, _nest(flat), where="model")
+        cfg = from_dict(ModelConfig, nest(flat), where="model")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from err
     if cfg.code_dim != code_dim:

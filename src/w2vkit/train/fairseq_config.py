@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from w2vkit.config import ConfigError, load_yaml, to_dict
+from w2vkit.config import ConfigError, load_yaml, nest, to_dict
 from w2vkit.interop import fairseq as fairseq_model
 
 Convert = Callable[[Any, str], dict[str, Any]]
@@ -204,7 +204,7 @@ def translate_fairseq_config(data: dict, *, source: str = "fairseq config") -> F
             if (section, key) not in FAIRSEQ_KEYS:
                 reason = UNUSED_REASONS.get((section, key), "not used by w2vkit")
                 unused.append(f"{section}.{key}={value!r}: {reason}")
-    layer = _nest(flat)
+    layer = nest(flat)
     layer["model"], model_unused = _translate_model(dict(data.get("model") or {}), source)
     return FairseqTranslation(layer=layer, unused=unused + model_unused, notes=notes)
 
@@ -248,17 +248,6 @@ def _number_or_self(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-def _nest(flat: dict[str, Any]) -> dict:
-    tree: dict = {}
-    for dotted, value in flat.items():
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 __all__ = ["FAIRSEQ_KEYS", "FairseqTranslation", "load_fairseq_config", "translate_fairseq_config"]
