@@ -40,32 +40,31 @@ def interval_name(epoch: int, step: int) -> str:
 
 def save_atomic(payload: dict, path: Path) -> None:
     """torch.save to `.<name>.tmp-<pid>` beside `path`, fsync, then rename over `path`."""
-    path = Path(path)
+    _write_atomic(Path(path), lambda f: torch.save(payload, f))
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a finished checkpoint under another name with the same temp-file-and-rename guarantee."""
+
+    def copy(f) -> None:
+        with open(src, "rb") as fin:
+            shutil.copyfileobj(fin, f, length=16 << 20)
+
+    _write_atomic(Path(dst), copy)
+
+
+def _write_atomic(path: Path, write) -> None:
+    # A crash leaves at most a stale temp file: `path` is either the old or the new file, whole.
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a finished checkpoint under another name with the same temp-file-and-rename guarantee."""
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}{_TMP_MARK}{os.getpid()}")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, length=16 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(dst.parent)
 
 
 def write_checkpoints(
