@@ -337,3 +337,24 @@ def test_max_epochs_stops_after_whole_passes(manifest_dir, tmp_path):
     assert reason == "max_epochs" and state.epoch == 2
     assert state.step == 2 * math.ceil(batches_per_epoch / 2)  # an epoch's last group may be short
     assert state.sampler.state_dict()["epoch"] == 2 and state.sampler.state_dict()["position"] == 0
+
+
+def test_a_file_corrupted_after_the_manifest_is_replaced_counted_and_logged(tmp_path, caplog):
+    import json
+
+    dest = make_manifest(tmp_path, num_files=8, valid_percent=0.0)
+    root, first = (dest / "train.tsv").read_text().splitlines()[:2]
+    bad = Path(root) / first.split("\t")[0]
+    bad.write_bytes(b"RIFF....not audio any more")  # the manifest still lists it with its old length
+    out_dir = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        code = cli.main(["pretrain", TINY_YAML, f"data.manifest_dir={dest}", f"train.out_dir={out_dir}",
+                         "train.max_steps=8", "train.log_interval=1", "data.valid_split="])
+    assert code == 0
+    records = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r.get("split") == "train"]
+    assert train_records[-1]["num_updates"] == 8
+    # Every epoch meets the bad file once: the count grows and never resets.
+    failed = [r["num_failed_files"] for r in train_records]
+    assert failed == sorted(failed) and failed[-1] >= 1
+    assert str(bad.name) in caplog.text

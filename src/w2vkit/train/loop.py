@@ -70,6 +70,8 @@ class TrainState:
     best_valid_loss: float = math.inf
     num_nonfinite: int = 0
     consecutive_nonfinite: int = 0
+    num_failed_files: int = 0
+    """Audio files this process failed to decode and replaced (summed over processes in logs)."""
 
     def payload(self, config: dict, last_valid: dict | None) -> dict:
         return {
@@ -87,6 +89,7 @@ class TrainState:
                 "best_valid_loss": self.best_valid_loss,
                 "num_nonfinite": self.num_nonfinite,
                 "consecutive_nonfinite": self.consecutive_nonfinite,
+                "num_failed_files": self.num_failed_files,
             },
             "metrics": {"window": self.window.state_dict(), "valid": last_valid},
         }
@@ -105,6 +108,7 @@ class TrainState:
         self.best_valid_loss = float(progress["best_valid_loss"])
         self.num_nonfinite = int(progress["num_nonfinite"])
         self.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
+        self.num_failed_files = int(progress.get("num_failed_files", 0))
 
 
 def reseed(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
@@ -326,6 +330,7 @@ def train(
                 break
             state.epoch = group[-1].epoch + 1  # fairseq counts epochs from 1
             audio_samples += sum(b.num_audio_samples for b in group)
+            state.num_failed_files += sum(b.num_failed for b in group)
             result = run_update(
                 state, group, step_fn, cfg=cfg, device=device, stop_requested=signals.requested
             )
@@ -348,11 +353,12 @@ def train(
                 record["sample_size"] /= max(
                     num_updates, 1
                 )  # masked frames per update, all processes
-                audio = dist.all_reduce_sum(
-                    torch.tensor([audio_samples], dtype=torch.float64, device=device)
-                )
+                counts = [audio_samples, state.num_failed_files]
+                audio, failed = dist.all_reduce_sum(
+                    torch.tensor(counts, dtype=torch.float64, device=device)
+                ).tolist()
                 audio_samples = 0.0
-                rates = throughput.rates(num_updates, float(audio) / cfg.data.sample_rate)
+                rates = throughput.rates(num_updates, audio / cfg.data.sample_rate)
                 # lr of the next update, as fairseq logs it; gnorm of the last update, before clipping.
                 record |= {"lr": state.schedule.lr_at(state.step), "gnorm": result.gnorm}
                 if state.scaler is not None:
@@ -366,6 +372,7 @@ def train(
                         **rates,
                         **gpu_memory_gb(device),
                         "num_nonfinite": state.num_nonfinite,
+                        "num_failed_files": int(failed),
                     }
                 )
                 logger.progress(state.step, record.get("loss"), rates["audio_sec_per_sec"])
