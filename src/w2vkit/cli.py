@@ -21,7 +21,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="w2vkit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="w2vkit",
+        description="wav2vec 2.0 self-supervised pretraining: from a folder of raw audio to speech "
+        "representations. `w2vkit COMMAND --help` describes each command.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     # Import only the recipe that runs; the others register a placeholder parser for --help.
