@@ -1,0 +1,138 @@
+"""`w2vkit extract CHECKPOINT MANIFEST --out DIR`: per-layer hidden states of every manifest item.
+
+CHECKPOINT is a fairseq `.pt`, an HF model directory or a w2vkit checkpoint. Audio is decoded to
+mono 16 kHz and normalised as the model was trained (recorded in the checkpoint; otherwise
+normalised for layer-norm extractors, as HF does). The output layout is described in
+`w2vkit.embed.extract` and docs/extract_probe.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from w2vkit.data.dataset import AudioDataset
+from w2vkit.data.manifest import read_manifest
+from w2vkit.embed.extract import DTYPES, POOLS, extract_manifest, parse_layers
+from w2vkit.interop import CheckpointError, read_pretrained
+from w2vkit.model.wav2vec2 import Wav2Vec2Model
+
+# Pretraining heads an HF `Wav2Vec2Model` directory lacks; extraction never uses them.
+HEAD_PREFIXES = ("quantizer.", "target_proj.", "context_proj.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="fairseq .pt, HF directory or w2vkit .pt")
+    parser.add_argument("manifest", type=Path, help="a manifest .tsv (w2vkit manifest / fairseq)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--layers",
+        default="all",
+        help="'all' or comma-separated layer ids: 0 = encoder input, k = Transformer layer k "
+        "(default: all)",
+    )
+    parser.add_argument(
+        "--pool",
+        choices=sorted(POOLS),
+        default="none",
+        help="none: frame features (L, T, D) per item; mean: utterance means (L, D)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0...")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=30.0,
+        help="longer files run in windows of this length, frame-aligned; frames near a window "
+        "edge lack context across it (0 = whole files; default 30)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="storage dtype (the model always runs in float32); float16 halves the disk use",
+    )
+    parser.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-utterance zero mean / unit variance input; default: what the checkpoint "
+        "records, else on for layer-norm extractors",
+    )
+    parser.add_argument(
+        "--shard-mb", type=float, default=256.0, help="approximate shard size in MiB (default 256)"
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing OUT")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.out / "index.tsv").exists() and not args.force:
+        print(
+            f"w2vkit extract: {args.out} holds features; pass --force to overwrite", file=sys.stderr
+        )
+        return 2
+    if args.max_seconds < 0 or args.shard_mb <= 0:
+        print("w2vkit extract: --max-seconds must be >= 0 and --shard-mb > 0", file=sys.stderr)
+        return 2
+    try:
+        pretrained = read_pretrained(args.checkpoint)
+        manifest = read_manifest(args.manifest)
+        layers = parse_layers(args.layers, pretrained.cfg.transformer.num_layers)
+    except (CheckpointError, OSError, ValueError) as err:
+        print(f"w2vkit extract: {err}", file=sys.stderr)
+        return 2
+    model = Wav2Vec2Model(pretrained.cfg)
+    missing, unexpected = model.load_state_dict(pretrained.state_dict, strict=False)
+    # load_pretrained has checked keys and shapes; only absent heads may remain.
+    assert not unexpected and all(k.startswith(HEAD_PREFIXES) for k in missing), missing
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    model.to(device)  # extract_manifest puts it in eval mode
+
+    normalize = args.normalize
+    if normalize is None:
+        normalize = pretrained.normalize
+    if normalize is None:
+        normalize = pretrained.cfg.feature_extractor.norm_mode == "layer_norm"
+    dataset = AudioDataset(manifest, normalize=normalize)
+    kept = set(dataset.manifest_rows.tolist())
+    empty = [(p, "manifest lists 0 frames") for i, p in enumerate(manifest.paths) if i not in kept]
+    for old in args.out.glob("features-*.safetensors") if args.force else ():
+        old.unlink()  # a smaller rerun must not leave shards that no index row names
+    max_samples = round(args.max_seconds * dataset.sample_rate) if args.max_seconds > 0 else None
+    summary = extract_manifest(
+        model,
+        dataset,
+        args.out,
+        layers,
+        pool=args.pool,
+        dtype=DTYPES[args.dtype],
+        max_samples=max_samples,
+        shard_bytes=int(args.shard_mb * 2**20),
+        skipped=empty,
+        meta={"checkpoint": str(args.checkpoint), "manifest": str(args.manifest)},
+        progress=not args.quiet,
+    )
+    speed = summary.audio_seconds / max(summary.wall_seconds, 1e-9)
+    print(
+        f"w2vkit extract: {summary.num_items} items ({summary.audio_seconds:.1f} s of audio, "
+        f"{summary.num_frames} frames) -> {args.out} ({summary.num_shards} shards, layers "
+        f"{args.layers}, pool {args.pool}, {args.dtype}, normalize={normalize}, {device}) in "
+        f"{summary.wall_seconds:.1f} s ({speed:.0f}x real time)"
+    )
+    if summary.skipped:
+        reasons = np.unique([reason.split(" (")[0] for _, reason in summary.skipped])
+        print(
+            f"w2vkit extract: skipped {len(summary.skipped)} items ({', '.join(reasons)}); "
+            f"listed in {args.out / 'skipped.tsv'}",
+            file=sys.stderr,
+        )
+    if summary.num_items == 0:
+        print("w2vkit extract: no item could be extracted", file=sys.stderr)
+        return 1
+    return 0
