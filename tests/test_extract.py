@@ -227,3 +227,24 @@ def test_float16_overflow_is_skipped_not_stored(corpus, tmp_path):
     assert reasons["broken.wav"] == "cannot decode"
     summary = extract_manifest(model, dataset, tmp_path, [0, 1], progress=False)  # float32 fits
     assert summary.num_items == 4 and read_index(tmp_path)[0].layers == (0, 1)
+
+
+def test_model_that_never_masks_and_has_no_heads_extracts(corpus, tmp_path):
+    """time_prob = channel_prob = 0: an HF encoder keeps no mask embedding; extraction needs none."""
+    model = corpus["model"]
+    cfg = replace(model.cfg, masking=replace(model.cfg.masking, time_prob=0.0))
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.startswith(("masker.", "quantizer.", "target_proj.", "context_proj."))}
+    checkpoint = tmp_path / "encoder.pt"
+    torch.save({"model": state, "config": {"model": to_dict(cfg)}}, checkpoint)
+    parser = argparse.ArgumentParser()
+    recipe.add_arguments(parser)
+    argv = [str(checkpoint), str(corpus["manifest"]), "--out", str(tmp_path / "f"), "--quiet"]
+    assert recipe.run(parser.parse_args(argv + ["--layers", "2"])) == 0
+    stored = load_features(tmp_path / "f", layer=2)
+    torch.testing.assert_close(stored[corpus["relative"][0]], _direct(model, corpus["paths"][0])[2])
+
+
+def test_max_seconds_shorter_than_a_frame_is_a_usage_error(corpus, tmp_path, capsys):
+    assert _run(corpus, tmp_path / "f", "--max-seconds", "0.01") == 2
+    assert "shorter than one frame" in capsys.readouterr().err

@@ -14,8 +14,8 @@ import torch
 
 from w2vkit.config import ConfigError
 from w2vkit.interop import hf as hf_interop
-from w2vkit.interop import load_pretrained
-from w2vkit.interop.native import Pretrained
+from w2vkit.interop import load_pretrained, read_pretrained
+from w2vkit.interop.native import Pretrained, save_w2vkit
 from w2vkit.losses import contrastive_loss
 from w2vkit.model.config import base, large, tiny
 from w2vkit.model.negatives import sample_negatives
@@ -413,3 +413,36 @@ def test_hf_model_that_never_masks_has_no_mask_embedding(tmp_path):
     assert cfg.masking.time_prob == 0 and "masker.mask_embedding" not in state
     with pytest.raises(ConfigError, match="time_prob"):
         hf_interop.hf_config_from_w2vkit(cfg)
+
+
+def test_encoder_only_hf_model_round_trips_through_w2vkit_and_back(tmp_path):
+    """An HF Wav2Vec2ForCTC (no pretraining heads, never masks): convert -> w2vkit file -> read
+    again -> export as a bare HF encoder, with identical encoder weights throughout."""
+    hf_cfg = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48,
+        conv_dim=[16] * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+        vocab_size=10, mask_time_prob=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.Wav2Vec2ForCTC(hf_cfg).save_pretrained(tmp_path / "ctc")
+    source = hf_interop.load_hf(tmp_path / "ctc")
+    save_w2vkit(source, tmp_path / "ctc.pt")
+    again = read_pretrained(tmp_path / "ctc.pt")  # used to fail: missing quantizer.codevectors ...
+    assert again.state_dict.keys() == source.state_dict.keys()
+    assert all(torch.equal(again.state_dict[k], v) for k, v in source.state_dict.items())
+    # A bare encoder exports even though the settings of the missing heads are not HF's.
+    hf_interop.save_hf(again, tmp_path / "enc", heads=False)
+    assert hf_interop.load_hf(tmp_path / "enc").state_dict.keys() == source.state_dict.keys()
+    with pytest.raises((ConfigError, ValueError), match="no pretraining heads"):  # with heads: no
+        hf_interop.save_hf(again, tmp_path / "full", heads=True)
+
+
+def test_bare_encoder_export_ignores_head_only_settings(tmp_path):
+    cfg = dataclasses.replace(tiny(), num_cross_sample_negatives=3)
+    model = _random_model(cfg)
+    pretrained = Pretrained(cfg, model.state_dict(), None)
+    with pytest.raises(ConfigError, match="num_cross_sample_negatives"):
+        hf_interop.save_hf(pretrained, tmp_path / "full", heads=True)
+    hf_interop.save_hf(pretrained, tmp_path / "enc", heads=False)
+    back = hf_interop.load_hf(tmp_path / "enc")
+    assert back.cfg.num_cross_sample_negatives == 3  # carried in w2vkit_extras

@@ -86,8 +86,10 @@ def test_protocol_4_stack_global_is_refused(tmp_path):
             if item.filename.endswith("data.pkl"):
                 data = pickle.dumps(argparse.Namespace(a=1), protocol=4)
             dst.writestr(item, data)
-    with pytest.raises(CheckpointError, match="STACK_GLOBAL"):
+    with pytest.raises(CheckpointError, match="STACK_GLOBAL") as refused:
         load_torch_file(tmp_path / "p4.pt")
+    # A refusal of an intact file must not send the user off to re-download a "corrupt" one.
+    assert "corrupt" not in str(refused.value) and "truncated" not in str(refused.value)
 
 
 def test_config_objects_become_inert_records(tmp_path):

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from w2vkit.config import ConfigError, flatten, from_dict, nest, to_dict
 from w2vkit.interop.keymap import KeyMap
-from w2vkit.interop.native import Pretrained, check_state_dict
+from w2vkit.interop.native import PRETRAINING_HEADS, Pretrained, check_state_dict, encoder_only_prefixes
 from w2vkit.interop.safe_load import CheckpointError, load_torch_file
 from w2vkit.model.config import ModelConfig
 
@@ -96,7 +96,6 @@ HF_CANNOT: dict[str, Any] = {
 }
 SPECIAL = {"feature_extractor.conv_layers", "feature_extractor.norm_mode", "quantizer.dim"}
 _NORM = {"group_norm": "group", "layer_norm": "layer"}
-PRETRAINING_HEADS = ("quantizer.", "target_proj.", "context_proj.")
 
 # HF names are those of `Wav2Vec2Model`; `Wav2Vec2ForPreTraining` puts them under `wav2vec2.`.
 KEYS = KeyMap([
@@ -134,13 +133,16 @@ def hf_config_from_w2vkit(
 ) -> dict:
     """ModelConfig -> the dict `Wav2Vec2Config(**d)` takes (config.json)."""
     flat = flatten(to_dict(cfg))
+    # A bare encoder's outputs depend on none of these; its directory still carries them in
+    # w2vkit_extras, so the round trip stays exact.
+    with_heads = architecture != "Wav2Vec2Model"
     for dotted, value in HF_CANNOT.items():
-        if flat[dotted] != value:
+        if with_heads and flat[dotted] != value:
             raise ConfigError(
                 f"model.{dotted}={flat[dotted]!r} cannot be represented in HF transformers "
                 f"(Wav2Vec2ForPreTraining only computes {value!r})"
             )
-    if cfg.masking.time_prob == 0 and cfg.masking.channel_prob == 0:
+    if with_heads and cfg.masking.time_prob == 0 and cfg.masking.channel_prob == 0:
         raise ConfigError(
             "model.masking.time_prob=0 cannot be represented in HF transformers: with "
             "mask_time_prob = mask_feature_prob = 0 it drops the mask embedding"
@@ -250,10 +252,7 @@ def from_hf_state(
                 f"{source}: feature_projection.projection is not the identity, which w2vkit "
                 "cannot represent when conv_dim == hidden_size"
             )
-    optional = PRETRAINING_HEADS
-    if cfg.masking.time_prob == 0 and cfg.masking.channel_prob == 0:
-        optional += ("masker.",)  # HF keeps no mask embedding when it never masks
-    check_state_dict(cfg, state, source=source, optional_prefixes=optional)
+    check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg))
     return state
 
 

@@ -52,7 +52,8 @@ def from_payload(payload: dict, *, source: str) -> Pretrained:
     data = payload["config"].get("data") if isinstance(payload["config"].get("data"), dict) else {}
     normalize = audio.get("normalize", data.get("normalize"))
     state = {k: v for k, v in payload["model"].items()}
-    check_state_dict(cfg, state, source=source)
+    # A w2vkit file converted from an HF encoder-only model has no heads: loadable, not pretrainable.
+    check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg))
     return Pretrained(cfg, state, normalize if isinstance(normalize, bool) else None)
 
 
@@ -66,6 +67,17 @@ def save_w2vkit(pretrained: Pretrained, path: str | Path) -> None:
     if pretrained.normalize is not None:
         payload["audio"] = {"normalize": pretrained.normalize}
     torch.save(payload, path)
+
+
+PRETRAINING_HEADS = ("quantizer.", "target_proj.", "context_proj.")
+
+
+def encoder_only_prefixes(cfg: ModelConfig) -> tuple[str, ...]:
+    """Tensors an encoder-only checkpoint (HF `Wav2Vec2Model`/`ForCTC`) may lack: the pretraining
+    heads, and the mask embedding when the model never masks (HF then keeps none)."""
+    if cfg.masking.time_prob == 0 and cfg.masking.channel_prob == 0:
+        return PRETRAINING_HEADS + ("masker.",)
+    return PRETRAINING_HEADS
 
 
 def check_state_dict(

@@ -154,6 +154,8 @@ def referenced_globals(path: str | Path) -> list[str]:
                             f"{path}: refusing to load: pickle opcode {opcode.name} builds objects "
                             "from computed names, which no torch checkpoint needs"
                         )
+            except CheckpointError:
+                raise  # a refusal, not corruption (CheckpointError is a ValueError)
             except (ValueError, EOFError) as err:
                 raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
     return list(dict.fromkeys(found))

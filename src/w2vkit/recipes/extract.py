@@ -17,12 +17,11 @@ import torch
 
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import read_manifest
-from w2vkit.embed.extract import DTYPES, POOLS, extract_manifest, parse_layers
+from w2vkit.embed.extract import DTYPES, POOLS, extract_manifest, frame_geometry, parse_layers
 from w2vkit.interop import CheckpointError, read_pretrained
+from w2vkit.interop.native import encoder_only_prefixes
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
-# Pretraining heads an HF `Wav2Vec2Model` directory lacks; extraction never uses them.
-HEAD_PREFIXES = ("quantizer.", "target_proj.", "context_proj.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     model = Wav2Vec2Model(pretrained.cfg)
     missing, unexpected = model.load_state_dict(pretrained.state_dict, strict=False)
-    # load_pretrained has checked keys and shapes; only absent heads may remain.
-    assert not unexpected and all(k.startswith(HEAD_PREFIXES) for k in missing), missing
+    # read_pretrained has checked keys and shapes: only tensors extraction never uses may be absent.
+    if unexpected or not all(k.startswith(encoder_only_prefixes(pretrained.cfg)) for k in missing):
+        print(f"w2vkit extract: {args.checkpoint}: weights do not fit the model: missing "
+              f"{missing[:4]}, unexpected {unexpected[:4]}", file=sys.stderr)
+        return 2
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
@@ -105,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
     for old in args.out.glob("features-*.safetensors") if args.force else ():
         old.unlink()  # a smaller rerun must not leave shards that no index row names
     max_samples = round(args.max_seconds * dataset.sample_rate) if args.max_seconds > 0 else None
+    receptive_field = frame_geometry(pretrained.cfg.feature_extractor.conv_layers)[0]
+    if max_samples is not None and max_samples < receptive_field:
+        print(f"w2vkit extract: --max-seconds {args.max_seconds} is shorter than one frame "
+              f"({receptive_field / dataset.sample_rate:.4f} s)", file=sys.stderr)
+        return 2
     summary = extract_manifest(
         model,
         dataset,
