@@ -24,7 +24,12 @@ from torch import Tensor
 
 from w2vkit.config import ConfigError, flatten, from_dict, nest, to_dict
 from w2vkit.interop.keymap import KeyMap
-from w2vkit.interop.native import PRETRAINING_HEADS, Pretrained, check_state_dict, encoder_only_prefixes
+from w2vkit.interop.native import (
+    PRETRAINING_HEADS,
+    Pretrained,
+    check_state_dict,
+    encoder_only_prefixes,
+)
 from w2vkit.interop.safe_load import CheckpointError, load_torch_file
 from w2vkit.model.config import ModelConfig
 
@@ -252,7 +257,7 @@ def from_hf_state(
                 f"{source}: feature_projection.projection is not the identity, which w2vkit "
                 "cannot represent when conv_dim == hidden_size"
             )
-    check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg))
+    check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg, state))
     return state
 
 

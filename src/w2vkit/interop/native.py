@@ -52,8 +52,8 @@ def from_payload(payload: dict, *, source: str) -> Pretrained:
     data = payload["config"].get("data") if isinstance(payload["config"].get("data"), dict) else {}
     normalize = audio.get("normalize", data.get("normalize"))
     state = {k: v for k, v in payload["model"].items()}
-    # A w2vkit file converted from an HF encoder-only model has no heads: loadable, not pretrainable.
-    check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg))
+    # A w2vkit file converted from an HF encoder-only model has no heads: it loads, not pretrains.
+    check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg, state))
     return Pretrained(cfg, state, normalize if isinstance(normalize, bool) else None)
 
 
@@ -72,12 +72,19 @@ def save_w2vkit(pretrained: Pretrained, path: str | Path) -> None:
 PRETRAINING_HEADS = ("quantizer.", "target_proj.", "context_proj.")
 
 
-def encoder_only_prefixes(cfg: ModelConfig) -> tuple[str, ...]:
-    """Tensors an encoder-only checkpoint (HF `Wav2Vec2Model`/`ForCTC`) may lack: the pretraining
-    heads, and the mask embedding when the model never masks (HF then keeps none)."""
-    if cfg.masking.time_prob == 0 and cfg.masking.channel_prob == 0:
-        return PRETRAINING_HEADS + ("masker.",)
-    return PRETRAINING_HEADS
+def encoder_only_prefixes(cfg: ModelConfig, state: dict[str, Tensor]) -> tuple[str, ...]:
+    """Tensors an encoder-only checkpoint (HF `Wav2Vec2Model`/`ForCTC`) may lack: all pretraining
+    heads (a head present in part is damage, not a format), and the mask embedding when the model
+    never masks (HF then keeps none)."""
+
+    def present(prefixes: tuple[str, ...]) -> bool:
+        return any(key.startswith(prefixes) for key in state)
+
+    optional = () if present(PRETRAINING_HEADS) else PRETRAINING_HEADS
+    never_masks = cfg.masking.time_prob == 0 and cfg.masking.channel_prob == 0
+    if never_masks and not present(("masker.",)):
+        optional += ("masker.",)
+    return optional
 
 
 def check_state_dict(

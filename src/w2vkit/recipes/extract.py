@@ -23,7 +23,6 @@ from w2vkit.interop.native import encoder_only_prefixes
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="fairseq .pt, HF directory or w2vkit .pt")
     parser.add_argument("manifest", type=Path, help="a manifest .tsv (w2vkit manifest / fairseq)")
@@ -87,9 +86,14 @@ def run(args: argparse.Namespace) -> int:
     model = Wav2Vec2Model(pretrained.cfg)
     missing, unexpected = model.load_state_dict(pretrained.state_dict, strict=False)
     # read_pretrained has checked keys and shapes: only tensors extraction never uses may be absent.
-    if unexpected or not all(k.startswith(encoder_only_prefixes(pretrained.cfg)) for k in missing):
-        print(f"w2vkit extract: {args.checkpoint}: weights do not fit the model: missing "
-              f"{missing[:4]}, unexpected {unexpected[:4]}", file=sys.stderr)
+    if unexpected or not all(
+        k.startswith(encoder_only_prefixes(pretrained.cfg, pretrained.state_dict)) for k in missing
+    ):
+        print(
+            f"w2vkit extract: {args.checkpoint}: weights do not fit the model: missing "
+            f"{missing[:4]}, unexpected {unexpected[:4]}",
+            file=sys.stderr,
+        )
         return 2
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -109,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
     max_samples = round(args.max_seconds * dataset.sample_rate) if args.max_seconds > 0 else None
     receptive_field = frame_geometry(pretrained.cfg.feature_extractor.conv_layers)[0]
     if max_samples is not None and max_samples < receptive_field:
-        print(f"w2vkit extract: --max-seconds {args.max_seconds} is shorter than one frame "
-              f"({receptive_field / dataset.sample_rate:.4f} s)", file=sys.stderr)
+        print(
+            f"w2vkit extract: --max-seconds {args.max_seconds} is shorter than one frame "
+            f"({receptive_field / dataset.sample_rate:.4f} s)",
+            file=sys.stderr,
+        )
         return 2
     summary = extract_manifest(
         model,
