@@ -66,6 +66,16 @@ def nest(flat: dict[str, Any]) -> dict:
     return tree
 
 
+def number_or_self(value: Any) -> Any:
+    """A number PyYAML left as a string (YAML 1.1 reads `5e-4`, without a dot, as one) -> float."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """`["optim.lr=1e-3", "train.max_steps=10"]` -> nested dict; values parsed as YAML scalars."""
     tree: dict = {}
@@ -189,11 +199,7 @@ def _coerce(hint: Any, value: Any, key: str, current: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, str):
-            try:
-                return float(value)  # PyYAML (YAML 1.1) reads 5e-4, without a dot, as a string
-            except ValueError:
-                pass
+        value = number_or_self(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -218,6 +224,7 @@ __all__ = [
     "from_dict",
     "load_yaml",
     "nest",
+    "number_or_self",
     "parse_overrides",
     "to_dict",
 ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from w2vkit.config import ConfigError, load_yaml, nest, to_dict
+from w2vkit.config import ConfigError, load_yaml, nest, number_or_self, to_dict
 from w2vkit.interop import fairseq as fairseq_model
 
 Convert = Callable[[Any, str], dict[str, Any]]
@@ -192,7 +192,7 @@ def translate_fairseq_config(data: dict, *, source: str = "fairseq config") -> F
     flat: dict[str, Any] = {}
     notes = []
     for (section, key), (default, convert) in FAIRSEQ_KEYS.items():
-        value = _number_or_self((data.get(section) or {}).get(key, default))
+        value = number_or_self((data.get(section) or {}).get(key, default))
         kept = getattr(convert, "keeps_default", None)
         if value is None and kept:
             notes.append(
@@ -227,7 +227,7 @@ def _translate_model(section: dict, source: str) -> tuple[dict, list[str]]:
     ]
     fields = {
         **fairseq_model.DEFAULTS,
-        **{k: _number_or_self(v) for k, v in section.items() if k in fairseq_model.DEFAULTS},
+        **{k: number_or_self(v) for k, v in section.items() if k in fairseq_model.DEFAULTS},
     }
     try:
         model = fairseq_model.config_from_fairseq(fields, where="model")
@@ -238,16 +238,6 @@ def _translate_model(section: dict, source: str) -> tuple[dict, list[str]]:
 
 def load_fairseq_config(path: str | Path) -> FairseqTranslation:
     return translate_fairseq_config(load_yaml(path), source=str(path))
-
-
-def _number_or_self(value: Any) -> Any:
-    """PyYAML reads `1e-06` (no dot) as a string where fairseq's OmegaConf reads a float."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 __all__ = ["FAIRSEQ_KEYS", "FairseqTranslation", "load_fairseq_config", "translate_fairseq_config"]
