@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint format bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,16 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The gate every change passes (.ci/run calls it): ruff lint + format check, mypy on the package.
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
 
 bench: install
 	$(BIN)/python bench/data_throughput.py

@@ -55,8 +55,10 @@ def main() -> None:
             kwargs = dict(base, **extra, generator=g)
             fast = ms_per_call(partial(compute_span_mask, shape, **kwargs), 100)
             slow = ms_per_call(partial(reference, shape, None, **kwargs), 3)
-            print(f"{name:>10} B={batch_size:<3} vectorised {fast:7.3f}   literal loop {slow:8.2f}"
-                  f"   x{slow / fast:.0f}")
+            print(
+                f"{name:>10} B={batch_size:<3} vectorised {fast:7.3f}   literal loop {slow:8.2f}"
+                f"   x{slow / fast:.0f}"
+            )
 
 
 if __name__ == "__main__":

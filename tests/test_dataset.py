@@ -164,7 +164,7 @@ def test_collate_crop_to_shortest_at_random_offsets():
         batch = collate(wavs, [5, 6, 7], pad=False, generator=torch.Generator().manual_seed(seed))
         assert batch.wav.shape == (3, 300) and batch.padding_mask is None
         assert batch.indices.tolist() == [5, 6, 7] and batch.num_audio_samples == 900
-        for row, wav in zip(batch.wav, wavs):
+        for row, wav in zip(batch.wav, wavs, strict=True):
             start = int(row[0] - wav[0])
             assert 0 <= start <= len(wav) - 300
             assert torch.equal(row, wav[start : start + 300])  # one contiguous slice
@@ -179,7 +179,7 @@ def test_collate_without_random_crop_keeps_the_start_and_respects_limits():
     wavs = _ramps([500, 300, 800])
     batch = collate(wavs, [0, 1, 2], pad=False, max_samples=[200, 300, 300], random_crop=False)
     assert batch.wav.shape == (3, 200)
-    for row, wav in zip(batch.wav, wavs):
+    for row, wav in zip(batch.wav, wavs, strict=True):
         assert torch.equal(row, wav[:200])
 
 
@@ -233,7 +233,7 @@ def test_loader_batches_are_the_same_for_any_num_workers(tmp_path, pad):
     serial = _run(dataset, 0, epochs=(0, 1))
     parallel = _run(dataset, 2, epochs=(0, 1))
     assert len(serial) == len(parallel) > 2
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=True):
         assert torch.equal(a.wav, b.wav) and torch.equal(a.indices, b.indices)
         assert a.wav.numel() <= 60_000 and a.wav.shape[1] <= 15_000
         if pad:
@@ -277,7 +277,7 @@ def test_loader_resume_mid_epoch_continues_exactly(tmp_path):
     resumed_sampler.load_state_dict(state)
     rest = list(build_dataloader(dataset, resumed_sampler, seed=9, num_workers=2))
     assert len(seen) + len(rest) == len(expected)
-    for a, b in zip(seen + rest, expected):
+    for a, b in zip(seen + rest, expected, strict=True):
         assert torch.equal(a.wav, b.wav) and a.position == b.position
 
 

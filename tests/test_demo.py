@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import w2vkit
-from w2vkit.data import synth
 from w2vkit.cli import main
+from w2vkit.data import synth
 from w2vkit.recipes.demo import MARKER, _CurvePrinter
 
 pytest.importorskip("espeakng_loader")

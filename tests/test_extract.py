@@ -88,7 +88,7 @@ def test_frame_features_equal_direct_model_and_index(corpus, tmp_path):
     assert (out / "index.tsv").read_text().splitlines()[0] == INDEX_HEADER
     assert [r.relative_path for r in rows] == corpus["relative"]  # manifest order, broken left out
     assert len({r.shard for r in rows}) > 1  # 30 KiB shards: more than one
-    for row, path in zip(rows, corpus["paths"]):
+    for row, path in zip(rows, corpus["paths"], strict=True):
         expected = torch.stack(_direct(corpus["model"], path))  # (3, T, D)
         num_samples = torch.tensor(load_audio(path).shape[0])
         assert row.num_frames == int(
@@ -112,7 +112,7 @@ def test_mean_pool_layer_subset_and_float16(corpus, tmp_path):
     frames = load_features(tmp_path / "frames")
     means = load_features(tmp_path / "mean")
     half = load_features(tmp_path / "half", layer=2)
-    for relative, path in zip(corpus["relative"], corpus["paths"]):
+    for relative, path in zip(corpus["relative"], corpus["paths"], strict=True):
         direct = _direct(corpus["model"], path)
         assert torch.equal(frames[relative], torch.stack([direct[0], direct[2]]))
         assert means[relative].shape == (2, 64)  # layers sorted: 0, 2
@@ -166,7 +166,7 @@ def test_plan_chunks_keeps_the_whole_file_frame_grid(num_samples):
     total = int(output_lengths(torch.tensor(num_samples), conv))
     chunks = plan_chunks(num_samples, conv, max_samples=8000)
     assert chunks[0][2] == 0 and chunks[-1][3] == total
-    for (s0, s1, f0, f1), nxt in zip(chunks, chunks[1:] + [None]):
+    for (s0, s1, f0, f1), nxt in zip(chunks, chunks[1:] + [None], strict=True):
         assert s0 == 320 * f0 and s1 - s0 <= 8000  # windows start on the frame grid
         assert int(output_lengths(torch.tensor(s1 - s0), conv)) == f1 - f0
         if nxt is not None:
@@ -233,8 +233,11 @@ def test_model_that_never_masks_and_has_no_heads_extracts(corpus, tmp_path):
     """time_prob = channel_prob = 0: an HF encoder keeps no mask embedding; extraction needs none."""
     model = corpus["model"]
     cfg = replace(model.cfg, masking=replace(model.cfg.masking, time_prob=0.0))
-    state = {k: v for k, v in model.state_dict().items()
-             if not k.startswith(("masker.", "quantizer.", "target_proj.", "context_proj."))}
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not k.startswith(("masker.", "quantizer.", "target_proj.", "context_proj."))
+    }
     checkpoint = tmp_path / "encoder.pt"
     torch.save({"model": state, "config": {"model": to_dict(cfg)}}, checkpoint)
     parser = argparse.ArgumentParser()

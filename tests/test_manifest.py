@@ -56,7 +56,7 @@ def tree(tmp_path):
 
 def _rows(manifest_path):
     manifest = read_manifest(manifest_path)
-    return {p: int(n) for p, n in zip(manifest.paths, manifest.num_frames)}
+    return {p: int(n) for p, n in zip(manifest.paths, manifest.num_frames, strict=True)}
 
 
 def _fairseq_read(path):
@@ -102,7 +102,7 @@ def test_manifest_lists_readable_files_and_skips_the_rest(tree, tmp_path, capsys
         for path, _ in fairseq_rows:
             assert (Path(root) / path).exists()
     meta = read_manifest(out / "train.tsv")
-    for path, rate, channels in zip(meta.paths, meta.sample_rates, meta.num_channels):
+    for path, rate, channels in zip(meta.paths, meta.sample_rates, meta.num_channels, strict=True):
         if path in GOOD:
             assert (rate, channels) == GOOD[path][1:]
 

@@ -104,7 +104,7 @@ def test_recipe_writes_json_and_plot(tmp_path, capsys):
     paths = [f"spk/{i:03d}.wav" for i in range(60)]
     _write_features(tmp_path / "feats", vectors, paths, skipped=["bad.wav"])
     # Labels in another order than the index; the skipped file is labelled too.
-    lines = [f"{p}\t{y}" for p, y in zip(paths, labels)][::-1] + ["bad.wav\tlow"]
+    lines = [f"{p}\t{y}" for p, y in zip(paths, labels, strict=True)][::-1] + ["bad.wav\tlow"]
     (tmp_path / "labels.tsv").write_text("\n".join(lines) + "\n")
     assert _run(str(tmp_path / "feats"), "--labels", str(tmp_path / "labels.tsv")) == 0
     captured = capsys.readouterr()

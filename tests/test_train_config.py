@@ -22,42 +22,99 @@ CONFIGS = ROOT / "configs" / "pretrain"
 # spellings (hydra `???`, tuple strings, `1e-06`), written out by the tests. The opt-in
 # `parity_fairseq` test translates the real files shipped with an installed fairseq as well.
 _COMMON = {"fp16": True, "log_format": "json", "log_interval": 200}
-_CHECKPOINT = {"save_interval_updates": 25000, "keep_interval_updates": 1, "no_epoch_checkpoints": True}
-_OPTIMIZER = {"_name": "adam", "adam_betas": "(0.9,0.98)", "adam_eps": "1e-06", "weight_decay": 0.01}
+_CHECKPOINT = {
+    "save_interval_updates": 25000,
+    "keep_interval_updates": 1,
+    "no_epoch_checkpoints": True,
+}
+_OPTIMIZER = {
+    "_name": "adam",
+    "adam_betas": "(0.9,0.98)",
+    "adam_eps": "1e-06",
+    "weight_decay": 0.01,
+}
 FAIRSEQ_RECIPES = {
     "wav2vec2_base_librispeech.yaml": {
-        "common": _COMMON, "checkpoint": _CHECKPOINT,
-        "task": {"_name": "audio_pretraining", "data": "???", "max_sample_size": 250000,
-                 "min_sample_size": 32000, "normalize": False},
-        "dataset": {"num_workers": 6, "max_tokens": 1400000, "skip_invalid_size_inputs_valid_test": True},
+        "common": _COMMON,
+        "checkpoint": _CHECKPOINT,
+        "task": {
+            "_name": "audio_pretraining",
+            "data": "???",
+            "max_sample_size": 250000,
+            "min_sample_size": 32000,
+            "normalize": False,
+        },
+        "dataset": {
+            "num_workers": 6,
+            "max_tokens": 1400000,
+            "skip_invalid_size_inputs_valid_test": True,
+        },
         "distributed_training": {"distributed_world_size": 64, "ddp_backend": "legacy_ddp"},
-        "criterion": {"_name": "wav2vec", "infonce": True,
-                      "log_keys": ["prob_perplexity", "code_perplexity", "temp"], "loss_weights": [0.1, 10]},
+        "criterion": {
+            "_name": "wav2vec",
+            "infonce": True,
+            "log_keys": ["prob_perplexity", "code_perplexity", "temp"],
+            "loss_weights": [0.1, 10],
+        },
         "optimization": {"max_update": 400000, "lr": [0.0005]},
         "optimizer": _OPTIMIZER,
         "lr_scheduler": {"_name": "polynomial_decay", "warmup_updates": 32000},
-        "model": {"_name": "wav2vec2", "quantize_targets": True, "final_dim": 256, "encoder_layerdrop": 0.05,
-                  "dropout_input": 0.1, "dropout_features": 0.1, "feature_grad_mult": 0.1,
-                  "encoder_embed_dim": 768},
+        "model": {
+            "_name": "wav2vec2",
+            "quantize_targets": True,
+            "final_dim": 256,
+            "encoder_layerdrop": 0.05,
+            "dropout_input": 0.1,
+            "dropout_features": 0.1,
+            "feature_grad_mult": 0.1,
+            "encoder_embed_dim": 768,
+        },
     },
     "wav2vec2_large_librivox.yaml": {
-        "common": _COMMON, "checkpoint": _CHECKPOINT,
-        "task": {"_name": "audio_pretraining", "data": "???", "max_sample_size": 320000,
-                 "min_sample_size": 32000, "normalize": True},
-        "dataset": {"batch_size": 4, "num_workers": 6, "max_tokens": 1200000,
-                    "skip_invalid_size_inputs_valid_test": True},
+        "common": _COMMON,
+        "checkpoint": _CHECKPOINT,
+        "task": {
+            "_name": "audio_pretraining",
+            "data": "???",
+            "max_sample_size": 320000,
+            "min_sample_size": 32000,
+            "normalize": True,
+        },
+        "dataset": {
+            "batch_size": 4,
+            "num_workers": 6,
+            "max_tokens": 1200000,
+            "skip_invalid_size_inputs_valid_test": True,
+        },
         "distributed_training": {"distributed_world_size": 128, "ddp_backend": "legacy_ddp"},
-        "criterion": {"_name": "wav2vec", "infonce": True,
-                      "log_keys": ["prob_perplexity", "code_perplexity", "temp"], "loss_weights": [0.1, 0]},
+        "criterion": {
+            "_name": "wav2vec",
+            "infonce": True,
+            "log_keys": ["prob_perplexity", "code_perplexity", "temp"],
+            "loss_weights": [0.1, 0],
+        },
         "optimization": {"max_update": 1000000, "lr": [0.005]},
         "optimizer": _OPTIMIZER,
         "lr_scheduler": {"_name": "polynomial_decay", "warmup_updates": 32000},
-        "model": {"_name": "wav2vec2", "quantize_targets": True, "extractor_mode": "layer_norm",
-                  "layer_norm_first": True, "final_dim": 768, "latent_temp": "[2.0,0.1,0.999995]",
-                  "encoder_layerdrop": 0.00, "dropout_input": 0.0, "dropout_features": 0.0, "dropout": 0.0,
-                  "attention_dropout": 0.0, "conv_bias": True, "encoder_layers": 24,
-                  "encoder_embed_dim": 1024, "encoder_ffn_embed_dim": 4096, "encoder_attention_heads": 16,
-                  "feature_grad_mult": 1.0},
+        "model": {
+            "_name": "wav2vec2",
+            "quantize_targets": True,
+            "extractor_mode": "layer_norm",
+            "layer_norm_first": True,
+            "final_dim": 768,
+            "latent_temp": "[2.0,0.1,0.999995]",
+            "encoder_layerdrop": 0.00,
+            "dropout_input": 0.0,
+            "dropout_features": 0.0,
+            "dropout": 0.0,
+            "attention_dropout": 0.0,
+            "conv_bias": True,
+            "encoder_layers": 24,
+            "encoder_embed_dim": 1024,
+            "encoder_ffn_embed_dim": 4096,
+            "encoder_attention_heads": 16,
+            "feature_grad_mult": 1.0,
+        },
     },
 }
 
@@ -68,7 +125,9 @@ def fairseq_yaml(tmp_path):
 
     def write(name: str) -> Path:
         path = tmp_path / name
-        path.write_text("# @package _group_\n" + yaml.safe_dump(FAIRSEQ_RECIPES[name], sort_keys=False))
+        path.write_text(
+            "# @package _group_\n" + yaml.safe_dump(FAIRSEQ_RECIPES[name], sort_keys=False)
+        )
         return path
 
     return write
@@ -127,12 +186,18 @@ def test_fairseq_recipes_translate_to_the_shipped_presets(fairseq_file, shipped,
 def test_installed_fairseq_recipe_files_translate_to_the_shipped_presets(fairseq_file, shipped):
     python = os.environ.get("W2VKIT_FAIRSEQ_PYTHON", str(ROOT / ".fairseq-venv" / "bin" / "python"))
     if not Path(python).exists():
-        pytest.fail(f"parity_fairseq needs fairseq-fixed installed at {python} (W2VKIT_FAIRSEQ_PYTHON)")
+        pytest.fail(
+            f"parity_fairseq needs fairseq-fixed installed at {python} (W2VKIT_FAIRSEQ_PYTHON)"
+        )
     package = subprocess.run(
         [python, "-c", "import fairseq, os; print(os.path.dirname(fairseq.__file__))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
-    _check_translates_to_preset(Path(package) / "examples/wav2vec/config/pretraining" / fairseq_file, shipped)
+    _check_translates_to_preset(
+        Path(package) / "examples/wav2vec/config/pretraining" / fairseq_file, shipped
+    )
 
 
 def _check_translates_to_preset(fairseq_path: Path, shipped: str) -> None:

@@ -169,7 +169,7 @@ def test_one_update_is_the_gradient_of_the_global_mean():
     expected = torch.autograd.grad(total / size, list(reference.parameters()))
     result = run_update(state, micro, toy_step, cfg=cfg, device=torch.device("cpu"))
     assert result.finite and result.sample_size == size and state.step == 1
-    for param, grad in zip(state.model.parameters(), expected):
+    for param, grad in zip(state.model.parameters(), expected, strict=True):
         torch.testing.assert_close(param.grad, grad, rtol=1e-5, atol=1e-8)
 
 
@@ -184,7 +184,7 @@ def test_two_half_batches_equal_one_full_batch_toy():
     for _ in range(3):
         run_update(one, [full], toy_step, cfg=cfg, device=torch.device("cpu"))
         run_update(two, halves, toy_step, cfg=cfg, device=torch.device("cpu"))
-    for a, b in zip(one.model.parameters(), two.model.parameters()):
+    for a, b in zip(one.model.parameters(), two.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
@@ -277,7 +277,7 @@ def test_one_bad_update_is_skipped_and_training_goes_on():
     bad.wav[0, 5] = math.inf
     result = run_update(state, [bad], toy_step, cfg=cfg, device=torch.device("cpu"))
     assert not result.finite and state.step == 0 and state.num_nonfinite == 1
-    assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
     assert run_update(
         state, [_rows(2, 3200, 2)], toy_step, cfg=cfg, device=torch.device("cpu")
     ).finite
@@ -312,7 +312,7 @@ def test_fp16_dynamic_loss_scaling_skips_overflows_and_unscales():
     result = run_update(state, [batch], toy_step, cfg=cfg, device=torch.device("cpu"))
     assert not result.finite and state.step == 0 and state.num_nonfinite == 1
     assert state.scaler.get_scale() == 2.0**39  # halved after the overflow
-    assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
 
     state.scaler = torch.amp.GradScaler("cpu", init_scale=128.0)
     result = run_update(state, [batch], toy_step, cfg=cfg, device=torch.device("cpu"))
@@ -320,7 +320,9 @@ def test_fp16_dynamic_loss_scaling_skips_overflows_and_unscales():
     out = toy_step(reference, batch, 0, None)
     expected = torch.autograd.grad(out.loss / out.sample_size, list(reference.parameters()))
     assert result.finite and state.step == 1
-    for param, grad in zip(state.model.parameters(), expected):  # unscaled, then normalised once
+    for param, grad in zip(
+        state.model.parameters(), expected, strict=True
+    ):  # unscaled, then normalised once
         assert (param.grad - grad).norm() <= 1e-2 * grad.norm()  # fp16 activations: ~1e-3 relative
 
 
@@ -345,11 +347,21 @@ def test_a_file_corrupted_after_the_manifest_is_replaced_counted_and_logged(tmp_
     dest = make_manifest(tmp_path, num_files=8, valid_percent=0.0)
     root, first = (dest / "train.tsv").read_text().splitlines()[:2]
     bad = Path(root) / first.split("\t")[0]
-    bad.write_bytes(b"RIFF....not audio any more")  # the manifest still lists it with its old length
+    # the manifest still lists it with its old length
+    bad.write_bytes(b"RIFF....not audio any more")
     out_dir = tmp_path / "run"
     with caplog.at_level("WARNING"):
-        code = cli.main(["pretrain", TINY_YAML, f"data.manifest_dir={dest}", f"train.out_dir={out_dir}",
-                         "train.max_steps=8", "train.log_interval=1", "data.valid_split="])
+        code = cli.main(
+            [
+                "pretrain",
+                TINY_YAML,
+                f"data.manifest_dir={dest}",
+                f"train.out_dir={out_dir}",
+                "train.max_steps=8",
+                "train.log_interval=1",
+                "data.valid_split=",
+            ]
+        )
     assert code == 0
     records = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r.get("split") == "train"]

@@ -124,7 +124,9 @@ def from_dict(cls: type[T], data: dict, *, base: T | None = None, where: str = "
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"unknown config key {key!r}; valid keys here: {', '.join(sorted(fields))}"
+        )
     values = {}
     for name in fields:
         key = f"{where}.{name}" if where else name
@@ -165,7 +167,9 @@ def _coerce(hint: Any, value: Any, key: str, current: Any) -> Any:
                 return _coerce(option, value, key, current)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {hint}")
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {hint}"
+        )
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:
@@ -178,7 +182,10 @@ def _coerce(hint: Any, value: Any, key: str, current: Any) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}: {value!r}")
-            return tuple(_coerce(a, v, f"{key}[{i}]", None) for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(
+                _coerce(a, v, f"{key}[{i}]", None)
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
         item = args[0] if args else Any
         coerced = [_coerce(item, v, f"{key}[{i}]", None) for i, v in enumerate(value)]
         return tuple(coerced) if origin is tuple else coerced

@@ -60,14 +60,19 @@ def contrastive_accuracy(logits: Tensor) -> tuple[int, int]:
         return int(best.sum() - tied.sum()), int(best.numel())
 
 
-def pretraining_loss(output: PretrainOutput, *, diversity_weight: float = 0.1,
-                     feature_penalty_weight: float = 10.0) -> LossTerms:
+def pretraining_loss(
+    output: PretrainOutput, *, diversity_weight: float = 0.1, feature_penalty_weight: float = 10.0
+) -> LossTerms:
     sample_size = output.logits.shape[0]
     contrastive = contrastive_loss(output.logits)
     zero = contrastive.new_zeros(())
     diversity = zero
     if diversity_weight != 0 and output.prob_perplexity is not None:
-        diversity = diversity_weight * diversity_loss(output.prob_perplexity.float(), output.num_vars) * sample_size
+        diversity = (
+            diversity_weight
+            * diversity_loss(output.prob_perplexity.float(), output.num_vars)
+            * sample_size
+        )
     penalty = zero
     if feature_penalty_weight != 0:
         penalty = feature_penalty_weight * output.features_penalty.float() * sample_size
@@ -80,7 +85,11 @@ def pretraining_loss(output: PretrainOutput, *, diversity_weight: float = 0.1,
         sample_size=sample_size,
         num_correct=num_correct,
         num_count=num_count,
-        prob_perplexity=float(output.prob_perplexity.detach()) if output.prob_perplexity is not None else 0.0,
-        code_perplexity=float(output.code_perplexity.detach()) if output.code_perplexity is not None else 0.0,
+        prob_perplexity=float(output.prob_perplexity.detach())
+        if output.prob_perplexity is not None
+        else 0.0,
+        code_perplexity=float(output.code_perplexity.detach())
+        if output.code_perplexity is not None
+        else 0.0,
         temperature=output.temperature,
     )

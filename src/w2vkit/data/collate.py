@@ -80,10 +80,10 @@ def collate(
         raise ValueError(f"need as many wavs as indices (> 0), got {len(wavs)} and {len(indices)}")
     lengths = [len(w) for w in wavs]
     if max_samples is not None:
-        lengths = [min(n, int(m)) for n, m in zip(lengths, max_samples)]
+        lengths = [min(n, int(m)) for n, m in zip(lengths, max_samples, strict=True)]
     target = max(lengths) if pad else min(lengths)
     rows = []  # views, copied once by stack/pad_sequence: no zero-filled buffer to write into
-    for wav, length in zip(wavs, lengths):
+    for wav, length in zip(wavs, lengths, strict=True):
         keep = min(length, target)
         excess = len(wav) - keep
         start = 0

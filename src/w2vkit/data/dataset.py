@@ -129,7 +129,8 @@ def _target_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
     other = known & (rates != sample_rate)
     if other.any():
         found = ", ".join(
-            f"{r} Hz: {n}" for r, n in zip(*np.unique(rates[other], return_counts=True))
+            f"{r} Hz: {n}"
+            for r, n in zip(*np.unique(rates[other], return_counts=True), strict=True)
         )
         logger.warning(
             "%s: %d of %d files are not at %d Hz (%s); they are resampled with soxr when loaded",

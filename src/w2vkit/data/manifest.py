@@ -116,7 +116,7 @@ def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
     _write_atomic(
         path,
         [str(manifest.root.resolve())]
-        + [f"{p}\t{n}" for p, n in zip(manifest.paths, manifest.num_frames.tolist())],
+        + [f"{p}\t{n}" for p, n in zip(manifest.paths, manifest.num_frames.tolist(), strict=True)],
     )
     if manifest.sample_rates is not None:
         channels = manifest.num_channels
@@ -128,7 +128,7 @@ def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
             + [
                 f"{p}\t{r}\t{c}"
                 for p, r, c in zip(
-                    manifest.paths, manifest.sample_rates.tolist(), channels.tolist()
+                    manifest.paths, manifest.sample_rates.tolist(), channels.tolist(), strict=True
                 )
             ],
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ def batch_by_size(
     while start < len(order):
         starts.append(start)
         start += rows_at[start]
-    return [order[a:b] for a, b in zip(starts, starts[1:] + [len(order)])]
+    return [order[a:b] for a, b in pairwise([*starts, len(order)])] if starts else []
 
 
 class BucketBatchSampler:

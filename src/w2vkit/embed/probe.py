@@ -198,7 +198,7 @@ def probe_layers(
         raise ValueError("no test items: every class has a single utterance")
     majority = Counter(targets[train].tolist()).most_common(1)[0][0]
     scores = []
-    for layer, x in zip(layers, vectors.double()):  # x (N, D)
+    for layer, x in zip(layers, vectors.double(), strict=True):  # x (N, D)
         mean = x[train].mean(dim=0)
         std = x[train].std(dim=0)
         std = torch.where(std > 1e-12, std, torch.ones_like(std))  # constant dims: centre only

@@ -12,7 +12,9 @@ from typing import Literal
 from w2vkit.config import check
 
 SpanSelection = Literal["static", "uniform", "normal", "poisson"]
-BASE_CONV_LAYERS: list[tuple[int, int, int]] = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+BASE_CONV_LAYERS: list[tuple[int, int, int]] = (
+    [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+)
 
 
 @dataclass(kw_only=True)
@@ -28,12 +30,21 @@ class FeatureExtractorConfig:
     """Gradient multiplier into the extractor (fairseq `feature_grad_mult`); 0 freezes it."""
 
     def __post_init__(self) -> None:
-        check(len(self.conv_layers) > 0, "feature_extractor.conv_layers", "needs at least one layer")
+        check(
+            len(self.conv_layers) > 0, "feature_extractor.conv_layers", "needs at least one layer"
+        )
         for i, layer in enumerate(self.conv_layers):
-            check(len(layer) == 3 and all(int(v) > 0 for v in layer),
-                  f"feature_extractor.conv_layers[{i}]", f"expected (channels, kernel, stride) > 0, got {layer}")
+            check(
+                len(layer) == 3 and all(int(v) > 0 for v in layer),
+                f"feature_extractor.conv_layers[{i}]",
+                f"expected (channels, kernel, stride) > 0, got {layer}",
+            )
         self.conv_layers = [tuple(int(v) for v in layer) for layer in self.conv_layers]
-        check(self.grad_scale >= 0, "feature_extractor.grad_scale", f"must be >= 0, got {self.grad_scale}")
+        check(
+            self.grad_scale >= 0,
+            "feature_extractor.grad_scale",
+            f"must be >= 0, got {self.grad_scale}",
+        )
 
 
 @dataclass(kw_only=True)
@@ -92,8 +103,11 @@ class QuantizerConfig:
         check(self.num_groups >= 1, "quantizer.num_groups", "must be >= 1")
         check(self.num_entries >= 2, "quantizer.num_entries", "must be >= 2")
         check(self.dim >= 0, "quantizer.dim", "must be >= 0 (0 = final_dim)")
-        check(self.temperature_start >= self.temperature_end > 0, "quantizer.temperature_end",
-              "need temperature_start >= temperature_end > 0")
+        check(
+            self.temperature_start >= self.temperature_end > 0,
+            "quantizer.temperature_end",
+            "need temperature_start >= temperature_end > 0",
+        )
         check(0 < self.temperature_decay <= 1, "quantizer.temperature_decay", "must be in (0, 1]")
 
 
@@ -117,14 +131,29 @@ class TransformerConfig:
     """Pad the encoder input to a multiple of this many frames (masked in attention)."""
 
     def __post_init__(self) -> None:
-        check(self.model_dim % self.num_heads == 0, "transformer.num_heads",
-              f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
-        check(self.model_dim % self.pos_conv_groups == 0, "transformer.pos_conv_groups",
-              f"model_dim {self.model_dim} is not divisible by pos_conv_groups {self.pos_conv_groups}")
-        for name in ("dropout_prob", "attention_dropout_prob", "activation_dropout_prob", "layerdrop_prob"):
+        check(
+            self.model_dim % self.num_heads == 0,
+            "transformer.num_heads",
+            f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}",
+        )
+        check(
+            self.model_dim % self.pos_conv_groups == 0,
+            "transformer.pos_conv_groups",
+            f"model_dim {self.model_dim} is not divisible by pos_conv_groups {self.pos_conv_groups}",
+        )
+        for name in (
+            "dropout_prob",
+            "attention_dropout_prob",
+            "activation_dropout_prob",
+            "layerdrop_prob",
+        ):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, f"transformer.{name}", f"must be in [0, 1), got {value}")
-        check(self.required_seq_len_multiple >= 1, "transformer.required_seq_len_multiple", "must be >= 1")
+        check(
+            self.required_seq_len_multiple >= 1,
+            "transformer.required_seq_len_multiple",
+            "must be >= 1",
+        )
 
 
 @dataclass(kw_only=True)
@@ -152,13 +181,22 @@ class ModelConfig:
         check(self.logit_temperature > 0, "model.logit_temperature", "must be > 0")
         for name in ("num_negatives", "num_cross_sample_negatives", "num_codebook_negatives"):
             check(getattr(self, name) >= 0, f"model.{name}", "must be >= 0")
-        check(self.num_negatives + self.num_cross_sample_negatives > 0, "model.num_negatives",
-              "need at least one negative (num_negatives or num_cross_sample_negatives)")
-        check(self.num_codebook_negatives == 0 or self.quantizer.quantize_targets,
-              "model.num_codebook_negatives", "needs quantizer.quantize_targets")
+        check(
+            self.num_negatives + self.num_cross_sample_negatives > 0,
+            "model.num_negatives",
+            "need at least one negative (num_negatives or num_cross_sample_negatives)",
+        )
+        check(
+            self.num_codebook_negatives == 0 or self.quantizer.quantize_targets,
+            "model.num_codebook_negatives",
+            "needs quantizer.quantize_targets",
+        )
         vq_dim = self.quantizer.dim or self.final_dim
-        check(vq_dim % self.quantizer.num_groups == 0, "quantizer.dim",
-              f"code dim {vq_dim} is not divisible by num_groups {self.quantizer.num_groups}")
+        check(
+            vq_dim % self.quantizer.num_groups == 0,
+            "quantizer.dim",
+            f"code dim {vq_dim} is not divisible by num_groups {self.quantizer.num_groups}",
+        )
         for name in ("input_dropout_prob", "features_dropout_prob"):
             check(0.0 <= getattr(self, name) < 1.0, f"model.{name}", "must be in [0, 1)")
 
@@ -182,11 +220,20 @@ def large() -> ModelConfig:
     cfg = base()
     return replace(
         cfg,
-        feature_extractor=replace(cfg.feature_extractor, norm_mode="layer_norm", conv_bias=True, grad_scale=1.0),
+        feature_extractor=replace(
+            cfg.feature_extractor, norm_mode="layer_norm", conv_bias=True, grad_scale=1.0
+        ),
         quantizer=replace(cfg.quantizer, temperature_end=0.1),
         transformer=replace(
-            cfg.transformer, num_layers=24, model_dim=1024, ffn_dim=4096, num_heads=16, layer_norm_first=True,
-            dropout_prob=0.0, attention_dropout_prob=0.0, layerdrop_prob=0.0,
+            cfg.transformer,
+            num_layers=24,
+            model_dim=1024,
+            ffn_dim=4096,
+            num_heads=16,
+            layer_norm_first=True,
+            dropout_prob=0.0,
+            attention_dropout_prob=0.0,
+            layerdrop_prob=0.0,
         ),
         input_dropout_prob=0.0,
         features_dropout_prob=0.0,
@@ -202,8 +249,14 @@ def large_paper() -> ModelConfig:
         feature_extractor=replace(cfg.feature_extractor, grad_scale=0.03),
         quantizer=replace(cfg.quantizer, temperature_end=0.1),
         transformer=replace(
-            cfg.transformer, num_layers=24, model_dim=1024, ffn_dim=4096, num_heads=16,
-            dropout_prob=0.0, attention_dropout_prob=0.1, layerdrop_prob=0.0,
+            cfg.transformer,
+            num_layers=24,
+            model_dim=1024,
+            ffn_dim=4096,
+            num_heads=16,
+            dropout_prob=0.0,
+            attention_dropout_prob=0.1,
+            layerdrop_prob=0.0,
         ),
         final_dim=768,
     )
@@ -214,11 +267,21 @@ def tiny() -> ModelConfig:
     cfg = base()
     return replace(
         cfg,
-        feature_extractor=replace(cfg.feature_extractor, conv_layers=[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2),
+        feature_extractor=replace(
+            cfg.feature_extractor, conv_layers=[(64, 10, 5)] + [(64, 3, 2)] * 4 + [(64, 2, 2)] * 2
+        ),
         quantizer=replace(cfg.quantizer, num_entries=16),
         transformer=replace(
-            cfg.transformer, num_layers=2, model_dim=64, ffn_dim=128, num_heads=4, pos_conv_kernel=16,
-            pos_conv_groups=4, dropout_prob=0.0, attention_dropout_prob=0.0, layerdrop_prob=0.0,
+            cfg.transformer,
+            num_layers=2,
+            model_dim=64,
+            ffn_dim=128,
+            num_heads=4,
+            pos_conv_kernel=16,
+            pos_conv_groups=4,
+            dropout_prob=0.0,
+            attention_dropout_prob=0.0,
+            layerdrop_prob=0.0,
         ),
         input_dropout_prob=0.0,
         features_dropout_prob=0.0,

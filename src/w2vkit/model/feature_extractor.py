@@ -34,7 +34,9 @@ def output_lengths(num_samples: Tensor, conv_layers: list[tuple[int, int, int]])
     return lengths.clamp(min=0)
 
 
-def frame_padding_mask(padding_mask: Tensor, conv_layers: list[tuple[int, int, int]], num_frames: int) -> Tensor:
+def frame_padding_mask(
+    padding_mask: Tensor, conv_layers: list[tuple[int, int, int]], num_frames: int
+) -> Tensor:
     """Sample-level padding mask (B, S) -> frame-level (B, T); a frame is padded past the valid length."""
     lengths = output_lengths((~padding_mask).sum(-1), conv_layers)  # (B,)
     return torch.arange(num_frames, device=padding_mask.device)[None, :] >= lengths[:, None]
@@ -44,8 +46,13 @@ class _ChannelLayerNorm(nn.LayerNorm):
     """LayerNorm over channels of a (B, C, T) tensor, computed in fp32 (bf16 variance is too coarse)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.layer_norm(x.transpose(1, 2).float(), self.normalized_shape, self.weight.float(),
-                         self.bias.float(), self.eps)
+        y = F.layer_norm(
+            x.transpose(1, 2).float(),
+            self.normalized_shape,
+            self.weight.float(),
+            self.bias.float(),
+            self.eps,
+        )
         return y.transpose(1, 2).type_as(x)
 
 
@@ -53,13 +60,23 @@ class _Fp32GroupNorm(nn.GroupNorm):
     """GroupNorm in fp32: it normalises each channel over the whole utterance, long sums in bf16 drift."""
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
+        y = F.group_norm(
+            x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps
+        )
         return y.type_as(x)
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, *, bias: bool,
-                 norm: nn.Module | None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int,
+        *,
+        bias: bool,
+        norm: nn.Module | None,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
         nn.init.kaiming_normal_(self.conv.weight)
@@ -91,7 +108,9 @@ class ConvFeatureExtractor(nn.Module):
                 norm = _Fp32GroupNorm(channels, channels)
             else:
                 norm = None
-            layers.append(ConvBlock(in_channels, channels, kernel, stride, bias=cfg.conv_bias, norm=norm))
+            layers.append(
+                ConvBlock(in_channels, channels, kernel, stride, bias=cfg.conv_bias, norm=norm)
+            )
             in_channels = channels
         self.layers = nn.ModuleList(layers)
 

@@ -55,8 +55,16 @@ def compute_span_mask(
     """
     batch_size, num_frames = shape
     device = _resolve_device(device, padding_mask, generator)
-    _check_args(num_frames, mask_prob, span_length, selection, span_other, min_spans, min_space,
-                mask_dropout_prob)
+    _check_args(
+        num_frames,
+        mask_prob,
+        span_length,
+        selection,
+        span_other,
+        min_spans,
+        min_space,
+        mask_dropout_prob,
+    )
     if batch_size == 0:
         return torch.zeros(shape, dtype=torch.bool, device=device)
     valid = _valid_lengths(shape, padding_mask, device)  # (B,)
@@ -69,8 +77,9 @@ def compute_span_mask(
     is_span = torch.arange(max_spans, device=device) < num_spans[:, None]  # (B, N)
 
     # 2. Span lengths (B, N); slots >= num_spans have length 0.
-    lengths = _draw_lengths(selection, (batch_size, max_spans), span_length, span_other,
-                            generator, device)
+    lengths = _draw_lengths(
+        selection, (batch_size, max_spans), span_length, span_other, generator, device
+    )
     lengths = torch.where(is_span, lengths, 0)
     # A row may draw 0 spans when min_spans is 0 (channel masks: prob * D / span < 1). fairseq HEAD
     # raises "this should never happens" there, which kills a run at a random step; such a row
@@ -96,7 +105,8 @@ def compute_span_mask(
         raise ValueError(
             f"the entire sequence is masked: row {row} has {int(valid[row])} valid frames and "
             f"{num_spans[row].item()} spans of ~{span_length}; lower span_length or min_spans, or "
-            "use longer rows (fairseq HEAD raises the same error)")
+            "use longer rows (fairseq HEAD raises the same error)"
+        )
 
     # 4. Equal counts: keep a uniformly random subset of min(counts) masked frames per row.
     if require_same_masks:
@@ -109,8 +119,11 @@ def compute_span_mask(
     return mask
 
 
-def _resolve_device(device: torch.device | str | None, padding_mask: Tensor | None,
-                    generator: torch.Generator | None) -> torch.device:
+def _resolve_device(
+    device: torch.device | str | None,
+    padding_mask: Tensor | None,
+    generator: torch.Generator | None,
+) -> torch.device:
     if device is None:
         if padding_mask is not None:
             device = padding_mask.device
@@ -120,14 +133,23 @@ def _resolve_device(device: torch.device | str | None, padding_mask: Tensor | No
             device = "cpu"
     device = torch.device(device)
     if generator is not None and torch.device(generator.device).type != device.type:
-        raise ValueError(f"generator is on {generator.device} but the mask is made on {device}; "
-                         "create the generator with torch.Generator(device=...)")
+        raise ValueError(
+            f"generator is on {generator.device} but the mask is made on {device}; "
+            "create the generator with torch.Generator(device=...)"
+        )
     return device
 
 
-def _check_args(num_frames: int, mask_prob: float, span_length: int, selection: str,
-                span_other: float, min_spans: int, min_space: int,
-                mask_dropout_prob: float) -> None:
+def _check_args(
+    num_frames: int,
+    mask_prob: float,
+    span_length: int,
+    selection: str,
+    span_other: float,
+    min_spans: int,
+    min_space: int,
+    mask_dropout_prob: float,
+) -> None:
     if num_frames < 0:
         raise ValueError(f"shape has a negative length {num_frames}")
     if not 0.0 <= mask_prob <= 1.0:
@@ -139,25 +161,31 @@ def _check_args(num_frames: int, mask_prob: float, span_length: int, selection: 
     if min_spans < 0 or min_space < 0:
         raise ValueError(f"min_spans and min_space must be >= 0, got {min_spans}, {min_space}")
     if selection not in SPAN_SELECTIONS:
-        raise ValueError(f"unknown span selection {selection!r}; choose one of "
-                         f"{', '.join(sorted(SPAN_SELECTIONS))}")
+        raise ValueError(
+            f"unknown span selection {selection!r}; choose one of "
+            f"{', '.join(sorted(SPAN_SELECTIONS))}"
+        )
     if span_other < 0:
         raise ValueError(f"span_other must be >= 0, got {span_other}")
     if selection == "uniform" and int(span_other) > 2 * span_length:
-        raise ValueError("uniform span lengths need span_other <= 2 * span_length, got "
-                         f"{span_other}")
+        raise ValueError(
+            f"uniform span lengths need span_other <= 2 * span_length, got {span_other}"
+        )
 
 
-def _valid_lengths(shape: tuple[int, int], padding_mask: Tensor | None,
-                   device: torch.device) -> Tensor:
+def _valid_lengths(
+    shape: tuple[int, int], padding_mask: Tensor | None, device: torch.device
+) -> Tensor:
     batch_size, num_frames = shape
     if num_frames == 0:
         raise ValueError("cannot mask a sequence of 0 frames")
     if padding_mask is None:
         return torch.full((batch_size,), num_frames, dtype=torch.long, device=device)
     if tuple(padding_mask.shape) != tuple(shape) or padding_mask.dtype != torch.bool:
-        raise ValueError(f"padding_mask must be a bool tensor of shape {tuple(shape)}, got "
-                         f"{padding_mask.dtype} {tuple(padding_mask.shape)}")
+        raise ValueError(
+            f"padding_mask must be a bool tensor of shape {tuple(shape)}, got "
+            f"{padding_mask.dtype} {tuple(padding_mask.shape)}"
+        )
     padding_mask = padding_mask.to(device)
     valid = num_frames - padding_mask.sum(1)
     # fairseq masks frames < sz, which is only right when the padding is a suffix.
@@ -170,26 +198,45 @@ def _valid_lengths(shape: tuple[int, int], padding_mask: Tensor | None,
     return valid
 
 
-def _draw_lengths(selection: str, shape: tuple[int, int], span_length: int, span_other: float,
-                  generator: torch.Generator | None, device: torch.device) -> Tensor:
+def _draw_lengths(
+    selection: str,
+    shape: tuple[int, int],
+    span_length: int,
+    span_other: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> Tensor:
     """Span lengths (B, N) long, one draw per slot (used or not, so shapes stay static)."""
     if selection == "static":
         return torch.full(shape, span_length, dtype=torch.long, device=device)
     if selection == "uniform":
         # fairseq HEAD calls `rng.randint`, which numpy Generators lack (AttributeError); this is
         # the intended `integers(span_other, 2 * span_length + 1)`, low truncated as numpy does.
-        return torch.randint(int(span_other), 2 * span_length + 1, shape, generator=generator,
-                             device=device)
+        return torch.randint(
+            int(span_other), 2 * span_length + 1, shape, generator=generator, device=device
+        )
     if selection == "normal":
-        draw = torch.normal(float(span_length), float(span_other), shape, generator=generator,
-                            dtype=torch.float64, device=device)
+        draw = torch.normal(
+            float(span_length),
+            float(span_other),
+            shape,
+            generator=generator,
+            dtype=torch.float64,
+            device=device,
+        )
         return draw.round().long().clamp(min=1)  # round half to even, as Python's round
     rate = torch.full(shape, float(span_length), dtype=torch.float64, device=device)
     return torch.poisson(rate, generator=generator).long()
 
 
-def _draw_distinct_starts(lengths: Tensor, is_span: Tensor, num_spans: Tensor, valid: Tensor,
-                          num_frames: int, generator: torch.Generator | None) -> Tensor:
+def _draw_distinct_starts(
+    lengths: Tensor,
+    is_span: Tensor,
+    num_spans: Tensor,
+    valid: Tensor,
+    num_frames: int,
+    generator: torch.Generator | None,
+) -> Tensor:
     """Distinct starts (B, N) uniform in [0, sz - min_len - 1] (fairseq `rng.choice`, no replace).
 
     Random keys over the candidates: the N smallest are a uniform random subset in a uniform random
@@ -210,8 +257,13 @@ def _draw_distinct_starts(lengths: Tensor, is_span: Tensor, num_spans: Tensor, v
     return keys.topk(max_spans, dim=1, largest=False, sorted=True).indices  # (B, width) -> (B, N)
 
 
-def _place_without_overlap(lengths: Tensor, num_spans: Tensor, valid: Tensor, min_space: int,
-                           generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def _place_without_overlap(
+    lengths: Tensor,
+    num_spans: Tensor,
+    valid: Tensor,
+    min_space: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
     """fairseq's `no_overlap` interval splitting (with the fixed split condition of f862ff51).
 
     Spans are placed longest first. Each picks a free interval (s, e) with probability
@@ -290,8 +342,9 @@ def _spans_to_mask(starts: Tensor, lengths: Tensor, valid: Tensor, num_frames: i
     return delta.cumsum(1)[:, :num_frames] > 0
 
 
-def _distinct_keys(shape: tuple[int, int], generator: torch.Generator | None,
-                   device: torch.device) -> Tensor:
+def _distinct_keys(
+    shape: tuple[int, int], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
     """Random int64 sort keys, distinct within a row: uniform random bits above the column index.
 
     Ordering by them is a uniformly random permutation, up to ties in the random bits, which break
@@ -332,25 +385,41 @@ class SpanMasker(nn.Module):
         self.cfg = cfg
         self.mask_embedding = nn.Parameter(torch.empty(model_dim).uniform_())  # U[0, 1) as fairseq
 
-    def time_mask(self, batch_size: int, num_frames: int, padding_mask: Tensor | None = None,
-                  generator: torch.Generator | None = None,
-                  device: torch.device | str | None = None) -> Tensor | None:
+    def time_mask(
+        self,
+        batch_size: int,
+        num_frames: int,
+        padding_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor | None:
         """(B, T) bool time mask, None when `time_prob == 0`. Device defaults to the embedding's."""
         cfg = self.cfg
         if cfg.time_prob == 0:
             return None
         return compute_span_mask(
-            (batch_size, num_frames), padding_mask=padding_mask, mask_prob=cfg.time_prob,
-            span_length=cfg.time_span_frames, selection=cfg.time_span_selection,
-            span_other=cfg.time_span_other, min_spans=cfg.time_min_spans,
-            no_overlap=cfg.time_no_overlap, min_space=cfg.time_min_space_frames,
-            require_same_masks=cfg.require_same_masks, mask_dropout_prob=cfg.mask_dropout_prob,
-            generator=generator, device=self.mask_embedding.device if device is None else device,
+            (batch_size, num_frames),
+            padding_mask=padding_mask,
+            mask_prob=cfg.time_prob,
+            span_length=cfg.time_span_frames,
+            selection=cfg.time_span_selection,
+            span_other=cfg.time_span_other,
+            min_spans=cfg.time_min_spans,
+            no_overlap=cfg.time_no_overlap,
+            min_space=cfg.time_min_space_frames,
+            require_same_masks=cfg.require_same_masks,
+            mask_dropout_prob=cfg.mask_dropout_prob,
+            generator=generator,
+            device=self.mask_embedding.device if device is None else device,
         )
 
-    def channel_mask(self, batch_size: int, num_channels: int,
-                     generator: torch.Generator | None = None,
-                     device: torch.device | str | None = None) -> Tensor | None:
+    def channel_mask(
+        self,
+        batch_size: int,
+        num_channels: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor | None:
         """(B, D) bool channel mask, None when `channel_prob == 0`.
 
         As fairseq: no padding, min_spans=0, no mask dropout, and counts equalised across the
@@ -360,22 +429,33 @@ class SpanMasker(nn.Module):
         if cfg.channel_prob == 0:
             return None
         return compute_span_mask(
-            (batch_size, num_channels), mask_prob=cfg.channel_prob,
-            span_length=cfg.channel_span_channels, selection=cfg.channel_span_selection,
-            span_other=cfg.channel_span_other, min_spans=0, no_overlap=cfg.channel_no_overlap,
-            min_space=cfg.channel_min_space_channels, require_same_masks=True,
-            generator=generator, device=self.mask_embedding.device if device is None else device,
+            (batch_size, num_channels),
+            mask_prob=cfg.channel_prob,
+            span_length=cfg.channel_span_channels,
+            selection=cfg.channel_span_selection,
+            span_other=cfg.channel_span_other,
+            min_spans=0,
+            no_overlap=cfg.channel_no_overlap,
+            min_space=cfg.channel_min_space_channels,
+            require_same_masks=True,
+            generator=generator,
+            device=self.mask_embedding.device if device is None else device,
         )
 
-    def forward(self, x: Tensor, time_mask: Tensor | None = None,
-                channel_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, time_mask: Tensor | None = None, channel_mask: Tensor | None = None
+    ) -> Tensor:
         """Shape: x (B, T, D), time_mask (B, T), channel_mask (B, D) -> (B, T, D), out of place."""
         batch_size, num_frames, model_dim = x.shape
-        for name, mask, want in (("time_mask", time_mask, (batch_size, num_frames)),
-                                 ("channel_mask", channel_mask, (batch_size, model_dim))):
+        for name, mask, want in (
+            ("time_mask", time_mask, (batch_size, num_frames)),
+            ("channel_mask", channel_mask, (batch_size, model_dim)),
+        ):
             if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != want):
-                raise ValueError(f"{name} must be a bool tensor of shape {want}, got "
-                                 f"{mask.dtype} {tuple(mask.shape)}")
+                raise ValueError(
+                    f"{name} must be a bool tensor of shape {want}, got "
+                    f"{mask.dtype} {tuple(mask.shape)}"
+                )
         # channel_before: masked frames keep their whole embedding; after (fairseq default):
         # the masked channels are zeroed in the embedding frames too.
         if channel_mask is not None and self.cfg.channel_before:

@@ -18,8 +18,13 @@ def _uniform_below(high: Tensor, num: int, generator: torch.Generator | None) ->
     return (u * high[:, None]).floor().long().clamp_(max=(high[:, None] - 1).clamp(min=0))
 
 
-def sample_negatives(masked_per_row: Tensor, num_negatives: int, num_cross_sample: int = 0, *,
-                     generator: torch.Generator | None = None) -> Tensor:
+def sample_negatives(
+    masked_per_row: Tensor,
+    num_negatives: int,
+    num_cross_sample: int = 0,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Indices of distractors (paper: distractors) into the N flat masked targets.
 
     Within-utterance negatives come uniformly, with replacement, from the other masked frames of the
@@ -33,31 +38,43 @@ def sample_negatives(masked_per_row: Tensor, num_negatives: int, num_cross_sampl
     device = counts.device
     total = int(counts.sum())
     row = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)  # (N,)
-    row_start = (torch.cumsum(counts, 0) - counts)[row]  # (N,) flat index of the row's first masked frame
+    # (N,) flat index of the row's first masked frame
+    row_start = (torch.cumsum(counts, 0) - counts)[row]
     own = torch.arange(total, device=device)  # (N,) flat index of each positive
     columns = []
     if num_negatives > 0:
         row_count = counts[row]  # (N,)
         if total > 0 and int(row_count.min()) < 2:
             bad = int(row[row_count < 2][0])
-            raise ValueError(f"utterance {bad} in the batch has {int(counts[bad])} masked frame(s); "
-                             "within-utterance negatives need at least 2. With masking.require_same_masks every "
-                             "row keeps the shortest row's count: raise data.min_samples, crop less, or "
-                             "raise masking.time_prob")
+            raise ValueError(
+                f"utterance {bad} in the batch has {int(counts[bad])} masked frame(s); "
+                "within-utterance negatives need at least 2. With masking.require_same_masks every "
+                "row keeps the shortest row's count: raise data.min_samples, crop less, or "
+                "raise masking.time_prob"
+            )
         pick = _uniform_below(row_count - 1, num_negatives, generator)  # (N, K) in [0, count-2]
         pick = pick + (pick >= (own - row_start)[:, None]).long()  # skip the positive itself
         columns.append(row_start[:, None] + pick)
     if num_cross_sample > 0:
         if total < 2:
             raise ValueError("cross-sample negatives need at least 2 masked frames in the batch")
-        pick = _uniform_below(torch.full((total,), total - 1, device=device), num_cross_sample, generator)
+        pick = _uniform_below(
+            torch.full((total,), total - 1, device=device), num_cross_sample, generator
+        )
         columns.append(pick + (pick >= own[:, None]).long())  # (N, Kc), never the positive
     return torch.cat(columns, dim=1)
 
 
-def contrastive_logits(context: Tensor, targets: Tensor, negative_indices: Tensor, *,
-                       target_ids: Tensor | None = None, extra_negatives: Tensor | None = None,
-                       extra_ids: Tensor | None = None, logit_temperature: float) -> Tensor:
+def contrastive_logits(
+    context: Tensor,
+    targets: Tensor,
+    negative_indices: Tensor,
+    *,
+    target_ids: Tensor | None = None,
+    extra_negatives: Tensor | None = None,
+    extra_ids: Tensor | None = None,
+    logit_temperature: float,
+) -> Tensor:
     """Cosine similarity / kappa between each context vector and [positive, negatives...].
 
     A negative identical to its positive gets -inf (it is not a distractor). Identity is decided on

@@ -58,10 +58,13 @@ class GumbelVectorQuantizer(nn.Module):
     def num_vars(self) -> int:
         return self.num_groups * self.num_entries
 
-    def forward(self, x: Tensor, temperature: float, generator: torch.Generator | None = None) -> QuantizerOutput:
+    def forward(
+        self, x: Tensor, temperature: float, generator: torch.Generator | None = None
+    ) -> QuantizerOutput:
         num_frames = x.shape[0]
         # fp32 logits: softmax at temperature 0.1-0.5 in bf16 flips near-ties.
-        logits = self.weight_proj(x).float().view(num_frames, self.num_groups, self.num_entries)  # (N, G, V)
+        # (N, G, V)
+        logits = self.weight_proj(x).float().view(num_frames, self.num_groups, self.num_entries)
         codes = logits.argmax(-1)  # (N, G)
         hard = F.one_hot(codes, self.num_entries).float()  # (N, G, V)
         with torch.no_grad():
@@ -69,7 +72,8 @@ class GumbelVectorQuantizer(nn.Module):
         prob_perplexity = perplexity(logits.softmax(-1))
         if self.training:
             # Straight-through: forward uses the hard one-hot of the noisy logits, backward the soft.
-            noise = -torch.empty_like(logits).exponential_(generator=generator).log()  # Gumbel(0, 1)
+            # Gumbel(0, 1)
+            noise = -torch.empty_like(logits).exponential_(generator=generator).log()
             soft = ((logits + noise) / temperature).softmax(-1)
             codes = soft.argmax(-1)
             weights = F.one_hot(codes, self.num_entries).float() - soft.detach() + soft
@@ -84,11 +88,13 @@ class GumbelVectorQuantizer(nn.Module):
 
     def codevectors_for(self, codes: Tensor) -> Tensor:
         """Entry ids (..., G) -> concatenated codevectors (..., code_dim), as an exact gather."""
-        table = self.codevectors.view(self.num_groups, self.num_entries, self.entry_dim)  # (G, V, d)
+        # (G, V, d)
+        table = self.codevectors.view(self.num_groups, self.num_entries, self.entry_dim)
         group = torch.arange(self.num_groups, device=codes.device)
         return table[group, codes].flatten(-2)  # (..., G, d) -> (..., G*d)
 
     def _lookup(self, weights: Tensor) -> Tensor:
-        table = self.codevectors.view(self.num_groups, self.num_entries, self.entry_dim)  # (G, V, d)
+        # (G, V, d)
+        table = self.codevectors.view(self.num_groups, self.num_entries, self.entry_dim)
         quantized = torch.einsum("ngv,gvd->ngd", weights.to(table.dtype), table)  # (N, G, d)
         return quantized.flatten(1)  # (N, G*d)

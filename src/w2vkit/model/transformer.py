@@ -55,15 +55,20 @@ class SelfAttention(nn.Module):
         batch, frames, dim = x.shape
 
         def heads(t: Tensor) -> Tensor:
-            return t.view(batch, frames, self.num_heads, -1).transpose(1, 2)  # (B, T, D) -> (B, H, T, D/H)
+            # (B, T, D) -> (B, H, T, D/H)
+            return t.view(batch, frames, self.num_heads, -1).transpose(1, 2)
 
         # SDPA's boolean mask is True = attend; None keeps the flash kernel eligible.
         attend = None if padding_mask is None else ~padding_mask[:, None, None, :]  # (B, 1, 1, T)
         y = F.scaled_dot_product_attention(
-            heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)), attn_mask=attend,
+            heads(self.q_proj(x)),
+            heads(self.k_proj(x)),
+            heads(self.v_proj(x)),
+            attn_mask=attend,
             dropout_p=self.dropout_prob if self.training else 0.0,
         )
-        return self.out_proj(y.transpose(1, 2).reshape(batch, frames, dim))  # (B, H, T, D/H) -> (B, T, D)
+        # (B, H, T, D/H) -> (B, T, D)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, frames, dim))
 
 
 class EncoderLayer(nn.Module):
@@ -97,13 +102,21 @@ class TransformerEncoder(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.pos_conv = ConvPositionalEmbedding(cfg.model_dim, cfg.pos_conv_kernel, cfg.pos_conv_groups)
+        self.pos_conv = ConvPositionalEmbedding(
+            cfg.model_dim, cfg.pos_conv_kernel, cfg.pos_conv_groups
+        )
         self.norm = nn.LayerNorm(cfg.model_dim)
         self.dropout = nn.Dropout(cfg.dropout_prob)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None, *, num_layers: int | None = None,
-                generator: torch.Generator | None = None) -> list[Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        num_layers: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[Tensor]:
         """Returns [encoder input, output of each layer run]; `num_layers` stops early.
 
         The pre-LN final LayerNorm is applied to the last state when every layer runs.
@@ -113,7 +126,8 @@ class TransformerEncoder(nn.Module):
             raise ValueError(f"num_layers must be in [0, {len(self.layers)}], got {num_layers}")
         frames = x.shape[1]
         if padding_mask is not None:
-            x = x.masked_fill(padding_mask[..., None], 0.0)  # padded frames must not leak through the conv
+            # padded frames must not leak through the conv
+            x = x.masked_fill(padding_mask[..., None], 0.0)
         x = x + self.pos_conv(x)
         if not self.cfg.layer_norm_first:
             x = self.norm(x)
@@ -130,7 +144,9 @@ class TransformerEncoder(nn.Module):
             states[-1] = self.norm(states[-1])
         return [state[:, :frames] for state in states]
 
-    def _pad_to_multiple(self, x: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _pad_to_multiple(
+        self, x: Tensor, padding_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         # fairseq pads T to `required_seq_len_multiple` (kernel-friendly shapes) and masks the pad.
         batch, frames, _ = x.shape
         extra = -frames % self.cfg.required_seq_len_multiple
@@ -141,8 +157,13 @@ class TransformerEncoder(nn.Module):
         padding_mask = F.pad(padding_mask, (0, extra), value=True)  # (B, T) -> (B, T + extra)
         return F.pad(x, (0, 0, 0, extra)), padding_mask
 
-    def _layers_to_drop(self, device: torch.device, generator: torch.Generator | None) -> list[bool] | None:
+    def _layers_to_drop(
+        self, device: torch.device, generator: torch.Generator | None
+    ) -> list[bool] | None:
         if not self.training or self.cfg.layerdrop_prob == 0.0:
             return None
         device = generator.device if generator is not None else device
-        return (torch.rand(len(self.layers), generator=generator, device=device) < self.cfg.layerdrop_prob).tolist()
+        return (
+            torch.rand(len(self.layers), generator=generator, device=device)
+            < self.cfg.layerdrop_prob
+        ).tolist()

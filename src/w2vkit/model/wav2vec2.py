@@ -67,7 +67,9 @@ class Wav2Vec2Model(nn.Module):
         self.encoder = TransformerEncoder(cfg.transformer)
         q = cfg.quantizer
         if q.quantize_targets:
-            self.quantizer = GumbelVectorQuantizer(conv_dim, q.num_groups, q.num_entries, cfg.code_dim)
+            self.quantizer = GumbelVectorQuantizer(
+                conv_dim, q.num_groups, q.num_entries, cfg.code_dim
+            )
             self.target_proj = nn.Linear(cfg.code_dim, cfg.final_dim)
         else:
             self.quantizer = None
@@ -83,9 +85,16 @@ class Wav2Vec2Model(nn.Module):
         """`tiny`, `base` (fairseq LibriSpeech BASE), `large` (LV-60 LARGE) or `large_paper`."""
         return cls(preset(name))
 
-    def forward(self, wav: Tensor, padding_mask: Tensor | None = None, *, temperature: float,
-                time_mask: Tensor | None = None, negative_indices: Tensor | None = None,
-                generator: torch.Generator | None = None) -> PretrainOutput:
+    def forward(
+        self,
+        wav: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        temperature: float,
+        time_mask: Tensor | None = None,
+        negative_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PretrainOutput:
         """Shape: wav (B, S), padding_mask (B, S) -> logits (N, 1+K) over the N masked frames.
 
         `time_mask` (B, T) and `negative_indices` (N, K) replace the sampled ones (parity tests).
@@ -112,29 +121,50 @@ class Wav2Vec2Model(nn.Module):
         target_ids = extra = extra_ids = None
         prob_ppl = code_ppl = None
         if self.quantizer is not None:
-            quantized = self.quantizer(unmasked[time_mask], temperature, generator)  # (N, C) -> (N, code_dim)
+            # (N, C) -> (N, code_dim)
+            quantized = self.quantizer(unmasked[time_mask], temperature, generator)
             targets = self.target_proj(quantized.quantized)  # (N, F)
-            target_ids, prob_ppl, code_ppl = quantized.codes, quantized.prob_perplexity, quantized.code_perplexity
+            target_ids, prob_ppl, code_ppl = (
+                quantized.codes,
+                quantized.prob_perplexity,
+                quantized.code_perplexity,
+            )
             if self.cfg.num_codebook_negatives > 0:
                 extra_ids, extra = self._codebook_negatives(targets.shape[0], generator, wav.device)
         else:
             targets = self.target_proj(unmasked[time_mask])  # (N, C) -> (N, F)
         # 5. Distractors and logits.
         if negative_indices is None:
-            negative_indices = sample_negatives(time_mask.sum(1), self.cfg.num_negatives,
-                                                self.cfg.num_cross_sample_negatives, generator=generator)
-        logits = contrastive_logits(context, targets, negative_indices, target_ids=target_ids,
-                                    extra_negatives=extra, extra_ids=extra_ids,
-                                    logit_temperature=self.cfg.logit_temperature)
+            negative_indices = sample_negatives(
+                time_mask.sum(1),
+                self.cfg.num_negatives,
+                self.cfg.num_cross_sample_negatives,
+                generator=generator,
+            )
+        logits = contrastive_logits(
+            context,
+            targets,
+            negative_indices,
+            target_ids=target_ids,
+            extra_negatives=extra,
+            extra_ids=extra_ids,
+            logit_temperature=self.cfg.logit_temperature,
+        )
         return PretrainOutput(
-            logits=logits, time_mask=time_mask, frame_padding_mask=frame_pad,
-            features_penalty=features_penalty, prob_perplexity=prob_ppl, code_perplexity=code_ppl,
+            logits=logits,
+            time_mask=time_mask,
+            frame_padding_mask=frame_pad,
+            features_penalty=features_penalty,
+            prob_perplexity=prob_ppl,
+            code_perplexity=code_ppl,
             num_vars=self.quantizer.num_vars if self.quantizer is not None else 0,
-            temperature=temperature, negative_indices=negative_indices,
+            temperature=temperature,
+            negative_indices=negative_indices,
         )
 
-    def extract_features(self, wav: Tensor, padding_mask: Tensor | None = None,
-                         layer: int | None = None) -> FeatureOutput:
+    def extract_features(
+        self, wav: Tensor, padding_mask: Tensor | None = None, layer: int | None = None
+    ) -> FeatureOutput:
         """Per-layer hidden states for downstream use: no masking, no quantizer.
 
         `layer=k` runs only the first k Transformer layers. Shape: wav (B, S) -> states (B, T, D).
@@ -144,7 +174,9 @@ class Wav2Vec2Model(nn.Module):
         states = self.encoder(x, frame_pad, num_layers=layer)
         return FeatureOutput(hidden_states=states, features=features, padding_mask=frame_pad)
 
-    def _features(self, wav: Tensor, padding_mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    def _features(
+        self, wav: Tensor, padding_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         grad_scale = self.cfg.feature_extractor.grad_scale
         # grad_scale 0 freezes the extractor: skip its autograd graph entirely (fairseq).
         with torch.no_grad() if grad_scale == 0 else contextlib.nullcontext():
@@ -154,7 +186,9 @@ class Wav2Vec2Model(nn.Module):
         features = conv.transpose(1, 2)  # (B, C, T) -> (B, T, C)
         frame_pad = None
         if padding_mask is not None:
-            frame_pad = frame_padding_mask(padding_mask, self.cfg.feature_extractor.conv_layers, features.shape[1])
+            frame_pad = frame_padding_mask(
+                padding_mask, self.cfg.feature_extractor.conv_layers, features.shape[1]
+            )
         squared = features.float().pow(2).mean(-1)  # (B, T)
         if frame_pad is None:
             penalty = squared.mean()
@@ -167,18 +201,27 @@ class Wav2Vec2Model(nn.Module):
     def _project(self, features: Tensor) -> Tensor:
         return features if self.feature_projection is None else self.feature_projection(features)
 
-    def _codebook_negatives(self, num_frames: int, generator: torch.Generator | None,
-                            device: torch.device) -> tuple[Tensor, Tensor]:
+    def _codebook_negatives(
+        self, num_frames: int, generator: torch.Generator | None, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
         # fairseq `sample_from_codebook`: random entries of each group, projected like the targets.
         q = self.quantizer
-        ids = torch.randint(q.num_entries, (num_frames, self.cfg.num_codebook_negatives, q.num_groups),
-                            generator=generator, device=device)  # (N, Kq, G)
+        ids = torch.randint(
+            q.num_entries,
+            (num_frames, self.cfg.num_codebook_negatives, q.num_groups),
+            generator=generator,
+            device=device,
+        )  # (N, Kq, G)
         return ids, self.target_proj(q.codevectors_for(ids))  # (N, Kq, F)
 
     @staticmethod
-    def _check_time_mask(time_mask: Tensor, batch: int, frames: int, frame_pad: Tensor | None) -> None:
+    def _check_time_mask(
+        time_mask: Tensor, batch: int, frames: int, frame_pad: Tensor | None
+    ) -> None:
         if time_mask.shape != (batch, frames) or time_mask.dtype != torch.bool:
-            raise ValueError(f"time_mask must be a bool tensor of shape ({batch}, {frames}), "
-                             f"got {time_mask.dtype} {tuple(time_mask.shape)}")
+            raise ValueError(
+                f"time_mask must be a bool tensor of shape ({batch}, {frames}), "
+                f"got {time_mask.dtype} {tuple(time_mask.shape)}"
+            )
         if frame_pad is not None and bool((time_mask & frame_pad).any()):
             raise ValueError("time_mask masks padded frames")

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     probes = probe_all(root, paths, workers=args.workers)
 
     readable: list[tuple[str, int, int, int]] = []  # (path, frames, rate, channels)
-    for path, probe in zip(paths, probes):
+    for path, probe in zip(paths, probes, strict=True):
         if isinstance(probe, str):
             skipped.append((path, probe))
         elif probe[0] == 0:
@@ -109,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
 
     args.dest.mkdir(parents=True, exist_ok=True)
     in_valid = [split_is_valid(p, args.seed, args.valid_percent) for p, *_ in kept]
-    splits = {"train": [row for row, v in zip(kept, in_valid) if not v]}
+    splits = {"train": [row for row, v in zip(kept, in_valid, strict=True) if not v]}
     if args.valid_percent > 0:  # fairseq writes valid.tsv only then
-        splits["valid"] = [row for row, v in zip(kept, in_valid) if v]
+        splits["valid"] = [row for row, v in zip(kept, in_valid, strict=True) if v]
     for name, rows in splits.items():
         write_manifest(args.dest / f"{name}.tsv", _to_manifest(root, rows))
         hours = sum(f / r for _, f, r, _ in rows) / 3600
@@ -224,7 +224,7 @@ def split_is_valid(path: str, seed: int, valid_fraction: float) -> bool:
 
 
 def _to_manifest(root: Path, rows: list[tuple[str, int, int, int]]) -> Manifest:
-    columns = list(zip(*rows)) if rows else [[], [], [], []]
+    columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
     return Manifest(
         root=root.resolve(),
         paths=list(columns[0]),

@@ -134,7 +134,8 @@ FAIRSEQ_KEYS: dict[tuple[str, str], tuple[Any, Convert]] = {
     ("optimization", "lr"):                 ([0.25], _first("optim.lr")),
     ("optimization", "update_freq"):        ([1], _first("train.update_freq")),
     ("optimization", "clip_norm"):          (0.0, _to("optim.clip_norm")),
-    ("optimizer", "_name"):                 ("adam", _only("adam")),  # fairseq adam = decoupled weight decay
+    # fairseq adam = decoupled weight decay
+    ("optimizer", "_name"):                 ("adam", _only("adam")),
     ("optimizer", "adam_betas"):            ("(0.9, 0.999)", lambda v, w: {"optim.betas": list(_tuple(v, w))}),
     ("optimizer", "adam_eps"):              (1e-8, _to("optim.eps")),
     ("optimizer", "weight_decay"):          (0.0, _to("optim.weight_decay")),

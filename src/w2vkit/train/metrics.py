@@ -50,9 +50,9 @@ class MetricsWindow:
             values + [float(self.num_micro_batches)], dtype=torch.float64, device=device
         )
         totals = dist.all_reduce_sum(totals).tolist()
-        sums = dict(zip(sum_keys, totals))
+        sums = dict(zip(sum_keys, totals[: len(sum_keys)], strict=True))
         count = max(totals[-1], 1.0)
-        record = {k: v / count for k, v in zip(mean_keys, totals[len(sum_keys) : -1])}
+        record = {k: v / count for k, v in zip(mean_keys, totals[len(sum_keys) : -1], strict=True)}
         return summarize(sums) | record
 
     def state_dict(self) -> dict:
