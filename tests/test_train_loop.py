@@ -13,17 +13,14 @@ from torch import nn
 
 from w2vkit import cli
 from w2vkit.data.collate import Batch
-from w2vkit.data.dataset import AudioDataset
-from w2vkit.data.loader import build_dataloader
-from w2vkit.data.sampler import BucketBatchSampler
-from w2vkit.losses import pretraining_loss
+from w2vkit.data.loader import build_loaders
+from w2vkit.losses import pretraining_loss, pretraining_objective
 from w2vkit.model.config import tiny
 from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.recipes.pretrain import make_step_fn
 from w2vkit.train import checkpoint, dist
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
-from w2vkit.train.loop import StepOutput, TrainState, run_update, train
+from w2vkit.train.loop import Objective, StepOutput, TrainState, run_update, train
 from w2vkit.train.metrics import RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 
@@ -76,10 +73,26 @@ class ToyModel(nn.Module):
 def toy_step(model, batch, step: int, generator: torch.Generator) -> StepOutput:
     prediction = model(batch.wav)  # (B, T)
     loss = (prediction - 0.3).pow(2).sum()
-    return StepOutput(
-        loss=loss,
-        sample_size=prediction.numel(),
-        sums={"loss": float(loss.detach()), "sample_size": prediction.numel()},
+    return StepOutput(loss=loss, sample_size=prediction.numel(), sums={})
+
+
+def mean_loss(sums: dict[str, float]) -> dict[str, float]:
+    return {"loss": sums["loss"] / sums["sample_size"]}
+
+
+TOY = Objective(step=toy_step, summarize=mean_loss)
+
+
+def update(state: TrainState, micro, objective: Objective, cfg: PretrainConfig, **kwargs):
+    """`run_update` with the pretraining config's train section and clip norm."""
+    return run_update(
+        state,
+        micro,
+        objective,
+        cfg=cfg.train,
+        clip_norm=cfg.optim.clip_norm,
+        device=torch.device("cpu"),
+        **kwargs,
     )
 
 
@@ -104,7 +117,7 @@ def toy_state(cfg: PretrainConfig, sampler=None, model: nn.Module | None = None)
 
 
 def toy_train(
-    manifest: Path, out_dir: Path, *overrides: str, step_fn=toy_step
+    manifest: Path, out_dir: Path, *overrides: str, objective: Objective = TOY, validate=False
 ) -> tuple[TrainState, str]:
     """The real loop, data pipeline and DDP wrapping (under torchrun) around the toy model."""
     cfg = toy_config(
@@ -116,19 +129,8 @@ def toy_train(
         "train.validate_interval_steps=0",
         *overrides,
     )
-    dataset = AudioDataset(
-        manifest / "train.tsv", min_samples=cfg.data.min_samples, max_samples=cfg.data.max_samples
-    )
-    sampler = BucketBatchSampler(
-        dataset.sizes,
-        max_batch_samples=cfg.data.max_batch_samples,
-        max_batch_size=cfg.data.max_batch_size,
-        required_batch_size_multiple=1,
-        seed=cfg.train.seed,
-        rank=dist.rank(),
-        world_size=dist.world_size(),
-    )
-    state = toy_state(cfg, sampler)
+    loaders = build_loaders(cfg.data, cfg.train.seed, dist.rank(), dist.world_size())
+    state = toy_state(cfg, loaders["train"].sampler)
     state.model = dist.wrap_model(state.model, torch.device("cpu"), find_unused_parameters=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = RunLogger(
@@ -140,10 +142,11 @@ def toy_train(
     )
     reason = train(
         state,
-        cfg=cfg,
-        step_fn=step_fn,
-        train_loader=build_dataloader(dataset, sampler, seed=1),
-        valid_loader=None,
+        objective,
+        cfg=cfg.train,
+        clip_norm=cfg.optim.clip_norm,
+        train_loader=loaders["train"],
+        valid_loader=loaders.get("valid") if validate else None,
         device=torch.device("cpu"),
         out_dir=out_dir,
         config_dict={},
@@ -167,7 +170,7 @@ def test_one_update_is_the_gradient_of_the_global_mean():
     total = sum(toy_step(reference, b, 0, None).loss for b in micro)
     size = sum(toy_step(reference, b, 0, None).sample_size for b in micro)
     expected = torch.autograd.grad(total / size, list(reference.parameters()))
-    result = run_update(state, micro, toy_step, cfg=cfg, device=torch.device("cpu"))
+    result = update(state, micro, TOY, cfg)
     assert result.finite and result.sample_size == size and state.step == 1
     for param, grad in zip(state.model.parameters(), expected, strict=True):
         torch.testing.assert_close(param.grad, grad, rtol=1e-5, atol=1e-8)
@@ -182,8 +185,8 @@ def test_two_half_batches_equal_one_full_batch_toy():
     ]
     one, two = toy_state(cfg), toy_state(cfg)
     for _ in range(3):
-        run_update(one, [full], toy_step, cfg=cfg, device=torch.device("cpu"))
-        run_update(two, halves, toy_step, cfg=cfg, device=torch.device("cpu"))
+        update(one, [full], TOY, cfg)
+        update(two, halves, TOY, cfg)
     for a, b in zip(one.model.parameters(), two.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
@@ -220,11 +223,7 @@ def _fixed_mask_step(model, batch, step, generator) -> StepOutput:
         negative_indices=torch.cat(negatives),
     )
     terms = pretraining_loss(output, diversity_weight=0.0, feature_penalty_weight=10.0)
-    return StepOutput(
-        loss=terms.loss,
-        sample_size=terms.sample_size,
-        sums={"loss": float(terms.loss.detach()), "sample_size": terms.sample_size},
-    )
+    return StepOutput(loss=terms.loss, sample_size=terms.sample_size, sums={})
 
 
 def test_two_half_batches_equal_one_full_batch_wav2vec2():
@@ -238,9 +237,7 @@ def test_two_half_batches_equal_one_full_batch_wav2vec2():
     for micro in ([full], halves):
         torch.manual_seed(0)
         state = toy_state(cfg, model=_ArgmaxQuantizerModel(tiny()))
-        results.append(
-            run_update(state, micro, _fixed_mask_step, cfg=cfg, device=torch.device("cpu"))
-        )
+        results.append(update(state, micro, Objective(_fixed_mask_step, mean_loss), cfg))
         states.append(state)
     assert results[0].sample_size == results[1].sample_size == 32
     assert results[0].loss == pytest.approx(results[1].loss, rel=1e-6)
@@ -259,7 +256,10 @@ def test_non_finite_updates_are_skipped_counted_and_stop_the_run(manifest_dir, t
         return StepOutput(out.loss * math.nan, out.sample_size, out.sums)
 
     state, reason = toy_train(
-        manifest_dir, tmp_path, "train.max_consecutive_nonfinite=3", step_fn=nan_step
+        manifest_dir,
+        tmp_path,
+        "train.max_consecutive_nonfinite=3",
+        objective=Objective(nan_step, mean_loss),
     )
     assert reason == "nonfinite" and state.step == 0 and state.num_nonfinite == 3
     saved = checkpoint.load(tmp_path / checkpoint.LAST)
@@ -275,12 +275,10 @@ def test_one_bad_update_is_skipped_and_training_goes_on():
     before = [p.detach().clone() for p in state.model.parameters()]
     bad = _rows(2, 3200, 1)
     bad.wav[0, 5] = math.inf
-    result = run_update(state, [bad], toy_step, cfg=cfg, device=torch.device("cpu"))
+    result = update(state, [bad], TOY, cfg)
     assert not result.finite and state.step == 0 and state.num_nonfinite == 1
     assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
-    assert run_update(
-        state, [_rows(2, 3200, 2)], toy_step, cfg=cfg, device=torch.device("cpu")
-    ).finite
+    assert update(state, [_rows(2, 3200, 2)], TOY, cfg).finite
     assert state.step == 1 and state.consecutive_nonfinite == 0
 
 
@@ -294,9 +292,8 @@ def test_bf16_autocast_runs_the_real_model_on_cpu():
     )
     state = toy_state(cfg, model=model)
     before = model.context_proj.weight.detach().clone()
-    result = run_update(
-        state, [_rows(2, 16000, 3)], make_step_fn(cfg), cfg=cfg, device=torch.device("cpu")
-    )
+    objective = pretraining_objective(cfg.loss, cfg.model.quantizer)
+    result = update(state, [_rows(2, 16000, 3)], objective, cfg)
     assert seen == [torch.bfloat16]
     assert result.finite and math.isfinite(result.loss) and result.gnorm > 0
     assert not torch.equal(before, model.context_proj.weight)
@@ -309,13 +306,13 @@ def test_fp16_dynamic_loss_scaling_skips_overflows_and_unscales():
     state.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # fp16 gradients overflow
     before = [p.detach().clone() for p in state.model.parameters()]
     batch = _rows(2, 3200, 4)
-    result = run_update(state, [batch], toy_step, cfg=cfg, device=torch.device("cpu"))
+    result = update(state, [batch], TOY, cfg)
     assert not result.finite and state.step == 0 and state.num_nonfinite == 1
     assert state.scaler.get_scale() == 2.0**39  # halved after the overflow
     assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
 
     state.scaler = torch.amp.GradScaler("cpu", init_scale=128.0)
-    result = run_update(state, [batch], toy_step, cfg=cfg, device=torch.device("cpu"))
+    result = update(state, [batch], TOY, cfg)
     reference = toy_state(toy_config()).model
     out = toy_step(reference, batch, 0, None)
     expected = torch.autograd.grad(out.loss / out.sample_size, list(reference.parameters()))

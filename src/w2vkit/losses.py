@@ -1,21 +1,38 @@
-"""The wav2vec 2.0 objective as fairseq's `wav2vec` criterion computes it (Eq. 2-4, Sec. 3.2).
+"""The wav2vec 2.0 objective as fairseq's `wav2vec` criterion computes and logs it (Eq. 2-4, Sec. 3.2).
 
 loss = sum over masked frames of InfoNCE cross-entropy
      + diversity_weight * (G*V - prob_perplexity) / (G*V) * N
      + feature_penalty_weight * mean(z**2) * N
 Everything is summed over the N masked frames; the trainer divides by the global sum of N over
 ranks and accumulation steps, once per update, which makes the update a per-masked-frame mean.
+
+`pretraining_objective` is this criterion as the training loop's `Objective`: the step (the
+Gumbel temperature of the update, the forward, the loss, the logged sums, all left on the device)
+and `summarize`, fairseq's `reduce_metrics`. Logged keys: `loss` (bits per masked frame = sum loss /
+sum sample_size / ln 2), `loss_0` contrastive, `loss_1` diversity, `loss_2` feature penalty (same
+scaling; a part with weight 0 is not logged, as fairseq), `accuracy` (= correct / count),
+`prob_perplexity`, `code_perplexity`, `temp` (averaged over micro-batches).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from w2vkit.data.collate import Batch
+from w2vkit.model.config import QuantizerConfig
+from w2vkit.model.quantizer import gumbel_temperature
 from w2vkit.model.wav2vec2 import PretrainOutput
+from w2vkit.train.config import LossConfig
+from w2vkit.train.loop import Objective, StepOutput
+from w2vkit.train.metrics import Value
+
+LOSS_KEYS = ("loss", "loss_0", "loss_1", "loss_2")
+"""Summed losses that `summarize` reports in bits per masked frame."""
 
 
 @dataclass
@@ -29,15 +46,17 @@ class LossTerms:
     """Weighted and N-scaled feature penalty (fairseq loss_2)."""
     sample_size: int
     """N, the masked frames scored."""
-    num_correct: int
+    num_correct: Tensor
+    """fairseq's accuracy numerator (0-dim, long, on the logits' device: no host sync)."""
     num_count: int
-    prob_perplexity: float
-    code_perplexity: float
+    prob_perplexity: Tensor
+    """Detached (0-dim); 0 without a quantizer. So is `code_perplexity`."""
+    code_perplexity: Tensor
     temperature: float
 
     @property
     def accuracy(self) -> float:
-        return self.num_correct / max(self.num_count, 1)
+        return float(self.num_correct) / max(self.num_count, 1)
 
 
 def contrastive_loss(logits: Tensor) -> Tensor:
@@ -51,13 +70,20 @@ def diversity_loss(prob_perplexity: Tensor, num_vars: int) -> Tensor:
     return (num_vars - prob_perplexity) / num_vars
 
 
-def contrastive_accuracy(logits: Tensor) -> tuple[int, int]:
-    """fairseq's count: rows whose argmax is the positive, minus rows where all logits are equal."""
+def num_correct(logits: Tensor) -> Tensor:
+    """fairseq's count: rows whose argmax is the positive, minus rows where all logits are equal.
+
+    A 0-dim long tensor on the logits' device."""
     with torch.no_grad():
         best = logits.argmax(-1) == 0
         # argmax and argmin are both 0 only when every logit in the row ties.
         tied = best & (logits.argmin(-1) == 0)
-        return int(best.sum() - tied.sum()), int(best.numel())
+        return best.sum() - tied.sum()
+
+
+def contrastive_accuracy(logits: Tensor) -> tuple[int, int]:
+    """(correct, rows) as Python ints (copies to the host)."""
+    return int(num_correct(logits)), logits.shape[0]
 
 
 def pretraining_loss(
@@ -76,20 +102,96 @@ def pretraining_loss(
     penalty = zero
     if feature_penalty_weight != 0:
         penalty = feature_penalty_weight * output.features_penalty.float() * sample_size
-    num_correct, num_count = contrastive_accuracy(output.logits)
     return LossTerms(
         loss=contrastive + diversity + penalty,
         contrastive=contrastive,
         diversity=diversity,
         feature_penalty=penalty,
         sample_size=sample_size,
-        num_correct=num_correct,
-        num_count=num_count,
-        prob_perplexity=float(output.prob_perplexity.detach())
-        if output.prob_perplexity is not None
-        else 0.0,
-        code_perplexity=float(output.code_perplexity.detach())
-        if output.code_perplexity is not None
-        else 0.0,
+        num_correct=num_correct(output.logits),
+        num_count=sample_size,
+        prob_perplexity=_detached_or_zero(output.prob_perplexity, zero),
+        code_perplexity=_detached_or_zero(output.code_perplexity, zero),
         temperature=output.temperature,
     )
+
+
+def _detached_or_zero(value: Tensor | None, zero: Tensor) -> Tensor:
+    return zero if value is None else value.detach()
+
+
+def logged_sums(
+    terms: LossTerms, *, diversity_weight: float, feature_penalty_weight: float, quantized: bool
+) -> dict[str, Value]:
+    """The criterion's summed log values of one micro-batch (tensors, detached, on the device).
+
+    fairseq logs a part only when its weight is non-zero: loss_1 diversity (with a quantizer),
+    loss_2 feature penalty. The loop adds `loss` and `sample_size`.
+    """
+    sums: dict[str, Value] = {
+        "loss_0": terms.contrastive.detach(),
+        "correct": terms.num_correct,
+        "count": terms.num_count,
+    }
+    if diversity_weight and quantized:
+        sums["loss_1"] = terms.diversity.detach()
+    if feature_penalty_weight:
+        sums["loss_2"] = terms.feature_penalty.detach()
+    return sums
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+    """fairseq's wav2vec `reduce_metrics`: losses in bits per masked frame, accuracy over counted rows."""
+    sample_size = max(sums.get("sample_size", 0.0), 1.0)
+    out = {key: sums[key] / sample_size / math.log(2) for key in LOSS_KEYS if key in sums}
+    if sums.get("count"):
+        out["accuracy"] = sums["correct"] / sums["count"]
+    out["sample_size"] = sums.get("sample_size", 0.0)
+    return out
+
+
+def pretraining_objective(weights: LossConfig, quantizer: QuantizerConfig) -> Objective[Batch]:
+    """The training loop's Objective for wav2vec 2.0 pretraining (validation: the same step)."""
+
+    def wav2vec_step(
+        model: nn.Module, batch: Batch, step: int, generator: torch.Generator
+    ) -> StepOutput:
+        # `step` counts completed optimizer updates, not forwards: accumulation keeps the decay.
+        temperature = gumbel_temperature(step, quantizer)
+        output = model(batch.wav, batch.padding_mask, temperature=temperature, generator=generator)
+        terms = pretraining_loss(
+            output,
+            diversity_weight=weights.diversity_weight,
+            feature_penalty_weight=weights.feature_penalty_weight,
+        )
+        quantized = output.prob_perplexity is not None
+        means: dict[str, Value] = {}
+        if quantized:
+            means = {
+                "prob_perplexity": terms.prob_perplexity,
+                "code_perplexity": terms.code_perplexity,
+                "temp": terms.temperature,
+            }
+        sums = logged_sums(
+            terms,
+            diversity_weight=weights.diversity_weight,
+            feature_penalty_weight=weights.feature_penalty_weight,
+            quantized=quantized,
+        )
+        return StepOutput(loss=terms.loss, sample_size=terms.sample_size, sums=sums, means=means)
+
+    return Objective(step=wav2vec_step, summarize=summarize)
+
+
+__all__ = [
+    "LOSS_KEYS",
+    "LossTerms",
+    "contrastive_accuracy",
+    "contrastive_loss",
+    "diversity_loss",
+    "logged_sums",
+    "num_correct",
+    "pretraining_loss",
+    "pretraining_objective",
+    "summarize",
+]

@@ -1,5 +1,5 @@
 """`build_dataloader`: a torch DataLoader whose sampler yields `BatchKey`s and whose items are
-whole `Batch`es.
+whole `Batch`es; `build_loaders`: the train and valid loaders of a `DataConfig`.
 
 A worker turns one key into one batch: it decodes the items, replaces the ones that fail, and
 crops with a generator seeded from (seed, epoch, rank, position). Nothing depends on which worker
@@ -10,14 +10,21 @@ exactly the batches it would have seen.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from w2vkit.config import ConfigError
 from w2vkit.data.collate import Batch, collate
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.sampler import BatchKey, BucketBatchSampler, seeded_generator
+
+if TYPE_CHECKING:
+    from w2vkit.train.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -101,20 +108,23 @@ class _BatchMaker(Dataset):
         return int(window[int(torch.randint(len(window), (1,), generator=generator))])
 
 
-class _ResumableLoader(DataLoader):
+class ResumableLoader(DataLoader[Batch]):
     """A DataLoader that tells the sampler which batch training has actually received.
 
     Prefetching makes the sampler run ahead of training; marking each batch as it is handed
     out keeps `sampler.state_dict()` exact, so resuming neither repeats nor skips a batch.
     """
 
-    def __iter__(self):
+    sampler: BucketBatchSampler
+
+    # A generator rather than an iterator object: mypy would want a _BaseDataLoaderIter.
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         for batch in super().__iter__():
             self.sampler.mark_consumed(batch.epoch, batch.position)
             yield batch
 
 
-def _as_is(batch: Batch) -> Batch:
+def _as_is(batch: Batch) -> Batch:  # collate_fn: the maker returns whole batches already
     return batch
 
 
@@ -126,7 +136,7 @@ def build_dataloader(
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool = False,
-) -> DataLoader:
+) -> ResumableLoader:
     """A DataLoader yielding `Batch`es in `sampler` order. See the module docstring."""
     if len(sampler.sizes) != len(dataset):
         raise ValueError(
@@ -136,12 +146,71 @@ def build_dataloader(
     maker = _BatchMaker(
         dataset, seed=seed, rank=sampler.rank, max_batch_samples=sampler.max_batch_samples
     )
-    return _ResumableLoader(
+    return ResumableLoader(
         maker,
         sampler=sampler,
         batch_size=None,  # the sampler's keys are whole batches already
-        collate_fn=_as_is,
+        collate_fn=_as_is,  # type: ignore[arg-type]
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
     )
+
+
+def build_loaders(
+    data_cfg: DataConfig, seed: int, rank: int, world_size: int, *, pin_memory: bool = False
+) -> dict[str, ResumableLoader]:
+    """`{train_split: loader}`, plus `{valid_split: loader}` when that manifest exists and holds
+    at least one usable utterance (else the run has no validation; the caller says so).
+
+    The train split is shuffled and randomly cropped; the valid split is neither. Rank `rank` of
+    `world_size` gets its share of the batches (the same number on every rank).
+    """
+    splits = {data_cfg.train_split: True}
+    if data_cfg.valid_split:
+        splits[data_cfg.valid_split] = False
+    loaders = {}
+    for split, is_train in splits.items():
+        path = Path(data_cfg.manifest_dir) / f"{split}.tsv"
+        if not (path.is_file() and path.stat().st_size > 0):
+            if not is_train:
+                continue
+            raise ConfigError(
+                f"data.manifest_dir: {path} is missing or empty; write it with "
+                f"`w2vkit manifest AUDIO_DIR --dest {data_cfg.manifest_dir}`"
+            )
+        dataset = AudioDataset(
+            path,
+            sample_rate=data_cfg.sample_rate,
+            min_samples=data_cfg.min_samples,
+            max_samples=data_cfg.max_samples,
+            pad=data_cfg.pad,
+            normalize=data_cfg.normalize,
+            random_crop=is_train,
+        )
+        if len(dataset) == 0:
+            if not is_train:
+                continue
+            raise ConfigError(
+                f"{path} lists no utterance of at least data.min_samples={data_cfg.min_samples} "
+                "samples: nothing to train on"
+            )
+        sampler = BucketBatchSampler(
+            dataset.sizes,
+            max_batch_samples=data_cfg.max_batch_samples,
+            max_batch_size=data_cfg.max_batch_size,
+            required_batch_size_multiple=data_cfg.required_batch_size_multiple,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle=is_train,
+        )
+        loaders[split] = build_dataloader(
+            dataset,
+            sampler,
+            seed=seed,
+            num_workers=data_cfg.num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=data_cfg.num_workers > 0,
+        )
+    return loaders

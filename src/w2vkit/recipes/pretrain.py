@@ -15,17 +15,14 @@ import torch
 import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
-from w2vkit.data.dataset import AudioDataset
-from w2vkit.data.loader import build_dataloader
-from w2vkit.data.sampler import BucketBatchSampler
-from w2vkit.losses import pretraining_loss
+from w2vkit.data.loader import ResumableLoader, build_loaders
+from w2vkit.losses import pretraining_objective
 from w2vkit.model.config import ModelConfig
-from w2vkit.model.quantizer import gumbel_temperature
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint, dist
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.fairseq_config import load_fairseq_config
-from w2vkit.train.loop import StepFn, StepOutput, TrainState, train
+from w2vkit.train.loop import TrainState, exit_status, train
 from w2vkit.train.metrics import RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 
@@ -134,44 +131,6 @@ def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict
     return cfg, resume, init_state, notes
 
 
-def make_step_fn(cfg: PretrainConfig) -> StepFn:
-    """One micro-batch of the wav2vec 2.0 objective, with fairseq's logged parts."""
-    weights = cfg.loss
-
-    def step_fn(model, batch, step: int, generator: torch.Generator) -> StepOutput:
-        temperature = gumbel_temperature(
-            step, cfg.model.quantizer
-        )  # per optimizer update, not per forward
-        output = model(batch.wav, batch.padding_mask, temperature=temperature, generator=generator)
-        terms = pretraining_loss(
-            output,
-            diversity_weight=weights.diversity_weight,
-            feature_penalty_weight=weights.feature_penalty_weight,
-        )
-        sums = {
-            "loss": float(terms.loss.detach()),
-            "loss_0": float(terms.contrastive.detach()),
-            "sample_size": terms.sample_size,
-            "correct": terms.num_correct,
-            "count": terms.num_count,
-        }
-        # fairseq logs a part only when its weight is non-zero: loss_1 diversity, loss_2 feature penalty.
-        if weights.diversity_weight and output.prob_perplexity is not None:
-            sums["loss_1"] = float(terms.diversity.detach())
-        if weights.feature_penalty_weight:
-            sums["loss_2"] = float(terms.feature_penalty.detach())
-        means = {}
-        if output.prob_perplexity is not None:
-            means = {
-                "prob_perplexity": terms.prob_perplexity,
-                "code_perplexity": terms.code_perplexity,
-                "temp": terms.temperature,
-            }
-        return StepOutput(loss=terms.loss, sample_size=terms.sample_size, sums=sums, means=means)
-
-    return step_fn
-
-
 def _pretrain(
     cfg: PretrainConfig,
     device: torch.device,
@@ -180,7 +139,65 @@ def _pretrain(
     notes: list[str],
 ) -> int:
     out_dir = Path(cfg.train.out_dir)
-    rank, world_size = dist.rank(), dist.world_size()
+    _prepare_run_dir(cfg, out_dir)
+    if device.type == "cuda" and cfg.train.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    data = cfg.data
+    loaders = build_loaders(
+        data, cfg.train.seed, dist.rank(), dist.world_size(), pin_memory=device.type == "cuda"
+    )
+    if data.valid_split and data.valid_split not in loaders:
+        valid = Path(data.manifest_dir) / f"{data.valid_split}.tsv"
+        why = "has no usable utterance" if valid.is_file() else "does not exist"
+        notes.append(f"no validation: {valid} {why} (data.valid_split= turns this note off)")
+    state = _train_state(
+        cfg, _model(cfg, resume, init_state, notes), device, loaders[data.train_split]
+    )
+    if resume is not None:
+        checkpoint.restore(state, resume)
+        notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
+    if cfg.optim.warmup_steps >= cfg.total_steps:
+        notes.append(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} >= the {cfg.total_steps} scheduled updates: "
+            "the LR never reaches optim.lr"
+        )
+    logger = RunLogger(
+        out_dir,
+        total_steps=cfg.train.max_steps,
+        start_step=state.step,
+        tensorboard=cfg.train.tensorboard,
+    )
+    num_params = sum(p.numel() for p in dist.unwrap(state.model).parameters())
+    logger.message(
+        f"w2vkit pretrain: {num_params / 1e6:.2f}M parameters, device {device}, world size "
+        f"{dist.world_size()}, precision {cfg.train.precision}, "
+        f"{len(loaders[data.train_split].sampler.sizes)} training utterances, run directory {out_dir}"
+    )
+    for note in notes:
+        logger.message(note)
+    try:
+        reason = train(
+            state,
+            pretraining_objective(cfg.loss, cfg.model.quantizer),
+            cfg=cfg.train,
+            clip_norm=cfg.optim.clip_norm,
+            train_loader=loaders[data.train_split],
+            valid_loader=loaders.get(data.valid_split),
+            device=device,
+            out_dir=out_dir,
+            config_dict=to_dict(cfg),
+            logger=logger,
+            sample_rate=data.sample_rate,
+        )
+    finally:
+        logger.close()
+    logger.message(f"finished ({reason}) at update {state.step}")
+    return exit_status(reason)
+
+
+def _prepare_run_dir(cfg: PretrainConfig, out_dir: Path) -> None:
+    """Rank 0 creates the run directory, drops killed writes' temp files, writes config.yaml."""
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_stale_temp_files(out_dir)
@@ -188,46 +205,13 @@ def _pretrain(
             yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8"
         )
     dist.barrier()
-    if device.type == "cuda" and cfg.train.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
-    data = cfg.data
-    datasets = {}
-    for split, random_crop in ((data.train_split, True), (data.valid_split, False)):
-        path = Path(data.manifest_dir) / f"{split}.tsv"
-        if split and (path.is_file() or split == data.train_split):
-            datasets[split] = AudioDataset(
-                path,
-                sample_rate=data.sample_rate,
-                min_samples=data.min_samples,
-                max_samples=data.max_samples,
-                pad=data.pad,
-                normalize=data.normalize,
-                random_crop=random_crop,
-            )
-    loaders = {}
-    for split, dataset in datasets.items():
-        sampler = BucketBatchSampler(
-            dataset.sizes,
-            max_batch_samples=data.max_batch_samples,
-            max_batch_size=data.max_batch_size,
-            required_batch_size_multiple=data.required_batch_size_multiple,
-            seed=cfg.train.seed,
-            rank=rank,
-            world_size=world_size,
-            shuffle=split == data.train_split,
-        )
-        loaders[split] = build_dataloader(
-            dataset,
-            sampler,
-            seed=cfg.train.seed,
-            num_workers=data.num_workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=data.num_workers > 0,
-        )
 
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+def _model(
+    cfg: PretrainConfig, resume: dict | None, init_state: dict | None, notes: list[str]
+) -> Wav2Vec2Model:
+    """The initial model, the same on every rank: seeded init, then the --init-from weights."""
+    torch.manual_seed(cfg.train.seed)
     model = Wav2Vec2Model.from_config(cfg.model)
     if init_state is not None and resume is None:
         missing, unexpected = model.load_state_dict(init_state, strict=False)
@@ -240,64 +224,31 @@ def _pretrain(
                 f"--init-from lacks {len(missing)} tensors, left at their initial values: "
                 f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
             )
+    return model
+
+
+def _train_state(
+    cfg: PretrainConfig, model: Wav2Vec2Model, device: torch.device, train_loader: ResumableLoader
+) -> TrainState:
+    """Model on the device (DDP-wrapped under torchrun), optimizer, LR schedule, loss scaler."""
     model.to(device)
     # LayerDrop skips whole layers, and grad_scale 0 runs the extractor without autograd: parameters
     # without a gradient, which DDP must be told to expect.
     unused = cfg.model.transformer.layerdrop_prob > 0 or cfg.model.feature_extractor.grad_scale == 0
-    ddp_model = dist.wrap_model(model, device, find_unused_parameters=unused)
     optimizer = build_optimizer(model, cfg.optim)
     scaler = (
         torch.amp.GradScaler(device.type, init_scale=cfg.train.fp16_init_scale)
         if cfg.train.precision == "fp16"
         else None
     )
-    state = TrainState(
-        model=ddp_model,
+    return TrainState(
+        model=dist.wrap_model(model, device, find_unused_parameters=unused),
         optimizer=optimizer,
         schedule=PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps),
         scaler=scaler,
         generator=torch.Generator(device),
-        sampler=loaders[data.train_split].sampler,
+        sampler=train_loader.sampler,
     )
-    if resume is not None:
-        state.restore(resume)
-        notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
-    if cfg.optim.warmup_steps >= cfg.total_steps:
-        notes.append(
-            f"optim.warmup_steps={cfg.optim.warmup_steps} >= the {cfg.total_steps} scheduled updates: "
-            "the LR never reaches optim.lr"
-        )
-
-    logger = RunLogger(
-        out_dir,
-        total_steps=cfg.train.max_steps,
-        start_step=state.step,
-        tensorboard=cfg.train.tensorboard,
-    )
-    num_params = sum(p.numel() for p in model.parameters())
-    logger.message(
-        f"w2vkit pretrain: {num_params / 1e6:.2f}M parameters, device {device}, world size {world_size}, "
-        f"precision {cfg.train.precision}, {len(datasets[data.train_split])} training utterances, "
-        f"run directory {out_dir}"
-    )
-    for note in notes:
-        logger.message(note)
-    try:
-        reason = train(
-            state,
-            cfg=cfg,
-            step_fn=make_step_fn(cfg),
-            train_loader=loaders[data.train_split],
-            valid_loader=loaders.get(data.valid_split),
-            device=device,
-            out_dir=out_dir,
-            config_dict=to_dict(cfg),
-            logger=logger,
-        )
-    finally:
-        logger.close()
-    logger.message(f"finished ({reason}) at update {state.step}")
-    return 1 if reason == "nonfinite" else 0
 
 
 def _device(cfg: PretrainConfig) -> torch.device:
@@ -317,4 +268,4 @@ def _device(cfg: PretrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-__all__ = ["add_arguments", "make_step_fn", "resolve", "run"]
+__all__ = ["add_arguments", "resolve", "run"]

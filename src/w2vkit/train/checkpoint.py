@@ -1,16 +1,19 @@
-"""Self-describing training checkpoints: atomic writes, `weights_only` loads, RNG capture, pruning.
+"""Self-describing training checkpoints: the payload, atomic writes, `weights_only` loads, pruning.
 
-A checkpoint is a dict of plain types and tensors, so `torch.load(..., weights_only=True)` reads it
-without unpickling code:
+A checkpoint (`payload(state, ...)`, read back by `restore`) is a dict of plain types and tensors,
+so `torch.load(..., weights_only=True)` reads it without unpickling code:
 
-    format      "w2vkit.pretrain/1"
-    config      resolved PretrainConfig as a dict (`config["model"]` rebuilds the model)
+    format      "w2vkit.pretrain/1" (the name predates fine-tuning; every run writes it)
+    config      the run's resolved config as a dict (`config["model"]` rebuilds the model)
     model       model state_dict (unwrapped from DDP)
-    optimizer   optimizer state_dict            schedule   {"step", "lr"}
-    scaler      GradScaler state_dict or None   sampler    batch sampler state_dict
-    rng         {"torch", "cuda", "generator", "numpy", "python"} states
-    progress    {"step", "epoch", "best_valid_loss", "num_nonfinite", "consecutive_nonfinite"}
-    metrics     {"window": unlogged training sums, "valid": last validation record or None}
+    optimizer   optimizer state_dict            schedule   the schedule's state_dict
+    scaler      GradScaler state_dict or None   sampler    training batch sampler state_dict
+    rng         {"torch", "cuda", "generator", "numpy", "python"} states (of rank 0)
+    progress    {"step", "epoch", "best_valid_loss", "num_nonfinite", "consecutive_nonfinite",
+                 "num_failed_files"}
+    metrics     {"window": the unlogged training sums of all ranks together (`MetricsWindow`
+                 state; rank 0 restores it, the other ranks start from zeros),
+                 "valid": last validation record or None}
 
 Writes go to a temporary file in the same directory, are fsynced and then renamed over the target
 with `os.replace`, so a crash (even SIGKILL) mid-write leaves the previous file intact.
@@ -23,15 +26,74 @@ import random
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from w2vkit.train import dist
+
+if TYPE_CHECKING:
+    from w2vkit.train.loop import TrainState
+    from w2vkit.train.metrics import MetricsWindow
 
 FORMAT = "w2vkit.pretrain/1"
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 _INTERVAL = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
 _TMP_MARK = ".tmp-"
+
+
+def payload(
+    state: TrainState, config: dict, last_valid: dict | None, *, window: MetricsWindow
+) -> dict:
+    """The checkpoint of `state` (see the module docstring); `window` is
+    `state.window.all_reduced(device)`, the unlogged sums of every rank (a collective)."""
+    return {
+        "format": FORMAT,
+        "config": config,
+        "model": dist.unwrap(state.model).state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "schedule": state.schedule.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "rng": capture_rng(state.generator),
+        "sampler": state.sampler.state_dict(),
+        "progress": {
+            "step": state.step,
+            "epoch": state.epoch,
+            "best_valid_loss": state.best_valid_loss,
+            "num_nonfinite": state.num_nonfinite,
+            "consecutive_nonfinite": state.consecutive_nonfinite,
+            "num_failed_files": state.num_failed_files,
+        },
+        "metrics": {"window": window.state_dict(), "valid": last_valid},
+    }
+
+
+def restore(state: TrainState, payload: dict) -> None:
+    """Put a checkpoint back into `state` (built for the same config), on every rank."""
+    dist.unwrap(state.model).load_state_dict(payload["model"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.schedule.load_state_dict(payload["schedule"])
+    if state.scaler is not None and payload["scaler"] is not None:
+        state.scaler.load_state_dict(payload["scaler"])
+    restore_rng(payload["rng"], state.generator)
+    state.sampler.load_state_dict(payload["sampler"])
+    window = payload["metrics"]["window"]
+    if not dist.is_main():  # the saved sums are every rank's: count them once
+        window = {
+            **window,
+            "sums": dict.fromkeys(window["sums"], 0.0),
+            "means": dict.fromkeys(window["means"], 0.0),
+            "num_micro_batches": 0,
+        }
+    state.window.load_state_dict(window)
+    progress = payload["progress"]
+    state.step, state.epoch = int(progress["step"]), int(progress["epoch"])
+    state.best_valid_loss = float(progress["best_valid_loss"])
+    state.num_nonfinite = int(progress["num_nonfinite"])
+    state.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
+    state.num_failed_files = int(progress.get("num_failed_files", 0))
 
 
 def interval_name(epoch: int, step: int) -> str:
@@ -132,7 +194,8 @@ def prune_interval_checkpoints(directory: Path, keep: int) -> list[Path]:
 
 def capture_rng(generator: torch.Generator) -> dict:
     """All random states a run touches, as tensors and plain types (weights_only-safe)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # legacy=True: (name, keys, pos, has_gauss, cached_gaussian)
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -173,8 +236,10 @@ __all__ = [
     "copy_atomic",
     "interval_name",
     "load",
+    "payload",
     "prune_interval_checkpoints",
     "remove_stale_temp_files",
+    "restore",
     "restore_rng",
     "save_atomic",
     "write_checkpoints",

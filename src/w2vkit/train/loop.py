@@ -1,11 +1,19 @@
-"""The training loop: one explicit function, no hooks.
+"""The training loop shared by every objective: one explicit function, no hooks.
 
-An update runs `update_freq` micro-batches. Each backpropagates its *summed* loss (DDP's gradient
-all-reduce only on the last one, `no_sync` before). Then the gradients, which DDP averaged over
-`world_size` processes, are multiplied once by `world_size / sum(sample_size)` with the sample size
-all-reduced over processes and micro-batches: the update is the gradient of the per-masked-frame
-mean over the global batch, exactly fairseq's trainer. (HF's pretraining script rescales after
-every micro-batch, which makes accumulation unequal to a larger batch: REFERENCE.md 13 #9.)
+An `Objective` says what one micro-batch costs (`step`) and how its logged sums read (`summarize`);
+the loop knows nothing else of it. An update runs `update_freq` micro-batches. Each backpropagates
+its *summed* loss (DDP's gradient all-reduce only on the last one, `no_sync` before). Then the
+gradients, which DDP averaged over `world_size` processes, are multiplied once by
+`world_size / sum(sample_size)` with the sample size all-reduced over processes and micro-batches:
+the update is the gradient of the per-sample mean over the global batch, exactly fairseq's trainer.
+(HF's pretraining script rescales after every micro-batch, which makes accumulation unequal to a
+larger batch.)
+
+Host syncs. The logged values stay on the device (`MetricsWindow`) until a log line needs them: one
+all-reduce and one copy to the host per `log_interval`. Each update copies its global loss, sample
+size, stop flags and gradient norm to the host once, after the norm: whether the optimizer steps
+depends on them (a non-finite update is skipped), so that one sync per update is needed. fp16's
+GradScaler checks for overflows on its own. A step function should not call `.item()` either.
 
 Randomness is reseeded at every update from (seed, rank, step), as fairseq does, so a resumed run
 continues bit-exactly no matter what consumed random numbers in between (validation, DataLoader
@@ -18,18 +26,40 @@ import contextlib
 import math
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.train import checkpoint, dist
-from w2vkit.train.config import PretrainConfig
-from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, gpu_memory_gb
-from w2vkit.train.optim import PolynomialDecaySchedule
+from w2vkit.train.config import TrainConfig
+from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, Value, gpu_memory_gb
+
+_Self = TypeVar("_Self", bound="LoopBatch")
+
+
+class LoopBatch(Protocol):
+    """What the loop needs of a batch (`w2vkit.data.collate.Batch` has it)."""
+
+    epoch: int
+    """Sampler epoch (from 0) and position of the batch, for `micro_batch_groups` and resuming."""
+    position: int
+    num_failed: int
+    """Items that failed to decode and were replaced (counted in the log)."""
+
+    @property
+    def num_audio_samples(self) -> int: ...
+
+    def to(self: _Self, device: torch.device, non_blocking: bool = False) -> _Self: ...
+
+
+BatchT = TypeVar("BatchT", bound=LoopBatch)
 
 
 @dataclass
@@ -38,77 +68,69 @@ class StepOutput:
 
     loss: Tensor
     """Summed (not averaged) objective to backpropagate."""
-    sample_size: int
-    """What `loss` is a sum over (masked frames); the update divides by its global sum."""
-    sums: dict[str, float]
-    """Logged values summed over micro-batches and ranks; must hold "loss" and "sample_size"
-    (see `metrics.summarize`)."""
-    means: dict[str, float] = field(default_factory=dict)
+    sample_size: Tensor | int
+    """What `loss` is a sum over (masked frames, tokens); the update divides by its global sum."""
+    sums: dict[str, Value]
+    """Logged values summed over micro-batches and ranks (tensors stay on the device). The loop adds
+    `loss` and `sample_size` itself; `Objective.summarize` turns the sums into the logged record."""
+    means: dict[str, Value] = field(default_factory=dict)
     """Logged values averaged over micro-batches and ranks."""
 
 
-StepFn = Callable[[nn.Module, object, int, torch.Generator], StepOutput]
-"""(model, batch on the device, completed updates, generator) -> StepOutput."""
+StepFn = Callable[[nn.Module, BatchT, int, torch.Generator], StepOutput]
+"""(model, batch on the device, completed updates, generator) -> StepOutput. Runs under autocast."""
+
+
+@dataclass
+class Objective(Generic[BatchT]):
+    """What the loop trains for."""
+
+    step: StepFn[BatchT]
+    summarize: Callable[[dict[str, float]], dict[str, float]]
+    """Window sums (over micro-batches and ranks, with `loss` and `sample_size`) -> logged record,
+    e.g. pretraining's loss in bits and accuracy. The window's means are added to it as they are."""
+    validate: Callable[[nn.Module, Iterable[BatchT], int], dict[str, float]] | None = None
+    """(unwrapped model in eval mode, valid loader, completed updates) -> record, run under
+    `no_grad` and the run's autocast; it sums over ranks itself. None: `evaluate` runs `step` with a
+    fixed-seed generator and `summarize`s the sums of the whole split."""
+    best_metric: str = "loss"
+    """Key of the validation record that picks checkpoint_best.pt; lower is better."""
+
+
+class Schedule(Protocol):
+    """A learning-rate schedule driven by the number of completed updates."""
+
+    def set_step(self, step: int) -> object: ...
+
+    def lr_at(self, step: int) -> float: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
 class TrainState:
-    """Everything that changes during training; `payload()` is its checkpoint."""
+    """Everything that changes during training; `checkpoint.payload` saves it."""
 
     model: nn.Module
     """DDP-wrapped under torchrun."""
     optimizer: torch.optim.Optimizer
-    schedule: PolynomialDecaySchedule
+    schedule: Schedule
     scaler: torch.amp.GradScaler | None
     generator: torch.Generator
     """Masks, negatives, Gumbel noise and LayerDrop draw from it (on the model's device)."""
-    sampler: object
-    """The training batch sampler (`state_dict()` / `load_state_dict()`)."""
+    sampler: BucketBatchSampler
+    """The training batch sampler; its state says which batch comes next."""
     window: MetricsWindow = field(default_factory=MetricsWindow)
     step: int = 0
     epoch: int = 1
     best_valid_loss: float = math.inf
+    """Lowest `Objective.best_metric` of validation so far (the name stays for old checkpoints)."""
     num_nonfinite: int = 0
     consecutive_nonfinite: int = 0
     num_failed_files: int = 0
     """Audio files this process failed to decode and replaced (summed over processes in logs)."""
-
-    def payload(self, config: dict, last_valid: dict | None) -> dict:
-        return {
-            "format": checkpoint.FORMAT,
-            "config": config,
-            "model": dist.unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": checkpoint.capture_rng(self.generator),
-            "sampler": self.sampler.state_dict(),
-            "progress": {
-                "step": self.step,
-                "epoch": self.epoch,
-                "best_valid_loss": self.best_valid_loss,
-                "num_nonfinite": self.num_nonfinite,
-                "consecutive_nonfinite": self.consecutive_nonfinite,
-                "num_failed_files": self.num_failed_files,
-            },
-            "metrics": {"window": self.window.state_dict(), "valid": last_valid},
-        }
-
-    def restore(self, payload: dict) -> None:
-        dist.unwrap(self.model).load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.schedule.load_state_dict(payload["schedule"])
-        if self.scaler is not None and payload["scaler"] is not None:
-            self.scaler.load_state_dict(payload["scaler"])
-        checkpoint.restore_rng(payload["rng"], self.generator)
-        self.sampler.load_state_dict(payload["sampler"])
-        self.window.load_state_dict(payload["metrics"]["window"])
-        progress = payload["progress"]
-        self.step, self.epoch = int(progress["step"]), int(progress["epoch"])
-        self.best_valid_loss = float(progress["best_valid_loss"])
-        self.num_nonfinite = int(progress["num_nonfinite"])
-        self.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
-        self.num_failed_files = int(progress.get("num_failed_files", 0))
 
 
 def reseed(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
@@ -127,6 +149,18 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+STOP_SIGNALS = {signal.SIGINT: "sigint", signal.SIGTERM: "sigterm"}
+"""The signals that stop a run after the current update, and the stop reason each gives."""
+
+EXIT_STATUS = {"nonfinite": 1, "sigint": 128 + signal.SIGINT, "sigterm": 128 + signal.SIGTERM}
+"""Process exit status per stop reason (the shell's 130/143 for a signal); 0 for the others."""
+
+
+def exit_status(reason: str) -> int:
+    """0 when training ran to its end (max_steps, max_epochs, max_minutes), else EXIT_STATUS."""
+    return EXIT_STATUS.get(reason, 0)
+
+
 @dataclass
 class UpdateResult:
     finite: bool
@@ -134,58 +168,47 @@ class UpdateResult:
     """Summed loss over the global batch."""
     sample_size: float
     gnorm: float
-    stop_requested: bool
+    """Global gradient norm after normalising, before clipping."""
+    stop: str | None
+    """"sigint"/"sigterm" when some process was asked to stop (SIGTERM wins), else None."""
 
 
 def run_update(
     state: TrainState,
-    micro_batches: list,
-    step_fn: StepFn,
+    micro_batches: Sequence[BatchT],
+    objective: Objective[BatchT],
     *,
-    cfg: PretrainConfig,
+    cfg: TrainConfig,
+    clip_norm: float,
     device: torch.device,
-    stop_requested: bool = False,
+    stop_requested: str | None = None,
 ) -> UpdateResult:
-    """Forward/backward every micro-batch, normalise once, clip, step (or skip if not finite)."""
+    """Forward/backward every micro-batch, normalise once, clip, step (or skip if not finite).
+
+    `clip_norm` > 0 clips the global norm of the normalised gradients; 0 leaves them.
+    `stop_requested` is this process's stop reason (`StopSignals.reason`); it is all-reduced so that
+    every rank stops after the same update.
+    """
     model, optimizer, scaler = state.model, state.optimizer, state.scaler
     model.train()
-    reseed(state.generator, cfg.train.seed, dist.rank(), state.step)
+    reseed(state.generator, cfg.seed, dist.rank(), state.step)
     optimizer.zero_grad(set_to_none=True)
-    is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    sample_size, loss_sum, logs = 0, 0.0, []
-    for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        # Accumulate locally; DDP all-reduces the gradients once, in the last backward.
-        with model.no_sync() if is_ddp and not last else contextlib.nullcontext():
-            with autocast(device, cfg.train.precision):
-                out = step_fn(
-                    model, batch.to(device, non_blocking=True), state.step, state.generator
-                )
-            (scaler.scale(out.loss) if scaler is not None else out.loss).backward()
-        sample_size += out.sample_size
-        loss_sum += float(out.loss.detach())
-        logs.append(out)
-    totals = torch.tensor(
-        [sample_size, loss_sum, float(stop_requested)], dtype=torch.float64, device=device
-    )
-    total_size, total_loss, stops = dist.all_reduce_sum(totals).tolist()
+    logged, sample_size, loss = _backward(state, micro_batches, objective.step, cfg, device)
+    asked = [float(stop_requested == reason) for reason in STOP_SIGNALS.values()]
+    totals = dist.all_reduce_sum(_stacked([sample_size, loss, *asked], device))
     if scaler is not None:
         scaler.unscale_(optimizer)
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    grads = [p.grad for p in params]
-    if grads:
-        # DDP averaged over ranks: * world_size / global sample size = grad of the global mean.
-        torch._foreach_mul_(grads, dist.world_size() / max(total_size, 1.0))
-    max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else math.inf
-    gnorm = float(nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-    finite = math.isfinite(total_loss) and math.isfinite(gnorm)
+    gnorm = _normalise_and_clip(optimizer, totals[0], clip_norm)
+    # The one host sync of the update: the step is skipped when the loss or the norm is not finite.
+    total_size, total_loss, sigint, sigterm, norm = torch.cat([totals, gnorm[None]]).tolist()
+    finite = math.isfinite(total_loss) and math.isfinite(norm)
     if finite:
         if scaler is not None:
             scaler.step(optimizer)
         else:
             optimizer.step()
-        for out in logs:
-            state.window.add(out.sums, out.means)
+        for sums, means in logged:
+            state.window.add(sums, means)
         state.window.num_updates += 1
         state.step += 1
         state.schedule.set_step(state.step)
@@ -196,13 +219,72 @@ def run_update(
         state.consecutive_nonfinite += 1
     if scaler is not None:
         scaler.update()  # halves the scale after an overflow, grows it after a quiet stretch
-    return UpdateResult(finite, total_loss, total_size, gnorm, stops > 0)
+    stop = "sigterm" if sigterm else "sigint" if sigint else None
+    return UpdateResult(finite, total_loss, total_size, norm, stop)
 
 
-def micro_batch_groups(loader, sampler, update_freq: int, max_epochs: int) -> Iterator[list]:
+def _backward(
+    state: TrainState,
+    micro_batches: Sequence[BatchT],
+    step_fn: StepFn[BatchT],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> tuple[list[tuple[dict[str, Value], dict[str, Value]]], Tensor | int, Tensor]:
+    """Gradients of the summed losses; (logged sums and means per micro-batch, size, loss) on device."""
+    model, scaler = state.model, state.scaler
+    ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) else None
+    logged = []
+    sample_size: Tensor | int = 0
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        # Accumulate locally; DDP all-reduces the gradients once, in the last backward.
+        with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+            with autocast(device, cfg.precision):
+                out = step_fn(
+                    model, batch.to(device, non_blocking=True), state.step, state.generator
+                )
+            (scaler.scale(out.loss) if scaler is not None else out.loss).backward()
+        sample_size = sample_size + out.sample_size
+        loss += out.loss.detach()
+        logged.append(_logged(out))
+    return logged, sample_size, loss
+
+
+def _logged(out: StepOutput) -> tuple[dict[str, Value], dict[str, Value]]:
+    return {**out.sums, "loss": out.loss.detach(), "sample_size": out.sample_size}, out.means
+
+
+def _stacked(values: list[Tensor | float | int], device: torch.device) -> Tensor:
+    """Scalars (device tensors or host numbers) as one float64 vector on `device`, no host sync."""
+    return torch.stack(
+        [torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values]
+    )
+
+
+def _normalise_and_clip(
+    optimizer: torch.optim.Optimizer, total_size: Tensor, clip_norm: float
+) -> Tensor:
+    """Scale the gradients to the global per-sample mean, clip; the norm before clipping (device)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not params:
+        return total_size.new_zeros(())
+    grads = [p.grad for p in params]
+    # DDP averaged over ranks: * world_size / global sample size = grad of the global mean.
+    scale = dist.world_size() / total_size.clamp(min=1.0)
+    torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+    norm = nn.utils.get_total_norm(grads)
+    if clip_norm > 0:
+        nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
+    return norm.to(torch.float64)
+
+
+def micro_batch_groups(
+    loader: Iterable[BatchT], sampler: BucketBatchSampler, update_freq: int, max_epochs: int
+) -> Iterator[list[BatchT]]:
     """Groups of `update_freq` batches; an epoch's last group may be shorter (as fairseq's)."""
     while not (max_epochs and sampler.state_dict()["epoch"] >= max_epochs):
-        group = []
+        group: list[BatchT] = []
         for batch in loader:  # the rest of the sampler's current epoch
             group.append(batch)
             if len(group) == update_freq:
@@ -214,25 +296,33 @@ def micro_batch_groups(loader, sampler, update_freq: int, max_epochs: int) -> It
 
 def evaluate(
     model: nn.Module,
-    loader,
-    step_fn: StepFn,
+    loader: Iterable[BatchT],
+    objective: Objective[BatchT],
     *,
-    cfg: PretrainConfig,
+    cfg: TrainConfig,
     device: torch.device,
     step: int,
-) -> dict:
-    """Validation loss, accuracy and perplexities; masks drawn from a fixed seed, so runs compare."""
+) -> dict[str, float]:
+    """The validation record: `objective.validate`, or the objective's own sums over the split.
+
+    The model runs unwrapped, in eval mode (its previous mode is restored), under `no_grad`; masks
+    and negatives draw from a generator seeded with `cfg.seed`, so successive validations compare.
+    """
     model = dist.unwrap(model)
     was_training = model.training
     model.eval()
-    generator = torch.Generator(device).manual_seed(cfg.train.seed)
-    window = MetricsWindow()
-    with torch.no_grad(), autocast(device, cfg.train.precision):
-        for batch in loader:
-            out = step_fn(model, batch.to(device), step, generator)
-            window.add(out.sums, out.means)
-    model.train(was_training)
-    record = window.reduce(device)
+    try:
+        with torch.no_grad(), autocast(device, cfg.precision):
+            if objective.validate is not None:
+                return objective.validate(model, loader, step)
+            generator = torch.Generator(device).manual_seed(cfg.seed)
+            window = MetricsWindow()
+            for batch in loader:
+                window.add(*_logged(objective.step(model, batch.to(device), step, generator)))
+    finally:
+        model.train(was_training)
+    sums, means, _ = window.reduce(device)
+    record = objective.summarize(sums) | means
     record.pop("sample_size", None)
     return record
 
@@ -241,171 +331,252 @@ class StopSignals:
     """SIGTERM/SIGINT ask the loop to stop after the current update (a second SIGINT aborts)."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, object] = {}
+        self.reason: str | None = None
+        """"sigint" or "sigterm": the first signal received."""
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return self  # Python delivers signals to the main thread only; nothing to install
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def _handle(self, signum: int, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.reason = self.reason or STOP_SIGNALS[signal.Signals(signum)]
 
 
-def train(
-    state: TrainState,
-    *,
-    cfg: PretrainConfig,
-    step_fn: StepFn,
-    train_loader,
-    valid_loader,
-    device: torch.device,
-    out_dir: Path,
-    config_dict: dict,
-    logger: RunLogger,
-) -> str:
-    """Run updates until a stop condition; returns why it stopped.
+def _every(interval: int, step: int) -> bool:
+    return interval > 0 and step % interval == 0
 
-    Reasons: "max_steps", "max_epochs", "signal" (checkpoint saved), "nonfinite" (too many skipped
-    updates in a row; checkpoint saved; the caller reports failure).
-    """
-    tc = cfg.train
-    throughput = Throughput()
+
+@dataclass
+class _Run(Generic[BatchT]):
+    """What `train` keeps between updates; its methods are the loop's log, validate and save rules."""
+
+    state: TrainState
+    objective: Objective[BatchT]
+    cfg: TrainConfig
+    valid_loader: Iterable[BatchT] | None
+    device: torch.device
+    out_dir: Path
+    config_dict: dict
+    logger: RunLogger
+    sample_rate: int
+    throughput: Throughput = field(default_factory=Throughput)
+    audio_samples: float = 0.0
+    """Audio samples this process trained on since the last log line."""
     last_valid: dict | None = None
-    audio_samples = 0.0
-    saved_at = validated_at = None
+    saved_at: int | None = None
+    validated_at: int | None = None
 
-    def save(*, interval: bool, best: bool = False) -> None:
-        nonlocal saved_at
-        saved_at = state.step
+    def save(self, *, interval: bool, best: bool = False) -> None:
+        state = self.state
+        self.saved_at = state.step
+        window = state.window.all_reduced(self.device)  # collective: every rank's unlogged sums
         if dist.is_main():
             checkpoint.write_checkpoints(
-                state.payload(config_dict, last_valid),
-                out_dir,
+                checkpoint.payload(state, self.config_dict, self.last_valid, window=window),
+                self.out_dir,
                 epoch=state.epoch,
                 step=state.step,
                 interval=interval,
                 best=best,
-                keep=tc.keep_interval_checkpoints,
+                keep=self.cfg.keep_interval_checkpoints,
             )
         dist.barrier()
 
-    def validate() -> bool:
-        nonlocal last_valid, validated_at
-        if valid_loader is None:
+    def validate(self) -> bool:
+        """Evaluate and log; True on a new best `objective.best_metric` (strictly lower)."""
+        state, metric = self.state, self.objective.best_metric
+        if self.valid_loader is None:
             return False
-        validated_at = state.step
-        last_valid = evaluate(
-            state.model, valid_loader, step_fn, cfg=cfg, device=device, step=state.step
+        self.validated_at = state.step
+        record = evaluate(
+            state.model,
+            self.valid_loader,
+            self.objective,
+            cfg=self.cfg,
+            device=self.device,
+            step=state.step,
         )
-        best = last_valid["loss"] < state.best_valid_loss
-        state.best_valid_loss = min(state.best_valid_loss, last_valid["loss"])
-        logger.log(
+        if metric not in record:
+            raise KeyError(
+                f"the validation record has no {metric!r} (Objective.best_metric); it has "
+                f"{', '.join(sorted(record))}"
+            )
+        self.last_valid = record
+        best = record[metric] < state.best_valid_loss
+        state.best_valid_loss = min(state.best_valid_loss, record[metric])
+        self.logger.log(
             {
                 "split": "valid",
                 "epoch": state.epoch,
                 "num_updates": state.step,
-                **last_valid,
-                "best_loss": state.best_valid_loss,
+                **record,
+                f"best_{metric}": state.best_valid_loss,
             }
         )
         return best
 
-    reason, start_step = "max_steps", state.step
+    def after_update(self) -> None:
+        """Validate every `validate_interval_steps` and at each save; save every `save_interval_steps`
+        and on a new best."""
+        cfg, step = self.cfg, self.state.step
+        save_now = _every(cfg.save_interval_steps, step)
+        best = self.validate() if save_now or _every(cfg.validate_interval_steps, step) else False
+        if save_now or best:
+            self.save(interval=save_now, best=best)
+
+    def finish(self) -> None:
+        """At the planned end: validate and save what the last interval has not."""
+        step = self.state.step
+        if self.saved_at != step:
+            best = self.validate() if self.validated_at != step else False
+            self.save(interval=False, best=best)
+
+    def log_train(self, result: UpdateResult) -> None:
+        """One train line: the window's record (one all-reduce, one host copy) and the loop's keys."""
+        state = self.state
+        counts = {"audio": self.audio_samples, "failed": float(state.num_failed_files)}
+        sums, means, counts = state.window.reduce(self.device, counts)
+        num_updates, state.window, self.audio_samples = (
+            state.window.num_updates,
+            MetricsWindow(),
+            0.0,
+        )
+        record = self.objective.summarize(sums) | means
+        record["sample_size"] = sums["sample_size"] / max(num_updates, 1)  # per update, all ranks
+        # lr of the next update, as fairseq logs it; gnorm of the last update, before clipping.
+        record |= {"lr": state.schedule.lr_at(state.step), "gnorm": result.gnorm}
+        if state.scaler is not None:
+            record["loss_scale"] = state.scaler.get_scale()
+        rates = self.throughput.rates(num_updates, counts["audio"] / self.sample_rate)
+        self.logger.log(
+            {
+                "split": "train",
+                "epoch": state.epoch,
+                "num_updates": state.step,
+                **record,
+                **rates,
+                **gpu_memory_gb(self.device),
+                "num_nonfinite": state.num_nonfinite,
+                "num_failed_files": int(counts["failed"]),
+            }
+        )
+        self.logger.progress(state.step, record.get("loss"), rates["audio_sec_per_sec"])
+
+    def skipped(self, result: UpdateResult) -> bool:
+        """Report a skipped update; True (after saving) when too many came in a row."""
+        state = self.state
+        self.logger.message(
+            f"update {state.step + 1} skipped: loss {result.loss:.4g}, gradient norm "
+            f"{result.gnorm:.4g} ({state.consecutive_nonfinite} in a row)"
+        )
+        if state.consecutive_nonfinite < self.cfg.max_consecutive_nonfinite:
+            return False
+        self.save(interval=False)
+        self.logger.message(
+            f"stopping: {state.consecutive_nonfinite} updates in a row had a non-finite loss or "
+            f"gradient; {self.out_dir / checkpoint.LAST} holds step {state.step}. Try a lower "
+            "learning rate, gradient clipping, or train.precision=bf16/fp32."
+        )
+        return True
+
+    def stopped_by(self, reason: str) -> None:
+        self.save(interval=False)
+        self.logger.message(
+            f"stopped by {reason.upper()} at update {self.state.step}; "
+            f"{self.out_dir / checkpoint.LAST} saved"
+        )
+
+
+def train(
+    state: TrainState,
+    objective: Objective[BatchT],
+    *,
+    cfg: TrainConfig,
+    clip_norm: float,
+    train_loader: Iterable[BatchT],
+    valid_loader: Iterable[BatchT] | None,
+    device: torch.device,
+    out_dir: Path,
+    config_dict: dict,
+    logger: RunLogger,
+    sample_rate: int = 16000,
+) -> str:
+    """Run updates until a stop condition; returns why it stopped (`exit_status` maps it).
+
+    "max_steps", "max_epochs": the end of the plan, validated and saved; "sigint"/"sigterm": asked
+    to stop, checkpoint saved; "nonfinite": too many skipped updates in a row, checkpoint saved.
+    `config_dict` goes into every checkpoint; `sample_rate` converts samples to audio seconds.
+    """
+    run = _Run(
+        state, objective, cfg, valid_loader, device, Path(out_dir), config_dict, logger, sample_rate
+    )
+    start_step = state.step
     with StopSignals() as signals:
-        groups = micro_batch_groups(train_loader, state.sampler, tc.update_freq, tc.max_epochs)
-        while not (tc.max_steps and state.step >= tc.max_steps):
-            group = next(groups, None)
-            if group is None:
-                reason = "max_epochs"
-                break
-            state.epoch = group[-1].epoch + 1  # fairseq counts epochs from 1
-            audio_samples += sum(b.num_audio_samples for b in group)
-            state.num_failed_files += sum(b.num_failed for b in group)
-            result = run_update(
-                state, group, step_fn, cfg=cfg, device=device, stop_requested=signals.requested
-            )
-            if not result.finite:
-                logger.message(
-                    f"update {state.step + 1} skipped: loss {result.loss:.4g}, gradient norm "
-                    f"{result.gnorm:.4g} ({state.consecutive_nonfinite} in a row)"
-                )
-                if state.consecutive_nonfinite >= tc.max_consecutive_nonfinite:
-                    save(interval=False)
-                    logger.message(
-                        f"stopping: {state.consecutive_nonfinite} updates in a row had a non-finite loss or "
-                        f"gradient; {out_dir / checkpoint.LAST} holds step {state.step}. Try a lower optim.lr, "
-                        "optim.clip_norm > 0, or train.precision=bf16/fp32."
-                    )
-                    return "nonfinite"
-            elif state.step % tc.log_interval == 0:
-                record = state.window.reduce(device)
-                num_updates, state.window = state.window.num_updates, MetricsWindow()
-                record["sample_size"] /= max(
-                    num_updates, 1
-                )  # masked frames per update, all processes
-                counts = [audio_samples, state.num_failed_files]
-                audio, failed = dist.all_reduce_sum(
-                    torch.tensor(counts, dtype=torch.float64, device=device)
-                ).tolist()
-                audio_samples = 0.0
-                rates = throughput.rates(num_updates, audio / cfg.data.sample_rate)
-                # lr of the next update, as fairseq logs it; gnorm of the last update, before clipping.
-                record |= {"lr": state.schedule.lr_at(state.step), "gnorm": result.gnorm}
-                if state.scaler is not None:
-                    record["loss_scale"] = state.scaler.get_scale()
-                logger.log(
-                    {
-                        "split": "train",
-                        "epoch": state.epoch,
-                        "num_updates": state.step,
-                        **record,
-                        **rates,
-                        **gpu_memory_gb(device),
-                        "num_nonfinite": state.num_nonfinite,
-                        "num_failed_files": int(failed),
-                    }
-                )
-                logger.progress(state.step, record.get("loss"), rates["audio_sec_per_sec"])
-            if result.stop_requested:
-                save(interval=False)
-                logger.message(
-                    f"stopped by signal at update {state.step}; {out_dir / checkpoint.LAST} saved"
-                )
-                return "signal"
-            if not result.finite:
-                continue
-            save_now = tc.save_interval_steps and state.step % tc.save_interval_steps == 0
-            validate_now = (
-                tc.validate_interval_steps and state.step % tc.validate_interval_steps == 0
-            )
-            best = validate() if save_now or validate_now else False
-            if save_now:
-                save(interval=True, best=best)
-            elif best:
-                save(interval=False, best=True)
-    if state.step > start_step and saved_at != state.step:  # else nothing new to validate or save
-        best = validate() if validated_at != state.step else False
-        save(interval=False, best=best)
+        reason = _updates(run, train_loader, clip_norm, signals)
+    if reason in ("max_steps", "max_epochs") and state.step > start_step:
+        run.finish()
     return reason
 
 
+def _updates(
+    run: _Run[BatchT], loader: Iterable[BatchT], clip_norm: float, signals: StopSignals
+) -> str:
+    """The update loop of `train`, up to the stop reason."""
+    state, cfg = run.state, run.cfg
+    groups = micro_batch_groups(loader, state.sampler, cfg.update_freq, cfg.max_epochs)
+    while not (cfg.max_steps and state.step >= cfg.max_steps):
+        group = next(groups, None)
+        if group is None:
+            return "max_epochs"
+        state.epoch = group[-1].epoch + 1  # fairseq counts epochs from 1
+        run.audio_samples += sum(b.num_audio_samples for b in group)
+        state.num_failed_files += sum(b.num_failed for b in group)
+        result = run_update(
+            state,
+            group,
+            run.objective,
+            cfg=cfg,
+            clip_norm=clip_norm,
+            device=run.device,
+            stop_requested=signals.reason,
+        )
+        if not result.finite and run.skipped(result):
+            return "nonfinite"
+        if result.finite and state.step % cfg.log_interval == 0:
+            run.log_train(result)
+        if result.stop is not None:
+            run.stopped_by(result.stop)
+            return result.stop
+        if result.finite:
+            run.after_update()
+    return "max_steps"
+
+
 __all__ = [
+    "EXIT_STATUS",
+    "STOP_SIGNALS",
+    "BatchT",
+    "LoopBatch",
+    "Objective",
+    "Schedule",
     "StepFn",
     "StepOutput",
+    "StopSignals",
     "TrainState",
     "UpdateResult",
     "autocast",
     "evaluate",
+    "exit_status",
     "micro_batch_groups",
     "reseed",
     "run_update",

@@ -1,10 +1,9 @@
 """Training metrics: sums kept on the device, all-reduced once per log line, written as JSON lines.
 
-Log records use fairseq's `log_format: json` names so its log tooling reads them:
-`loss` (bits per masked frame = sum loss / sum sample_size / ln 2), `loss_0` contrastive,
-`loss_1` diversity, `loss_2` feature penalty (same scaling), `accuracy`, `prob_perplexity`,
-`code_perplexity`, `temp`, `lr`, `gnorm`, `loss_scale`, `ups` (updates per second),
-`audio_sec_per_sec`, `gpu_mem_gb` (peak since the last line, CUDA only).
+The loop's own log keys: `lr` (of the next update, as fairseq logs it), `gnorm` (before clipping),
+`loss_scale` (fp16), `sample_size` (per update, all processes), `ups` (updates per second),
+`audio_sec_per_sec`, `gpu_mem_gb` (peak since the last line, CUDA only), `num_nonfinite`,
+`num_failed_files`. The objective's `summarize` names the rest (pretraining: `w2vkit.losses`).
 """
 
 from __future__ import annotations
@@ -13,47 +12,61 @@ import json
 import math
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from w2vkit.train import dist
 
-LOSS_KEYS = ("loss", "loss_0", "loss_1", "loss_2")
+Value = Tensor | float
+"""A logged number: a 0-dim tensor (left on its device) or a Python number."""
 
 
 class MetricsWindow:
-    """Accumulates per-micro-batch values between two log lines.
+    """Accumulates per-micro-batch values between two log lines without copying them to the host.
 
-    `sums` add up over micro-batches and ranks (losses, sample_size, correct/count, audio samples);
+    `sums` add up over micro-batches and ranks (losses, sample_size, correct/count);
     `means` are averaged over micro-batches and ranks (perplexities and temperature, as fairseq).
+    Tensors are detached and kept in float64 on their device: adding them costs no host sync.
     """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.means: dict[str, float] = {}
+        self.sums: dict[str, Value] = {}
+        self.means: dict[str, Value] = {}
         self.num_micro_batches = 0
         self.num_updates = 0
 
-    def add(self, sums: dict[str, float], means: dict[str, float]) -> None:
+    def add(self, sums: dict[str, Value], means: dict[str, Value]) -> None:
         for key, value in sums.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.sums[key] = self.sums.get(key, 0.0) + _accumulable(value)
         for key, value in means.items():
-            self.means[key] = self.means.get(key, 0.0) + value
+            self.means[key] = self.means.get(key, 0.0) + _accumulable(value)
         self.num_micro_batches += 1
 
-    def reduce(self, device: torch.device) -> dict[str, float]:
-        """All-reduce over ranks in one call, then turn sums into fairseq's reported values."""
-        sum_keys, mean_keys = sorted(self.sums), sorted(self.means)
-        values = [float(self.sums[k]) for k in sum_keys] + [float(self.means[k]) for k in mean_keys]
-        totals = torch.tensor(
-            values + [float(self.num_micro_batches)], dtype=torch.float64, device=device
+    def reduce(
+        self, device: torch.device, extra: dict[str, float] | None = None
+    ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """(sums, means, extra) over all ranks, with one all-reduce and one copy to the host.
+
+        `extra` are host numbers to sum over ranks in the same all-reduce (e.g. audio samples).
+        """
+        sums, mean_sums, counts, extra = _sum_over_ranks(
+            [self.sums, self.means, {"n": float(self.num_micro_batches)}, extra or {}], device
         )
-        totals = dist.all_reduce_sum(totals).tolist()
-        sums = dict(zip(sum_keys, totals[: len(sum_keys)], strict=True))
-        count = max(totals[-1], 1.0)
-        record = {k: v / count for k, v in zip(mean_keys, totals[len(sum_keys) : -1], strict=True)}
-        return summarize(sums) | record
+        count = max(counts["n"], 1.0)
+        return sums, {key: value / count for key, value in mean_sums.items()}, extra
+
+    def all_reduced(self, device: torch.device) -> MetricsWindow:
+        """The window of every rank together (host floats), as a checkpoint stores it."""
+        sums, means, counts = _sum_over_ranks(
+            [self.sums, self.means, {"n": float(self.num_micro_batches)}], device
+        )
+        window = MetricsWindow()
+        window.sums, window.means = dict(sums), dict(means)
+        window.num_micro_batches, window.num_updates = int(counts["n"]), self.num_updates
+        return window
 
     def state_dict(self) -> dict:
         return {
@@ -65,20 +78,31 @@ class MetricsWindow:
 
     def load_state_dict(self, state: dict) -> None:
         self.sums, self.means = dict(state["sums"]), dict(state["means"])
-        self.num_micro_batches, self.num_updates = (
-            int(state["num_micro_batches"]),
-            int(state["num_updates"]),
-        )
+        self.num_micro_batches = int(state["num_micro_batches"])
+        self.num_updates = int(state["num_updates"])
 
 
-def summarize(sums: dict[str, float]) -> dict[str, float]:
-    """fairseq's wav2vec `reduce_metrics`: losses in bits per masked frame, accuracy over counted rows."""
-    sample_size = max(sums.get("sample_size", 0.0), 1.0)
-    out = {key: sums[key] / sample_size / math.log(2) for key in LOSS_KEYS if key in sums}
-    if sums.get("count"):
-        out["accuracy"] = sums["correct"] / sums["count"]
-    out["sample_size"] = sums.get("sample_size", 0.0)
-    return out
+def _accumulable(value: Value) -> Value:
+    if isinstance(value, Tensor):
+        return value.detach().to(torch.float64)
+    return float(value)
+
+
+def _sum_over_ranks(
+    groups: Sequence[Mapping[str, Value]], device: torch.device
+) -> list[dict[str, float]]:
+    """Each dict's values summed over ranks: one stacked all-reduce, one `tolist` (the host sync).
+
+    Keys are sorted so that every rank lays the values out alike.
+    """
+    keys = [sorted(group) for group in groups]
+    flat = [
+        torch.as_tensor(group[key], dtype=torch.float64, device=device).reshape(())
+        for group, group_keys in zip(groups, keys, strict=True)
+        for key in group_keys
+    ]
+    totals = iter(dist.all_reduce_sum(torch.stack(flat)).tolist() if flat else [])
+    return [{key: next(totals) for key in group_keys} for group_keys in keys]
 
 
 class RunLogger:
@@ -182,4 +206,4 @@ def _rounded(value):
     return value
 
 
-__all__ = ["LOSS_KEYS", "MetricsWindow", "RunLogger", "Throughput", "gpu_memory_gb", "summarize"]
+__all__ = ["MetricsWindow", "RunLogger", "Throughput", "Value", "gpu_memory_gb"]

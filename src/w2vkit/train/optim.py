@@ -17,7 +17,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return kind(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+        params,
+        lr=cfg.lr,
+        betas=(cfg.betas[0], cfg.betas[1]),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
     )
 
 
