@@ -53,7 +53,7 @@ def test_context_equal_to_target_with_orthogonal_negatives_gives_near_zero_loss(
     )
     terms = pretraining_loss(_output(logits), diversity_weight=0.0, feature_penalty_weight=0.0)
     assert 0 <= terms.contrastive.item() < 1e-6  # exactly: 6 * log(1 + 4 exp(-100))
-    assert terms.num_correct == 6
+    assert terms.num_correct.item() == 6
 
 
 def test_diversity_is_zero_when_code_use_is_uniform():
@@ -83,16 +83,15 @@ def test_total_equals_the_fairseq_formula_by_hand():
     assert terms.feature_penalty.item() == pytest.approx(penalty, rel=1e-6)
     assert terms.loss.item() == pytest.approx(contrastive + diversity + penalty, rel=1e-6)
     assert (terms.sample_size, terms.num_count) == (9, 9)
-    assert terms.prob_perplexity == pytest.approx(123.5) and terms.code_perplexity == pytest.approx(
-        61.75
-    )
+    assert terms.prob_perplexity.item() == pytest.approx(123.5)
+    assert terms.code_perplexity.item() == pytest.approx(61.75)
     assert terms.temperature == 1.5
 
 
 def test_terms_with_zero_weight_or_no_quantizer_are_skipped():
     logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     no_quantizer = pretraining_loss(_output(logits, prob_perplexity=None, features_penalty=2.0))
-    assert no_quantizer.diversity.item() == 0.0 and no_quantizer.prob_perplexity == 0.0
+    assert no_quantizer.diversity.item() == 0.0 and no_quantizer.prob_perplexity.item() == 0.0
     assert no_quantizer.loss.item() == pytest.approx(
         no_quantizer.contrastive.item() + 10 * 2.0 * 5, rel=1e-6
     )
@@ -137,7 +136,7 @@ def test_accuracy_excludes_all_equal_rows():
     assert contrastive_accuracy(logits) == (3, 6)
     assert contrastive_accuracy(logits) == fairseq_accuracy(logits)
     terms = pretraining_loss(_output(logits[:5]), diversity_weight=0.0, feature_penalty_weight=0.0)
-    assert (terms.num_correct, terms.num_count) == (3, 5)
+    assert (terms.num_correct.item(), terms.num_count) == (3, 5)
     assert terms.accuracy == pytest.approx(0.6)
 
 

@@ -367,3 +367,67 @@ def test_a_file_corrupted_after_the_manifest_is_replaced_counted_and_logged(tmp_
     failed = [r["num_failed_files"] for r in train_records]
     assert failed == sorted(failed) and failed[-1] >= 1
     assert str(bad.name) in caplog.text
+
+
+def test_clipping_applies_to_the_normalised_gradient_and_gnorm_is_before_clipping():
+    # The reference gradient of the global mean has norm ~0.1-1; a clip at a tenth of it must scale
+    # that gradient (not the summed one, which is sample_size times larger) to exactly the clip norm.
+    micro = [_rows(1, 3200, 1), _rows(3, 3200, 2)]
+    reference = toy_state(toy_config()).model
+    total = sum(toy_step(reference, b, 0, None).loss for b in micro)
+    size = sum(toy_step(reference, b, 0, None).sample_size for b in micro)
+    expected = torch.autograd.grad(total / size, list(reference.parameters()))
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in expected])).item()
+    cfg = toy_config("train.update_freq=2", f"optim.clip_norm={norm / 10}")
+    state = toy_state(cfg)
+    result = update(state, micro, TOY, cfg)
+    assert result.gnorm == pytest.approx(norm, rel=1e-5)  # logged before clipping
+    for param, grad in zip(state.model.parameters(), expected, strict=True):
+        torch.testing.assert_close(param.grad, grad / 10, rtol=1e-4, atol=1e-9)
+    unclipped = toy_state(cfg)
+    update(unclipped, micro, TOY, toy_config("train.update_freq=2"))
+    assert unclipped.model.head.weight.grad.norm() > 5 * state.model.head.weight.grad.norm()
+
+
+class _TemperatureRecorder(Wav2Vec2Model):
+    """The tiny model, remembering the Gumbel temperature of every forward."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.temperatures: list[float] = []
+
+    def forward(self, *args, temperature: float, **kwargs):
+        self.temperatures.append(temperature)
+        return super().forward(*args, temperature=temperature, **kwargs)
+
+
+def test_update_k_uses_the_gumbel_temperature_of_k_completed_updates():
+    cfg = toy_config(
+        "model.quantizer.temperature_start=2.0",
+        "model.quantizer.temperature_decay=0.5",
+        "model.quantizer.temperature_end=0.3",
+        "train.update_freq=2",
+    )
+    torch.manual_seed(0)
+    model = _TemperatureRecorder(cfg.model)
+    state = toy_state(cfg, model=model)
+    objective = pretraining_objective(cfg.loss, cfg.model.quantizer)
+    for k in range(4):
+        update(state, [_rows(2, 8000, 2 * k), _rows(2, 8000, 2 * k + 1)], objective, cfg)
+    # max(2.0 * 0.5**k, 0.3) by hand, twice per update (two micro-batches): not k+1, not per forward.
+    assert model.temperatures == [2.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.3, 0.3]
+    record = state.window.reduce(torch.device("cpu"))[1]
+    assert record["temp"] == pytest.approx((2.0 + 1.0 + 0.5 + 0.3) / 4)
+
+
+def test_logged_sums_stay_tensors_on_the_device_until_a_log_line():
+    cfg = toy_config()
+    state = toy_state(cfg, model=Wav2Vec2Model(cfg.model))
+    update(state, [_rows(2, 8000, 1)], pretraining_objective(cfg.loss, cfg.model.quantizer), cfg)
+    window = state.window
+    assert set(window.sums) == {"loss", "loss_0", "loss_1", "sample_size", "correct", "count"}
+    for key in ("loss", "loss_0", "loss_1", "correct"):  # not float(): no host sync per micro-batch
+        assert isinstance(window.sums[key], torch.Tensor), key
+    assert all(
+        isinstance(window.means[k], torch.Tensor) for k in ("prob_perplexity", "code_perplexity")
+    )

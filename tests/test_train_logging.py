@@ -1,0 +1,216 @@
+"""What the loop logs and when it validates and saves: `MetricsWindow` and `summarize` against hand
+sums, the logged lr / gnorm / sample size, the best checkpoint, the validation cadence, `evaluate`,
+and a run without a usable valid split."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_loop import (
+    TINY_YAML,
+    TOY,
+    ToyModel,
+    _rows,
+    make_manifest,
+    mean_loss,
+    toy_config,
+    toy_state,
+    toy_train,
+    update,
+)
+
+from w2vkit import cli
+from w2vkit.data.loader import build_loaders
+from w2vkit.losses import pretraining_objective, summarize
+from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.train import checkpoint
+from w2vkit.train.loop import Objective, evaluate, micro_batch_groups
+from w2vkit.train.metrics import MetricsWindow
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def manifest_dir(tmp_path_factory) -> Path:
+    return make_manifest(tmp_path_factory.mktemp("tones"))
+
+
+def _records(out_dir: Path, split: str) -> list[dict]:
+    lines = (out_dir / "train_log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_metrics_window_sums_and_averages_like_hand_arithmetic():
+    window = MetricsWindow()
+    window.add({"loss": torch.tensor(3.0), "count": 4}, {"temp": torch.tensor(2.0)})
+    window.add({"loss": torch.tensor(1.5), "count": 6}, {"temp": 1.0})
+    window.add({"loss": 0.5, "correct": torch.tensor(5)}, {"temp": torch.tensor(0.0)})
+    window.num_updates = 2
+    sums, means, extra = window.reduce(CPU, {"audio": 16000.0})
+    assert sums == {"loss": 5.0, "count": 10.0, "correct": 5.0}
+    assert means == {"temp": 1.0}  # over micro-batches: (2 + 1 + 0) / 3
+    assert extra == {"audio": 16000.0}
+    restored = MetricsWindow()
+    restored.load_state_dict(window.all_reduced(CPU).state_dict())
+    assert restored.reduce(CPU)[:2] == (sums, means) and restored.num_updates == 2
+    assert MetricsWindow().reduce(CPU) == ({}, {}, {})
+
+
+def test_summarize_gives_bits_per_masked_frame_and_fairseq_accuracy():
+    ln2 = math.log(2)
+    sums = {"loss": 20.0, "loss_0": 16.0, "loss_1": 3.0, "loss_2": 1.0, "sample_size": 8.0}
+    record = summarize(sums | {"correct": 3.0, "count": 6.0})
+    assert record == pytest.approx(
+        {
+            "loss": 20 / 8 / ln2,
+            "loss_0": 16 / 8 / ln2,
+            "loss_1": 3 / 8 / ln2,
+            "loss_2": 1 / 8 / ln2,
+            "accuracy": 0.5,
+            "sample_size": 8.0,
+        }
+    )
+    assert "accuracy" not in summarize(sums | {"correct": 0.0, "count": 0.0})
+
+
+def test_logged_lr_gnorm_sample_size_and_loss_are_those_of_the_updates(manifest_dir, tmp_path):
+    # Replay the run's batches update by update, then compare with its two log lines.
+    overrides = ("train.max_steps=4", "train.log_interval=2", "train.update_freq=2")
+    toy_train(manifest_dir, tmp_path / "run", *overrides, "optim.clip_norm=0.001")
+    cfg = toy_config(
+        f"data.manifest_dir={manifest_dir}",
+        "data.min_samples=4000",
+        "data.max_samples=16000",
+        "data.max_batch_samples=48000",
+        *overrides,
+        "optim.clip_norm=0.001",
+    )
+    loader = build_loaders(cfg.data, cfg.train.seed, 0, 1)["train"]
+    state = toy_state(cfg, loader.sampler)
+    groups = micro_batch_groups(loader, loader.sampler, 2, 0)
+    results = [update(state, next(groups), TOY, cfg) for _ in range(4)]
+    logged = _records(tmp_path / "run", "train")
+    assert [r["num_updates"] for r in logged] == [2, 4]
+    for record, (a, b) in zip(logged, [results[0:2], results[2:4]], strict=True):
+        step = record["num_updates"]
+        assert record["lr"] == pytest.approx(0.01 * (1 - step / 4))  # no warmup, linear to 0 at 4
+        assert record["gnorm"] == pytest.approx(b.gnorm, rel=1e-5) and b.gnorm > 0.01  # pre-clip
+        assert record["sample_size"] == pytest.approx((a.sample_size + b.sample_size) / 2)
+        assert record["loss"] == pytest.approx(
+            (a.loss + b.loss) / (a.sample_size + b.sample_size), rel=1e-5
+        )
+
+
+def _scripted_validation(values: list[float], seen: list[int]) -> Objective:
+    """The toy objective whose validation returns `values` in turn and records its steps."""
+
+    def validate(model, loader, step):
+        assert not model.training
+        seen.append(step)
+        return {"loss": values[len(seen) - 1]}
+
+    return Objective(TOY.step, mean_loss, validate=validate)
+
+
+def test_the_best_checkpoint_is_the_strictly_lowest_validation(manifest_dir, tmp_path):
+    seen: list[int] = []
+    state, _ = toy_train(
+        manifest_dir,
+        tmp_path,
+        "train.max_steps=4",
+        "train.validate_interval_steps=1",
+        "train.save_interval_steps=0",
+        objective=_scripted_validation([3.0, 2.0, 2.0, 2.5], seen),
+        validate=True,
+    )
+    assert seen == [1, 2, 3, 4] and state.best_valid_loss == 2.0
+    best = checkpoint.load(tmp_path / checkpoint.BEST)
+    assert best["progress"]["step"] == 2  # not 3 (a tie is no new best), not 4 (higher)
+    assert best["progress"]["best_valid_loss"] == 2.0 and best["metrics"]["valid"] == {"loss": 2.0}
+    assert [r["best_loss"] for r in _records(tmp_path, "valid")] == [3.0, 2.0, 2.0, 2.0]
+    assert checkpoint.load(tmp_path / checkpoint.LAST)["progress"]["step"] == 4
+
+
+def test_validation_runs_every_interval_at_each_save_and_at_the_end(manifest_dir, tmp_path):
+    seen: list[int] = []
+    toy_train(
+        manifest_dir,
+        tmp_path,
+        "train.max_steps=7",
+        "train.validate_interval_steps=2",
+        "train.save_interval_steps=3",
+        "train.keep_interval_checkpoints=0",
+        objective=_scripted_validation([5.0, 4.0, 6.0, 7.0, 8.0], seen),
+        validate=True,
+    )
+    assert seen == [2, 3, 4, 6, 7]
+    steps = sorted(int(p.stem.split("_")[2]) for p in tmp_path.glob("checkpoint_*_*.pt"))
+    assert steps == [3, 6]
+    assert checkpoint.load(tmp_path / checkpoint.BEST)["progress"]["step"] == 3
+
+
+def test_evaluate_uses_fixed_masks_and_restores_the_mode():
+    cfg = toy_config()
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(cfg.model)
+    objective = pretraining_objective(cfg.loss, cfg.model.quantizer)
+    modes = []
+    step = objective.step
+    objective.step = lambda m, b, s, g: modes.append(m.training) or step(m, b, s, g)
+    batches = [_rows(2, 8000, 1), _rows(3, 8000, 2)]
+
+    def run(model, train_cfg, step):
+        return evaluate(model, batches, objective, cfg=train_cfg, device=CPU, step=step)
+
+    first = run(model.train(), cfg.train, 3)
+    torch.rand(100)  # global RNG use in between changes nothing
+    again = run(model, cfg.train, 3)
+    later = run(model, cfg.train, 5)  # the temperature moves on; argmax codes ignore it
+    assert model.training and modes == [False] * 6
+    assert first == again and "sample_size" not in first
+    assert later["loss"] == first["loss"] and later["temp"] < first["temp"]
+    assert set(first) >= {"loss", "loss_0", "accuracy", "prob_perplexity", "temp"}
+    other_seed = run(model.eval(), toy_config("train.seed=2").train, 3)
+    assert not model.training  # eval mode stays eval mode
+    assert other_seed["loss"] != first["loss"]  # the masks and negatives come from train.seed
+
+
+def test_evaluate_sums_over_the_whole_split_before_dividing():
+    cfg = toy_config()
+    torch.manual_seed(0)
+    model = ToyModel()
+    batches = [_rows(1, 3200, 1), _rows(3, 6400, 2)]
+    with torch.no_grad():
+        parts = [TOY.step(model, b, 0, None) for b in batches]
+    expected = sum(p.loss for p in parts) / sum(p.sample_size for p in parts)
+    record = evaluate(model, batches, TOY, cfg=cfg.train, device=CPU, step=0)
+    assert record["loss"] == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("valid", ["only-root-line", "zero-bytes", "too-short"])
+def test_a_valid_split_without_usable_items_runs_without_validation(tmp_path, capsys, valid):
+    dest = make_manifest(tmp_path, num_files=6, valid_percent=0.0)
+    root, *rows = (dest / "train.tsv").read_text().splitlines()
+    text = {"only-root-line": root + "\n", "zero-bytes": "", "too-short": f"{root}\nx.wav\t100\n"}
+    (dest / "valid.tsv").write_text(text[valid])
+    out_dir = tmp_path / "run"
+    code = cli.main(
+        [
+            "pretrain",
+            TINY_YAML,
+            f"data.manifest_dir={dest}",
+            f"train.out_dir={out_dir}",
+            "train.max_steps=2",
+            "train.log_interval=1",
+            "train.validate_interval_steps=1",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count(f"no validation: {dest / 'valid.tsv'} has no usable utterance") == 1
+    assert _records(out_dir, "valid") == [] and len(_records(out_dir, "train")) == 2
+    assert checkpoint.load(out_dir / checkpoint.LAST)["progress"]["step"] == 2
