@@ -4,6 +4,7 @@ CPU, exact resume, SIGTERM. `toy_train` is shared with test_train_distributed.py
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import audiogen
@@ -109,7 +110,7 @@ def toy_state(cfg: PretrainConfig, sampler=None, model: nn.Module | None = None)
     return TrainState(
         model=model,
         optimizer=optimizer,
-        schedule=PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps),
+        schedule=PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps or sys.maxsize),
         scaler=None,
         generator=torch.Generator(),
         sampler=sampler,
@@ -132,11 +133,13 @@ def toy_train(
     loaders = build_loaders(cfg.data, cfg.train.seed, dist.rank(), dist.world_size())
     state = toy_state(cfg, loaders["train"].sampler)
     state.model = dist.wrap_model(state.model, torch.device("cpu"), find_unused_parameters=False)
+    if (out_dir / checkpoint.LAST).is_file():
+        checkpoint.restore(state, checkpoint.load(out_dir / checkpoint.LAST))
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = RunLogger(
         out_dir,
         total_steps=cfg.train.max_steps,
-        start_step=0,
+        start_step=state.step,
         tensorboard=False,
         progress_bar=False,
     )

@@ -17,7 +17,7 @@ scaling; a part with weight 0 is not logged, as fairseq), `accuracy` (= correct 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -150,14 +150,30 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def pretraining_objective(weights: LossConfig, quantizer: QuantizerConfig) -> Objective[Batch]:
-    """The training loop's Objective for wav2vec 2.0 pretraining (validation: the same step)."""
+def pretraining_objective(
+    weights: LossConfig, quantizer: QuantizerConfig, *, nominal_steps: int = 0
+) -> Objective[Batch]:
+    """The training loop's Objective for wav2vec 2.0 pretraining (validation: the same step).
+
+    A time budget's plan of `planned` updates fits the Gumbel temperature schedule to it: update
+    k then gets the temperature of update `k * nominal_steps / planned` of the configured schedule
+    (`temperature_decay ** (nominal_steps / planned)` per update), so the temperature reaches a
+    value at the same fraction of the run as with `nominal_steps` updates (the config's LR
+    schedule length). Without `nominal_steps` the decay stays per update.
+    """
+    temperatures = quantizer
+
+    def plan(planned: int) -> None:
+        nonlocal temperatures
+        if nominal_steps > 0 and planned > 0:
+            decay = quantizer.temperature_decay ** (nominal_steps / planned)
+            temperatures = replace(quantizer, temperature_decay=decay)
 
     def wav2vec_step(
         model: nn.Module, batch: Batch, step: int, generator: torch.Generator
     ) -> StepOutput:
         # `step` counts completed optimizer updates, not forwards: accumulation keeps the decay.
-        temperature = gumbel_temperature(step, quantizer)
+        temperature = gumbel_temperature(step, temperatures)
         output = model(batch.wav, batch.padding_mask, temperature=temperature, generator=generator)
         terms = pretraining_loss(
             output,
@@ -180,7 +196,7 @@ def pretraining_objective(weights: LossConfig, quantizer: QuantizerConfig) -> Ob
         )
         return StepOutput(loss=terms.loss, sample_size=terms.sample_size, sums=sums, means=means)
 
-    return Objective(step=wav2vec_step, summarize=summarize)
+    return Objective(step=wav2vec_step, summarize=summarize, plan=plan)
 
 
 __all__ = [

@@ -9,6 +9,7 @@ order of precedence, from that checkpoint, from `--init-from SRC`, or from `mode
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -179,7 +180,7 @@ def _pretrain(
     try:
         reason = train(
             state,
-            pretraining_objective(cfg.loss, cfg.model.quantizer),
+            pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=cfg.total_steps),
             cfg=cfg.train,
             clip_norm=cfg.optim.clip_norm,
             train_loader=loaders[data.train_split],
@@ -244,7 +245,8 @@ def _train_state(
     return TrainState(
         model=dist.wrap_model(model, device, find_unused_parameters=unused),
         optimizer=optimizer,
-        schedule=PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps),
+        # Only train.max_minutes gives a length: flat after warmup until the budget plans the run.
+        schedule=PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps or sys.maxsize),
         scaler=scaler,
         generator=torch.Generator(device),
         sampler=train_loader.sampler,

@@ -10,7 +10,7 @@ so `torch.load(..., weights_only=True)` reads it without unpickling code:
     scaler      GradScaler state_dict or None   sampler    training batch sampler state_dict
     rng         {"torch", "cuda", "generator", "numpy", "python"} states (of rank 0)
     progress    {"step", "epoch", "best_valid_loss", "num_nonfinite", "consecutive_nonfinite",
-                 "num_failed_files"}
+                 "num_failed_files", "train_seconds", "planned_steps" (a time budget's plan, 0: none)}
     metrics     {"window": the unlogged training sums of all ranks together (`MetricsWindow`
                  state; rank 0 restores it, the other ranks start from zeros),
                  "valid": last validation record or None}
@@ -65,6 +65,8 @@ def payload(
             "num_nonfinite": state.num_nonfinite,
             "consecutive_nonfinite": state.consecutive_nonfinite,
             "num_failed_files": state.num_failed_files,
+            "train_seconds": state.train_seconds,
+            "planned_steps": state.planned_steps,
         },
         "metrics": {"window": window.state_dict(), "valid": last_valid},
     }
@@ -94,6 +96,8 @@ def restore(state: TrainState, payload: dict) -> None:
     state.num_nonfinite = int(progress["num_nonfinite"])
     state.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
     state.num_failed_files = int(progress.get("num_failed_files", 0))
+    state.train_seconds = float(progress.get("train_seconds", 0.0))
+    state.planned_steps = int(progress.get("planned_steps", 0))
 
 
 def interval_name(epoch: int, step: int) -> str:

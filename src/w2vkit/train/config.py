@@ -146,6 +146,10 @@ class TrainConfig:
     """Stop after this many optimizer updates (fairseq max_update); 0: no limit."""
     max_epochs: int = 0
     """Stop after this many passes over the data (fairseq max_epoch); 0: no limit."""
+    max_minutes: float = 0.0
+    """Wall-clock budget of the update loop (resumed sessions add up); 0: none. The loop times its
+    first updates, plans how many fit and fits the LR and Gumbel temperature schedules to that
+    plan (docs/training.md, "A time budget")."""
     update_freq: int = 1
     """Micro-batches accumulated per update; fairseq's README: 64 / number of GPUs for BASE."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp16"
@@ -185,10 +189,12 @@ class TrainConfig:
                 f"train.{name}",
                 f"must be >= 0, got {getattr(self, name)}",
             )
+        check(self.max_minutes >= 0, "train.max_minutes", f"must be >= 0, got {self.max_minutes}")
         check(
-            self.max_steps > 0 or self.max_epochs > 0,
+            self.max_steps > 0 or self.max_epochs > 0 or self.max_minutes > 0,
             "train.max_steps",
-            "set train.max_steps or train.max_epochs (both are 0, the run would never stop)",
+            "set train.max_steps, train.max_epochs or train.max_minutes (all are 0, the run "
+            "would never stop)",
         )
         check(self.update_freq >= 1, "train.update_freq", f"must be >= 1, got {self.update_freq}")
         check(
@@ -213,14 +219,14 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check(
-            self.optim.total_steps > 0 or self.train.max_steps > 0,
+            self.optim.total_steps > 0 or self.train.max_steps > 0 or self.train.max_minutes > 0,
             "optim.total_steps",
             "the LR schedule needs a length: set optim.total_steps when training by train.max_epochs",
         )
 
     @property
     def total_steps(self) -> int:
-        """Length of the LR decay in updates."""
+        """Length of the LR decay in updates; 0 when only `train.max_minutes` gives it (the plan)."""
         return self.optim.total_steps or self.train.max_steps
 
 

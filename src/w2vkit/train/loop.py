@@ -26,11 +26,12 @@ import contextlib
 import math
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -95,6 +96,9 @@ class Objective(Generic[BatchT]):
     fixed-seed generator and `summarize`s the sums of the whole split."""
     best_metric: str = "loss"
     """Key of the validation record that picks checkpoint_best.pt; lower is better."""
+    plan: Callable[[int], None] | None = None
+    """Told the planned number of updates when a time budget (`train.max_minutes`) fixes it, and
+    again when such a run resumes: pretraining fits its Gumbel temperature schedule to it."""
 
 
 class Schedule(Protocol):
@@ -107,6 +111,13 @@ class Schedule(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+@runtime_checkable
+class PlannableSchedule(Schedule, Protocol):
+    """A schedule whose length a time budget's plan can set (polynomial decay can)."""
+
+    def set_total_steps(self, total_steps: int) -> None: ...
 
 
 @dataclass
@@ -131,6 +142,10 @@ class TrainState:
     consecutive_nonfinite: int = 0
     num_failed_files: int = 0
     """Audio files this process failed to decode and replaced (summed over processes in logs)."""
+    train_seconds: float = 0.0
+    """Wall-clock seconds of the update loop so far, over every session of the run."""
+    planned_steps: int = 0
+    """Updates a time budget planned for (0: no plan yet, or no budget)."""
 
 
 def reseed(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
@@ -152,6 +167,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 STOP_SIGNALS = {signal.SIGINT: "sigint", signal.SIGTERM: "sigterm"}
 """The signals that stop a run after the current update, and the stop reason each gives."""
 
+STOP_REQUESTS = ("sigterm", "sigint", "max_minutes")
+"""What one process can ask all to stop for after the current update; the first present wins."""
+
 EXIT_STATUS = {"nonfinite": 1, "sigint": 128 + signal.SIGINT, "sigterm": 128 + signal.SIGTERM}
 """Process exit status per stop reason (the shell's 130/143 for a signal); 0 for the others."""
 
@@ -170,7 +188,7 @@ class UpdateResult:
     gnorm: float
     """Global gradient norm after normalising, before clipping."""
     stop: str | None
-    """"sigint"/"sigterm" when some process was asked to stop (SIGTERM wins), else None."""
+    """The first of STOP_REQUESTS that some process asked for, else None."""
 
 
 def run_update(
@@ -186,21 +204,21 @@ def run_update(
     """Forward/backward every micro-batch, normalise once, clip, step (or skip if not finite).
 
     `clip_norm` > 0 clips the global norm of the normalised gradients; 0 leaves them.
-    `stop_requested` is this process's stop reason (`StopSignals.reason`); it is all-reduced so that
-    every rank stops after the same update.
+    `stop_requested` is this process's reason to stop (one of STOP_REQUESTS); it is all-reduced so
+    that every rank stops after the same update.
     """
     model, optimizer, scaler = state.model, state.optimizer, state.scaler
     model.train()
     reseed(state.generator, cfg.seed, dist.rank(), state.step)
     optimizer.zero_grad(set_to_none=True)
     logged, sample_size, loss = _backward(state, micro_batches, objective.step, cfg, device)
-    asked = [float(stop_requested == reason) for reason in STOP_SIGNALS.values()]
+    asked = [float(stop_requested == reason) for reason in STOP_REQUESTS]
     totals = dist.all_reduce_sum(_stacked([sample_size, loss, *asked], device))
     if scaler is not None:
         scaler.unscale_(optimizer)
     gnorm = _normalise_and_clip(optimizer, totals[0], clip_norm)
     # The one host sync of the update: the step is skipped when the loss or the norm is not finite.
-    total_size, total_loss, sigint, sigterm, norm = torch.cat([totals, gnorm[None]]).tolist()
+    total_size, total_loss, *stops, norm = torch.cat([totals, gnorm[None]]).tolist()
     finite = math.isfinite(total_loss) and math.isfinite(norm)
     if finite:
         if scaler is not None:
@@ -219,7 +237,7 @@ def run_update(
         state.consecutive_nonfinite += 1
     if scaler is not None:
         scaler.update()  # halves the scale after an overflow, grows it after a quiet stretch
-    stop = "sigterm" if sigterm else "sigint" if sigint else None
+    stop = next((reason for reason, n in zip(STOP_REQUESTS, stops, strict=True) if n), None)
     return UpdateResult(finite, total_loss, total_size, norm, stop)
 
 
@@ -352,6 +370,59 @@ class StopSignals:
         self.reason = self.reason or STOP_SIGNALS[signal.Signals(signum)]
 
 
+CALIBRATION_UPDATES = 10
+"""Updates a time budget times, after a session's first (which pays for warm-up), to plan the run."""
+
+_now = time.monotonic  # the budget's clock (tests replace it)
+
+
+class TimeBudget:
+    """`train.max_minutes`: a wall-clock budget for the update loop, and the plan that fits it.
+
+    The clock runs from the loop's start to its end, validation and checkpoints included, and
+    `state.train_seconds` carries it over resumed sessions. The session's first update is not
+    timed (warm-up); the next CALIBRATION_UPDATES are: with their mean time per update `t`, the
+    run plans `planned = step + floor(seconds left / t)` updates (at most `train.max_steps`), the
+    same on every rank. The plan is kept in `state.planned_steps` (and checkpoints), so a resumed
+    run keeps it, and the run ends at `planned` like at max_steps. Should the time run out first
+    (slower updates later), the update in progress is the last.
+    """
+
+    def __init__(self, state: TrainState, minutes: float, max_steps: int) -> None:
+        self.seconds = 60.0 * minutes
+        self.max_steps = max_steps
+        self.first_step = state.step
+        self.timed_from: float | None = None
+        self.last = _now()
+
+    def tick(self, state: TrainState) -> None:
+        """After each update: add the time since the last tick to `state.train_seconds`."""
+        now = _now()
+        state.train_seconds += now - self.last
+        self.last = now
+        if state.step == self.first_step + 1:
+            self.timed_from = state.train_seconds
+
+    def exhausted(self, state: TrainState) -> bool:
+        return state.train_seconds >= self.seconds
+
+    def plan(self, state: TrainState, device: torch.device) -> tuple[int, float] | None:
+        """(planned updates, seconds per update) once the calibration updates are done, else None."""
+        if state.planned_steps or self.timed_from is None:
+            return None
+        if state.step != self.first_step + 1 + CALIBRATION_UPDATES:
+            return None
+        per_rank = [
+            (state.train_seconds - self.timed_from) / CALIBRATION_UPDATES,
+            state.train_seconds,
+        ]
+        # The ranks' clocks differ a little: plan with their mean, so that all stop together.
+        mean = dist.all_reduce_sum(torch.tensor(per_rank, dtype=torch.float64, device=device))
+        per_update, used = (mean / dist.world_size()).tolist()
+        planned = state.step + max(int((self.seconds - used) / max(per_update, 1e-9)), 0)
+        return (min(planned, self.max_steps) if self.max_steps else planned), per_update
+
+
 def _every(interval: int, step: int) -> bool:
     return interval > 0 and step % interval == 0
 
@@ -375,6 +446,30 @@ class _Run(Generic[BatchT]):
     last_valid: dict | None = None
     saved_at: int | None = None
     validated_at: int | None = None
+    budget: TimeBudget | None = None
+
+    def apply_plan(self) -> None:
+        """Fit the LR schedule (if it can) and the objective (`plan`) to `state.planned_steps`."""
+        planned = self.state.planned_steps
+        if isinstance(self.state.schedule, PlannableSchedule):
+            self.state.schedule.set_total_steps(planned)
+        if self.objective.plan is not None:
+            self.objective.plan(planned)
+
+    def check_budget(self) -> None:
+        """After an update: advance the budget's clock; plan the run once it is timed."""
+        if self.budget is None:
+            return
+        self.budget.tick(self.state)
+        planned = self.budget.plan(self.state, self.device)
+        if planned is not None:
+            self.state.planned_steps, per_update = planned
+            self.apply_plan()
+            self.logger.message(
+                f"time budget {self.cfg.max_minutes:g} min: {per_update:.3g} s per update over "
+                f"{CALIBRATION_UPDATES} updates, so {self.state.planned_steps} updates in all; the "
+                "schedules end there"
+            )
 
     def save(self, *, interval: bool, best: bool = False) -> None:
         state = self.state
@@ -513,17 +608,22 @@ def train(
 ) -> str:
     """Run updates until a stop condition; returns why it stopped (`exit_status` maps it).
 
-    "max_steps", "max_epochs": the end of the plan, validated and saved; "sigint"/"sigterm": asked
-    to stop, checkpoint saved; "nonfinite": too many skipped updates in a row, checkpoint saved.
+    "max_steps", "max_epochs", "max_minutes" (`TimeBudget`): the end of the plan, validated and
+    saved; "sigint"/"sigterm": asked to stop, checkpoint saved; "nonfinite": too many skipped
+    updates in a row, checkpoint saved.
     `config_dict` goes into every checkpoint; `sample_rate` converts samples to audio seconds.
     """
     run = _Run(
         state, objective, cfg, valid_loader, device, Path(out_dir), config_dict, logger, sample_rate
     )
+    if cfg.max_minutes > 0:
+        run.budget = TimeBudget(state, cfg.max_minutes, cfg.max_steps)
+        if state.planned_steps:  # resumed: the plan of the first session holds
+            run.apply_plan()
     start_step = state.step
     with StopSignals() as signals:
         reason = _updates(run, train_loader, clip_norm, signals)
-    if reason in ("max_steps", "max_epochs") and state.step > start_step:
+    if reason in ("max_steps", "max_epochs", "max_minutes") and state.step > start_step:
         run.finish()
     return reason
 
@@ -532,9 +632,11 @@ def _updates(
     run: _Run[BatchT], loader: Iterable[BatchT], clip_norm: float, signals: StopSignals
 ) -> str:
     """The update loop of `train`, up to the stop reason."""
-    state, cfg = run.state, run.cfg
+    state, cfg, budget = run.state, run.cfg, run.budget
     groups = micro_batch_groups(loader, state.sampler, cfg.update_freq, cfg.max_epochs)
     while not (cfg.max_steps and state.step >= cfg.max_steps):
+        if state.planned_steps and state.step >= state.planned_steps:
+            return "max_minutes"
         group = next(groups, None)
         if group is None:
             return "max_epochs"
@@ -548,30 +650,38 @@ def _updates(
             cfg=cfg,
             clip_norm=clip_norm,
             device=run.device,
-            stop_requested=signals.reason,
+            stop_requested=signals.reason
+            or ("max_minutes" if budget is not None and budget.exhausted(state) else None),
         )
         if not result.finite and run.skipped(result):
             return "nonfinite"
         if result.finite and state.step % cfg.log_interval == 0:
             run.log_train(result)
-        if result.stop is not None:
+        if result.stop is not None and result.stop in STOP_SIGNALS.values():
             run.stopped_by(result.stop)
             return result.stop
         if result.finite:
             run.after_update()
+        run.check_budget()
+        if result.stop is not None:
+            return result.stop
     return "max_steps"
 
 
 __all__ = [
+    "CALIBRATION_UPDATES",
     "EXIT_STATUS",
+    "STOP_REQUESTS",
     "STOP_SIGNALS",
     "BatchT",
     "LoopBatch",
     "Objective",
+    "PlannableSchedule",
     "Schedule",
     "StepFn",
     "StepOutput",
     "StopSignals",
+    "TimeBudget",
     "TrainState",
     "UpdateResult",
     "autocast",

@@ -72,6 +72,11 @@ class PolynomialDecaySchedule:
             power=cfg.power,
         )
 
+    def set_total_steps(self, total_steps: int) -> None:
+        """A new length of the decay (a time budget's plan); the LR of the current step follows."""
+        self.total_steps = total_steps
+        self.set_step(self.step_count)
+
     def set_step(self, step: int) -> float:
         """Call after each optimizer update with the number of completed updates."""
         self.step_count = step
