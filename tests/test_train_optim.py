@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -94,12 +97,13 @@ def test_adamw_decays_every_parameter_decoupled():
 
 
 def test_adam_puts_weight_decay_into_the_gradient():
-    # torch Adam adds wd * p to the gradient, which Adam then normalises: the step is ~lr * sign(p).
+    # torch Adam adds g = wd * p to the gradient, which Adam then normalises: the first step is
+    # lr * g / (|g| + eps / sqrt(1 - b2)) with fairseq's epsilon placement, ~lr * sign(p).
     before, after = _one_step_with_zero_gradients("adam")
     weight = before["0.weight"]
-    torch.testing.assert_close(
-        after["0.weight"], weight - 0.1 * torch.sign(weight), rtol=0, atol=1e-4
-    )
+    grad = 0.5 * weight
+    step = 0.1 * grad / (grad.abs() + 1e-6 / math.sqrt(1 - 0.98))
+    torch.testing.assert_close(after["0.weight"], weight - step, rtol=0, atol=1e-6)
 
 
 def test_betas_eps_reach_the_optimizer():
@@ -107,3 +111,57 @@ def test_betas_eps_reach_the_optimizer():
     group = optimizer.param_groups[0]
     assert isinstance(optimizer, torch.optim.AdamW)
     assert group["betas"] == (0.9, 0.98) and group["eps"] == 1e-6 and group["weight_decay"] == 0.01
+
+
+def _fairseq_adam_reference(params, grads, *, lr, betas, eps, weight_decay):
+    """fairseq/optim/adam.py's update, written out: eps outside the bias correction."""
+    beta1, beta2 = betas
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t, step_grads in enumerate(grads, start=1):
+        for i, g in enumerate(step_grads):
+            m[i] = beta1 * m[i] + (1 - beta1) * g
+            v[i] = beta2 * v[i] + (1 - beta2) * g * g
+            step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+            params[i] = params[i] - weight_decay * lr * params[i]
+            params[i] = params[i] - step_size * m[i] / (np.sqrt(v[i]) + eps)
+    return params
+
+
+@pytest.mark.parametrize("placement", ["fairseq", "torch"])
+def test_adam_epsilon_placement_matches_fairseq_or_torch(placement):
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((3, 4))
+    # Small gradients, where the placement of eps matters (sqrt(v) ~ eps).
+    grads = [[1e-6 * rng.standard_normal((3, 4))] for _ in range(6)]
+    cfg = OptimConfig(lr=1e-2, eps=1e-6, weight_decay=0.01, eps_placement=placement)
+    model = torch.nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(start))
+    optimizer = build_optimizer(model, cfg)
+    for (g,) in grads:
+        model.weight.grad = torch.from_numpy(g).float()
+        optimizer.step()
+    expected = _fairseq_adam_reference(
+        [start.copy()], grads, lr=1e-2, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01
+    )[0]
+    gap = np.abs(model.weight.detach().double().numpy() - expected).max()
+    if placement == "fairseq":
+        assert gap < 1e-6
+    else:
+        assert gap > 1e-4  # torch's AdamW is a different update at these gradient scales
+
+
+def test_fairseq_epsilon_counter_resumes_with_the_optimizer_state():
+    cfg = OptimConfig(lr=1e-2)
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(model, cfg)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    again = build_optimizer(torch.nn.Linear(2, 2), cfg)
+    again.load_state_dict(optimizer.state_dict())
+    group = again.param_groups[0]
+    assert group["num_steps"] == 3
+    assert group["eps"] == pytest.approx(1e-6 / math.sqrt(1 - 0.98**3))

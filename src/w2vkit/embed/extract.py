@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from w2vkit.data.dataset import AudioDataset
-from w2vkit.model.feature_extractor import output_lengths
+from w2vkit.model.feature_extractor import frame_geometry, output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 POOLS = frozenset({"none", "mean"})
@@ -83,15 +83,6 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
             f"layers {spec!r} out of range: the model has layers 0 (encoder input) to {num_layers}"
         )
     return layers
-
-
-def frame_geometry(conv_layers: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
-    """(receptive_field, stride) in samples of one output frame: (400, 320) for wav2vec 2.0."""
-    receptive, stride = 1, 1
-    for _, kernel, layer_stride in conv_layers:
-        receptive += (kernel - 1) * stride
-        stride *= layer_stride
-    return receptive, stride
 
 
 def plan_chunks(

@@ -137,6 +137,12 @@ def hf_config_from_w2vkit(
     cfg: ModelConfig, *, architecture: str = "Wav2Vec2ForPreTraining"
 ) -> dict:
     """ModelConfig -> the dict `Wav2Vec2Config(**d)` takes (config.json)."""
+    if cfg.feature_extractor.kind != "conv":
+        raise ConfigError(
+            f"model.feature_extractor.kind={cfg.feature_extractor.kind!r} cannot be exported to HF "
+            "transformers, whose Wav2Vec2 has only the waveform conv encoder; keep the w2vkit "
+            "checkpoint (w2vkit convert SRC DST --to w2vkit, w2vkit.load_model)"
+        )
     flat = flatten(to_dict(cfg))
     # A bare encoder's outputs depend on none of these; its directory still carries them in
     # w2vkit_extras, so the round trip stays exact.

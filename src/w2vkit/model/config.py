@@ -28,6 +28,16 @@ class FeatureExtractorConfig:
     conv_bias: bool = False
     grad_scale: float = 0.1
     """Gradient multiplier into the extractor (fairseq `feature_grad_mult`); 0 freezes it."""
+    kind: Literal["conv", "spectrogram"] = "conv"
+    """`conv`: the waveform encoder; `spectrogram`: log-mel/STFT + 2-D convs on the same frame grid
+    (`model/spectrogram.py`; w2vkit only: no HF or fairseq equivalent)."""
+    spectrogram: Literal["logmel", "stft"] = "logmel"
+    """kind=spectrogram: mel filterbank energies or the STFT power bins, both log-compressed."""
+    num_mels: int = 80
+    spectrogram_channels: int = 32
+    """Channels of the 2-D convolutions of the spectrogram front-end."""
+    frequency_embedding_weight: float = 0.2
+    """Mix weight of the frequency embedding after the first 2-D conv (Demucs 0.2; 0 disables)."""
 
     def __post_init__(self) -> None:
         check(
@@ -44,6 +54,14 @@ class FeatureExtractorConfig:
             self.grad_scale >= 0,
             "feature_extractor.grad_scale",
             f"must be >= 0, got {self.grad_scale}",
+        )
+        check(
+            self.num_mels >= 8, "feature_extractor.num_mels", f"must be >= 8, got {self.num_mels}"
+        )
+        check(
+            self.spectrogram_channels >= 1,
+            "feature_extractor.spectrogram_channels",
+            f"must be >= 1, got {self.spectrogram_channels}",
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,12 +28,21 @@ def scale_grad(x: Tensor, scale: float) -> Tensor:
     return x if scale == 1.0 else _GradScale.apply(x, scale)
 
 
-def output_lengths(num_samples: Tensor, conv_layers: list[tuple[int, int, int]]) -> Tensor:
+def output_lengths(num_samples: Tensor, conv_layers: Sequence[tuple[int, int, int]]) -> Tensor:
     """Frames produced from `num_samples` samples: floor((L - k) / s) + 1 per layer, no padding."""
     lengths = num_samples
     for _, kernel, stride in conv_layers:
         lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
     return lengths.clamp(min=0)
+
+
+def frame_geometry(conv_layers: Sequence[tuple[int, int, int]]) -> tuple[int, int]:
+    """(receptive_field, stride) in samples of one output frame: (400, 320) for wav2vec 2.0."""
+    receptive, stride = 1, 1
+    for _, kernel, layer_stride in conv_layers:
+        receptive += (kernel - 1) * stride
+        stride *= layer_stride
+    return receptive, stride
 
 
 def frame_padding_mask(

@@ -38,6 +38,11 @@ class QuantizerOutput:
     """Perplexity of the hard code histogram (log only)."""
 
 
+def gumbel_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Gumbel(0, 1) noise shaped like `like`, from `generator` (a seam: parity tests replay it)."""
+    return -torch.empty_like(like).exponential_(generator=generator).log()
+
+
 class GumbelVectorQuantizer(nn.Module):
     """G codebooks of V entries; training picks entries by straight-through hard Gumbel-softmax.
 
@@ -72,8 +77,7 @@ class GumbelVectorQuantizer(nn.Module):
         prob_perplexity = perplexity(logits.softmax(-1))
         if self.training:
             # Straight-through: forward uses the hard one-hot of the noisy logits, backward the soft.
-            # Gumbel(0, 1)
-            noise = -torch.empty_like(logits).exponential_(generator=generator).log()
+            noise = gumbel_noise(logits, generator)
             soft = ((logits + noise) / temperature).softmax(-1)
             codes = soft.argmax(-1)
             weights = F.one_hot(codes, self.num_entries).float() - soft.detach() + soft

@@ -17,6 +17,7 @@ from w2vkit.model.feature_extractor import ConvFeatureExtractor, frame_padding_m
 from w2vkit.model.masking import SpanMasker
 from w2vkit.model.negatives import contrastive_logits, sample_negatives
 from w2vkit.model.quantizer import GumbelVectorQuantizer
+from w2vkit.model.spectrogram import SpectrogramFeatureExtractor
 from w2vkit.model.transformer import TransformerEncoder
 
 
@@ -58,7 +59,11 @@ class Wav2Vec2Model(nn.Module):
         super().__init__()
         self.cfg = cfg
         conv_dim, model_dim = cfg.conv_dim, cfg.transformer.model_dim
-        self.feature_extractor = ConvFeatureExtractor(cfg.feature_extractor)
+        self.feature_extractor: nn.Module
+        if cfg.feature_extractor.kind == "spectrogram":
+            self.feature_extractor = SpectrogramFeatureExtractor(cfg.feature_extractor)
+        else:
+            self.feature_extractor = ConvFeatureExtractor(cfg.feature_extractor)
         self.feature_norm = nn.LayerNorm(conv_dim)
         self.feature_projection = nn.Linear(conv_dim, model_dim) if conv_dim != model_dim else None
         self.input_dropout = nn.Dropout(cfg.input_dropout_prob)

@@ -78,6 +78,9 @@ class OptimConfig:
     """Peak learning rate, reached after `warmup_steps` updates."""
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
+    eps_placement: Literal["fairseq", "torch"] = "fairseq"
+    """fairseq: eps added to sqrt(v) before bias correction (fairseq's Adam, up to 7x larger in
+    the first updates); torch: after it (torch.optim.AdamW, HF)."""
     weight_decay: float = 0.01
     clip_norm: float = 0.0
     """Clip the global gradient L2 norm to this; 0 disables clipping."""
