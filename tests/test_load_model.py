@@ -149,3 +149,18 @@ def test_load_weights_names_what_it_left_and_refuses_damage():
     extra = {**source, "decoder.weight": torch.zeros(1)}
     with pytest.raises(CheckpointError, match="unexpected decoder.weight"):
         load_weights(model, extra, source="enc.pt")
+
+
+def test_readme_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## From Python: load a model, embed a file", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    original = _random_model()  # stands in for the checkpoint `make demo` writes
+    Path("runs/demo/pretrain").mkdir(parents=True)
+    payload = {"model": original.state_dict(), "config": {"model": to_dict(original.cfg)}}
+    torch.save(payload, "runs/demo/pretrain/checkpoint_last.pt")
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert capsys.readouterr().out == "(99, 64)\n"
+    assert namespace["states"].shape == (99, 64)
