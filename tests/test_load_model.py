@@ -7,20 +7,25 @@ itself computed (the committed fixture).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 from pathlib import Path
 
+import audiogen
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import save_file
 
 import w2vkit
 from w2vkit.config import to_dict
+from w2vkit.data.manifest import Manifest, write_manifest
 from w2vkit.interop import CheckpointError, Pretrained, detect_format, hf, load_weights
 from w2vkit.interop.native import PRETRAINING_HEADS
 from w2vkit.model.config import preset
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.recipes import pretrain
 
 FAIRSEQ = Path(__file__).parent / "fixtures" / "fairseq"
 
@@ -164,3 +169,38 @@ def test_readme_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert capsys.readouterr().out == "(99, 64)\n"
     assert namespace["states"].shape == (99, 64)
+
+
+def _pretrain(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    pretrain.add_arguments(parser)
+    return pretrain.run(parser.parse_args(argv))
+
+
+def test_pretrain_init_from_uses_the_same_rule(tmp_path, capsys):
+    """An encoder-only source starts with fresh heads (and says so); weights that do not fit the
+    overridden model are refused by name."""
+    paths = audiogen.make_corpus(tmp_path / "audio", 2, (0.6, 0.8))
+    frames = [sf.info(p).frames for p in paths]
+    write_manifest(
+        tmp_path / "train.tsv", Manifest(tmp_path / "audio", [p.name for p in paths], frames)
+    )
+    original = _random_model()
+    hf.save_hf(Pretrained(original.cfg, original.state_dict()), tmp_path / "enc", heads=False)
+    common = [
+        "tiny",
+        f"data.manifest_dir={tmp_path}",
+        "data.valid_split=",
+        "--init-from",
+        str(tmp_path / "enc"),
+    ]
+    assert _pretrain([*common, "train.max_steps=1", f"train.out_dir={tmp_path / 'run'}"]) == 0
+    num_heads = sum(k.startswith(PRETRAINING_HEADS) for k in original.state_dict())
+    assert (
+        f"--init-from lacks {num_heads} tensors, left at their initial values"
+        in capsys.readouterr().out
+    )
+    with pytest.raises(
+        CheckpointError, match=r"enc: weights do not fit .*unexpected encoder\.layers\.1\."
+    ):
+        _pretrain([*common, "model.transformer.num_layers=1", f"train.out_dir={tmp_path / 'bad'}"])
