@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from w2vkit import __version__ as w2vkit_version
 from w2vkit.cli import main as cli_main
 from w2vkit.config import ConfigError
 from w2vkit.configs import PRETRAIN_DIR, find_pretrain_config, pretrain_config_names
@@ -113,6 +114,7 @@ def test_a_built_wheel_runs_pretrain_by_name_without_the_source_tree(tmp_path, c
         check=True,
     ).stdout.strip()
     assert Path(where) == Path(purelib) / "w2vkit" / "configs" / "pretrain"
+    assert w2vkit("--version") == f"w2vkit {w2vkit_version}\n"  # the wheel's metadata
     printed = w2vkit("pretrain", "tiny", "--print-config")
     assert cli_main(["pretrain", "tiny", "--print-config"]) == 0  # from the source tree
     assert printed == capsys.readouterr().out and "max_steps: 300" in printed
