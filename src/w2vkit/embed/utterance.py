@@ -49,6 +49,7 @@ def embed_file(
     if model.normalize_input if normalize_input is None else normalize_input:
         wav = normalize(wav)
     num_layers = model.cfg.transformer.num_layers
+    # parse_layers: the range check and message `extract --layers` gives
     layers = parse_layers(str(num_layers if layer is None else layer), num_layers)
     max_samples = round(max_seconds * SAMPLE_RATE) if max_seconds else None
     was_training = model.training

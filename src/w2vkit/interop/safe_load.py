@@ -180,8 +180,9 @@ def load_torch_file(path: str | Path) -> Any:
             f"{path}: refusing to load: its pickle references {', '.join(refused)}, which "
             "is not a tensor, container or known config type (loading it could run code)"
         )
-    safe: list[Callable[..., Any] | tuple[Callable[..., Any], str]]
-    safe = [(_record_type(n), n) for n in names if _is_stand_in(n)]
+    safe: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (_record_type(n), n) for n in names if _is_stand_in(n)
+    ]
     safe += [(_SAFE[n], n) for n in names if n in _SAFE]
     if "numpy.dtype" in names:
         safe += _NUMPY_DTYPES

@@ -1,10 +1,9 @@
 """`w2vkit extract CHECKPOINT MANIFEST --out DIR`: per-layer hidden states of every manifest item.
 
 CHECKPOINT is anything `w2vkit.load_model` reads: a fairseq `.pt`, an HF model directory (or its
-`model.safetensors`) or a w2vkit checkpoint. Audio is decoded to
-mono 16 kHz and normalised as the model was trained (recorded in the checkpoint; otherwise
-normalised for layer-norm extractors, as HF does). The output layout is described in
-`w2vkit.embed.extract` and docs/extract_probe.md.
+`model.safetensors`) or a w2vkit checkpoint. Audio is decoded to mono 16 kHz and normalised as the
+model was trained (recorded in the checkpoint; otherwise normalised for layer-norm extractors, as
+HF does). The output layout is described in `w2vkit.embed.extract` and docs/extract_probe.md.
 """
 
 from __future__ import annotations
