@@ -59,6 +59,16 @@ def test_version(capsys):
     assert capsys.readouterr().out == f"w2vkit {importlib.metadata.version('w2vkit')}\n"
 
 
+def test_version_from_a_source_tree_without_metadata(monkeypatch, capsys):
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(SystemExit):
+        cli_main(["--version"])
+    assert capsys.readouterr().out == f"w2vkit {w2vkit_version}\n"
+
+
 @pytest.mark.slow
 def test_a_built_wheel_runs_pretrain_by_name_without_the_source_tree(tmp_path, capsys):
     """`pip install .` (not editable): configs resolve from the installed package; `w2vkit demo`
