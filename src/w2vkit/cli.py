@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 
 from w2vkit.config import ConfigError
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         description="wav2vec 2.0 self-supervised pretraining: from a folder of raw audio to speech "
         "representations. `w2vkit COMMAND --help` describes each command.",
     )
+    parser.add_argument("--version", action="version", version=f"w2vkit {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     # Import only the recipe that runs; the others register a placeholder parser for --help.
@@ -42,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"w2vkit {args.command}: config error: {err}", file=sys.stderr)
         return 2
+
+
+def _version() -> str:
+    """The installed distribution's version; the package's own from a bare source tree."""
+    try:
+        return importlib.metadata.version("w2vkit")
+    except importlib.metadata.PackageNotFoundError:
+        from w2vkit import __version__
+
+        return __version__
 
 
 def _recipe(name: str):

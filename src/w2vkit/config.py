@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -153,7 +156,7 @@ def _default(field: dataclasses.Field) -> Any:
 
 def _coerce(hint: Any, value: Any, key: str, current: Any) -> Any:
     origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, base=current, where=key)
     if origin in (Union, types.UnionType):
         options = get_args(hint)

@@ -55,9 +55,17 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     wav, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (S, channels)
     if wav.shape[0] == 0:
         raise ValueError(f"{os.fspath(path)}: no audio frames")
+    return to_mono(wav, file_rate, sample_rate)
+
+
+def to_mono(wav: np.ndarray, from_rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decoded float audio -> mono float32 at `sample_rate`. Shape: (S, channels) -> (S',).
+
+    Channels are averaged (fairseq `feats.mean(-1)`); other rates are resampled with soxr.
+    """
     wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]  # (S, channels) -> (S,)
-    if file_rate != sample_rate:
-        wav = soxr.resample(wav, file_rate, sample_rate, quality=RESAMPLE_QUALITY)
+    if from_rate != sample_rate:
+        wav = soxr.resample(wav, from_rate, sample_rate, quality=RESAMPLE_QUALITY)
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 

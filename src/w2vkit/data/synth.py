@@ -73,7 +73,7 @@ class _Engine:
         except ImportError as err:
             raise SynthesisUnavailable(
                 "speech synthesis needs eSpeak NG from the `espeakng-loader` package: "
-                "pip install espeakng-loader (it is in w2vkit's [dev] extra)"
+                "pip install espeakng-loader (a dependency of w2vkit)"
             ) from err
         library_path = espeakng_loader.get_library_path()
         try:

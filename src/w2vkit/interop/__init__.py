@@ -1,43 +1,73 @@
 """Checkpoint interop: fairseq `.pt`, HF transformers directories and w2vkit checkpoints.
 
-`load_pretrained(path)` reads any of the three (format auto-detected) into w2vkit's config and
-parameter names; `save_w2vkit` / `save_hf` write them. Nothing is ever unpickled without an
-allowlist (see `safe_load`).
+`load_model(path)` gives a ready `Wav2Vec2Model` from any of them (format auto-detected);
+`read_pretrained(path)` the config, state dict (w2vkit names) and input normalisation it is built
+from; `save_w2vkit` / `save_hf` write them. Nothing is ever unpickled without an allowlist (see
+`safe_load`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from w2vkit.interop import fairseq, hf
-from w2vkit.interop.native import Pretrained, from_payload, is_w2vkit_checkpoint, save_w2vkit
+from w2vkit.interop.native import (
+    Pretrained,
+    from_payload,
+    is_w2vkit_checkpoint,
+    load_weights,
+    save_w2vkit,
+)
 from w2vkit.interop.safe_load import CheckpointError, load_torch_file
 from w2vkit.model.config import ModelConfig
+from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 FORMATS = ("w2vkit", "fairseq", "hf")
 
 
-def detect_format(path: str | Path) -> str:
-    """'hf' for a directory, else 'w2vkit' or 'fairseq' from the checkpoint's top-level keys."""
+def detect_format(path: str | os.PathLike) -> str:
+    """'hf' for a directory or a `.safetensors` file, else 'w2vkit' or 'fairseq' from the
+    checkpoint's top-level keys."""
     return _read(Path(path))[0]
 
 
-def read_pretrained(path: str | Path) -> Pretrained:
+def read_pretrained(path: str | os.PathLike) -> Pretrained:
     """Any supported checkpoint -> `Pretrained` (config, w2vkit state dict, input normalisation)."""
     return _read(Path(path))[1]
 
 
-def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Config and state dict for `Wav2Vec2Model(cfg).load_state_dict(state)`, from any format.
+def load_pretrained(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Config and state dict from any format, keys and shapes checked against the config.
 
-    An HF `Wav2Vec2Model` directory has no pretraining heads: its state dict lacks the
-    `quantizer.*`, `target_proj.*` and `context_proj.*` keys (load with strict=False and keep the
-    freshly initialised heads). Every other key is present and checked against the config.
+    An encoder-only checkpoint (HF `Wav2Vec2Model`) lacks the pretraining heads: `load_weights`
+    (or `load_model`) puts such a state dict into a model and says which tensors it lacked.
     """
     pretrained = read_pretrained(path)
     return pretrained.cfg, pretrained.state_dict
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> Wav2Vec2Model:
+    """A `Wav2Vec2Model` in eval mode from any format `read_pretrained` reads, on `device`.
+
+    Pretraining heads are loaded when the checkpoint has them; an encoder-only checkpoint gets
+    freshly initialised ones (unused by `extract_features`). `model.normalize_input` is the
+    input normalisation the checkpoint records, else True for layer-norm extractors (HF's rule).
+    """
+    model = build_model(read_pretrained(path), source=str(path))
+    return model.to(device).eval() if device is not None else model.eval()
+
+
+def build_model(pretrained: Pretrained, *, source: str) -> Wav2Vec2Model:
+    """`Wav2Vec2Model(pretrained.cfg)` holding `pretrained`'s weights (see `load_weights`)."""
+    model = Wav2Vec2Model(pretrained.cfg)
+    load_weights(model, pretrained.state_dict, source=source)
+    if pretrained.normalize is not None:
+        model.normalize_input = pretrained.normalize
+    return model
 
 
 def _read(path: Path) -> tuple[str, Pretrained]:
@@ -47,6 +77,13 @@ def _read(path: Path) -> tuple[str, Pretrained]:
                 f"{path}: a directory without config.json is not an HF model directory"
             )
         return "hf", hf.load_hf(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        if not (path.parent / "config.json").is_file():
+            raise CheckpointError(
+                f"{path}: a bare safetensors file needs the HF config.json that describes it "
+                "next to it"
+            )
+        return "hf", hf.load_hf(path.parent, weights=path)
     payload = load_torch_file(path)
     if is_w2vkit_checkpoint(payload):
         return "w2vkit", from_payload(payload, source=str(path))
@@ -63,8 +100,11 @@ __all__ = [
     "CheckpointError",
     "FORMATS",
     "Pretrained",
+    "build_model",
     "detect_format",
+    "load_model",
     "load_pretrained",
+    "load_weights",
     "read_pretrained",
     "save_w2vkit",
 ]

@@ -214,7 +214,7 @@ def model_fields(checkpoint: dict, *, source: str) -> tuple[dict[str, Any], str,
     if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
         fields, where = dict(cfg["model"]), "cfg.model"
         name = fields.pop("_name", "wav2vec2")
-        task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
+        task: dict = cfg["task"] if isinstance(cfg.get("task"), dict) else {}
         unknown = sorted(set(fields) - set(DEFAULTS))
         if unknown:
             raise ConfigError(

@@ -281,12 +281,7 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
             state: dict[str, Tensor] = {}
             for file in files:
                 if name == "safetensors":
-                    try:
-                        state.update(load_file(str(file)))
-                    except Exception as err:  # safetensors raises its own error types
-                        raise CheckpointError(
-                            f"{file}: truncated or corrupt safetensors file ({err})"
-                        ) from err
+                    state.update(_read_safetensors(file))
                 else:
                     weights = load_torch_file(file)
                     if not isinstance(weights, dict):
@@ -298,7 +293,16 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
     )
 
 
-def load_hf(directory: str | Path) -> Pretrained:
+def _read_safetensors(file: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({err})") from err
+
+
+def load_hf(directory: str | Path, *, weights: str | Path | None = None) -> Pretrained:
+    """An HF model directory; `weights` names one safetensors file to read instead of the
+    directory's own weights (a bare `model.safetensors` next to its `config.json`)."""
     directory = Path(directory)
     config_path = directory / "config.json"
     try:
@@ -306,7 +310,11 @@ def load_hf(directory: str | Path) -> Pretrained:
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{config_path}: cannot read an HF config ({err})") from err
     cfg = config_from_hf(hf, source=str(config_path))
-    state = from_hf_state(cfg, read_hf_weights(directory), source=str(directory))
+    if weights is None:
+        hf_state, source = read_hf_weights(directory), str(directory)
+    else:
+        hf_state, source = _read_safetensors(Path(weights)), str(weights)
+    state = from_hf_state(cfg, hf_state, source=source)
     pre = directory / "preprocessor_config.json"
     normalize = json.loads(pre.read_text()).get("do_normalize") if pre.is_file() else None
     return Pretrained(cfg, state, normalize if isinstance(normalize, bool) else None)

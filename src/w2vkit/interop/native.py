@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -17,6 +18,9 @@ from torch import Tensor
 from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.interop.safe_load import CheckpointError
 from w2vkit.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 
 @dataclass
@@ -48,8 +52,10 @@ def from_payload(payload: dict, *, source: str) -> Pretrained:
         cfg = from_dict(ModelConfig, payload["config"]["model"], where="model")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from err
-    audio = payload.get("audio") if isinstance(payload.get("audio"), dict) else {}
-    data = payload["config"].get("data") if isinstance(payload["config"].get("data"), dict) else {}
+    audio: dict = payload["audio"] if isinstance(payload.get("audio"), dict) else {}
+    data: dict = (
+        payload["config"]["data"] if isinstance(payload["config"].get("data"), dict) else {}
+    )
     normalize = audio.get("normalize", data.get("normalize"))
     state = {k: v for k, v in payload["model"].items()}
     # A w2vkit file converted from an HF encoder-only model has no heads: it loads, not pretrains.
@@ -80,11 +86,25 @@ def encoder_only_prefixes(cfg: ModelConfig, state: dict[str, Tensor]) -> tuple[s
     def present(prefixes: tuple[str, ...]) -> bool:
         return any(key.startswith(prefixes) for key in state)
 
-    optional = () if present(PRETRAINING_HEADS) else PRETRAINING_HEADS
+    optional: tuple[str, ...] = () if present(PRETRAINING_HEADS) else PRETRAINING_HEADS
     never_masks = cfg.masking.time_prob == 0 and cfg.masking.channel_prob == 0
     if never_masks and not present(("masker.",)):
         optional += ("masker.",)
     return optional
+
+
+def load_weights(model: Wav2Vec2Model, state: dict[str, Tensor], *, source: str) -> list[str]:
+    """Copy `state` into `model`; the one place that decides which tensors a checkpoint may lack.
+
+    Every key and shape of `model` must be in `state`, except what `encoder_only_prefixes`
+    allows (a whole pretraining head, or the mask embedding of a model that never masks): those
+    keep the values `model` has. Returns their keys (empty when every tensor was loaded).
+    """
+    check_state_dict(
+        model.cfg, state, source=source, optional_prefixes=encoder_only_prefixes(model.cfg, state)
+    )
+    missing, _ = model.load_state_dict(state, strict=False)  # unexpected keys: none, checked above
+    return missing
 
 
 def check_state_dict(

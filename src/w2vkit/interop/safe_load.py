@@ -22,6 +22,7 @@ import io
 import pickle
 import pickletools
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import torch
 try:
     from numpy._core import multiarray as np_multiarray
 except ImportError:  # numpy < 2
-    from numpy.core import multiarray as np_multiarray
+    from numpy.core import multiarray as np_multiarray  # type: ignore[no-redef]
 
 # Modules whose classes only carry data in checkpoints; their globals become inert `Record`s.
 _STAND_IN_MODULES = ("omegaconf", "fairseq", "typing")
@@ -72,6 +73,8 @@ class Record:
     """Inert stand-in for a pickled class: keeps constructor args and state, runs nothing."""
 
     global_name = "?"
+    args: tuple[Any, ...]
+    state: Any
 
     def __new__(cls, *args: Any) -> Record:  # NEWOBJ and REDUCE (cls(*args)) both land here
         obj = super().__new__(cls)
@@ -177,7 +180,9 @@ def load_torch_file(path: str | Path) -> Any:
             f"{path}: refusing to load: its pickle references {', '.join(refused)}, which "
             "is not a tensor, container or known config type (loading it could run code)"
         )
-    safe = [(_record_type(n), n) for n in names if _is_stand_in(n)]
+    safe: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (_record_type(n), n) for n in names if _is_stand_in(n)
+    ]
     safe += [(_SAFE[n], n) for n in names if n in _SAFE]
     if "numpy.dtype" in names:
         safe += _NUMPY_DTYPES

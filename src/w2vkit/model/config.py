@@ -49,7 +49,7 @@ class FeatureExtractorConfig:
                 f"feature_extractor.conv_layers[{i}]",
                 f"expected (channels, kernel, stride) > 0, got {layer}",
             )
-        self.conv_layers = [tuple(int(v) for v in layer) for layer in self.conv_layers]
+        self.conv_layers = [(int(c), int(k), int(s)) for c, k, s in self.conv_layers]
         check(
             self.grad_scale >= 0,
             "feature_extractor.grad_scale",

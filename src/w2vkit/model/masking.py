@@ -282,9 +282,9 @@ def _place_without_overlap(
     is_span = torch.arange(max_spans, device=device) < num_spans[:, None]
     lengths = torch.where(is_span, lengths, -1).sort(dim=1, descending=True, stable=True).values
     keep_length = torch.where(is_span, lengths, torch.iinfo(torch.long).max).amin(1)  # (B,)
-    draw = {"dtype": torch.float64, "generator": generator, "device": device}
-    u_part = torch.rand(batch_size, max_spans, **draw)  # interval choice per span
-    u_start = torch.rand(batch_size, max_spans, **draw)  # start within the interval
+    shape, f64 = (batch_size, max_spans), torch.float64
+    u_part = torch.rand(shape, dtype=f64, generator=generator, device=device)  # interval per span
+    u_start = torch.rand(shape, dtype=f64, generator=generator, device=device)  # start within it
 
     num_slots = max_spans + 1  # each placement pops one interval and adds at most two
     slots = torch.arange(num_slots, device=device)
@@ -360,7 +360,8 @@ def _distinct_keys(
 def _keep_random(mask: Tensor, keep: Tensor, generator: torch.Generator | None) -> Tensor:
     """Keep a uniformly random subset of `keep[b]` masked frames per row (fairseq
     `rng.choice(idx, k, replace=False)`): the masked frames with the smallest random keys."""
-    keys = _distinct_keys(tuple(mask.shape), generator, mask.device).masked_fill_(~mask, _NEVER)
+    rows, frames = mask.shape
+    keys = _distinct_keys((rows, frames), generator, mask.device).masked_fill_(~mask, _NEVER)
     if bool(keep.min() == keep.max()):  # equal counts: O(T) selection instead of a sort
         k = int(keep[0])
         if k == 0:

@@ -26,6 +26,7 @@ class ConvPositionalEmbedding(nn.Module):
         super().__init__()
         conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
         nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(4.0 / (kernel * dim)))
+        assert conv.bias is not None  # Conv1d's default bias=True
         nn.init.zeros_(conv.bias)
         # Normalise per kernel tap (dim=2), as fairseq and HF do; the g vector has shape (1, 1, K).
         self.conv = weight_norm(conv, name="weight", dim=2)

@@ -7,6 +7,7 @@ raw audio -> conv features Z -> (mask) -> Transformer context C
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,9 @@ class Wav2Vec2Model(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        # Per-utterance input normalisation this model expects; HF's default, until a loaded
+        # checkpoint says what it was trained with (`from_pretrained`).
+        self.normalize_input = cfg.feature_extractor.norm_mode == "layer_norm"
         conv_dim, model_dim = cfg.conv_dim, cfg.transformer.model_dim
         self.feature_extractor: nn.Module
         if cfg.feature_extractor.kind == "spectrogram":
@@ -71,6 +75,7 @@ class Wav2Vec2Model(nn.Module):
         self.masker = SpanMasker(cfg.masking, model_dim)
         self.encoder = TransformerEncoder(cfg.transformer)
         q = cfg.quantizer
+        self.quantizer: GumbelVectorQuantizer | None
         if q.quantize_targets:
             self.quantizer = GumbelVectorQuantizer(
                 conv_dim, q.num_groups, q.num_entries, cfg.code_dim
@@ -89,6 +94,16 @@ class Wav2Vec2Model(nn.Module):
     def from_preset(cls, name: str) -> Wav2Vec2Model:
         """`tiny`, `base` (fairseq LibriSpeech BASE), `large` (LV-60 LARGE) or `large_paper`."""
         return cls(preset(name))
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: str | torch.device | None = None
+    ) -> Wav2Vec2Model:
+        """A fairseq `.pt`, HF directory (or `model.safetensors` beside its `config.json`) or
+        w2vkit checkpoint, in eval mode: `w2vkit.interop.load_model`."""
+        from w2vkit.interop import load_model  # interop builds on this module: import on use
+
+        return load_model(path, device)
 
     def forward(
         self,
@@ -211,6 +226,7 @@ class Wav2Vec2Model(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         # fairseq `sample_from_codebook`: random entries of each group, projected like the targets.
         q = self.quantizer
+        assert q is not None  # codebook negatives need the quantizer (checked by ModelConfig)
         ids = torch.randint(
             q.num_entries,
             (num_frames, self.cfg.num_codebook_negatives, q.num_groups),

@@ -1,9 +1,10 @@
 """`w2vkit convert SRC DST --to {w2vkit,hf}`: fairseq / HF / w2vkit checkpoints -> w2vkit or HF.
 
 SRC is a fairseq `.pt` checkpoint, an HF model directory (config.json + safetensors or
-pytorch_model.bin) or a w2vkit checkpoint; its format is detected. `--to hf` writes a directory for
-`Wav2Vec2ForPreTraining.from_pretrained` (or, with `--hf-class model`, a `Wav2Vec2Model` one
-without the pretraining heads) with config.json, model.safetensors and preprocessor_config.json.
+pytorch_model.bin; or one `.safetensors` file next to its config.json) or a w2vkit checkpoint; its
+format is detected. `--to hf` writes a directory for `Wav2Vec2ForPreTraining.from_pretrained` (or,
+with `--hf-class model`, a `Wav2Vec2Model` one without the pretraining heads) with config.json,
+model.safetensors and preprocessor_config.json.
 """
 
 from __future__ import annotations

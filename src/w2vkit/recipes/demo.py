@@ -23,8 +23,9 @@ from typing import TextIO
 import yaml
 
 from w2vkit.config import ConfigError
+from w2vkit.configs import PRETRAIN_DIR
 
-TINY_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "pretrain" / "tiny.yaml"
+TINY_CONFIG = PRETRAIN_DIR / "tiny.yaml"  # shipped in the package: the demo runs from a wheel
 MARKER = ".w2vkit-demo"  # marks an out-dir as the demo's own, so a re-run may replace its folders
 STEP_FOLDERS = ("corpus", "manifest", "pretrain")
 VALID_FRACTION = 0.1
@@ -59,11 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or args.steps < 1:
         raise ConfigError(
             f"--minutes must be > 0 and --steps >= 1, got {args.minutes}, {args.steps}"
-        )
-    if not TINY_CONFIG.is_file():
-        raise ConfigError(
-            f"{TINY_CONFIG} is missing: the demo runs from a source checkout "
-            "(pip install -e .), which has the configs/ folder"
         )
     started = time.perf_counter()
     out_dir: Path = args.out_dir

@@ -1,9 +1,9 @@
 """`w2vkit extract CHECKPOINT MANIFEST --out DIR`: per-layer hidden states of every manifest item.
 
-CHECKPOINT is a fairseq `.pt`, an HF model directory or a w2vkit checkpoint. Audio is decoded to
-mono 16 kHz and normalised as the model was trained (recorded in the checkpoint; otherwise
-normalised for layer-norm extractors, as HF does). The output layout is described in
-`w2vkit.embed.extract` and docs/extract_probe.md.
+CHECKPOINT is anything `w2vkit.load_model` reads: a fairseq `.pt`, an HF model directory (or its
+`model.safetensors`) or a w2vkit checkpoint. Audio is decoded to mono 16 kHz and normalised as the
+model was trained (recorded in the checkpoint; otherwise normalised for layer-norm extractors, as
+HF does). The output layout is described in `w2vkit.embed.extract` and docs/extract_probe.md.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ import torch
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import read_manifest
 from w2vkit.embed.extract import DTYPES, POOLS, extract_manifest, frame_geometry, parse_layers
-from w2vkit.interop import CheckpointError, read_pretrained
-from w2vkit.interop.native import encoder_only_prefixes
-from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.interop import CheckpointError, load_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,42 +74,24 @@ def run(args: argparse.Namespace) -> int:
     if args.max_seconds < 0 or args.shard_mb <= 0:
         print("w2vkit extract: --max-seconds must be >= 0 and --shard-mb > 0", file=sys.stderr)
         return 2
-    try:
-        pretrained = read_pretrained(args.checkpoint)
-        manifest = read_manifest(args.manifest)
-        layers = parse_layers(args.layers, pretrained.cfg.transformer.num_layers)
-    except (CheckpointError, OSError, ValueError) as err:
-        print(f"w2vkit extract: {err}", file=sys.stderr)
-        return 2
-    model = Wav2Vec2Model(pretrained.cfg)
-    missing, unexpected = model.load_state_dict(pretrained.state_dict, strict=False)
-    # read_pretrained has checked keys and shapes: only tensors extraction never uses may be absent.
-    if unexpected or not all(
-        k.startswith(encoder_only_prefixes(pretrained.cfg, pretrained.state_dict)) for k in missing
-    ):
-        print(
-            f"w2vkit extract: {args.checkpoint}: weights do not fit the model: missing "
-            f"{missing[:4]}, unexpected {unexpected[:4]}",
-            file=sys.stderr,
-        )
-        return 2
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    model.to(device)  # extract_manifest puts it in eval mode
-
-    normalize = args.normalize
-    if normalize is None:
-        normalize = pretrained.normalize
-    if normalize is None:
-        normalize = pretrained.cfg.feature_extractor.norm_mode == "layer_norm"
+    try:
+        model = load_model(args.checkpoint, device)
+        manifest = read_manifest(args.manifest)
+        layers = parse_layers(args.layers, model.cfg.transformer.num_layers)
+    except (CheckpointError, OSError, ValueError) as err:
+        print(f"w2vkit extract: {err}", file=sys.stderr)
+        return 2
+    normalize = model.normalize_input if args.normalize is None else args.normalize
     dataset = AudioDataset(manifest, normalize=normalize)
     kept = set(dataset.manifest_rows.tolist())
     empty = [(p, "manifest lists 0 frames") for i, p in enumerate(manifest.paths) if i not in kept]
     for old in args.out.glob("features-*.safetensors") if args.force else ():
         old.unlink()  # a smaller rerun must not leave shards that no index row names
     max_samples = round(args.max_seconds * dataset.sample_rate) if args.max_seconds > 0 else None
-    receptive_field = frame_geometry(pretrained.cfg.feature_extractor.conv_layers)[0]
+    receptive_field = frame_geometry(model.cfg.feature_extractor.conv_layers)[0]
     if max_samples is not None and max_samples < receptive_field:
         print(
             f"w2vkit extract: --max-seconds {args.max_seconds} is shorter than one frame "

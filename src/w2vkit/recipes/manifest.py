@@ -224,7 +224,7 @@ def split_is_valid(path: str, seed: int, valid_fraction: float) -> bool:
 
 
 def _to_manifest(root: Path, rows: list[tuple[str, int, int, int]]) -> Manifest:
-    columns = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
+    columns: list[tuple] = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
     return Manifest(
         root=root.resolve(),
         paths=list(columns[0]),

@@ -215,11 +215,9 @@ def _model(
     torch.manual_seed(cfg.train.seed)
     model = Wav2Vec2Model.from_config(cfg.model)
     if init_state is not None and resume is None:
-        missing, unexpected = model.load_state_dict(init_state, strict=False)
-        if unexpected:
-            raise ValueError(
-                f"{cfg.train.init_from}: weights the model does not have: {', '.join(unexpected[:8])}"
-            )
+        from w2vkit.interop import load_weights
+
+        missing = load_weights(model, init_state, source=str(cfg.train.init_from))
         if missing:
             notes.append(
                 f"--init-from lacks {len(missing)} tensors, left at their initial values: "

@@ -9,6 +9,7 @@ update so the update is fairseq's (`optim.eps_placement`, docs/fairseq_differenc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,12 +29,12 @@ class _FairseqEpsilon:
 
     param_groups: list[dict[str, Any]]
 
-    def step(self, closure=None):  # type: ignore[no-untyped-def]
+    def step(self, closure=None):
         for group in self.param_groups:
             group["num_steps"] = group.get("num_steps", 0) + 1
             correction = 1.0 - group["betas"][1] ** group["num_steps"]
             group["eps"] = group["fairseq_eps"] / math.sqrt(correction)
-        return super().step(closure)  # type: ignore[misc]
+        return super().step(closure)
 
 
 class FairseqAdamW(_FairseqEpsilon, torch.optim.AdamW):
@@ -48,7 +49,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     """AdamW (fairseq `adam`) or Adam with L2, over all trainable parameters, LR set by the schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
     fairseq = cfg.eps_placement == "fairseq"
-    kinds: dict[str, type[torch.optim.Optimizer]] = {
+    kinds: dict[str, Callable[..., torch.optim.Optimizer]] = {
         "adamw": FairseqAdamW if fairseq else torch.optim.AdamW,
         "adam": FairseqAdam if fairseq else torch.optim.Adam,
     }
