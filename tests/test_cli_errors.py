@@ -143,6 +143,26 @@ def test_init_from_a_missing_file_names_it(manifest_dir, tmp_path, capsys):
     )
 
 
+def test_splits_too_short_for_min_samples(manifest_dir, tmp_path, capsys):
+    run = ["pretrain", str(TINY), f"data.manifest_dir={manifest_dir}", "data.min_samples=16001"]
+    assert _error(capsys, *run, "data.max_samples=20000", f"train.out_dir={tmp_path / 'r'}") == (
+        f"w2vkit pretrain: all 30 files in {manifest_dir / 'train.tsv'} are shorter than "
+        "data.min_samples=16001 (1.00006 s); lower it, or use longer files: there is nothing to "
+        "train on\n"
+    )
+    dest = tmp_path / "m"  # a valid split of files all too short only turns validation off
+    dest.mkdir()
+    for name in ("train.tsv", "train.meta.tsv"):
+        (dest / name).write_bytes((manifest_dir / name).read_bytes())
+    (dest / "valid.tsv").write_text(f"{manifest_dir.parent}\nshort.wav\t100\n")
+    run = ["pretrain", str(TINY), f"data.manifest_dir={dest}", "train.max_steps=1"]
+    assert main([*run, f"train.out_dir={tmp_path / 'run'}"]) == 0
+    assert (
+        f"all 1 files in {dest / 'valid.tsv'} are shorter than data.min_samples=8000 (0.5 s); "
+        "lower it, or use longer files: training without validation"
+    ) in capsys.readouterr().out
+
+
 def test_tensorboard_without_the_package_says_how_to_get_it(
     manifest_dir, tmp_path, monkeypatch, capsys
 ):
@@ -265,12 +285,18 @@ def test_a_second_ctrl_c_while_pretraining_saves(manifest_dir, tmp_path, monkeyp
     assert len(signals) == 1 and not (tmp_path / "run" / checkpoint.LAST).exists()
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C raises KeyboardInterrupt even when this test runs in the background
+    (a shell starts background jobs with SIGINT ignored, and Python keeps that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_real_sigint_during_the_demo_exits_130_without_a_traceback(tmp_path):
     pytest.importorskip("espeakng_loader")
     demo = subprocess.Popen(
         [sys.executable, "-m", "w2vkit", "demo", "--out-dir", str(tmp_path), "--minutes", "30"],
         env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_default_sigint,
     )  # fmt: skip
     assert demo.stdout.readline().startswith("[1/3] synthesising")  # 30 minutes take a while
     time.sleep(0.3)

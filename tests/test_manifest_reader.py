@@ -8,6 +8,8 @@ import string
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from w2vkit.config import UsageError
 from w2vkit.data.manifest import MAX_FRAMES, Manifest, read_manifest, write_manifest
@@ -103,14 +105,12 @@ def test_paths_that_stay_inside_the_root_are_kept(tmp_path):
     assert read_manifest(tmp_path / "m.tsv").paths == names
 
 
-hypothesis = pytest.importorskip("hypothesis")
-st = hypothesis.strategies
 _NAME_CHARS = st.characters(blacklist_characters="\t\n\0/", blacklist_categories=("Cs",))
 _PARTS = st.text(_NAME_CHARS, min_size=1, max_size=8).filter(lambda p: p not in (".", ".."))
 
 
-@hypothesis.settings(max_examples=60, deadline=None)
-@hypothesis.given(
+@settings(max_examples=60, deadline=None)
+@given(
     rows=st.lists(
         st.tuples(st.lists(_PARTS, min_size=1, max_size=3), st.integers(0, MAX_FRAMES - 1)),
         max_size=12,
@@ -126,8 +126,8 @@ def test_every_manifest_written_reads_back_exactly(tmp_path_factory, rows):
     assert back.num_frames.tolist() == frames.tolist()
 
 
-@hypothesis.settings(max_examples=200, deadline=None)
-@hypothesis.given(line=st.text(string.printable + "é²\x00", max_size=30))
+@settings(max_examples=200, deadline=None)
+@given(line=st.text(string.printable + "é²\x00", max_size=30))
 def test_any_data_line_reads_or_fails_as_a_usage_error(tmp_path_factory, line):
     root = tmp_path_factory.mktemp("root")
     path = root / "m.tsv"

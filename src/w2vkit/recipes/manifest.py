@@ -111,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
     _write(args.dest, root, splits, skipped)  # everything on disk before anything is printed
     for name, rows in splits.items():
         hours = sum(f / r for _, f, r, _ in rows) / 3600
-        if rows or name == "train":
-            print(f"{name}.tsv: {len(rows)} files, {hours:.2f} h")
+        print(f"{name}.tsv: {len(rows)} files, {hours:.2f} h")
     _report(num_found, readable, skipped, scan.other_extensions, args.dest)
     if not readable:
         print(
@@ -138,23 +137,24 @@ def _check_valid_fraction(fraction: float) -> None:
 def _split(
     kept: list[tuple[str, int, int, int]], seed: int, valid_fraction: float
 ) -> dict[str, list[tuple[str, int, int, int]]]:
+    """Rows per manifest to write: always train (as fairseq), valid only when it has rows."""
     in_valid = [split_is_valid(p, seed, valid_fraction) for p, *_ in kept]
     splits = {"train": [row for row, v in zip(kept, in_valid, strict=True) if not v]}
-    if valid_fraction > 0:  # fairseq writes valid.tsv only then
-        splits["valid"] = [row for row, v in zip(kept, in_valid, strict=True) if v]
+    valid = [row for row, v in zip(kept, in_valid, strict=True) if v]
+    if valid:
+        splits["valid"] = valid
     return splits
 
 
 def _write(dest: Path, root: Path, splits: dict, skipped: list[tuple[str, str]]) -> None:
-    """train.tsv (always, as fairseq), valid.tsv when it has files, and skipped.tsv. A valid.tsv
-    not written this time is removed, so that none from an earlier run is left behind."""
+    """The split manifests and skipped.tsv. A valid.tsv not written this time is removed, so
+    that none from an earlier run is left behind."""
     dest.mkdir(parents=True, exist_ok=True)
     valid = dest / "valid.tsv"
     for path in (valid, meta_path(valid)):
         path.unlink(missing_ok=True)
     for name, rows in splits.items():
-        if rows or name == "train":
-            write_manifest(dest / f"{name}.tsv", _to_manifest(root, rows))
+        write_manifest(dest / f"{name}.tsv", _to_manifest(root, rows))
     _write_skipped(dest / "skipped.tsv", skipped)
 
 
@@ -166,7 +166,7 @@ def _empty_split_warnings(splits: dict, num_kept: int, valid_fraction: float) ->
             f"the training split is empty: all {num_kept} files drew valid; "
             "pass a smaller --valid-percent"
         ]
-    if valid_fraction > 0 and not splits["valid"]:
+    if valid_fraction > 0 and "valid" not in splits:
         suggestion = min(0.5, max(0.05, 5 / num_kept))
         return [
             f"the validation split is empty: --valid-percent {valid_fraction:g} of {num_kept} "
