@@ -187,6 +187,17 @@ def test_manifest_dest_that_is_a_file_or_below_one(corpus, tmp_path, capsys):
         )
 
 
+def test_manifest_audio_dir_that_is_missing_or_a_file(corpus, tmp_path, capsys):
+    dest = str(tmp_path / "m")
+    missing, wav = tmp_path / "nope", corpus / "utt_000.wav"
+    assert _error(capsys, "manifest", str(missing), "--dest", dest) == (
+        f"w2vkit manifest: AUDIO_DIR {missing} does not exist\n"
+    )
+    assert _error(capsys, "manifest", str(wav), "--dest", dest) == (
+        f"w2vkit manifest: AUDIO_DIR {wav} is a file, not a folder\n"
+    )
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_manifest_dest_without_write_permission(corpus, tmp_path, capsys):
     locked = tmp_path / "locked"
@@ -381,11 +392,18 @@ def test_help_shows_defaults_and_examples(command, capsys):
     assert "(default: None)" not in out and "(default: False)" not in out
 
 
-def test_manifest_help_names_its_defaults(capsys):
+@pytest.mark.parametrize(
+    ("command", "defaults"),
+    [
+        ("manifest", ["(default: wav,flac,ogg,mp3)", "(default: 0.01)", "(default: 42)"]),
+        ("demo", ["(default: runs/demo)", "(default: 3.0)", "(default: 300)", "(default: 0)"]),
+    ],
+)
+def test_help_names_the_default_values(capsys, command, defaults):
     with pytest.raises(SystemExit):
-        main(["manifest", "--help"])
+        main([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
-    for default in ("(default: wav,flac,ogg,mp3)", "(default: 0.01)", "(default: 42)"):
+    for default in defaults:
         assert default in out
 
 

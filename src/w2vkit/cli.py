@@ -73,6 +73,7 @@ HELP_NOTES = {
     "default value; docs/training.md explains each",
 }
 
+FAILED = 1  # the environment failed us (disk full, a file vanished): not the user's mistake
 USAGE_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a Ctrl-C'd program
 BROKEN_PIPE = 141  # 128 + SIGPIPE
@@ -85,7 +86,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False) or "default" in text:
+        # `is`, not `in (None, False)`: a default of 0 equals False and is worth showing.
+        if action.default is None or action.default is False or "default" in text:
             return text
         return super()._get_help_string(action)
 
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return _fail(command, str(err), USAGE_ERROR, verbose)
     except OSError as err:
-        return _fail(command, f"{err} (--verbose shows where)", 1, verbose)
+        return _fail(command, f"{err} (--verbose shows where)", FAILED, verbose)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
