@@ -128,7 +128,7 @@ def bench_scan(num_files: int, workers: int) -> dict[str, float]:
                 os.link(source, folder / f"{i:07d}.flac")  # same header cost, no disk
         result = {}
         start = time.perf_counter()
-        paths, _ = find_audio(root, (".flac",))
+        paths = find_audio(root, (".flac",)).paths
         result["walk"] = len(paths) / (time.perf_counter() - start)
         for w in sorted({1, workers}):
             start = time.perf_counter()

@@ -225,7 +225,7 @@ def test_cli_subprocess_exit_codes(tree, tmp_path):
 
 def test_read_manifest_errors_name_file_and_line(tmp_path):
     path = tmp_path / "m.tsv"
-    path.write_text("/data\na.wav\t100\nb.wav 200\n")
+    path.write_text(f"{tmp_path}\na.wav\t100\nb.wav 200\n")
     with pytest.raises(ValueError, match=r"m.tsv:3: expected 'relative_path<TAB>num_frames'"):
         read_manifest(path)
     path.write_text("")
@@ -276,3 +276,59 @@ def test_ogg_and_mp3_are_listed_when_asked_for(tmp_path):
     rows = _rows(out / "train.tsv")
     assert set(rows) == {"v.ogg", "m.mp3"}
     assert all(abs(n - 8_000) <= 1152 for n in rows.values())  # mp3 may round to a 1152-frame
+
+
+def test_default_extensions_read_every_usable_format(tmp_path, capsys):
+    for name in ("a.wav", "b.flac", "c.ogg", "d.mp3", "e.WAV"):
+        audiogen.write_tone(tmp_path / "c" / name, 0.5, 16_000)
+    (tmp_path / "c" / "f.m4a").write_bytes(b"x")
+    (tmp_path / "c" / "readme.txt").write_text("x")
+    (tmp_path / "c" / "g.txt").write_text("x")
+    (tmp_path / "c" / "LICENSE").write_text("x")
+    out = tmp_path / "out"
+    assert main(["manifest", str(tmp_path / "c"), "--dest", str(out), "--valid-percent", "0"]) == 0
+    assert set(_rows(out / "train.tsv")) == {"a.wav", "b.flac", "c.ogg", "d.mp3", "e.WAV"}
+    printed = capsys.readouterr().out
+    assert (
+        "left out 4 files for their extension (2 .txt, 1 (none), 1 .m4a); "
+        "--ext chooses the extensions read\n"
+    ) in printed
+    assert "skipped 0 files" in printed
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path, capsys):
+    root = tmp_path / "c"
+    audiogen.write_tone(root / "a.wav", 0.5)
+    (root / "._a.wav").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    audiogen.write_tone(root / ".git" / "objects" / "b.wav", 0.5)
+    audiogen.write_tone(root / "sub" / ".trash" / "c.wav", 0.5)
+    audiogen.write_tone(root / "sub" / "d.flac", 0.5)
+    (root / ".link").symlink_to(root / "sub")
+    out = tmp_path / "out"
+    assert main(["manifest", str(root), "--dest", str(out), "--valid-percent", "0"]) == 0
+    assert set(_rows(out / "train.tsv")) == {"a.wav", "sub/d.flac"}
+    printed = capsys.readouterr().out
+    assert "skipped 0 files" in printed and "left out" not in printed
+
+
+def test_a_rerun_into_the_same_dest_leaves_no_stale_valid_tsv(tmp_path, capsys):
+    root = tmp_path / "c"
+    audiogen.make_corpus(root, 8, (0.2, 0.3))
+    out = tmp_path / "out"
+
+    def manifest(fraction: str) -> set[str]:
+        assert main(["manifest", str(root), "--dest", str(out), "--valid-percent", fraction]) == 0
+        return {p.name for p in out.iterdir()}
+
+    assert manifest("0.5") == {
+        "train.tsv",
+        "train.meta.tsv",
+        "valid.tsv",
+        "valid.meta.tsv",
+        "skipped.tsv",
+    }
+    assert manifest("0") == {"train.tsv", "train.meta.tsv", "skipped.tsv"}
+    assert len(_rows(out / "train.tsv")) == 8
+    manifest("0.5")
+    assert manifest("0.001") == {"train.tsv", "train.meta.tsv", "skipped.tsv"}  # none drew valid
+    assert "the validation split is empty" in capsys.readouterr().err

@@ -2,6 +2,12 @@
 
 A recipe module provides `add_arguments(parser)` and `run(args) -> int`. Modules are imported only
 for the command that runs, so `w2vkit manifest` does not pay for importing the model.
+
+Errors follow one convention: a recipe raises `w2vkit.config.UsageError` (or its subclass
+`ConfigError`) for anything the user gave wrong, and `main` prints `w2vkit COMMAND: message` on
+stderr and returns 2. Ctrl-C returns 130 and a closed stdout pipe (`... | head -1`) 141, as the
+shell reports those signals, and an OSError (disk full, a file vanished) returns 1, each with one
+line and no traceback. `--verbose`, anywhere before a `--`, adds the traceback to each of these.
 """
 
 from __future__ import annotations
@@ -9,9 +15,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import os
 import sys
+import traceback
 
-from w2vkit.config import ConfigError
+from w2vkit.config import UsageError
 
 COMMANDS = {
     "manifest": "scan an audio folder and write fairseq-format train.tsv / valid.tsv",
@@ -22,28 +30,144 @@ COMMANDS = {
     "demo": "synthesise a little speech, then manifest -> tiny pretraining, with the loss printed",
 }
 
+# Shown under each command's --help; tests parse every one of them with the command's own parser.
+EXAMPLES = {
+    "manifest": [
+        "w2vkit manifest data/audio --dest data/manifest",
+        "w2vkit manifest data/audio --dest data/manifest --ext flac --valid-percent 0.05 "
+        "--max-seconds 30",
+        "w2vkit manifest data/LibriSpeech --dest data/ls --path-must-contain train-clean",
+    ],
+    "pretrain": [
+        "w2vkit pretrain configs/pretrain/tiny.yaml data.manifest_dir=data/manifest "
+        "train.out_dir=runs/tiny",
+        "torchrun --nproc_per_node 8 -m w2vkit pretrain configs/pretrain/base_ls960.yaml "
+        "data.manifest_dir=data/ls train.out_dir=runs/base",
+        "w2vkit pretrain configs/pretrain/base_ls960.yaml --init-from wav2vec_small.pt "
+        "data.manifest_dir=data/manifest train.out_dir=runs/continued",
+        "w2vkit pretrain configs/pretrain/tiny.yaml train.max_steps=50 --print-config",
+    ],
+    "extract": [
+        "w2vkit extract runs/tiny/checkpoint_best.pt data/manifest/valid.tsv --out feats",
+        "w2vkit extract wav2vec_small.pt data/manifest/train.tsv --out feats --layers 6,12 "
+        "--pool mean --dtype float16",
+    ],
+    "probe": [
+        "w2vkit probe feats --labels speakers.tsv",
+        "w2vkit probe feats --labels speakers.tsv --test-fraction 0.2 --out probes/speakers",
+    ],
+    "convert": [
+        "w2vkit convert wav2vec_small.pt hf/wav2vec_small --to hf",
+        "w2vkit convert runs/tiny/checkpoint_best.pt hf/tiny --to hf --hf-class model",
+        "w2vkit convert hf/wav2vec_small small.pt --to w2vkit",
+    ],
+    "demo": [
+        "w2vkit demo",
+        "w2vkit demo --minutes 10 --steps 1000 --out-dir runs/demo10",
+        "w2vkit demo train.device=cuda",
+    ],
+}
+
+# Printed under a command's examples.
+HELP_NOTES = {
+    "pretrain": "defaults: `w2vkit pretrain --print-config` prints every config key with its "
+    "default value; docs/training.md explains each",
+}
+
+FAILED = 1  # the environment failed us (disk full, a file vanished): not the user's mistake
+USAGE_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a Ctrl-C'd program
+BROKEN_PIPE = 141  # 128 + SIGPIPE
+VERBOSE_FLAG = "--verbose"
+VERBOSE_HELP = "on an error, also print the traceback (accepted anywhere on the command line)"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Appends `(default: X)` where there is a default worth showing; keeps the examples' lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        # `is`, not `in (None, False)`: a default of 0 equals False and is worth showing.
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = _take_flag(argv, VERBOSE_FLAG)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        args = build_parser(command).parse_args(argv)
+        code = int(_recipe(args.command).run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here rather than at interpreter exit
+        return code
+    except KeyboardInterrupt:
+        return _fail(command, "interrupted", INTERRUPTED, verbose)
+    except BrokenPipeError:
+        _discard_stdout()  # whoever read our stdout has gone (`| head`): nothing to say
+        return _fail(None, "", BROKEN_PIPE, verbose)
+    except UsageError as err:
+        return _fail(command, str(err), USAGE_ERROR, verbose)
+    except OSError as err:
+        return _fail(command, f"{err} (--verbose shows where)", FAILED, verbose)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `w2vkit` parser. Only `command`'s recipe is imported; the others get a placeholder
+    parser, which is all that `w2vkit --help` needs."""
     parser = argparse.ArgumentParser(
         prog="w2vkit",
-        description="wav2vec 2.0 self-supervised pretraining: from a folder of raw audio to speech "
-        "representations. `w2vkit COMMAND --help` describes each command.",
+        description="wav2vec 2.0 self-supervised pretraining: from a folder of raw audio to\n"
+        "speech representations. `w2vkit COMMAND --help` describes each command.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"w2vkit {_version()}")
+    parser.add_argument(VERBOSE_FLAG, action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    argv = sys.argv[1:] if argv is None else argv
-    # Import only the recipe that runs; the others register a placeholder parser for --help.
-    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, help_text in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_epilog(name),
+            formatter_class=HelpFormatter,
+        )
+        # Only documented here: main() has already taken the flag out of argv.
+        sub.add_argument(VERBOSE_FLAG, action="store_true", help=VERBOSE_HELP)
+        if name == command:
             _recipe(name).add_arguments(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _epilog(command: str) -> str:
+    text = "examples:\n" + "".join(f"  {line}\n" for line in EXAMPLES[command])
+    return text + (f"\n{HELP_NOTES[command]}" if command in HELP_NOTES else "")
+
+
+def _take_flag(argv: list[str], flag: str) -> bool:
+    """Remove every `flag` before a `--` from argv (in place); True if there was one."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    found = flag in argv[:end]
+    argv[:end] = [a for a in argv[:end] if a != flag]
+    return found
+
+
+def _fail(command: str | None, message: str, code: int, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    if message:
+        print(f"w2vkit {command}: {message}" if command else f"w2vkit: {message}", file=sys.stderr)
+    return code
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at interpreter exit does not fail a second time."""
     try:
-        return int(_recipe(args.command).run(args) or 0)
-    except ConfigError as err:
-        print(f"w2vkit {args.command}: config error: {err}", file=sys.stderr)
-        return 2
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (stdout replaced in-process)
+        pass
 
 
 def _version() -> str:

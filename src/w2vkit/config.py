@@ -20,7 +20,16 @@ if TYPE_CHECKING:
 T = TypeVar("T", bound="DataclassInstance")
 
 
-class ConfigError(ValueError):
+class UsageError(ValueError):
+    """Something a user gave (a flag, a path, a file's contents) is wrong; the message names it.
+
+    `w2vkit.cli.main` prints `w2vkit COMMAND: message` on stderr and exits 2 for it (and for its
+    subclasses), with no traceback unless `--verbose` is given. Raise it, with what to do next
+    where there is one thing to do, instead of printing and returning an exit code.
+    """
+
+
+class ConfigError(UsageError):
     """A config key, value or file a user wrote is wrong; the message names it."""
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from w2vkit.config import UsageError
+
 try:
     from numpy._core import multiarray as np_multiarray
 except ImportError:  # numpy < 2
@@ -65,7 +67,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint file is missing, truncated, not a checkpoint, or unsafe to load."""
 
 

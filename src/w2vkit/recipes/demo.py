@@ -30,6 +30,7 @@ MARKER = ".w2vkit-demo"  # marks an out-dir as the demo's own, so a re-run may r
 STEP_FOLDERS = ("corpus", "manifest", "pretrain")
 VALID_FRACTION = 0.1
 BAR_WIDTH = 40  # characters for accuracy 1.0
+INTERRUPTED_CODES = (130, 143)  # what `w2vkit pretrain` returns after saving on SIGINT / SIGTERM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
         contextlib.redirect_stdout(trainer_out),
     ):
         code = _run_recipe("pretrain", [str(TINY_CONFIG), *overrides, *args.overrides])
+    if code in INTERRUPTED_CODES:
+        print(
+            f"w2vkit demo: interrupted during pretraining; the run so far is saved in {run_dir} "
+            "(`w2vkit demo` again starts afresh)",
+            file=sys.stderr,
+        )
+        return code
     if code != 0:
         print(
             f"pretraining failed (exit code {code}); see {run_dir / 'stdout.log'}", file=sys.stderr

@@ -19,16 +19,21 @@ import os
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from w2vkit.checks import existing_folder, writable_folder
+from w2vkit.config import UsageError
 from w2vkit.data.audio import SAMPLE_RATE, probe_audio
-from w2vkit.data.manifest import Manifest, write_manifest
+from w2vkit.data.manifest import Manifest, meta_path, write_manifest
 
 PROBE_CHUNK_FILES = 256  # files per task sent to a probing process
+# Every format the README calls usable; libsndfile (>= 1.1) decodes each of them.
+DEFAULT_EXTENSIONS = ("wav", "flac", "ogg", "mp3")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,14 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dest", type=Path, required=True, help="output folder for the .tsv files")
     parser.add_argument(
         "--ext",
-        default="flac,wav",
-        help="comma-separated, case-insensitive (ogg and mp3 work too: libsndfile decodes them)",
+        default=",".join(DEFAULT_EXTENSIONS),
+        help="comma-separated extensions to read, case-insensitive",
     )
     parser.add_argument(
         "--valid-percent",
         type=float,
         default=0.01,
-        help="fraction (0..1, as fairseq) of files that go to valid.tsv; 0 writes no valid.tsv",
+        help="share of files that go to valid.tsv, as a fraction in [0, 1] like fairseq's "
+        "(0.05 = 5%%); 0 writes no valid.tsv",
     )
     parser.add_argument("--seed", type=int, default=42, help="seed of the train/valid split")
     parser.add_argument(
@@ -62,20 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(args.audio_dir)
-    if not root.is_dir():
-        print(f"w2vkit manifest: {root} is not a directory", file=sys.stderr)
-        return 2
-    if not 0.0 <= args.valid_percent <= 1.0:
-        print(
-            f"w2vkit manifest: --valid-percent must be in [0, 1], got {args.valid_percent}",
-            file=sys.stderr,
-        )
-        return 2
+    root = existing_folder(args.audio_dir, "AUDIO_DIR")
+    _check_valid_fraction(args.valid_percent)
+    writable_folder(args.dest, "--dest")  # before any file is probed
     extensions = tuple(
         "." + e.strip().lower().lstrip(".") for e in args.ext.split(",") if e.strip()
     )
-    paths, skipped = find_audio(root, extensions)
+    scan = find_audio(root, extensions)
+    paths, skipped = scan.paths, scan.unlistable
     if args.path_must_contain:
         paths = [p for p in paths if args.path_must_contain in p]
     num_found = len(paths)
@@ -107,38 +107,104 @@ def run(args: argparse.Namespace) -> int:
         else:
             kept.append((path, frames, rate, channels))
 
-    args.dest.mkdir(parents=True, exist_ok=True)
-    in_valid = [split_is_valid(p, args.seed, args.valid_percent) for p, *_ in kept]
-    splits = {"train": [row for row, v in zip(kept, in_valid, strict=True) if not v]}
-    if args.valid_percent > 0:  # fairseq writes valid.tsv only then
-        splits["valid"] = [row for row, v in zip(kept, in_valid, strict=True) if v]
+    splits = _split(kept, args.seed, args.valid_percent)
+    _write(args.dest, root, splits, skipped)  # everything on disk before anything is printed
     for name, rows in splits.items():
-        write_manifest(args.dest / f"{name}.tsv", _to_manifest(root, rows))
         hours = sum(f / r for _, f, r, _ in rows) / 3600
         print(f"{name}.tsv: {len(rows)} files, {hours:.2f} h")
-    _write_skipped(args.dest / "skipped.tsv", skipped)
-    _report(num_found, readable, skipped, args.dest)
+    _report(num_found, readable, skipped, scan.other_extensions, args.dest)
     if not readable:
         print(
             f"w2vkit manifest: no readable audio ({', '.join(extensions)}) under {root}",
             file=sys.stderr,
         )
         return 1
+    for warning in _empty_split_warnings(splits, len(kept), args.valid_percent):
+        print(f"w2vkit manifest: {warning}", file=sys.stderr)
     return 0
 
 
-def find_audio(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files under `root` ending in one of `extensions` (paths relative to `root`, sorted), and
-    the folders that could not be listed, with the reason.
+def _check_valid_fraction(fraction: float) -> None:
+    if 1 < fraction <= 100:
+        raise UsageError(
+            f"--valid-percent {fraction:g}: it is a fraction, as in fairseq, not a percentage; "
+            f"use {fraction / 100:g} for {fraction:g}%"
+        )
+    if not 0 <= fraction <= 1:
+        raise UsageError(f"--valid-percent must be a fraction in [0, 1], got {fraction:g}")
 
-    Symlinks are followed, but each real folder is walked once and each real file listed once:
-    real paths are walked first and win, so a link into the tree adds nothing, a link out of it
-    adds its files under the link's name, and a link cycle ends.
+
+def _split(
+    kept: list[tuple[str, int, int, int]], seed: int, valid_fraction: float
+) -> dict[str, list[tuple[str, int, int, int]]]:
+    """Rows per manifest to write: always train (as fairseq), valid only when it has rows."""
+    in_valid = [split_is_valid(p, seed, valid_fraction) for p, *_ in kept]
+    splits = {"train": [row for row, v in zip(kept, in_valid, strict=True) if not v]}
+    valid = [row for row, v in zip(kept, in_valid, strict=True) if v]
+    if valid:
+        splits["valid"] = valid
+    return splits
+
+
+def _write(dest: Path, root: Path, splits: dict, skipped: list[tuple[str, str]]) -> None:
+    """The split manifests and skipped.tsv. A valid.tsv not written this time is removed, so
+    that none from an earlier run is left behind."""
+    dest.mkdir(parents=True, exist_ok=True)
+    valid = dest / "valid.tsv"
+    for path in (valid, meta_path(valid)):
+        path.unlink(missing_ok=True)
+    for name, rows in splits.items():
+        write_manifest(dest / f"{name}.tsv", _to_manifest(root, rows))
+    _write_skipped(dest / "skipped.tsv", skipped)
+
+
+def _empty_split_warnings(splits: dict, num_kept: int, valid_fraction: float) -> list[str]:
+    if not num_kept:  # every readable file was filtered out: skipped.tsv says why
+        return ["no file passed the filters; train.tsv is empty (see skipped.tsv)"]
+    if not splits["train"]:
+        return [
+            f"the training split is empty: all {num_kept} files drew valid; "
+            "pass a smaller --valid-percent"
+        ]
+    if valid_fraction > 0 and "valid" not in splits:
+        suggestion = min(0.5, max(0.05, 5 / num_kept))
+        return [
+            f"the validation split is empty: --valid-percent {valid_fraction:g} of {num_kept} "
+            f"files drew none, so no valid.tsv was written and pretraining will run without "
+            f"validation; for a validation split pass e.g. --valid-percent {suggestion:.2g}"
+        ]
+    return []
+
+
+@dataclass
+class Scan:
+    """What `find_audio` found under a root."""
+
+    paths: list[str]  # audio files with a wanted extension, relative to the root, sorted
+    unlistable: list[tuple[str, str]]  # (folder + "/", reason) for folders that could not be listed
+    other_extensions: Counter[str]  # extension ("" for none) -> files left out for it
+
+
+def find_audio(root: Path, extensions: tuple[str, ...]) -> Scan:
+    """Files under `root` ending in one of `extensions`, and what was left out.
+
+    Names starting with a dot (files and folders) are skipped: editors', version control's and
+    macOS's `._x.wav` companions are never audio. Symlinks are followed, but each real folder is
+    walked once and each real file listed once: real paths are walked first and win, so a link
+    into the tree adds nothing, a link out of it adds its files under the link's name, and a link
+    cycle ends.
     """
     found: dict[str, str] = {}  # real path -> relative path
     walked: set[str] = set()  # real paths of walked folders
     links: list[str] = []  # symlinks met, resolved once every real entry is known
     unlistable: list[tuple[str, str]] = []
+    other: Counter[str] = Counter()
+
+    def keep_file(real: str, rel: str) -> None:
+        if rel.lower().endswith(extensions):
+            found.setdefault(real, rel)
+        else:
+            other[os.path.splitext(rel)[1].lower()] += 1
 
     def walk(top: str) -> None:
         stack = [top]
@@ -150,7 +216,9 @@ def find_audio(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], list
             walked.add(real_dir)
             try:
                 with os.scandir(root / rel_dir) as it:
-                    entries = sorted(it, key=lambda e: e.name)
+                    entries = sorted(
+                        (e for e in it if not e.name.startswith(".")), key=lambda e: e.name
+                    )
             except OSError as err:
                 unlistable.append((rel_dir + "/", f"cannot list folder: {err.strerror}"))
                 continue
@@ -160,8 +228,8 @@ def find_audio(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], list
                     links.append(rel)
                 elif entry.is_dir():
                     stack.append(rel)
-                elif entry.name.lower().endswith(extensions):
-                    found.setdefault(os.path.join(real_dir, entry.name), rel)
+                else:
+                    keep_file(os.path.join(real_dir, entry.name), rel)
 
     walk("")
     while links:  # links met inside linked folders come round again
@@ -169,9 +237,9 @@ def find_audio(root: Path, extensions: tuple[str, ...]) -> tuple[list[str], list
         for rel in pending:
             if (root / rel).is_dir():
                 walk(rel)
-            elif rel.lower().endswith(extensions):  # a broken link is kept: probing reports it
-                found.setdefault(os.path.realpath(root / rel), rel)
-    return sorted(found.values()), unlistable
+            else:  # a broken link is kept: probing reports it
+                keep_file(os.path.realpath(root / rel), rel)
+    return Scan(sorted(found.values()), unlistable, other)
 
 
 def probe_all(root: Path, paths: list[str], *, workers: int) -> list[tuple[int, int, int] | str]:
@@ -224,13 +292,13 @@ def split_is_valid(path: str, seed: int, valid_fraction: float) -> bool:
 
 
 def _to_manifest(root: Path, rows: list[tuple[str, int, int, int]]) -> Manifest:
-    columns: list[tuple] = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
+    counts = np.array([row[1:] for row in rows], dtype=np.int64).reshape(len(rows), 3)
     return Manifest(
         root=root.resolve(),
-        paths=list(columns[0]),
-        num_frames=np.array(columns[1], dtype=np.int64),
-        sample_rates=np.array(columns[2], dtype=np.int64),
-        num_channels=np.array(columns[3], dtype=np.int64),
+        paths=[row[0] for row in rows],
+        num_frames=counts[:, 0],  # (N,) frames, sample rate, channels
+        sample_rates=counts[:, 1],
+        num_channels=counts[:, 2],
     )
 
 
@@ -242,8 +310,16 @@ def _write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
             f.write(f"{clean}\t{reason}\n")
 
 
-def _report(num_found, readable, skipped, dest: Path) -> None:
+def _report(num_found, readable, skipped, other_extensions: Counter[str], dest: Path) -> None:
     print(f"found {num_found} files, {len(readable)} readable")
+    if other_extensions:
+        ranked = sorted(other_extensions.items(), key=lambda item: (-item[1], item[0]))
+        listing = ", ".join(f"{n} {ext or '(none)'}" for ext, n in ranked[:5])
+        more = ", ..." if len(ranked) > 5 else ""
+        print(
+            f"left out {other_extensions.total()} files for their extension ({listing}{more}); "
+            "--ext chooses the extensions read"
+        )
     if skipped:
         reasons = Counter(reason.split(":")[0].split(" (")[0] for _, reason in skipped)
         detail = "; ".join(f"{n} {r}" for r, n in reasons.most_common())

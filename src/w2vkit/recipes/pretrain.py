@@ -26,6 +26,7 @@ from w2vkit.train.fairseq_config import load_fairseq_config
 from w2vkit.train.loop import TrainState, exit_status, train
 from w2vkit.train.metrics import RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+from w2vkit.train.preflight import check_pretrain
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,10 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    if not cfg.data.manifest_dir:
-        raise ConfigError(
-            "data.manifest_dir is not set: point it at the folder with train.tsv (w2vkit manifest)"
-        )
+    cfg, checked = check_pretrain(cfg)
+    notes += checked
     device = _device(cfg)
     dist.init(device)
     try:

@@ -1,0 +1,84 @@
+"""Checks on a pretraining run's inputs, made before anything is built or written.
+
+Each problem a newcomer meets first (no manifest folder, a split that is empty or whose files are
+all too short, an output folder that is a file, tensorboard asked for but not installed) is a
+`UsageError` naming the config key and what to do, instead of a traceback from deep inside the
+run minutes later. A validation split that cannot make a batch only switches validation off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from w2vkit.checks import existing_folder, writable_folder
+from w2vkit.config import UsageError
+from w2vkit.data.dataset import AudioDataset
+from w2vkit.data.manifest import read_manifest
+from w2vkit.train.config import DataConfig, PretrainConfig
+
+MAKE_MANIFEST = "w2vkit manifest AUDIO_DIR --dest DIR"
+
+
+def check_pretrain(cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
+    """`cfg`, with validation switched off when no valid item can make a batch, and notes to log."""
+    notes: list[str] = []
+    data = cfg.data
+    folder = _manifest_folder(data.manifest_dir, data.train_split)
+    train = folder / f"{data.train_split}.tsv"
+    if not train.is_file():
+        raise UsageError(
+            f"data.manifest_dir={folder} has no {train.name} (data.train_split="
+            f"{data.train_split}); write one with `{MAKE_MANIFEST}`"
+        )
+    problem = _unusable(train, data)
+    if problem:
+        raise UsageError(f"{problem}: there is nothing to train on")
+    valid = folder / f"{data.valid_split}.tsv"
+    problem = _unusable(valid, data) if data.valid_split and valid.is_file() else None
+    if problem:
+        notes.append(f"{problem}: training without validation")
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, valid_split=""))
+    writable_folder(cfg.train.out_dir, "train.out_dir")
+    if cfg.train.tensorboard:
+        _check_tensorboard()
+    return cfg, notes
+
+
+def _unusable(path: Path, data: DataConfig) -> str | None:
+    """Why no item of the manifest at `path` can make a batch, or None if some can."""
+    manifest = read_manifest(path)
+    if not len(manifest):
+        return f"{path} lists no audio files"
+    if not len(AudioDataset(manifest, sample_rate=data.sample_rate, min_samples=data.min_samples)):
+        return (
+            f"all {len(manifest)} files in {path} are shorter than data.min_samples="
+            f"{data.min_samples} ({data.min_samples / data.sample_rate:g} s); lower it, or "
+            "use longer files"
+        )
+    return None
+
+
+def _manifest_folder(manifest_dir: str, train_split: str) -> Path:
+    if not manifest_dir:
+        raise UsageError(
+            f"data.manifest_dir is not set: point it at the folder with train.tsv ({MAKE_MANIFEST})"
+        )
+    path = Path(manifest_dir)
+    hint = ""
+    if path.is_file() and path.suffix == ".tsv":  # the manifest itself rather than its folder
+        hint = f"; did you mean data.manifest_dir={path.parent}"
+        if path.stem != train_split:
+            hint += f" data.train_split={path.stem}"
+        hint += "?"
+    return existing_folder(path, "data.manifest_dir", hint=hint)
+
+
+def _check_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401  (the logger imports it later, once the run has started)
+    except ImportError:
+        raise UsageError(
+            "train.tensorboard=true needs the tensorboard package: pip install tensorboard "
+            "(or set train.tensorboard=false)"
+        ) from None
