@@ -147,10 +147,6 @@ def _pretrain(
     loaders = build_loaders(
         data, cfg.train.seed, dist.rank(), dist.world_size(), pin_memory=device.type == "cuda"
     )
-    if data.valid_split and data.valid_split not in loaders:
-        valid = Path(data.manifest_dir) / f"{data.valid_split}.tsv"
-        why = "has no usable utterance" if valid.is_file() else "does not exist"
-        notes.append(f"no validation: {valid} {why} (data.valid_split= turns this note off)")
     state = _train_state(
         cfg, _model(cfg, resume, init_state, notes), device, loaders[data.train_split]
     )

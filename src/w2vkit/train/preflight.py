@@ -35,10 +35,11 @@ def check_pretrain(cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
     if problem:
         raise UsageError(f"{problem}: there is nothing to train on")
     valid = folder / f"{data.valid_split}.tsv"
-    problem = _unusable(valid, data) if data.valid_split and valid.is_file() else None
-    if problem:
-        notes.append(f"{problem}: training without validation")
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, valid_split=""))
+    if data.valid_split:
+        problem = _unusable(valid, data) if valid.is_file() else f"{valid} does not exist"
+        if problem:
+            notes.append(f"{problem}: training without validation (data.valid_split= says so)")
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, valid_split=""))
     writable_folder(cfg.train.out_dir, "train.out_dir")
     if cfg.train.tensorboard:
         _check_tensorboard()
@@ -47,6 +48,8 @@ def check_pretrain(cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
 
 def _unusable(path: Path, data: DataConfig) -> str | None:
     """Why no item of the manifest at `path` can make a batch, or None if some can."""
+    if path.stat().st_size == 0:
+        return f"{path} is empty"
     manifest = read_manifest(path)
     if not len(manifest):
         return f"{path} lists no audio files"
