@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,15 +90,14 @@ def write_frame_labels(path: str | os.PathLike, labels: Mapping[str, np.ndarray]
     lengths = [len(a) for a in arrays]
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
     flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
-    extra = {}
-    if flat.dtype.kind == "U" or not arrays:
-        classes, flat = np.unique(flat.astype(str), return_inverse=True)
-        extra["classes"] = classes
+    content: dict[str, Any] = {"paths": np.array(list(labels), dtype=str), "offsets": offsets}
+    if flat.dtype.kind == "U":
+        content["classes"], flat = np.unique(flat, return_inverse=True)
     elif flat.dtype.kind not in "iu":
         raise ValueError(f"frame labels must be strings or integers, got dtype {flat.dtype}")
-    flat = flat.astype(_smallest_int(flat))
+    content["labels"] = flat.astype(_smallest_int(flat))
     with open(path, "wb") as f:
-        np.savez(f, paths=np.array(list(labels), dtype=str), offsets=offsets, labels=flat, **extra)
+        np.savez(f, **content)
 
 
 def _smallest_int(values: np.ndarray) -> type:
@@ -117,7 +116,9 @@ def read_frame_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         missing = {"paths", "offsets", "labels"} - set(data.files)
         if missing:
-            raise ValueError(f"{os.fspath(path)}: not a frame-label file, missing {sorted(missing)}")
+            raise ValueError(
+                f"{os.fspath(path)}: not a frame-label file, missing {sorted(missing)}"
+            )
         paths, offsets, flat = data["paths"], data["offsets"], data["labels"]
         values = data["classes"][flat] if "classes" in data.files else flat.astype(np.int64)
     if len(offsets) != len(paths) + 1 or offsets[-1] != len(flat):
@@ -165,4 +166,3 @@ def read_utterance_labels(path: str | os.PathLike) -> dict[str, dict[str, str]]:
                 raise ValueError(f"{os.fspath(path)}:{line_number}: {fields[0]} appears twice")
             rows[fields[0]] = dict(zip(header[1:], fields[1:], strict=True))
     return rows
-

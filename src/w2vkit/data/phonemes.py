@@ -49,7 +49,7 @@ class PhonemeTokenizer:
         cls, texts: Iterable[str], *, voice: str = "en", stress: bool = False
     ) -> PhonemeTokenizer:
         """A tokenizer whose vocabulary is every phoneme of `texts`."""
-        seen = set()
+        seen: set[str] = set()
         for text in texts:
             seen.update(p for word in phonemize(text, voice=voice, stress=stress) for p in word)
         return cls(SPECIAL_TOKENS + tuple(sorted(seen)), voice=voice, stress=stress)

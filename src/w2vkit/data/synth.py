@@ -2,6 +2,8 @@
 
 eSpeak NG comes from the `espeakng-loader` wheel (the shared library plus its voice data); we call
 its C API (`speak_lib.h`) through ctypes, so nothing is downloaded and no system package is needed.
+eSpeak also reports where each phoneme starts (`synthesize_with_phones`, the corpus's phone labels)
+and converts text to phonemes without speaking (`phonemize`, the phoneme tokenizer's g2p).
 
 Determinism: eSpeak keeps synthesis state across utterances that no API call resets (for example
 the pitch-flutter phase, a function-local static in `wavegen.c`; `espeak_Terminate` followed by
@@ -53,7 +55,6 @@ _CHARS_UTF8 = 1
 _PARAM_RATE = 1  # espeak_PARAMETER
 _PARAM_PITCH = 3
 _EE_OK = 0
-
 
 
 class _EventId(ctypes.Union):
@@ -132,7 +133,9 @@ class _Engine:
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_TextToPhonemes.argtypes = [
-            ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.c_int,
+            ctypes.c_int,
         ]
         lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         lib.espeak_Synth.argtypes = [

@@ -108,7 +108,9 @@ def _samples_16k(manifest: Manifest) -> np.ndarray:
 def write_phone_labels(manifest_path: Path, manifest: Manifest, dest: Path, split: str) -> None:
     frames: dict[str, np.ndarray] = {}
     rows: dict[str, list[object]] = {}
-    for n, (rel, num_samples) in enumerate(zip(manifest.paths, _samples_16k(manifest), strict=True)):
+    for n, (rel, num_samples) in enumerate(
+        zip(manifest.paths, _samples_16k(manifest), strict=True)
+    ):
         where = f"{manifest_path}:{n + 2}: {rel}"
         info = _synth_description(manifest.root / rel, where, int(manifest.num_frames[n]))
         rate = info["sample_rate"]  # the file's; the frame grid is at 16 kHz
