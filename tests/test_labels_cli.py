@@ -144,3 +144,11 @@ def test_missing_labels_and_modes_are_usage_errors(corpus, tmp_path, capsys):
     assert main(["labels", str(tmp_path / "m" / "train.tsv"), "--letters"]) == 2
     expected = f"train.tsv:2: {first} has no transcript: {(copy / first).with_suffix('.txt')} does not exist"
     assert expected in capsys.readouterr().err
+
+
+def test_undecodable_audio_is_named(corpus, tmp_path, capsys):
+    pytest.importorskip("parselmouth")
+    (tmp_path / "broken.flac").write_bytes(b"not audio at all")
+    (tmp_path / "m.tsv").write_text(f"{tmp_path}\nbroken.flac\t16000\n")
+    assert main(["labels", str(tmp_path / "m.tsv"), "--pitch"]) == 2
+    assert "m.tsv:2: broken.flac: cannot decode:" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from tqdm import tqdm
 
 from w2vkit.config import ConfigError
@@ -31,11 +32,11 @@ from w2vkit.data.manifest import UNKNOWN_RATE, Manifest, read_manifest
 from w2vkit.data.synth import Phone
 from w2vkit.data.text import (
     letter_counts,
-    letters,
     normalize_transcript,
     read_transcript_table,
     write_letter_dict,
 )
+from w2vkit.data.text import letters as ltr_line
 
 UTTERANCE_COLUMNS = ("voice", "sentence", "rate_wpm", "pitch", "num_frames", "text")
 
@@ -67,24 +68,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    make_letters = args.letters or args.transcripts is not None
-    if not (args.phones or args.pitch or make_letters):
+    write_labels(
+        args.manifests,
+        args.dest,
+        phones=args.phones,
+        pitch=args.pitch,
+        letters=args.letters or args.transcripts is not None,
+        transcripts=args.transcripts,
+    )
+    return 0
+
+
+def write_labels(
+    manifest_paths: list[Path],
+    dest: Path | None = None,
+    *,
+    phones: bool = False,
+    pitch: bool = False,
+    letters: bool = False,
+    transcripts: Path | None = None,
+) -> None:
+    """What the command does, for Python callers (`w2vkit demo`); ConfigError on bad input."""
+    if not (phones or pitch or letters):
         raise ConfigError("choose what to write: --phones, --pitch, --letters or --transcripts")
-    manifests = {path: _read(path) for path in args.manifests}
+    manifests = {Path(path): _read(Path(path)) for path in manifest_paths}
     splits = [path.name.removesuffix(".tsv") for path in manifests]
     if len(set(splits)) != len(splits):
         raise ConfigError(f"two manifests have the same name: {[str(p) for p in manifests]}")
-    dest = args.dest if args.dest is not None else args.manifests[0].parent
+    dest = Path(dest) if dest is not None else next(iter(manifests)).parent
     dest.mkdir(parents=True, exist_ok=True)
-    if args.phones:
+    if phones:
         for (path, manifest), split in zip(manifests.items(), splits, strict=True):
             write_phone_labels(path, manifest, dest, split)
-    if args.pitch:
-        for manifest, split in zip(manifests.values(), splits, strict=True):
-            write_pitch_labels(manifest, dest, split)
-    if make_letters:
-        write_letter_labels(manifests, splits, dest, args.transcripts)
-    return 0
+    if pitch:
+        for (path, manifest), split in zip(manifests.items(), splits, strict=True):
+            write_pitch_labels(path, manifest, dest, split)
+    if letters:
+        write_letter_labels(manifests, splits, dest, transcripts)
 
 
 def _read(path: Path) -> Manifest:
@@ -157,13 +177,18 @@ def _synth_description(audio: Path, where: str, num_samples: int) -> dict:
     return info
 
 
-def write_pitch_labels(manifest: Manifest, dest: Path, split: str) -> None:
+def write_pitch_labels(manifest_path: Path, manifest: Manifest, dest: Path, split: str) -> None:
     from w2vkit.data.pitch import PitchTrackerUnavailable, pitch_tokens
 
     tokens: dict[str, np.ndarray] = {}
-    for rel in tqdm(manifest.paths, desc=f"{split} pitch", unit="file", disable=None):
+    progress = tqdm(manifest.paths, desc=f"{split} pitch", unit="file", disable=None)
+    for n, rel in enumerate(progress):
         try:
-            tokens[rel] = pitch_tokens(load_audio(manifest.root / rel))
+            wav = load_audio(manifest.root / rel)
+        except (OSError, ValueError, sf.LibsndfileError) as err:
+            raise ConfigError(f"{manifest_path}:{n + 2}: {rel}: cannot decode: {err}") from err
+        try:
+            tokens[rel] = pitch_tokens(wav)
         except PitchTrackerUnavailable as err:
             raise ConfigError(str(err)) from err
     write_frame_labels(dest / f"{split}.pitch.npz", tokens)
@@ -187,7 +212,7 @@ def write_letter_labels(
             words.append(normalize_transcript(raw))
             if not words[-1]:
                 raise ConfigError(f"{where}: the transcript has no letters: {raw!r}")
-            ltr.append(letters(words[-1]))
+            ltr.append(ltr_line(words[-1]))
         (dest / f"{split}.wrd").write_text("".join(w + "\n" for w in words), encoding="utf-8")
         (dest / f"{split}.ltr").write_text("".join(x + "\n" for x in ltr), encoding="utf-8")
         counts += letter_counts(ltr)
