@@ -65,6 +65,22 @@ def test_label_is_the_phone_at_the_frame_centre():
         frame_phone_labels([Phone(0, 600, "a"), Phone(500, 900, "b")], 1360)
 
 
+def test_labels_equal_a_frame_by_frame_reference_on_random_intervals():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        num_samples = int(rng.integers(0, 20000))
+        cuts = np.sort(rng.choice(num_samples + 1, size=min(12, num_samples + 1), replace=False))
+        # Every other interval is a phone; the gaps between them are uncovered audio.
+        pairs = zip(cuts[::2], cuts[1::2], strict=False)  # an odd last cut has no end
+        phones = [Phone(int(a), int(b), f"p{k}") for k, (a, b) in enumerate(pairs)]
+        expected = []
+        for i in range(conv_stack_frames(num_samples)):
+            centre = 320 * i + 200
+            covering = [p.name for p in phones if p.start <= centre < p.end]
+            expected.append(covering[0] if covering else PHONE_SILENCE)
+        assert frame_phone_labels(phones, num_samples).tolist() == expected
+
+
 def test_phones_cover_the_audio_in_order_and_match_g2p():
     text = "The quick brown fox jumps over the lazy dog. Seven green birds."
     wav, phones = synthesize_with_phones(text)
