@@ -343,8 +343,8 @@ def make_speech_corpus(
 
     Files go to `out_dir/<voice>/<group>/<voice>-<index>.flac` (nested like a real corpus). Voice,
     rate and pitch vary per file, drawn from `seed`; the same seed gives byte-identical files.
-    Half the files repeat the sentence (and rate) of an earlier file, in a voice drawn afresh, so
-    that probes can hold out sentences as well as voices. A text that would run past 8 s loses
+    About half the files repeat the sentence (and rate) of an earlier file in a voice drawn
+    afresh, so that probes can hold out sentences as well as voices. A text that would run past 8 s loses
     words until it fits: the audio is never cut, so every transcript matches its audio.
 
     Beside each `X.flac` go `X.txt` (the transcript, one line) and `X.json`: text, voice,
