@@ -95,6 +95,18 @@ def test_phones_cover_the_audio_in_order_and_match_g2p():
     assert not any(mark in "".join(spoken) for mark in "ˈˌ")  # stress is not a phone
 
 
+def test_no_phone_is_lost_after_many_voice_selections_without_speech():
+    # eSpeak queues a command per voice selection that only synthesis consumes; with 25 or more
+    # queued, its next synthesis dropped the first phoneme event (the first phone read "sil").
+    text = "The quick brown fox."
+    _, reference = synthesize_with_phones(text)
+    for _ in range(40):
+        phonemize("hello there", voice="en-us")
+    _, phones = synthesize_with_phones(text)
+    assert [p.name for p in phones] == [p.name for p in reference]
+    assert phones[1].name == "ð"
+
+
 def test_phone_times_do_not_depend_on_the_output_rate():
     text = "Seven green birds fly over the river."
     wav16, phones16 = synthesize_with_phones(text, sample_rate=SR)

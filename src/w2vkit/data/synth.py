@@ -156,6 +156,7 @@ class _Engine:
         self._lib = lib
         self._chunks: list[np.ndarray] = []
         self._phone_starts: list[tuple[int, str]] = []  # (sample, IPA name) per phoneme event
+        self._unspoken_voice_changes = 0  # voice selections since the last synthesis
         # Kept on self: ctypes does not keep the callback alive, and a collected one crashes.
         self._callback = _SYNTH_CALLBACK(self._collect)
         lib.espeak_SetSynthCallback(self._callback)
@@ -180,12 +181,26 @@ class _Engine:
                 f"eSpeak NG has no voice {voice!r}; use a language ('en', 'en-us', "
                 "'en-gb-scotland') optionally with a variant ('en+f3', 'en-us+m2')"
             )
+        self._unspoken_voice_changes += 1
+
+    def _flush_voice_changes(self) -> None:
+        """Let eSpeak consume the voice changes that no synthesis has consumed yet.
+
+        Each voice selection queues a command that only synthesis takes off the queue. With 25 or
+        more queued (voice checks, `phonemize` calls), the next synthesis loses its first phoneme
+        event (eSpeak NG 1.52): its audio is right but its first phone would read as silence.
+        Synthesising an empty text empties the queue.
+        """
+        self._lib.espeak_Synth(b"\0", 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        self._unspoken_voice_changes = 0
 
     def speak(
         self, text: str, voice: str, rate_wpm: int, pitch: int
     ) -> tuple[np.ndarray, list[tuple[int, str]]]:
         """Synthesise `text`: int16 samples at ESPEAK_SAMPLE_RATE (S,), and the phoneme events
         as (start sample, IPA name) in order."""
+        if self._unspoken_voice_changes:
+            self._flush_voice_changes()
         self.select_voice(voice)
         self._lib.espeak_SetParameter(_PARAM_RATE, rate_wpm, 0)
         self._lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
@@ -196,6 +211,7 @@ class _Engine:
         status = self._lib.espeak_Synth(
             encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
         )
+        self._unspoken_voice_changes = 0
         if status != _EE_OK:
             raise RuntimeError(f"espeak_Synth failed with status {status} for text {text!r}")
         samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
@@ -344,8 +360,8 @@ def make_speech_corpus(
     Files go to `out_dir/<voice>/<group>/<voice>-<index>.flac` (nested like a real corpus). Voice,
     rate and pitch vary per file, drawn from `seed`; the same seed gives byte-identical files.
     About half the files repeat the sentence (and rate) of an earlier file in a voice drawn
-    afresh, so that probes can hold out sentences as well as voices. A text that would run past 8 s loses
-    words until it fits: the audio is never cut, so every transcript matches its audio.
+    afresh, so that probes can hold out sentences as well as voices. A text that would run past
+    8 s loses words until it fits: the audio is never cut, so every transcript matches its audio.
 
     Beside each `X.flac` go `X.txt` (the transcript, one line) and `X.json`: text, voice,
     sentence (an id shared by the files that speak the same text), rate_wpm, pitch,
