@@ -16,6 +16,7 @@ from w2vkit.data.labels import (
     read_utterance_labels,
 )
 from w2vkit.data.manifest import read_manifest
+from w2vkit.data.phonemes import phoneme_tokens
 from w2vkit.data.synth import Phone, make_speech_corpus
 from w2vkit.data.text import letters, normalize_transcript, read_letter_dict
 
@@ -152,3 +153,16 @@ def test_undecodable_audio_is_named(corpus, tmp_path, capsys):
     (tmp_path / "m.tsv").write_text(f"{tmp_path}\nbroken.flac\t16000\n")
     assert main(["labels", str(tmp_path / "m.tsv"), "--pitch"]) == 2
     assert "m.tsv:2: broken.flac: cannot decode:" in capsys.readouterr().err
+
+
+def test_phoneme_targets_follow_the_letters(corpus, tmp_path):
+    out = tmp_path / "phn"
+    assert main(["labels", manifests(corpus)[0], "--phonemes", "--dest", str(out)]) == 0
+    words = (out / "train.wrd").read_text("utf-8").splitlines()
+    phn = (out / "train.phn").read_text("utf-8").splitlines()
+    assert len(phn) == len(words) and (out / "train.ltr").is_file()
+    for line, text in zip(phn, words, strict=True):
+        assert line.split() == phoneme_tokens(text.lower())
+        assert line.count("|") == len(text.split()) and line.endswith(" |")
+    counts = read_letter_dict(out / "dict.phn.txt")
+    assert counts["|"] == sum(len(w.split()) for w in words) and "ə" in counts

@@ -39,17 +39,17 @@ def test_encode_decode_round_trip():
     assert tokenizer.tokens[:3] == SPECIAL_TOKENS == ("<pad>", "<unk>", "|")
     assert list(tokenizer.tokens[3:]) == sorted(tokenizer.tokens[3:])
     ids = tokenizer.encode("hello world")
-    assert tokenizer.decode(ids) == ["h", "ə", "l", "əʊ", "|", "w", "ɜː", "l", "d"]
+    assert tokenizer.decode(ids) == ["h", "ə", "l", "əʊ", "|", "w", "ɜː", "l", "d", "|"]
     assert ids[4] == WORD_BOUNDARY_ID and PAD_ID not in ids and UNK_ID not in ids
     for text in LYRICS:
         assert tokenizer.decode(tokenizer.encode(text)) == tokenizer.phonemes(text)
-        assert tokenizer.phonemes(text).count(WORD_BOUNDARY) == len(text.split()) - 1
+        assert tokenizer.phonemes(text).count(WORD_BOUNDARY) == len(text.split())
 
 
 def test_unseen_phoneme_is_unknown():
     tokenizer = PhonemeTokenizer.fit(["a bee"])  # no /ʃ/ in it
     decoded = tokenizer.decode(tokenizer.encode("she"))
-    assert decoded == ["<unk>", "iː"]
+    assert decoded == ["<unk>", "iː", "|"]
 
 
 def test_saved_vocabulary_reloads_with_the_same_ids(tmp_path):

@@ -2,7 +2,7 @@
 
 Grapheme-to-phoneme conversion is eSpeak NG's (`w2vkit.data.synth.phonemize`), so the phonemes
 are the names that `synthesize_with_phones` gives the phones of synthesised speech. Ids:
-0 `<pad>`, 1 `<unk>` (a phoneme not in the vocabulary), 2 `|` (between words), then the
+0 `<pad>`, 1 `<unk>` (a phoneme not in the vocabulary), 2 `|` (after each word), then the
 phonemes seen by `fit`, sorted. The vocabulary is a JSON file (`save` / `load`), so the ids of a
 trained model's embedding table never depend on which texts a later run sees.
 """
@@ -25,6 +25,15 @@ SPECIAL_TOKENS = (PAD, UNK, WORD_BOUNDARY)
 PAD_ID, UNK_ID, WORD_BOUNDARY_ID = 0, 1, 2
 _FORMAT = "w2vkit-phoneme-vocabulary"
 _VERSION = 1
+
+
+def phoneme_tokens(text: str, *, voice: str = "en", stress: bool = False) -> list[str]:
+    """eSpeak NG's phonemes of `text`, WORD_BOUNDARY closing each word (as `|` in fairseq's
+    `.ltr`): "hello world" -> h ə l əʊ | w ɜː l d |."""
+    tokens: list[str] = []
+    for word in phonemize(text, voice=voice, stress=stress):
+        tokens += [*word, WORD_BOUNDARY]
+    return tokens
 
 
 @dataclass(frozen=True)
@@ -58,12 +67,8 @@ class PhonemeTokenizer:
         return len(self.tokens)
 
     def phonemes(self, text: str) -> list[str]:
-        """The tokens of `text`: phonemes, with WORD_BOUNDARY between words."""
-        words = phonemize(text, voice=self.voice, stress=self.stress)
-        tokens: list[str] = []
-        for word in words:
-            tokens += ([WORD_BOUNDARY] if tokens else []) + word
-        return tokens
+        """The tokens of `text`: phonemes, WORD_BOUNDARY after each word."""
+        return phoneme_tokens(text, voice=self.voice, stress=self.stress)
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`'s phonemes; a phoneme outside the vocabulary is UNK_ID."""

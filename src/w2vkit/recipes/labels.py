@@ -29,6 +29,7 @@ from w2vkit.config import ConfigError
 from w2vkit.data.audio import SAMPLE_RATE, load_audio, resampled_length
 from w2vkit.data.labels import frame_phone_labels, write_frame_labels, write_utterance_labels
 from w2vkit.data.manifest import UNKNOWN_RATE, Manifest, read_manifest
+from w2vkit.data.phonemes import phoneme_tokens
 from w2vkit.data.synth import Phone
 from w2vkit.data.text import (
     letter_counts,
@@ -60,6 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fairseq .ltr/.wrd and dict.ltr.txt from the X.txt beside each X.flac",
     )
     parser.add_argument(
+        "--phonemes",
+        action="store_true",
+        help="with the letters, {split}.phn and dict.phn.txt: eSpeak NG phonemes of the transcripts",
+    )
+    parser.add_argument(
+        "--g2p-voice", default="en", help="eSpeak NG voice for --phonemes (default: en)"
+    )
+    parser.add_argument(
         "--transcripts",
         type=Path,
         default=None,
@@ -73,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
         args.dest,
         phones=args.phones,
         pitch=args.pitch,
-        letters=args.letters or args.transcripts is not None,
+        letters=args.letters or args.phonemes or args.transcripts is not None,
         transcripts=args.transcripts,
+        g2p_voice=args.g2p_voice if args.phonemes else None,
     )
     return 0
 
@@ -87,8 +97,12 @@ def write_labels(
     pitch: bool = False,
     letters: bool = False,
     transcripts: Path | None = None,
+    g2p_voice: str | None = None,
 ) -> None:
-    """What the command does, for Python callers (`w2vkit demo`); ConfigError on bad input."""
+    """What the command does, for Python callers (`w2vkit demo`); ConfigError on bad input.
+
+    `g2p_voice` (with `letters`) adds phoneme targets in that eSpeak NG voice.
+    """
     if not (phones or pitch or letters):
         raise ConfigError("choose what to write: --phones, --pitch, --letters or --transcripts")
     manifests = {Path(path): _read(Path(path)) for path in manifest_paths}
@@ -104,7 +118,7 @@ def write_labels(
         for (path, manifest), split in zip(manifests.items(), splits, strict=True):
             write_pitch_labels(path, manifest, dest, split)
     if letters:
-        write_letter_labels(manifests, splits, dest, transcripts)
+        write_letter_labels(manifests, splits, dest, transcripts, g2p_voice)
 
 
 def _read(path: Path) -> Manifest:
@@ -200,25 +214,48 @@ def write_pitch_labels(manifest_path: Path, manifest: Manifest, dest: Path, spli
 
 
 def write_letter_labels(
-    manifests: dict[Path, Manifest], splits: list[str], dest: Path, table_path: Path | None
+    manifests: dict[Path, Manifest],
+    splits: list[str],
+    dest: Path,
+    table_path: Path | None,
+    g2p_voice: str | None = None,
 ) -> None:
+    """`.wrd`, `.ltr` and `dict.ltr.txt`; with `g2p_voice`, also `.phn` and `dict.phn.txt`."""
     table = _transcript_table(manifests, table_path) if table_path is not None else None
-    counts: Counter[str] = Counter()
+    kinds = ["ltr"] + (["phn"] if g2p_voice is not None else [])
+    counts: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
     for (path, manifest), split in zip(manifests.items(), splits, strict=True):
-        words, ltr = [], []
-        for n, rel in enumerate(manifest.paths):
-            where = f"{path}:{n + 2}: {rel}"
-            raw = _transcript(manifest.root, rel, where, table, table_path)
-            words.append(normalize_transcript(raw))
-            if not words[-1]:
-                raise ConfigError(f"{where}: the transcript has no letters: {raw!r}")
-            ltr.append(ltr_line(words[-1]))
-        (dest / f"{split}.wrd").write_text("".join(w + "\n" for w in words), encoding="utf-8")
-        (dest / f"{split}.ltr").write_text("".join(x + "\n" for x in ltr), encoding="utf-8")
-        counts += letter_counts(ltr)
-        print(f"{split}.wrd, {split}.ltr: {len(words)} transcripts")
-    write_letter_dict(dest / "dict.ltr.txt", counts)
-    print(f"dict.ltr.txt: {len(counts)} symbols")
+        words = _normalized_transcripts(path, manifest, table, table_path)
+        targets = {"ltr": [ltr_line(w) for w in words]}
+        if g2p_voice is not None:
+            # Lower case: eSpeak reads some capitalised words as abbreviations (US -> "U S").
+            targets["phn"] = [" ".join(phoneme_tokens(w.lower(), voice=g2p_voice)) for w in words]
+        _write_lines(dest / f"{split}.wrd", words)
+        for kind, lines in targets.items():
+            _write_lines(dest / f"{split}.{kind}", lines)
+            counts[kind] += letter_counts(lines)
+        print(f"{split}.wrd, " + ", ".join(f"{split}.{k}" for k in kinds) + f": {len(words)} lines")
+    for kind in kinds:
+        write_letter_dict(dest / f"dict.{kind}.txt", counts[kind])
+        print(f"dict.{kind}.txt: {len(counts[kind])} symbols")
+
+
+def _normalized_transcripts(
+    path: Path, manifest: Manifest, table: dict | None, table_path: Path | None
+) -> list[str]:
+    """Each manifest line's transcript, normalised, in the manifest's order."""
+    words = []
+    for n, rel in enumerate(manifest.paths):
+        where = f"{path}:{n + 2}: {rel}"
+        raw = _transcript(manifest.root, rel, where, table, table_path)
+        words.append(normalize_transcript(raw))
+        if not words[-1]:
+            raise ConfigError(f"{where}: the transcript has no letters: {raw!r}")
+    return words
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def _transcript_table(manifests: dict[Path, Manifest], table_path: Path) -> dict:
