@@ -9,6 +9,7 @@ For each manifest `DIR/{split}.tsv` (split = the file's stem), into `--dest` (de
 - `--letters`: fairseq's `{split}.wrd` and `{split}.ltr` in the manifest's line order, and one
   `dict.ltr.txt` counted over every manifest given. Transcripts come from `--transcripts TSV`
   (`relative_path<TAB>transcript`) or, without it, from `X.txt` beside each `X.flac`.
+  `--phonemes` adds `{split}.phn` and `dict.phn.txt`: eSpeak NG phonemes in the same format.
 Read the frame files with `w2vkit.data.labels.read_frame_labels`, the TSV with
 `read_utterance_labels`; docs/labels.md describes the layout.
 """
