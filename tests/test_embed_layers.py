@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -45,8 +46,14 @@ def test_one_hot_embedding_hand_values_and_soft_ids():
 
 def test_one_hot_embedding_rejects_bad_input():
     weight = torch.zeros(4, 3)
-    with pytest.raises(ValueError, match=r"\[0, 4\).*max 4"):
+    message = (
+        "token id 4 at index (1,) is outside the table of 4 tokens: ids must lie in [0, 4); "
+        "id 4 needs at least 5 rows"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
         one_hot_embedding(torch.tensor([0, 4]), weight)
+    with pytest.raises(ValueError, match=re.escape("token id -1 at index (0, 1) is outside")):
+        one_hot_embedding(torch.tensor([[2, -1]]), weight)
     with pytest.raises(ValueError, match="V=4"):
         one_hot_embedding(torch.rand(2, 5), weight)
     with pytest.raises(ValueError, match=r"\(V, D\)"):
@@ -200,8 +207,9 @@ def test_pool_without_padding_is_plain_mean_and_checks_mask():
     assert torch.allclose(emb.pool(ids), emb.weight[[0, 1, 5]].mean(dim=0, keepdim=True))
     with pytest.raises(ValueError, match="padding_mask must be bool"):
         emb.pool(ids, torch.zeros(1, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"\[0, 6\)"):
-        emb(torch.tensor([[6]]))
+    message = "token id 6 at index (1, 0) is outside the table of 6 tokens: ids must lie in [0, 6)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        emb(torch.tensor([[5], [6]]))
     with pytest.raises(ValueError, match="padding_id"):
         TokenEmbedding(6, 2, padding_id=6)
 

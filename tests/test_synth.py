@@ -143,7 +143,8 @@ def test_corpus_is_nested_flac_of_the_asked_length(tmp_path):
 def test_same_seed_same_bytes_other_seed_other_audio(tmp_path):
     def corpus(name, seed):
         paths = make_speech_corpus(tmp_path / name, minutes=0.2, seed=seed)
-        return [p.relative_to(tmp_path / name) for p in paths], [p.read_bytes() for p in paths]
+        files = [p.with_suffix(s) for p in paths for s in (".flac", ".json", ".txt")]
+        return [p.relative_to(tmp_path / name) for p in paths], [f.read_bytes() for f in files]
 
     names_a, bytes_a = corpus("a", 7)
     names_b, bytes_b = corpus("b", 7)

@@ -25,6 +25,7 @@ COMMANDS = {
     "manifest": "scan an audio folder and write fairseq-format train.tsv / valid.tsv",
     "pretrain": "wav2vec 2.0 self-supervised pretraining (works under torchrun)",
     "extract": "per-layer hidden states of a manifest's audio -> safetensors shards + index.tsv",
+    "labels": "frame phone labels, pitch tokens, and fairseq letter labels for a manifest",
     "probe": "layer-wise linear probes: which layer of extracted features encodes a label",
     "convert": "convert checkpoints between fairseq, HF transformers and w2vkit",
     "demo": "synthesise a little speech, then manifest -> tiny pretraining, with the loss printed",

@@ -21,7 +21,9 @@ __all__ = [
     "FrequencyEmbedding",
     "ScaledEmbedding",
     "TokenEmbedding",
+    "check_token_ids",
     "one_hot_embedding",
+    "pitch_level_hz",
     "pitch_to_tokens",
 ]
 
@@ -43,17 +45,27 @@ def one_hot_embedding(ids: Tensor, weight: Tensor) -> Tensor:
                 f"soft ids must end with V={num_tokens} token probabilities, got {tuple(ids.shape)}"
             )
         return ids.to(weight.dtype) @ weight  # (..., V) @ (V, D) -> (..., D)
-    _check_ids(ids, num_tokens)
+    check_token_ids(ids, num_tokens)
     one_hot = F.one_hot(ids, num_classes=num_tokens).to(weight.dtype)  # (...,) -> (..., V)
     return one_hot @ weight  # (..., V) @ (V, D) -> (..., D)
 
 
-def _check_ids(ids: Tensor, num_tokens: int) -> None:
+def check_token_ids(ids: Tensor, num_tokens: int) -> None:
+    """Raise unless `ids` is an integer tensor of ids in [0, num_tokens).
+
+    The error names the first id out of range, where it is, and the table size: a table of V
+    rows takes ids 0..V-1, so an id k needs at least k + 1 rows.
+    """
     if ids.is_floating_point() or ids.dtype == torch.bool:
         raise ValueError(f"token ids must be an integer tensor, got dtype {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_tokens):
+    bad = ((ids < 0) | (ids >= num_tokens)).nonzero()
+    if len(bad):
+        position = tuple(int(i) for i in bad[0])
+        token_id = int(ids[position])
         raise ValueError(
-            f"token ids must lie in [0, {num_tokens}), got min {int(ids.min())} max {int(ids.max())}"
+            f"token id {token_id} at index {position} is outside the table of {num_tokens} "
+            f"tokens: ids must lie in [0, {num_tokens})"
+            + (f"; id {token_id} needs at least {token_id + 1} rows" if token_id >= 0 else "")
         )
 
 
@@ -190,7 +202,7 @@ class TokenEmbedding(nn.Module):
         return self.embedding.weight  # (V, D)
 
     def forward(self, ids: Tensor) -> Tensor:
-        _check_ids(ids, self.embedding.num_embeddings)
+        check_token_ids(ids, self.embedding.num_embeddings)
         return self.embedding(ids)  # (B, T) -> (B, T, D)
 
     def pool(self, ids: Tensor, padding_mask: Tensor | None = None) -> Tensor:
@@ -228,15 +240,32 @@ def pitch_to_tokens(
 
     Shape: f0_hz (B, T) float -> (B, T) long
     """
-    if num_levels < 2:
-        raise ValueError(f"num_levels must be >= 2, got {num_levels}")
-    if not 0 < fmin_hz < fmax_hz:
-        raise ValueError(f"need 0 < fmin_hz < fmax_hz, got fmin_hz={fmin_hz} fmax_hz={fmax_hz}")
     if not f0_hz.is_floating_point():
         raise ValueError(f"f0_hz must be a float tensor in Hz, got dtype {f0_hz.dtype}")
+    _check_pitch_range(num_levels, fmin_hz, fmax_hz)
     f0 = f0_hz.double()  # float64: level boundaries must not move with the input dtype
     voiced = f0 > 0  # False for NaN as well
     f0 = torch.where(voiced, f0, fmin_hz).clamp(min=fmin_hz)  # unvoiced values are replaced below
     position = torch.log(f0 / fmin_hz) / math.log(fmax_hz / fmin_hz)
     levels = torch.round(position * (num_levels - 1)).clamp(max=num_levels - 1).long()
     return torch.where(voiced, levels, torch.full_like(levels, num_levels))  # (B, T)
+
+
+def pitch_level_hz(
+    tokens: Tensor, num_levels: int = 128, fmin_hz: float = 50.0, fmax_hz: float = 1100.0
+) -> Tensor:
+    """The inverse of `pitch_to_tokens`: each level's centre in Hz, NaN for the unvoiced token.
+
+    Shape: tokens (...,) long -> (...,) float64
+    """
+    _check_pitch_range(num_levels, fmin_hz, fmax_hz)
+    check_token_ids(tokens, num_levels + 1)
+    centres = fmin_hz * (fmax_hz / fmin_hz) ** (tokens.double() / (num_levels - 1))
+    return torch.where(tokens < num_levels, centres, math.nan)
+
+
+def _check_pitch_range(num_levels: int, fmin_hz: float, fmax_hz: float) -> None:
+    if num_levels < 2:
+        raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+    if not 0 < fmin_hz < fmax_hz:
+        raise ValueError(f"need 0 < fmin_hz < fmax_hz, got fmin_hz={fmin_hz} fmax_hz={fmax_hz}")
