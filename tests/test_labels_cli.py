@@ -28,7 +28,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("labels")
     make_speech_corpus(root / "audio", minutes=0.3, seed=2, voices=("en", "en+f3"))
     assert (
-        main(["manifest", str(root / "audio"), "--dest", str(root / "m"), "--valid-percent", "0.3"])
+        main(["manifest", str(root / "audio"), "--dest", str(root / "m"), "--valid-percent", "0.6"])
         == 0
     )
     return root

@@ -62,6 +62,11 @@ EXAMPLES = {
         "w2vkit convert runs/tiny/checkpoint_best.pt hf/tiny --to hf --hf-class model",
         "w2vkit convert hf/wav2vec_small small.pt --to w2vkit",
     ],
+    "labels": [
+        "w2vkit labels data/manifest/train.tsv data/manifest/valid.tsv --phones --pitch",
+        "w2vkit labels data/manifest/train.tsv --transcripts transcripts.tsv",
+        "w2vkit labels data/manifest/train.tsv data/manifest/valid.tsv --letters --phonemes",
+    ],
     "demo": [
         "w2vkit demo",
         "w2vkit demo --minutes 10 --steps 1000 --out-dir runs/demo10",
