@@ -465,6 +465,7 @@ class _Run(Generic[BatchT]):
         if planned is not None:
             self.state.planned_steps, per_update = planned
             self.apply_plan()
+            self.logger.set_total(self.state.planned_steps)
             self.logger.message(
                 f"time budget {self.cfg.max_minutes:g} min: {per_update:.3g} s per update over "
                 f"{CALIBRATION_UPDATES} updates, so {self.state.planned_steps} updates in all; the "
@@ -548,6 +549,7 @@ class _Run(Generic[BatchT]):
         )
         record = self.objective.summarize(sums) | means
         record["sample_size"] = sums["sample_size"] / max(num_updates, 1)  # per update, all ranks
+        record["batch_audio_sec"] = counts["audio"] / self.sample_rate / max(num_updates, 1)
         # lr of the next update, as fairseq logs it; gnorm of the last update, before clipping.
         record |= {"lr": state.schedule.lr_at(state.step), "gnorm": result.gnorm}
         if state.scaler is not None:
@@ -565,7 +567,6 @@ class _Run(Generic[BatchT]):
                 "num_failed_files": int(counts["failed"]),
             }
         )
-        self.logger.progress(state.step, record.get("loss"), rates["audio_sec_per_sec"])
 
     def skipped(self, result: UpdateResult) -> bool:
         """Report a skipped update; True (after saving) when too many came in a row."""
@@ -620,6 +621,7 @@ def train(
         run.budget = TimeBudget(state, cfg.max_minutes, cfg.max_steps)
         if state.planned_steps:  # resumed: the plan of the first session holds
             run.apply_plan()
+            logger.set_total(state.planned_steps)
     start_step = state.step
     with StopSignals() as signals:
         reason = _updates(run, train_loader, clip_norm, signals)
@@ -655,6 +657,7 @@ def _updates(
         )
         if not result.finite and run.skipped(result):
             return "nonfinite"
+        run.logger.progress(state.step)
         if result.finite and state.step % cfg.log_interval == 0:
             run.log_train(result)
         if result.stop is not None and result.stop in STOP_SIGNALS.values():
