@@ -140,7 +140,7 @@ def test_the_payload_round_trips_the_state_and_other_ranks_restore_zero_sums(mon
     saved.step, saved.epoch, saved.best_valid_loss, saved.num_failed_files = 7, 2, 1.25, 3
     saved.train_seconds, saved.planned_steps = 90.5, 20
     saved.window.add({"loss": torch.tensor(4.0), "sample_size": 8}, {"temp": 2.0})
-    saved.window.num_updates = 1
+    saved.window.num_updates, saved.window.audio_samples = 1, 32000.0
     payload = checkpoint.payload(saved, {"a": 1}, None, window=saved.window.all_reduced(CPU))
     assert payload["config"] == {"a": 1} and payload["format"] == checkpoint.FORMAT
     main = state()
@@ -158,4 +158,5 @@ def test_the_payload_round_trips_the_state_and_other_ranks_restore_zero_sums(mon
         "means": {"temp": 0.0},
         "num_micro_batches": 0,
         "num_updates": 1,
+        "audio_samples": 0.0,
     }

@@ -53,11 +53,11 @@ def test_metrics_window_sums_and_averages_like_hand_arithmetic():
     sums, means, extra = window.reduce(CPU, {"audio": 16000.0})
     assert sums == {"loss": 5.0, "count": 10.0, "correct": 5.0}
     assert means == {"temp": 1.0}  # over micro-batches: (2 + 1 + 0) / 3
-    assert extra == {"audio": 16000.0}
+    assert extra == {"audio": 16000.0, "audio_samples": 0.0}
     restored = MetricsWindow()
     restored.load_state_dict(window.all_reduced(CPU).state_dict())
     assert restored.reduce(CPU)[:2] == (sums, means) and restored.num_updates == 2
-    assert MetricsWindow().reduce(CPU) == ({}, {}, {})
+    assert MetricsWindow().reduce(CPU) == ({}, {}, {"audio_samples": 0.0})
 
 
 def test_summarize_gives_bits_per_masked_frame_and_fairseq_accuracy():

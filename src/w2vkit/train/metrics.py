@@ -40,6 +40,8 @@ class MetricsWindow:
         self.means: dict[str, Value] = {}
         self.num_micro_batches = 0
         self.num_updates = 0
+        self.audio_samples = 0.0
+        """Audio samples of this rank's updates in the window (host number, from the batches)."""
 
     def add(self, sums: dict[str, Value], means: dict[str, Value]) -> None:
         for key, value in sums.items():
@@ -53,22 +55,25 @@ class MetricsWindow:
     ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
         """(sums, means, extra) over all ranks, with one all-reduce and one copy to the host.
 
-        `extra` are host numbers to sum over ranks in the same all-reduce (e.g. audio samples).
+        `extra` are host numbers to sum over ranks in the same all-reduce; the returned `extra` also
+        holds the window's `audio_samples`.
         """
+        extra = {**(extra or {}), "audio_samples": self.audio_samples}
+        counts = {"n": float(self.num_micro_batches)}
         sums, mean_sums, counts, extra = _sum_over_ranks(
-            [self.sums, self.means, {"n": float(self.num_micro_batches)}, extra or {}], device
+            [self.sums, self.means, counts, extra], device
         )
         count = max(counts["n"], 1.0)
         return sums, {key: value / count for key, value in mean_sums.items()}, extra
 
     def all_reduced(self, device: torch.device) -> MetricsWindow:
         """The window of every rank together (host floats), as a checkpoint stores it."""
-        sums, means, counts = _sum_over_ranks(
-            [self.sums, self.means, {"n": float(self.num_micro_batches)}], device
-        )
+        counts = {"n": float(self.num_micro_batches), "audio_samples": self.audio_samples}
+        sums, means, counts = _sum_over_ranks([self.sums, self.means, counts], device)
         window = MetricsWindow()
         window.sums, window.means = dict(sums), dict(means)
         window.num_micro_batches, window.num_updates = int(counts["n"]), self.num_updates
+        window.audio_samples = counts["audio_samples"]
         return window
 
     def state_dict(self) -> dict:
@@ -77,12 +82,14 @@ class MetricsWindow:
             "means": {k: float(v) for k, v in self.means.items()},
             "num_micro_batches": self.num_micro_batches,
             "num_updates": self.num_updates,
+            "audio_samples": self.audio_samples,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.sums, self.means = dict(state["sums"]), dict(state["means"])
         self.num_micro_batches = int(state["num_micro_batches"])
         self.num_updates = int(state["num_updates"])
+        self.audio_samples = float(state.get("audio_samples", 0.0))
 
 
 def _accumulable(value: Value) -> Value:
