@@ -24,10 +24,12 @@ from test_train_loop import (
 )
 
 from w2vkit import cli
+from w2vkit.config import ConfigError
 from w2vkit.data.loader import build_loaders
 from w2vkit.losses import pretraining_objective, summarize
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint
+from w2vkit.train.config import DataConfig
 from w2vkit.train.loop import Objective, evaluate, micro_batch_groups
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, ConsoleTable, MetricsWindow, RunLogger
 
@@ -277,3 +279,12 @@ def test_off_a_terminal_the_console_gets_the_json_lines(tmp_path, capsys):
         "num_updates": 1,
         "loss": 1.5,
     }
+
+
+def test_a_train_split_without_usable_items_is_a_config_error(tmp_path):
+    data = DataConfig(manifest_dir=str(tmp_path), min_samples=8000, max_samples=16000)
+    with pytest.raises(ConfigError, match=r"train.tsv is missing or empty; write it with"):
+        build_loaders(data, 1, 0, 1)
+    (tmp_path / "train.tsv").write_text(f"{tmp_path}\nshort.wav\t100\n")
+    with pytest.raises(ConfigError, match=r"no utterance of at least data.min_samples=8000"):
+        build_loaders(data, 1, 0, 1)
