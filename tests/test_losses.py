@@ -137,6 +137,7 @@ def test_accuracy_excludes_all_equal_rows():
     assert contrastive_accuracy(logits) == fairseq_accuracy(logits)
     terms = pretraining_loss(_output(logits[:5]), diversity_weight=0.0, feature_penalty_weight=0.0)
     assert (terms.num_correct.item(), terms.num_count) == (3, 5)
+    assert (terms.num_negatives_equal.item(), terms.num_negatives) == (2, 10)  # the -inf ones
     assert terms.accuracy == pytest.approx(0.6)
 
 

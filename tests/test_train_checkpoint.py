@@ -13,8 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train_loop import toy_config, toy_state
 
-from w2vkit.train import checkpoint
+from w2vkit.data.sampler import BucketBatchSampler
+from w2vkit.train import checkpoint, dist
+
+CPU = torch.device("cpu")
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -124,3 +128,35 @@ def test_rng_capture_restores_every_stream(tmp_path):
     draw()  # move every stream on
     checkpoint.restore_rng(checkpoint.load(tmp_path / "r.pt")["rng"], generator)
     assert draw() == expected
+
+
+def test_the_payload_round_trips_the_state_and_other_ranks_restore_zero_sums(monkeypatch):
+    cfg = toy_config()
+
+    def state():
+        return toy_state(cfg, BucketBatchSampler(np.full(8, 100), max_batch_samples=400))
+
+    saved = state()
+    saved.step, saved.epoch, saved.best_valid_loss, saved.num_failed_files = 7, 2, 1.25, 3
+    saved.train_seconds, saved.planned_steps = 90.5, 20
+    saved.window.add({"loss": torch.tensor(4.0), "sample_size": 8}, {"temp": 2.0})
+    saved.window.num_updates, saved.window.audio_samples = 1, 32000.0
+    payload = checkpoint.payload(saved, {"a": 1}, None, window=saved.window.all_reduced(CPU))
+    assert payload["config"] == {"a": 1} and payload["format"] == checkpoint.FORMAT
+    main = state()
+    checkpoint.restore(main, payload)
+    assert (main.step, main.epoch, main.best_valid_loss, main.num_failed_files) == (7, 2, 1.25, 3)
+    assert (main.train_seconds, main.planned_steps) == (90.5, 20)
+    assert main.window.state_dict() == saved.window.state_dict()
+    # The window holds every rank's sums: rank 0 restores them, the others zeros (same keys, so
+    # the next all-reduce lines up), or the first log line after a resume counts them N times.
+    monkeypatch.setattr(dist, "is_main", lambda: False)
+    other = state()
+    checkpoint.restore(other, payload)
+    assert other.window.state_dict() == {
+        "sums": {"loss": 0.0, "sample_size": 0.0},
+        "means": {"temp": 0.0},
+        "num_micro_batches": 0,
+        "num_updates": 1,
+        "audio_samples": 0.0,
+    }

@@ -30,6 +30,7 @@ TOY = [
     "data.max_batch_samples=32000",
     "train.log_interval=1",
 ]
+MID_WINDOW = ["train.log_interval=2", "train.save_interval_steps=3", "optim.total_steps=4"]
 STEPS, UPDATE_FREQ = (
     3,
     2,
@@ -42,7 +43,10 @@ def _worker(manifest: Path, out: Path) -> None:
     toy_train(
         manifest, out / "ddp", f"train.max_steps={STEPS}", f"train.update_freq={UPDATE_FREQ}", *TOY
     )
-    # 2. The real recipe, 2 updates (it shuts the process group down when it ends).
+    # 2. A checkpoint in the middle of a log window (update 3 of 2 + 2), resumed.
+    for name, steps in (("straight", 4), ("split", 3), ("split", 4)):
+        toy_train(manifest, out / name, f"train.max_steps={steps}", *TOY, *MID_WINDOW)
+    # 3. The real recipe, 2 updates (it shuts the process group down when it ends).
     code = cli.main(
         [
             "pretrain",
@@ -116,6 +120,17 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     assert [r["num_updates"] for r in logged] == list(
         range(1, STEPS + 1)
     )  # rank 0 only, once per update
+
+    # The window saved at update 3 holds both ranks' sums once: the resumed line at 4 is the same.
+    straight, split = (
+        [
+            json.loads(line)
+            for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()
+        ]
+        for name in ("straight", "split")
+    )
+    keys = ("num_updates", "loss", "sample_size", "batch_audio_sec", "lr")
+    assert [[r[k] for k in keys] for r in split] == [[r[k] for k in keys] for r in straight]
 
     recipe = [
         json.loads(line)

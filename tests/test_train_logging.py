@@ -24,12 +24,14 @@ from test_train_loop import (
 )
 
 from w2vkit import cli
+from w2vkit.config import ConfigError
 from w2vkit.data.loader import build_loaders
 from w2vkit.losses import pretraining_objective, summarize
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint
+from w2vkit.train.config import DataConfig
 from w2vkit.train.loop import Objective, evaluate, micro_batch_groups
-from w2vkit.train.metrics import MetricsWindow
+from w2vkit.train.metrics import LOOP_COLUMNS, Column, ConsoleTable, MetricsWindow, RunLogger
 
 CPU = torch.device("cpu")
 
@@ -53,17 +55,17 @@ def test_metrics_window_sums_and_averages_like_hand_arithmetic():
     sums, means, extra = window.reduce(CPU, {"audio": 16000.0})
     assert sums == {"loss": 5.0, "count": 10.0, "correct": 5.0}
     assert means == {"temp": 1.0}  # over micro-batches: (2 + 1 + 0) / 3
-    assert extra == {"audio": 16000.0}
+    assert extra == {"audio": 16000.0, "audio_samples": 0.0}
     restored = MetricsWindow()
     restored.load_state_dict(window.all_reduced(CPU).state_dict())
     assert restored.reduce(CPU)[:2] == (sums, means) and restored.num_updates == 2
-    assert MetricsWindow().reduce(CPU) == ({}, {}, {})
+    assert MetricsWindow().reduce(CPU) == ({}, {}, {"audio_samples": 0.0})
 
 
 def test_summarize_gives_bits_per_masked_frame_and_fairseq_accuracy():
     ln2 = math.log(2)
     sums = {"loss": 20.0, "loss_0": 16.0, "loss_1": 3.0, "loss_2": 1.0, "sample_size": 8.0}
-    record = summarize(sums | {"correct": 3.0, "count": 6.0})
+    record = summarize(sums | {"correct": 3.0, "count": 6.0, "negatives_equal": 2, "negatives": 80})
     assert record == pytest.approx(
         {
             "loss": 20 / 8 / ln2,
@@ -71,6 +73,7 @@ def test_summarize_gives_bits_per_masked_frame_and_fairseq_accuracy():
             "loss_1": 3 / 8 / ln2,
             "loss_2": 1 / 8 / ln2,
             "accuracy": 0.5,
+            "negatives_equal_positive": 2 / 80,
             "sample_size": 8.0,
         }
     )
@@ -92,7 +95,12 @@ def test_logged_lr_gnorm_sample_size_and_loss_are_those_of_the_updates(manifest_
     loader = build_loaders(cfg.data, cfg.train.seed, 0, 1)["train"]
     state = toy_state(cfg, loader.sampler)
     groups = micro_batch_groups(loader, loader.sampler, 2, 0)
-    results = [update(state, next(groups), TOY, cfg) for _ in range(4)]
+    audio_sec = []
+    results = []
+    for _ in range(4):
+        group = next(groups)
+        audio_sec.append(sum(b.num_audio_samples for b in group) / 16000)
+        results.append(update(state, group, TOY, cfg))
     logged = _records(tmp_path / "run", "train")
     assert [r["num_updates"] for r in logged] == [2, 4]
     for record, (a, b) in zip(logged, [results[0:2], results[2:4]], strict=True):
@@ -100,6 +108,8 @@ def test_logged_lr_gnorm_sample_size_and_loss_are_those_of_the_updates(manifest_
         assert record["lr"] == pytest.approx(0.01 * (1 - step / 4))  # no warmup, linear to 0 at 4
         assert record["gnorm"] == pytest.approx(b.gnorm, rel=1e-5) and b.gnorm > 0.01  # pre-clip
         assert record["sample_size"] == pytest.approx((a.sample_size + b.sample_size) / 2)
+        first = 2 * (step // 2 - 1)
+        assert record["batch_audio_sec"] == pytest.approx(sum(audio_sec[first : first + 2]) / 2)
         assert record["loss"] == pytest.approx(
             (a.loss + b.loss) / (a.sample_size + b.sample_size), rel=1e-5
         )
@@ -211,7 +221,70 @@ def test_a_valid_split_without_usable_items_runs_without_validation(tmp_path, ca
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert out.count(f"{dest / 'valid.tsv'}") == 1
-    assert out.count("training without validation") == 1
+    # Said once, naming the file (whatever part of the recipe notices it).
+    said = [line for line in out.splitlines() if f"{dest / 'valid.tsv'}" in line]
+    assert len(said) == 1 and "validation" in said[0]
     assert _records(out_dir, "valid") == [] and len(_records(out_dir, "train")) == 2
     assert checkpoint.load(out_dir / checkpoint.LAST)["progress"]["step"] == 2
+    last = out_dir / checkpoint.LAST
+    assert f"next: w2vkit extract {last} {dest / 'train.tsv'} --out {out_dir / 'features'}" in out
+
+
+def test_the_console_table_aligns_a_header_and_a_row_per_train_record():
+    table = ConsoleTable([Column("loss", "loss", ".3f"), Column("accuracy", "acc", ".2f")])
+    train = {"split": "train", "epoch": 2, "num_updates": 40, "loss": 3.14159}
+    header, row = table.lines(train, "0:01:05")
+    assert header.split() == ["update", "epoch", "loss", "acc", "ETA"]
+    assert row.split() == ["40", "2", "3.142", "-", "0:01:05"]
+    assert len(header) == len(row)  # right-aligned under their headers
+    assert [len(line) for line in table.lines(train | {"accuracy": 0.5}, "-")] == [len(row)]
+    valid = {"split": "valid", "epoch": 2, "num_updates": 40, "loss": 2.5, "best_loss": 2.5}
+    assert table.lines(valid, "-") == ["valid @ 40: loss 2.500  best_loss 2.5"]
+    table.num_rows = ConsoleTable.HEADER_EVERY
+    assert len(table.lines(train, "-")) == 2  # the header again
+
+
+def test_on_a_terminal_the_console_shows_the_table_and_the_file_keeps_json(tmp_path, capsys):
+    columns = (Column("loss", "loss", ".3f"), *LOOP_COLUMNS)
+    logger = RunLogger(
+        tmp_path,
+        total_steps=10,
+        start_step=0,
+        tensorboard=False,
+        progress_bar=True,
+        columns=columns,
+    )
+    for step in range(1, 5):
+        logger.progress(step)
+    assert logger.bar.n == 4  # the bar moves every update, not every log line
+    record = {"split": "train", "epoch": 1, "num_updates": 4, "loss": 1.5, "lr": 0.001}
+    logger.log(record)
+    logger.close()
+    out = capsys.readouterr().out
+    assert "1.500" in out and "1.00e-03" in out and "{" not in out
+    assert [
+        json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()
+    ] == [record]
+    assert {c.key for c in LOOP_COLUMNS} >= {"lr", "gnorm", "batch_audio_sec", "audio_sec_per_sec"}
+
+
+def test_off_a_terminal_the_console_gets_the_json_lines(tmp_path, capsys):
+    logger = RunLogger(
+        tmp_path, total_steps=10, start_step=0, tensorboard=False, progress_bar=False
+    )
+    logger.log({"split": "train", "epoch": 1, "num_updates": 1, "loss": 1.5})
+    assert json.loads(capsys.readouterr().out) == {
+        "split": "train",
+        "epoch": 1,
+        "num_updates": 1,
+        "loss": 1.5,
+    }
+
+
+def test_a_train_split_without_usable_items_is_a_config_error(tmp_path):
+    data = DataConfig(manifest_dir=str(tmp_path), min_samples=8000, max_samples=16000)
+    with pytest.raises(ConfigError, match=r"train.tsv is missing or empty; write it with"):
+        build_loaders(data, 1, 0, 1)
+    (tmp_path / "train.tsv").write_text(f"{tmp_path}\nshort.wav\t100\n")
+    with pytest.raises(ConfigError, match=r"no utterance of at least data.min_samples=8000"):
+        build_loaders(data, 1, 0, 1)

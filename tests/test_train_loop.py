@@ -428,7 +428,8 @@ def test_logged_sums_stay_tensors_on_the_device_until_a_log_line():
     state = toy_state(cfg, model=Wav2Vec2Model(cfg.model))
     update(state, [_rows(2, 8000, 1)], pretraining_objective(cfg.loss, cfg.model.quantizer), cfg)
     window = state.window
-    assert set(window.sums) == {"loss", "loss_0", "loss_1", "sample_size", "correct", "count"}
+    keys = {"loss", "loss_0", "loss_1", "sample_size", "correct", "count", "negatives_equal"}
+    assert set(window.sums) == keys | {"negatives"}
     for key in ("loss", "loss_0", "loss_1", "correct"):  # not float(): no host sync per micro-batch
         assert isinstance(window.sums[key], torch.Tensor), key
     assert all(

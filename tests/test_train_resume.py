@@ -110,7 +110,9 @@ def test_a_signal_saves_a_checkpoint_and_exits_with_its_status(
     )
     killer.join(timeout=5)
     assert code == status  # 128 + the signal number, as a shell reports it: `pretrain && x` stops
-    assert f"stopped by {sig.name} at update" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"stopped by {sig.name} at update" in out
+    assert f"finished (stopped by {sig.name})" in out and "continue with the same command" in out
     # the loop put the previous handler back
     assert signal.getsignal(sig) == handler_before
     saved = checkpoint.load(tmp_path / checkpoint.LAST)

@@ -11,7 +11,9 @@ Gumbel temperature of the update, the forward, the loss, the logged sums, all le
 and `summarize`, fairseq's `reduce_metrics`. Logged keys: `loss` (bits per masked frame = sum loss /
 sum sample_size / ln 2), `loss_0` contrastive, `loss_1` diversity, `loss_2` feature penalty (same
 scaling; a part with weight 0 is not logged, as fairseq), `accuracy` (= correct / count),
-`prob_perplexity`, `code_perplexity`, `temp` (averaged over micro-batches).
+`negatives_equal_positive` (fraction of negatives identical to their positive, which are no
+distractors: a high value makes the task trivial), `prob_perplexity`, `code_perplexity`, `temp`
+(averaged over micro-batches).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class LossTerms:
     num_correct: Tensor
     """fairseq's accuracy numerator (0-dim, long, on the logits' device: no host sync)."""
     num_count: int
+    num_negatives_equal: Tensor
+    """Negatives identical to their positive (-inf logits, no distractor): 0-dim long tensor."""
+    num_negatives: int
     prob_perplexity: Tensor
     """Detached (0-dim); 0 without a quantizer. So is `code_perplexity`."""
     code_perplexity: Tensor
@@ -110,6 +115,8 @@ def pretraining_loss(
         sample_size=sample_size,
         num_correct=num_correct(output.logits),
         num_count=sample_size,
+        num_negatives_equal=torch.isneginf(output.logits[:, 1:]).sum(),
+        num_negatives=output.logits[:, 1:].numel(),
         prob_perplexity=_detached_or_zero(output.prob_perplexity, zero),
         code_perplexity=_detached_or_zero(output.code_perplexity, zero),
         temperature=output.temperature,
@@ -132,6 +139,8 @@ def logged_sums(
         "loss_0": terms.contrastive.detach(),
         "correct": terms.num_correct,
         "count": terms.num_count,
+        "negatives_equal": terms.num_negatives_equal,
+        "negatives": terms.num_negatives,
     }
     if diversity_weight and quantized:
         sums["loss_1"] = terms.diversity.detach()
@@ -146,6 +155,8 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
     out = {key: sums[key] / sample_size / math.log(2) for key in LOSS_KEYS if key in sums}
     if sums.get("count"):
         out["accuracy"] = sums["correct"] / sums["count"]
+    if sums.get("negatives"):
+        out["negatives_equal_positive"] = sums["negatives_equal"] / sums["negatives"]
     out["sample_size"] = sums.get("sample_size", 0.0)
     return out
 

@@ -171,30 +171,9 @@ def build_loaders(
         splits[data_cfg.valid_split] = False
     loaders = {}
     for split, is_train in splits.items():
-        path = Path(data_cfg.manifest_dir) / f"{split}.tsv"
-        if not (path.is_file() and path.stat().st_size > 0):
-            if not is_train:
-                continue
-            raise ConfigError(
-                f"data.manifest_dir: {path} is missing or empty; write it with "
-                f"`w2vkit manifest AUDIO_DIR --dest {data_cfg.manifest_dir}`"
-            )
-        dataset = AudioDataset(
-            path,
-            sample_rate=data_cfg.sample_rate,
-            min_samples=data_cfg.min_samples,
-            max_samples=data_cfg.max_samples,
-            pad=data_cfg.pad,
-            normalize=data_cfg.normalize,
-            random_crop=is_train,
-        )
-        if len(dataset) == 0:
-            if not is_train:
-                continue
-            raise ConfigError(
-                f"{path} lists no utterance of at least data.min_samples={data_cfg.min_samples} "
-                "samples: nothing to train on"
-            )
+        dataset = _split_dataset(data_cfg, split, is_train=is_train)
+        if dataset is None:
+            continue
         sampler = BucketBatchSampler(
             dataset.sizes,
             max_batch_samples=data_cfg.max_batch_samples,
@@ -214,3 +193,33 @@ def build_loaders(
             persistent_workers=data_cfg.num_workers > 0,
         )
     return loaders
+
+
+def _split_dataset(data_cfg: DataConfig, split: str, *, is_train: bool) -> AudioDataset | None:
+    """The split's dataset; None for a valid split without a usable item (the train split must
+    have one: ConfigError)."""
+    path = Path(data_cfg.manifest_dir) / f"{split}.tsv"
+    if not (path.is_file() and path.stat().st_size > 0):
+        if not is_train:
+            return None
+        raise ConfigError(
+            f"data.manifest_dir: {path} is missing or empty; write it with "
+            f"`w2vkit manifest AUDIO_DIR --dest {data_cfg.manifest_dir}`"
+        )
+    dataset = AudioDataset(
+        path,
+        sample_rate=data_cfg.sample_rate,
+        min_samples=data_cfg.min_samples,
+        max_samples=data_cfg.max_samples,
+        pad=data_cfg.pad,
+        normalize=data_cfg.normalize,
+        random_crop=is_train,
+    )
+    if len(dataset) == 0:
+        if not is_train:
+            return None
+        raise ConfigError(
+            f"{path} lists no utterance of at least data.min_samples={data_cfg.min_samples} "
+            "samples: nothing to train on"
+        )
+    return dataset

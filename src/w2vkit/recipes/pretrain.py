@@ -24,7 +24,7 @@ from w2vkit.train import checkpoint, dist
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.fairseq_config import load_fairseq_config
 from w2vkit.train.loop import TrainState, exit_status, train
-from w2vkit.train.metrics import RunLogger
+from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 from w2vkit.train.preflight import check_pretrain
 
@@ -153,7 +153,7 @@ def _pretrain(
     if resume is not None:
         checkpoint.restore(state, resume)
         notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
-    if cfg.optim.warmup_steps >= cfg.total_steps:
+    if 0 < cfg.total_steps <= cfg.optim.warmup_steps:  # (0: a time budget plans the length)
         notes.append(
             f"optim.warmup_steps={cfg.optim.warmup_steps} >= the {cfg.total_steps} scheduled updates: "
             "the LR never reaches optim.lr"
@@ -163,6 +163,7 @@ def _pretrain(
         total_steps=cfg.train.max_steps,
         start_step=state.step,
         tensorboard=cfg.train.tensorboard,
+        columns=CONSOLE_COLUMNS,
     )
     num_params = sum(p.numel() for p in dist.unwrap(state.model).parameters())
     logger.message(
@@ -188,8 +189,41 @@ def _pretrain(
         )
     finally:
         logger.close()
-    logger.message(f"finished ({reason}) at update {state.step}")
+    _summary(logger, cfg, state, reason)
     return exit_status(reason)
+
+
+CONSOLE_COLUMNS = (
+    Column("loss", "loss", ".3f"),
+    Column("loss_0", "contrast", ".3f"),
+    Column("loss_1", "diverse", ".3f"),
+    Column("loss_2", "penalty", ".3f"),
+    Column("accuracy", "accuracy", ".3f"),
+    Column("prob_perplexity", "prob_ppl", ".1f"),
+    Column("code_perplexity", "code_ppl", ".1f"),
+    *LOOP_COLUMNS,
+)
+"""The console table of `w2vkit pretrain` on a terminal (losses in bits per masked frame)."""
+
+
+def _summary(logger: RunLogger, cfg: PretrainConfig, state: TrainState, reason: str) -> None:
+    """The end of the run: why it stopped, the best validation, the checkpoints, what to run next."""
+    out_dir = Path(cfg.train.out_dir)
+    best, last = out_dir / checkpoint.BEST, out_dir / checkpoint.LAST
+    why = {"sigint": "stopped by SIGINT", "sigterm": "stopped by SIGTERM"}.get(reason, reason)
+    lines = [f"finished ({why}) at update {state.step}"]
+    if best.is_file():
+        lines.append(f"  best valid loss  {state.best_valid_loss:.4f} bits: {best}")
+    if last.is_file():
+        lines.append(f"  last checkpoint  {last}")
+    if reason in ("sigint", "sigterm", "nonfinite") and last.is_file():
+        lines.append("  continue with the same command: it resumes from the last checkpoint")
+    elif last.is_file():
+        manifest = Path(cfg.data.manifest_dir) / f"{cfg.data.train_split}.tsv"
+        model = best if best.is_file() else last
+        lines.append(f"  next: w2vkit extract {model} {manifest} --out {out_dir / 'features'}")
+    for line in lines:
+        logger.message(line)
 
 
 def _prepare_run_dir(cfg: PretrainConfig, out_dir: Path) -> None:

@@ -88,6 +88,7 @@ def restore(state: TrainState, payload: dict) -> None:
             "sums": dict.fromkeys(window["sums"], 0.0),
             "means": dict.fromkeys(window["means"], 0.0),
             "num_micro_batches": 0,
+            "audio_samples": 0.0,
         }
     state.window.load_state_dict(window)
     progress = payload["progress"]

@@ -228,6 +228,7 @@ def run_update(
         for sums, means in logged:
             state.window.add(sums, means)
         state.window.num_updates += 1
+        state.window.audio_samples += sum(b.num_audio_samples for b in micro_batches)
         state.step += 1
         state.schedule.set_step(state.step)
         state.consecutive_nonfinite = 0
@@ -441,8 +442,6 @@ class _Run(Generic[BatchT]):
     logger: RunLogger
     sample_rate: int
     throughput: Throughput = field(default_factory=Throughput)
-    audio_samples: float = 0.0
-    """Audio samples this process trained on since the last log line."""
     last_valid: dict | None = None
     saved_at: int | None = None
     validated_at: int | None = None
@@ -465,6 +464,7 @@ class _Run(Generic[BatchT]):
         if planned is not None:
             self.state.planned_steps, per_update = planned
             self.apply_plan()
+            self.logger.set_total(self.state.planned_steps)
             self.logger.message(
                 f"time budget {self.cfg.max_minutes:g} min: {per_update:.3g} s per update over "
                 f"{CALIBRATION_UPDATES} updates, so {self.state.planned_steps} updates in all; the "
@@ -539,20 +539,19 @@ class _Run(Generic[BatchT]):
     def log_train(self, result: UpdateResult) -> None:
         """One train line: the window's record (one all-reduce, one host copy) and the loop's keys."""
         state = self.state
-        counts = {"audio": self.audio_samples, "failed": float(state.num_failed_files)}
-        sums, means, counts = state.window.reduce(self.device, counts)
-        num_updates, state.window, self.audio_samples = (
-            state.window.num_updates,
-            MetricsWindow(),
-            0.0,
+        sums, means, counts = state.window.reduce(
+            self.device, {"failed": float(state.num_failed_files)}
         )
+        num_updates, state.window = state.window.num_updates, MetricsWindow()
+        audio_seconds = counts["audio_samples"] / self.sample_rate
         record = self.objective.summarize(sums) | means
         record["sample_size"] = sums["sample_size"] / max(num_updates, 1)  # per update, all ranks
+        record["batch_audio_sec"] = audio_seconds / max(num_updates, 1)
         # lr of the next update, as fairseq logs it; gnorm of the last update, before clipping.
         record |= {"lr": state.schedule.lr_at(state.step), "gnorm": result.gnorm}
         if state.scaler is not None:
             record["loss_scale"] = state.scaler.get_scale()
-        rates = self.throughput.rates(num_updates, counts["audio"] / self.sample_rate)
+        rates = self.throughput.rates(num_updates, audio_seconds)
         self.logger.log(
             {
                 "split": "train",
@@ -565,7 +564,6 @@ class _Run(Generic[BatchT]):
                 "num_failed_files": int(counts["failed"]),
             }
         )
-        self.logger.progress(state.step, record.get("loss"), rates["audio_sec_per_sec"])
 
     def skipped(self, result: UpdateResult) -> bool:
         """Report a skipped update; True (after saving) when too many came in a row."""
@@ -620,6 +618,7 @@ def train(
         run.budget = TimeBudget(state, cfg.max_minutes, cfg.max_steps)
         if state.planned_steps:  # resumed: the plan of the first session holds
             run.apply_plan()
+            logger.set_total(state.planned_steps)
     start_step = state.step
     with StopSignals() as signals:
         reason = _updates(run, train_loader, clip_norm, signals)
@@ -641,7 +640,6 @@ def _updates(
         if group is None:
             return "max_epochs"
         state.epoch = group[-1].epoch + 1  # fairseq counts epochs from 1
-        run.audio_samples += sum(b.num_audio_samples for b in group)
         state.num_failed_files += sum(b.num_failed for b in group)
         result = run_update(
             state,
@@ -655,6 +653,7 @@ def _updates(
         )
         if not result.finite and run.skipped(result):
             return "nonfinite"
+        run.logger.progress(state.step)
         if result.finite and state.step % cfg.log_interval == 0:
             run.log_train(result)
         if result.stop is not None and result.stop in STOP_SIGNALS.values():
