@@ -17,6 +17,8 @@ COMMANDS = {
     "pretrain": "wav2vec 2.0 self-supervised pretraining (works under torchrun)",
     "extract": "per-layer hidden states of a manifest's audio -> safetensors shards + index.tsv",
     "probe": "layer-wise linear probes: which layer of extracted features encodes a label",
+    "report": "report.html + report.md of a run: health findings, curves, codebook usage, probes",
+    "plot": "the training curves of a run as PNGs",
     "convert": "convert checkpoints between fairseq, HF transformers and w2vkit",
     "demo": "synthesise a little speech, then manifest -> tiny pretraining, with the loss printed",
 }
