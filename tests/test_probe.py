@@ -102,6 +102,13 @@ def test_held_out_split_never_leaks_a_voice_or_a_sentence():
         split_items(np.zeros(300), {"voice": voices}, seed=1).held_out
         != split_items(np.zeros(300), {"voice": voices}, seed=2).held_out
     )
+    fixed = split_items(np.zeros(300), {"voice": voices}, test_values={"voice": ["v3", "v1"]})
+    assert fixed.held_out == {"voice": ["v1", "v3"]}
+    assert set(voices[fixed.test]) == {"v1", "v3"} and not {"v1", "v3"} & set(voices[fixed.train])
+    with pytest.raises(ValueError, match="no item has voice 'v9'"):
+        split_items(np.zeros(300), {"voice": voices}, test_values={"voice": ["v9"]})
+    with pytest.raises(ValueError, match="test values given for"):
+        split_items(np.zeros(300), {"voice": voices}, test_values={"sentence": ["s1"]})
     with pytest.raises(ValueError, match="cannot hold out 'voice': all items share one value"):
         split_items(np.zeros(4), {"voice": np.array(["a"] * 4)})
 
@@ -117,6 +124,9 @@ def test_the_frame_probe_holds_out_voices_end_to_end(tmp_path):
     assert len(held["voice"]) == 2 and len(held["sentence"]) == 2  # round(0.25 * 6) = 2
     assert split["num_test_utterances"] == 4 and split["num_train_utterances"] == 6 * 4
     assert split["num_dropped_utterances"] == 48 - 4 - 24
+    assert _run(*argv, "--split-by", "voice", "--test-values", "voice=v7,v0") == 0
+    split = json.loads((feats / "probe" / "probe.json").read_text())["split"]
+    assert split["held_out"] == {"voice": ["v0", "v7"]} and split["num_test_utterances"] == 12
 
 
 def test_stratified_split_and_chance():

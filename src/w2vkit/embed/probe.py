@@ -89,10 +89,18 @@ def split_items(
     *,
     test_fraction: float = 0.25,
     seed: int = 0,
+    test_values: dict[str, list[str]] | None = None,
 ) -> Split:
-    """Train/test item indices. Shape: targets (N,), groups {column: (N,) values}."""
+    """Train/test item indices. Shape: targets (N,), groups {column: (N,) values}.
+
+    `test_values` fixes the held-out values of some columns instead of drawing them.
+    """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    if test_values and not set(test_values) <= set(groups or {}):
+        raise ValueError(
+            f"test values given for {sorted(test_values)} but split by {sorted(groups or {})}"
+        )
     if not groups:
         return _stratified(targets, test_fraction, seed)
     rng = np.random.default_rng(seed)
@@ -107,6 +115,11 @@ def split_items(
             )
         count = min(max(round(test_fraction * len(distinct)), 1), len(distinct) - 1)
         chosen = np.sort(rng.choice(distinct, size=count, replace=False))
+        if test_values and column in test_values:
+            unknown = sorted(set(test_values[column]) - set(distinct.tolist()))
+            if unknown:
+                raise ValueError(f"no item has {column} {unknown[0]!r} (test values of {column})")
+            chosen = np.array(sorted(test_values[column]))
         member = np.isin(values, chosen)
         in_test &= member
         in_train &= ~member

@@ -278,6 +278,7 @@ def probe_sources(
     max_test_frames: int | None = 10_000,
     c: float = 1.0,
     max_iter: int = 500,
+    test_values: dict[str, list[str]] | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> ProbeResult:
     """Probe every layer of every source, for each of its contexts, on one split and frame draw.
@@ -285,7 +286,13 @@ def probe_sources(
     `sources`: (name, a function that opens the source, contexts). Settings and split are
     recorded in the result.
     """
-    split = split_items(task.utterance_targets, task.groups, test_fraction=test_fraction, seed=seed)
+    split = split_items(
+        task.utterance_targets,
+        task.groups,
+        test_fraction=test_fraction,
+        seed=seed,
+        test_values=test_values,
+    )
     selection = None
     if task.task == "frame":
         rng = np.random.default_rng(seed)

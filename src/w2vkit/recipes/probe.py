@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "voice,sentence: test items share none of them with training (default: stratified)",
     )
     parser.add_argument(
+        "--test-values",
+        action="append",
+        default=[],
+        metavar="COLUMN=V1,V2",
+        help="hold out these values of a --split-by column instead of a random draw (repeatable)",
+    )
+    parser.add_argument(
         "--test-fraction",
         type=float,
         default=0.25,
@@ -95,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
         if args.context and args.task != "frame":
             raise ValueError("--context applies to the frame task only")
         split_by = [c.strip() for c in args.split_by.split(",") if c.strip()]
+        test_values = {}
+        for spec in args.test_values:
+            column, sep, values = spec.partition("=")
+            if not sep or not values:
+                raise ValueError(f"--test-values expects COLUMN=V1,V2, got {spec!r}")
+            test_values[column.strip()] = [v.strip() for v in values.split(",") if v.strip()]
         task = load_task(
             args.features,
             args.labels,
@@ -113,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             max_test_frames=args.max_test_frames,
             c=args.c,
             max_iter=args.max_iter,
+            test_values=test_values,
             log=lambda message: print(f"w2vkit probe: {message}", file=sys.stderr, flush=True),
         )
     except (OSError, ValueError) as err:
