@@ -264,35 +264,45 @@ def test_label_readers(tmp_path):
         read_utterance_labels(tmp_path / "bad.tsv")
 
 
+def tone_bursts(root: Path, paths: list[str], seed: int = 0) -> list[str]:
+    """A 15-frame tone burst in faint noise per file, written under `root`; returns the frame
+    label lines (`path<TAB>sil ... tone ... sil`, one label per 20 ms frame)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for path in paths:
+        num_frames = int(rng.integers(40, 70))
+        wav = 0.01 * rng.normal(size=320 * (num_frames - 1) + 400)
+        on = np.zeros(num_frames, dtype=bool)
+        start = int(rng.integers(5, num_frames // 2))
+        on[start : start + 15] = True
+        for i in np.flatnonzero(on):
+            t = np.arange(320 * i, 320 * i + 400)
+            wav[t] += 0.4 * np.sin(2 * np.pi * rng.uniform(300, 900) * t / 16000)
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / path, wav.astype(np.float32), 16000)
+        lines.append(path + "\t" + " ".join("tone" if x else "sil" for x in on))
+    return lines
+
+
+def save_random_tiny(path: Path, seed: int = 1) -> Wav2Vec2Model:
+    """A randomly initialised tiny model saved as a w2vkit checkpoint."""
+    torch.manual_seed(seed)
+    model = Wav2Vec2Model.from_preset("tiny")
+    torch.save({"model": model.state_dict(), "config": {"model": to_dict(model.cfg)}}, path)
+    return model
+
+
 def test_baselines_on_real_audio_through_the_cli(tmp_path):
     """Tone bursts in silence, labelled per frame; a tiny random checkpoint is 'pretrained'.
     Log-mel must find tone vs silence; every requested source is probed on the same frames."""
-    rng = np.random.default_rng(0)
-    rows, frame_lines, table = [], [], ["path\tvoice\tsentence"]
-    for voice in ("a", "b", "c", "d"):
-        for k in range(3):
-            num_frames = int(rng.integers(40, 70))
-            wav = 0.01 * rng.normal(size=320 * (num_frames - 1) + 400)
-            on = np.zeros(num_frames, dtype=bool)
-            start = int(rng.integers(5, num_frames // 2))
-            on[start : start + 15] = True
-            for i in np.flatnonzero(on):
-                t = np.arange(320 * i, 320 * i + 400)
-                wav[t] += 0.4 * np.sin(2 * np.pi * rng.uniform(300, 900) * t / 16000)
-            path = f"{voice}/{k}.wav"
-            (tmp_path / voice).mkdir(exist_ok=True)
-            sf.write(tmp_path / path, wav.astype(np.float32), 16000)
-            rows.append((path, len(wav)))
-            frame_lines.append(path + "\t" + " ".join("tone" if x else "sil" for x in on))
-            table.append(f"{path}\t{voice}\t{k}")
-    write_manifest(tmp_path / "m.tsv", Manifest(tmp_path, *map(list, zip(*rows, strict=True))))
+    paths = [f"{voice}/{k}.wav" for voice in "abcd" for k in range(3)]
+    frame_lines = tone_bursts(tmp_path, paths)
+    table = ["path\tvoice\tsentence"] + [f"{p}\t{p[0]}\t{p[2]}" for p in paths]
+    sizes = [sf.info(tmp_path / p).frames for p in paths]
+    write_manifest(tmp_path / "m.tsv", Manifest(tmp_path, paths, sizes))
     (tmp_path / "frames.tsv").write_text("\n".join(frame_lines) + "\n")
     (tmp_path / "utt.tsv").write_text("\n".join(table) + "\n")
-    torch.manual_seed(1)
-    model = Wav2Vec2Model.from_preset("tiny")
-    torch.save(
-        {"model": model.state_dict(), "config": {"model": to_dict(model.cfg)}}, tmp_path / "m.pt"
-    )
+    model = save_random_tiny(tmp_path / "m.pt")
     extract = ["extract", str(tmp_path / "m.pt"), str(tmp_path / "m.tsv"), "--quiet"]
     assert cli.main([*extract, "--out", str(tmp_path / "f")]) == 0
     probe = [
