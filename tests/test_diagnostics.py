@@ -89,6 +89,8 @@ def test_codebook_collapse_of_a_model_whose_quantizer_projection_is_zero():
     assert "code_perplexity 2.00 <= 4" in found[0].message
     assert "diversity_weight" in found[0].what_to_try
     assert HealthMonitor(K, 0).observe(records[0]) == []  # no quantizer, no codebook
+    tiny = HealthMonitor.for_model(model.cfg)  # K = 10 within-utterance negatives, G = 2
+    assert (tiny.chance_bits, tiny.num_groups) == (CHANCE, G)
 
 
 def test_accuracy_near_one_early_is_a_trivial_task():

@@ -14,7 +14,7 @@ Frame subsampling: when the training (test) split holds more than `max_train_fra
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +100,7 @@ def load_task(
     task: str = "utterance",
     target: str | None = None,
     utterances_path: str | os.PathLike | None = None,
-    split_by: list[str] = (),  # type: ignore[assignment]
+    split_by: Sequence[str] = (),
 ) -> Task:
     """The labelled items of `features_dir`.
 

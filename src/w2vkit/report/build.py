@@ -13,6 +13,7 @@ import html
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,17 +60,9 @@ def curve_sections(records: list[dict], model: dict, plot_dir: Path) -> list[Sec
             f"collapsed: G = {groups}": groups,
             f"all used: G*V = {entries}": entries,
         }
-    images = []
-    for curve in plots.TRAIN_CURVES:
-        name = f"plots/{curve.name}.png"
-        if plots.plot_curve(curve, train, plot_dir / f"{curve.name}.png", guides.get(curve.name)):
-            images.append(name)
+    images = _draw(plots.TRAIN_CURVES, train, plot_dir, guides)
     sections = [Section("Training curves", images, [] if images else ["no training records"])]
-    valid_images = [
-        f"plots/{curve.name}.png"
-        for curve in plots.VALID_CURVES
-        if plots.plot_curve(curve, valid, plot_dir / f"{curve.name}.png", guides.get(curve.name))
-    ]
+    valid_images = _draw(plots.VALID_CURVES, valid, plot_dir, guides)
     if valid_images:
         last = valid[-1]
         summary = (
@@ -78,6 +71,15 @@ def curve_sections(records: list[dict], model: dict, plot_dir: Path) -> list[Sec
         )
         sections.append(Section("Validation", valid_images, [summary]))
     return sections
+
+
+def _draw(curves, records: list[dict], plot_dir: Path, guides: dict) -> list[str]:
+    """Draw each curve that has data; their image paths relative to the report."""
+    return [
+        f"plots/{curve.name}.png"
+        for curve in curves
+        if plots.plot_curve(curve, records, plot_dir / f"{curve.name}.png", guides.get(curve.name))
+    ]
 
 
 def codebook_section(
@@ -129,7 +131,7 @@ def codebook_section(
     return section
 
 
-def probe_sections(probe_paths: list[Path], plot_dir: Path) -> list[Section]:
+def probe_sections(probe_paths: Sequence[Path], plot_dir: Path) -> list[Section]:
     """Per probe.json: the table of the best layer per source, bars, and the per-layer plot."""
     sections = []
     for index, path in enumerate(probe_paths):
@@ -180,7 +182,7 @@ def best_rows(probe: dict) -> list[tuple[str, str, float, float]]:
     ]
 
 
-def pca_section(probe_paths: list[Path], plot_dir: Path) -> Section | None:
+def pca_section(probe_paths: Sequence[Path], plot_dir: Path) -> Section | None:
     """2-D PCA of utterance embeddings (best pretrained layer, frame means), coloured by voice:
     from the first probe whose labels give a voice per utterance."""
     from w2vkit.embed.probe_data import features_source, read_table
@@ -220,7 +222,7 @@ def build_report(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     *,
-    probe_paths: list[Path] = (),  # type: ignore[assignment]
+    probe_paths: Sequence[Path] = (),
     checkpoint: Path | None = None,
     valid_manifest: Path | None = None,
     max_valid_items: int = 200,

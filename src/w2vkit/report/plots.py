@@ -155,10 +155,12 @@ def plot_pca(
     fig = Figure(figsize=(6.0, 4.2), layout="constrained")
     ax = fig.subplots()
     names = sorted(set(labels))
-    palette = colormaps["tab20"]
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
     for i, name in enumerate(names):
         chosen = np.array([label == name for label in labels])
-        ax.scatter(points[chosen, 0], points[chosen, 1], s=14, label=name, color=palette(i % 20))
+        ax.scatter(
+            points[chosen, 0], points[chosen, 1], s=14, label=name, color=palette(i % palette.N)
+        )
     ratio = pca.explained_variance_ratio_
     ax.set(
         xlabel=f"PC 1 ({100 * ratio[0]:.0f}% of variance)",

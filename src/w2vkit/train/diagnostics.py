@@ -16,6 +16,7 @@ import statistics
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -97,6 +98,15 @@ class HealthMonitor:
         self._streaks: dict[str, int] = {}
         self._gnorms: deque[float] = deque(maxlen=explode_history)
         self._nonfinite: deque[int] = deque(maxlen=nonfinite_window + 1)
+
+    @classmethod
+    def for_model(cls, model: dict | Any, **thresholds) -> HealthMonitor:
+        """A monitor for a model config: a `ModelConfig` or its dict (config.yaml's `model`)."""
+        if not isinstance(model, dict):
+            from w2vkit.config import to_dict
+
+            model = to_dict(model)
+        return cls(*negatives_from_config(model), **thresholds)
 
     def observe(self, record: dict) -> list[Finding]:
         """New findings for one log record (validation records: none)."""
