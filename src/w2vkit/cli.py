@@ -20,7 +20,8 @@ COMMANDS = {
     "report": "report.html + report.md of a run: health findings, curves, codebook usage, probes",
     "plot": "the training curves of a run as PNGs",
     "convert": "convert checkpoints between fairseq, HF transformers and w2vkit",
-    "demo": "synthesise a little speech, then manifest -> tiny pretraining, with the loss printed",
+    "demo": "synthesise speech, then the whole path: manifest, tiny pretraining, features, "
+    "probes with baselines, report",
 }
 
 

@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.context < 0 or args.c <= 0 or args.max_iter < 1:
             raise ValueError("need --context >= 0, --c > 0 and --max-iter >= 1")
+        if min(args.max_train_frames, args.max_test_frames) < 1:
+            raise ValueError("--max-train-frames and --max-test-frames must be >= 1")
         if args.context and args.task != "frame":
             raise ValueError("--context applies to the frame task only")
         split_by = [c.strip() for c in args.split_by.split(",") if c.strip()]
