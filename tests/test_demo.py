@@ -25,7 +25,7 @@ def test_demo_runs_end_to_end(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "w2vkit", "demo", "--out-dir", str(out_dir), "--minutes", "0.25",
          "--steps", "4", "--seed", "1"],
-        check=False, env=env, capture_output=True, text=True, timeout=120,
+        check=False, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = out_dir / "pretrain"
@@ -39,6 +39,15 @@ def test_demo_runs_end_to_end(tmp_path):
     # The printed curve and summary come from the same log.
     assert f"{train[0]['loss']:.3f}" in done.stdout
     assert "contrastive part" in done.stdout and str(run_dir / "checkpoint_last.pt") in done.stdout
+    # Then features of every file, seen and unseen voices, the labels table and the report.
+    index = (out_dir / "features" / "index.tsv").read_text().splitlines()[1:]
+    assert {row.split("/")[0] for row in index} == {"seen", "unseen"}
+    table = (out_dir / "labels" / "utterances.tsv").read_text().splitlines()
+    assert table[0] == "path\tvoice\tsentence\tpretraining" and len(table) == len(index) + 1
+    assert (run_dir / "report.html").is_file() and (run_dir / "plots" / "loss_parts.png").is_file()
+    assert (
+        f"report: {run_dir / 'report.html'}" in done.stdout and "w2vkit probe feats/" in done.stdout
+    )
 
 
 def test_demo_refuses_folders_it_did_not_make(tmp_path, capsys):

@@ -19,12 +19,12 @@ from w2vkit.data.labels import (
     frame_phone_labels,
     read_frame_labels,
     read_utterance_labels,
-    receptive_field,
     write_frame_labels,
     write_utterance_labels,
 )
 from w2vkit.data.synth import Phone, make_speech_corpus, phonemize, synthesize_with_phones
 from w2vkit.model.config import BASE_CONV_LAYERS
+from w2vkit.model.feature_extractor import frame_geometry
 
 SR = 16000
 LENGTHS = [0, 1, 399, 400, 401, 719, 720, 721, 1039, 1040, 16000, 16399, 16400, 48321]
@@ -50,7 +50,7 @@ def test_frame_count_equals_the_conv_stack_and_labels_fill_it(num_samples):
 
 
 def test_grid_is_20ms_frames_of_25ms_centred_at_320i_plus_200():
-    assert receptive_field() == (400, 320)
+    assert frame_geometry(BASE_CONV_LAYERS) == (400, 320)
     assert [frame_count(n) for n in (399, 400, 719, 720)] == [0, 1, 1, 2]
     assert frame_centres(16000).tolist() == [320 * i + 200 for i in range(49)]
 

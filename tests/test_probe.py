@@ -1,4 +1,4 @@
-"""`w2vkit probe`: linear probes find a linearly coded label, not noise; splits, labels, reports."""
+"""`w2vkit probe`: linear probes find a linearly coded label, not noise; held-out splits; baselines."""
 
 from __future__ import annotations
 
@@ -14,83 +14,49 @@ from safetensors.torch import save_file
 
 from w2vkit import cli
 from w2vkit.config import to_dict
+from w2vkit.data.labels import read_frame_labels, read_utterance_labels
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.embed.extract import INDEX_HEADER
-from w2vkit.embed.probe import fit_logistic, probe_layers, stratified_split
+from w2vkit.embed.baselines import random_model_source
+from w2vkit.embed.extract import INDEX_HEADER, load_features
+from w2vkit.embed.probe import chance_scores, fit_and_score, split_items
+from w2vkit.embed.probe_data import select_frames, stack_context
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.recipes import probe as recipe
 
-
-def _synthetic(num_items: int = 150, dim: int = 24, seed: int = 0):
-    """Layer 0: pure noise; layer 1: noise plus a class-dependent mean. 3 classes."""
-    g = torch.Generator().manual_seed(seed)
-    targets = torch.arange(num_items) % 3  # (N,)
-    noise = torch.randn(num_items, dim, generator=g)
-    class_means = 1.5 * torch.randn(3, dim, generator=g)
-    coded = class_means[targets] + torch.randn(num_items, dim, generator=g)
-    labels = [["low", "mid", "high"][int(t)] for t in targets]
-    return torch.stack([noise, coded]), labels  # (2, N, D)
+VOICES = [f"v{i}" for i in range(8)]
+SENTENCES = [f"s{i}" for i in range(6)]
 
 
-def test_probe_finds_the_coded_layer_and_not_the_noise():
-    vectors, labels = _synthetic()
-    result = probe_layers(vectors, [0, 7], labels, seed=0)
-    noise, coded = result.scores
-    assert (noise.layer, coded.layer) == (0, 7) and result.best.layer == 7
-    assert coded.accuracy >= 0.95
-    assert result.num_test == 39 and result.chance_accuracy == pytest.approx(13 / 39)
-    assert noise.accuracy < 0.6  # chance is 1/3; 39 test items: 0.6 is > 3.5 standard deviations
-    assert result.classes == ["high", "low", "mid"]
-
-
-def test_probe_is_deterministic_for_a_seed():
-    vectors, labels = _synthetic(90)
-    first = probe_layers(vectors, [0, 1], labels, seed=3)
-    assert probe_layers(vectors, [0, 1], labels, seed=3) == first
-    targets = torch.tensor([["low", "mid", "high"].index(x) for x in labels])
-    split = [stratified_split(targets, 0.25, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
-    assert torch.equal(split[0][1], split[1][1]) and not torch.equal(split[0][1], split[2][1])
-
-
-def test_stratified_split_per_class_counts():
-    targets = torch.tensor([0] * 8 + [1] * 4 + [2])  # class 2 has one item: train only
-    train, test = stratified_split(targets, 0.25, torch.Generator().manual_seed(0))
-    assert sorted(torch.cat([train, test]).tolist()) == list(range(13))
-    assert torch.bincount(targets[test], minlength=3).tolist() == [2, 1, 0]
-    with pytest.raises(ValueError, match="test_fraction"):
-        stratified_split(targets, 1.0, torch.Generator())
-    # Chance = majority training class scored on the test set: 3 of 4 here (7 of 10 in train).
-    vectors = torch.randn(1, 14, 3, generator=torch.Generator().manual_seed(0))
-    result = probe_layers(vectors, [0], ["a"] * 10 + ["b"] * 4, max_iter=5)
-    assert (result.num_train, result.num_test, result.chance_accuracy) == (10, 4, 0.75)
-
-
-def test_fit_logistic_reaches_the_penalised_optimum():
-    """At the optimum the gradient, written out by hand, vanishes: X^T (P - Y) / N + 2 wd W = 0."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(60, 5, generator=g, dtype=torch.float64)
-    targets = torch.randint(0, 4, (60,), generator=g)
-    weight, bias = fit_logistic(x, targets, 4, weight_decay=0.01, max_iter=200)
-    xn, wn, bn = x.numpy(), weight.numpy(), bias.numpy()
-    logits = xn @ wn + bn
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    residual = probs - np.eye(4)[targets.numpy()]  # (N, K)
-    np.testing.assert_allclose(xn.T @ residual / 60 + 2 * 0.01 * wn, 0, atol=1e-6)
-    np.testing.assert_allclose(residual.mean(0), 0, atol=1e-6)
-    assert np.abs(wn).max() > 0.05  # not the trivial zero solution
-
-
-def _write_features(directory: Path, vectors: torch.Tensor, paths: list[str], skipped=()) -> None:
-    """A features directory by hand (mean-pooled layout), independent of the extractor."""
+def _write_features(directory: Path, items: dict[str, np.ndarray], layers=(0, 4)) -> None:
+    """A features directory by hand (independent of the extractor): {path: (L, T, D) | (L, D)}."""
     directory.mkdir(parents=True)
-    tensors = {f"k{i}": vectors[:, i].contiguous() for i in range(len(paths))}
+    tensors = {f"k{i}": torch.tensor(x, dtype=torch.float32) for i, x in enumerate(items.values())}
     save_file(tensors, str(directory / "features-00000.safetensors"))
-    rows = [f"{p}\tfeatures-00000.safetensors\tk{i}\t10\t0,4" for i, p in enumerate(paths)]
+    layer_text = ",".join(map(str, layers))
+    rows = [
+        f"{p}\tfeatures-00000.safetensors\tk{i}\t{x.shape[1] if x.ndim == 3 else 10}\t{layer_text}"
+        for i, (p, x) in enumerate(items.items())
+    ]
     (directory / "index.tsv").write_text("\n".join([INDEX_HEADER, *rows]) + "\n")
-    (directory / "skipped.tsv").write_text(
-        "".join(f"{p}\tcannot decode\n" for p in ("relative_path", *skipped))
-    )
+
+
+def _frame_corpus(tmp_path: Path, seed: int = 0) -> tuple[Path, Path, Path]:
+    """8 voices x 6 sentences, 5 frame classes; layer 0 noise, layer 4 class mean plus noise."""
+    rng = np.random.default_rng(seed)
+    means = 2.0 * rng.normal(size=(5, 12))
+    items, frame_lines, table = {}, [], ["path\tvoice\tsentence"]
+    for voice in VOICES:
+        for sentence in SENTENCES:
+            path = f"{voice}/{sentence}.flac"
+            labels = rng.integers(0, 5, size=int(rng.integers(20, 40)))
+            coded = means[labels] + rng.normal(size=(len(labels), 12))
+            items[path] = np.stack([rng.normal(size=coded.shape), coded])  # (2, T, 12)
+            frame_lines.append(path + "\t" + " ".join("aeiou"[k] for k in labels))
+            table.append(f"{path}\t{voice}\t{sentence}")
+    _write_features(tmp_path / "feats", items)
+    (tmp_path / "frames.tsv").write_text("\n".join(frame_lines) + "\n")
+    (tmp_path / "utterances.tsv").write_text("\n".join(table) + "\n")
+    return tmp_path / "feats", tmp_path / "frames.tsv", tmp_path / "utterances.tsv"
 
 
 def _run(*argv: str) -> int:
@@ -99,78 +65,276 @@ def _run(*argv: str) -> int:
     return recipe.run(parser.parse_args(list(argv)))
 
 
-def test_recipe_writes_json_and_plot(tmp_path, capsys):
-    vectors, labels = _synthetic(60)
-    paths = [f"spk/{i:03d}.wav" for i in range(60)]
-    _write_features(tmp_path / "feats", vectors, paths, skipped=["bad.wav"])
-    # Labels in another order than the index; the skipped file is labelled too.
-    lines = [f"{p}\t{y}" for p, y in zip(paths, labels, strict=True)][::-1] + ["bad.wav\tlow"]
-    (tmp_path / "labels.tsv").write_text("\n".join(lines) + "\n")
-    assert _run(str(tmp_path / "feats"), "--labels", str(tmp_path / "labels.tsv")) == 0
-    captured = capsys.readouterr()
-    assert "<- best" in captured.out and "1 labelled items were skipped" in captured.err
+def test_frame_probe_decodes_the_coded_layer_and_not_the_noise(tmp_path, capsys):
+    feats, frames, utterances = _frame_corpus(tmp_path)
+    argv = [str(feats), "--task", "frame", "--labels", str(frames), "--utterances", str(utterances)]
+    assert _run(*argv, "--split-by", "voice") == 0
+    report = json.loads((feats / "probe" / "probe.json").read_text())
+    noise, coded = report["scores"]
+    assert (noise["layer"], coded["layer"]) == (0, 4) and report["best"]["layer"] == 4
+    assert coded["accuracy"] > 0.97 and coded["macro_f1"] > 0.97
+    # 5 equally likely classes: noise scores 1/5 give or take sqrt(0.16 / n); allow 4 deviations.
+    assert noise["accuracy"] < 0.2 + 4 * (0.16 / report["split"]["num_test"]) ** 0.5
+    assert report["split"]["held_out"] == {"voice": report["split"]["held_out"]["voice"]}
+    assert len(report["split"]["held_out"]["voice"]) == 2  # 25% of 8 voices
+    assert sum(report["test_counts"].values()) == report["split"]["num_test"]
+    assert set(report["train_counts"]) == set("aeiou")
+    assert (feats / "probe" / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    assert "<- best" in capsys.readouterr().out
+
+
+def test_held_out_split_never_leaks_a_voice_or_a_sentence():
+    rng = np.random.default_rng(0)
+    voices = rng.choice(VOICES, size=300)
+    sentences = rng.choice(SENTENCES, size=300)
+    for seed in range(5):
+        split = split_items(np.zeros(300), {"voice": voices}, seed=seed)
+        assert not set(voices[split.train]) & set(voices[split.test])
+        assert sorted(voices[split.test].tolist()) == sorted(
+            v for v in voices.tolist() if v in split.held_out["voice"]
+        )
+        assert len(split.train) + len(split.test) == 300 and split.num_dropped == 0
+        both = split_items(np.zeros(300), {"voice": voices, "sentence": sentences}, seed=seed)
+        for values in (voices, sentences):
+            assert not set(values[both.train]) & set(values[both.test])
+        assert both.num_dropped == 300 - len(both.train) - len(both.test) > 0
+    assert (
+        split_items(np.zeros(300), {"voice": voices}, seed=1).held_out
+        != split_items(np.zeros(300), {"voice": voices}, seed=2).held_out
+    )
+    fixed = split_items(np.zeros(300), {"voice": voices}, test_values={"voice": ["v3", "v1"]})
+    assert fixed.held_out == {"voice": ["v1", "v3"]}
+    assert set(voices[fixed.test]) == {"v1", "v3"} and not {"v1", "v3"} & set(voices[fixed.train])
+    with pytest.raises(ValueError, match="no item has voice 'v9'"):
+        split_items(np.zeros(300), {"voice": voices}, test_values={"voice": ["v9"]})
+    with pytest.raises(ValueError, match="test values given for"):
+        split_items(np.zeros(300), {"voice": voices}, test_values={"sentence": ["s1"]})
+    with pytest.raises(ValueError, match="cannot hold out 'voice': all items share one value"):
+        split_items(np.zeros(4), {"voice": np.array(["a"] * 4)})
+
+
+def test_the_frame_probe_holds_out_voices_end_to_end(tmp_path):
+    """Voice-specific class means: a probe that saw a test voice would score higher than one that did
+    not; with the voice held out, test frames come only from voices absent from training."""
+    feats, frames, utterances = _frame_corpus(tmp_path)
+    argv = [str(feats), "--task", "frame", "--labels", str(frames), "--utterances", str(utterances)]
+    assert _run(*argv, "--split-by", "voice,sentence", "--seed", "3") == 0
+    split = json.loads((feats / "probe" / "probe.json").read_text())["split"]
+    held = split["held_out"]
+    assert len(held["voice"]) == 2 and len(held["sentence"]) == 2  # round(0.25 * 6) = 2
+    assert split["num_test_utterances"] == 4 and split["num_train_utterances"] == 6 * 4
+    assert split["num_dropped_utterances"] == 48 - 4 - 24
+    assert _run(*argv, "--split-by", "voice", "--test-values", "voice=v7,v0") == 0
+    split = json.loads((feats / "probe" / "probe.json").read_text())["split"]
+    assert split["held_out"] == {"voice": ["v0", "v7"]} and split["num_test_utterances"] == 12
+
+
+def test_stratified_split_and_chance():
+    targets = np.array([0] * 8 + [1] * 4 + [2])  # class 2 has one item: train only
+    split = split_items(targets, test_fraction=0.25, seed=0)
+    assert sorted(np.concatenate([split.train, split.test]).tolist()) == list(range(13))
+    assert np.bincount(targets[split.test], minlength=3).tolist() == [2, 1, 0]
+    assert chance_scores(np.array([0, 0, 1]), np.array([0, 1, 1, 1])) == pytest.approx(
+        (0.25, (2 * 0.25 / 1.25 + 0) / 2)  # majority 0: F1 of class 0 = 0.4, of class 1 = 0
+    )
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_items(targets, test_fraction=1.0)
+
+
+def test_fit_and_score_on_separable_and_on_random_labels():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 6))
+    separable = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)  # 4 classes, linear
+    acc, f1, train_acc, per_class, converged = fit_and_score(
+        x[:400], separable[:400], x[400:], separable[400:], list("abcd"), c=100.0
+    )
+    assert acc > 0.95 and f1 > 0.95 and converged and set(per_class) == set("abcd")
+    noise = rng.integers(0, 4, size=600)
+    acc, *_ = fit_and_score(x[:400], noise[:400], x[400:], noise[400:], list("abcd"))
+    assert abs(acc - 0.25) < 0.1  # 200 test items: sd 0.03
+
+
+def test_stack_context_repeats_edge_frames():
+    x = np.arange(5, dtype=np.float32).reshape(1, 5, 1) * np.array([1, 10], dtype=np.float32)
+    stacked = stack_context(x, np.array([0, 2, 4]), 1)  # (1, 3, 3 * 2)
+    assert stacked.shape == (1, 3, 6)
+    assert stacked[0, 0].tolist() == [0, 0, 0, 0, 1, 10]  # frame -1 is frame 0
+    assert stacked[0, 1].tolist() == [1, 10, 2, 20, 3, 30]
+    assert stacked[0, 2].tolist() == [3, 30, 4, 40, 4, 40]  # frame 5 is frame 4
+
+
+def test_frame_subsampling_is_seeded_and_within_items(tmp_path):
+    feats, frames, utterances = _frame_corpus(tmp_path)
+    from w2vkit.embed.probe_data import load_task
+
+    task = load_task(feats, frames, task="frame", utterances_path=utterances)
+    items = np.arange(10)
+    draws = [select_frames(task, items, 100, np.random.default_rng(s)) for s in (0, 0, 1)]
+    assert sum(len(v) for v in draws[0].values()) == 100
+    assert all(np.array_equal(draws[0][k], draws[1][k]) for k in draws[0])
+    assert any(not np.array_equal(draws[0].get(k), draws[2].get(k)) for k in range(10))
+    for item, chosen in draws[0].items():
+        assert 0 <= chosen.min() and chosen.max() < len(task.targets[item])
+        assert np.all(np.diff(chosen) > 0)  # sorted, no repeats
+    everything = select_frames(task, items, None, np.random.default_rng(0))
+    assert [len(v) for v in everything.values()] == [len(task.targets[i]) for i in items]
+
+
+def test_utterance_probe_with_a_header_a_target_column_and_a_warning(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    voice_means = 3.0 * rng.normal(size=(len(VOICES), 8))
+    items, table = {}, ["path\tvoice\tsentence"]
+    for v, voice in enumerate(VOICES):
+        for sentence in SENTENCES:
+            path = f"{voice}/{sentence}.flac"
+            items[path] = np.stack([rng.normal(size=8), voice_means[v] + rng.normal(size=8)])
+            table.append(f"{path}\t{voice}\t{sentence}")
+    _write_features(tmp_path / "feats", items)
+    (tmp_path / "utt.tsv").write_text("\n".join(table) + "\n")
+    argv = [str(tmp_path / "feats"), "--labels", str(tmp_path / "utt.tsv"), "--target", "voice"]
+    assert _run(*argv, "--split-by", "sentence") == 0
     report = json.loads((tmp_path / "feats" / "probe" / "probe.json").read_text())
-    assert [s["layer"] for s in report["scores"]] == [0, 4] and report["best_layer"] == 4
-    assert report["skipped"] == ["bad.wav"] and report["num_train"] + report["num_test"] == 60
-    direct = probe_layers(vectors, [0, 4], labels, seed=0)  # paths sort in index order here
-    assert report["scores"][1]["accuracy"] == direct.scores[1].accuracy
-    assert (tmp_path / "feats" / "probe" / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["best"]["layer"] == 4 and report["best"]["accuracy"] > 0.9
+    assert report["chance_accuracy"] == pytest.approx(1 / 8)
+    assert (
+        report["split"]["held_out"]["sentence"] == ["s1", "s5"]
+        or len(report["split"]["held_out"]["sentence"]) == 2
+    )
+    assert report["split"]["num_test"] == 16  # 2 sentences x 8 voices
+    err = capsys.readouterr().err
+    assert "warning: only 16 test utterances" in err and report["warnings"]
+
+
+def test_two_column_labels_still_work(tmp_path):
+    rng = np.random.default_rng(2)
+    means = {"low": rng.normal(size=6) * 3, "high": rng.normal(size=6) * 3}
+    items, lines = {}, []
+    for i in range(40):
+        label = ["low", "high"][i % 2]
+        items[f"{i:03d}.wav"] = np.stack([rng.normal(size=6), means[label] + rng.normal(size=6)])
+        lines.append(f"{i:03d}.wav\t{label}")
+    _write_features(tmp_path / "feats", items)
+    (tmp_path / "labels.tsv").write_text("\n".join(lines[::-1]) + "\n")
+    assert _run(str(tmp_path / "feats"), "--labels", str(tmp_path / "labels.tsv")) == 0
+    report = json.loads((tmp_path / "feats" / "probe" / "probe.json").read_text())
+    assert report["split"]["by"] == [] and report["split"]["num_test"] == 10
+    assert report["test_counts"] == {"high": 5, "low": 5}
+    assert report["best"]["accuracy"] == 1.0
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("spk/000.wav\tlow\nspk/001.wav low\n", "labels.tsv:2: expected 'relative_path<TAB>label'"),
-        ("spk/000.wav\tlow\n\nspk/000.wav\tmid\n", "labels.tsv:3: 'spk/000.wav' is labelled twice"),
-        ("spk/000.wav\tlow\nspk/999.wav\tmid\n", "labels.tsv:2: 'spk/999.wav' has no features"),
-        ("spk/000.wav\tlow\nspk/001.wav\tlow\n", "at least 2 classes"),
+        ("a.wav\tlow\nb.wav low\n", "labels.tsv:2: expected 'relative_path<TAB>label'"),
+        ("a.wav\tlow\n\na.wav\tmid\n", "labels.tsv:3: 'a.wav' is labelled twice"),
+        ("a.wav\tlow\nzzz.wav\tmid\n", "'zzz.wav' has no features"),
+        ("a.wav\tlow\nb.wav\tlow\n", "at least 2 classes"),
         ("", "no labels"),
+        ("path\tvoice\na.wav\n", "labels.tsv:2: expected 2 non-empty tab-separated fields"),
     ],
 )
 def test_label_file_errors_name_the_line(tmp_path, capsys, content, message):
-    vectors, _ = _synthetic(6)
-    _write_features(tmp_path / "feats", vectors, [f"spk/{i:03d}.wav" for i in range(6)])
+    _write_features(tmp_path / "feats", {p: np.zeros((2, 3)) for p in ("a.wav", "b.wav")})
     (tmp_path / "labels.tsv").write_text(content)
     assert _run(str(tmp_path / "feats"), "--labels", str(tmp_path / "labels.tsv")) == 2
     assert message in capsys.readouterr().err
 
 
-def test_missing_files_are_named(tmp_path, capsys):
-    assert _run(str(tmp_path), "--labels", str(tmp_path / "nope.tsv")) == 2
-    assert "nope.tsv not found" in capsys.readouterr().err
-    (tmp_path / "labels.tsv").write_text("a.wav\tx\n")
-    assert _run(str(tmp_path / "feats"), "--labels", str(tmp_path / "labels.tsv")) == 2
-    assert "index.tsv not found" in capsys.readouterr().err
+def test_frame_label_count_must_match_the_features(tmp_path, capsys):
+    _write_features(tmp_path / "feats", {"a.wav": np.zeros((2, 4, 3))})
+    (tmp_path / "f.tsv").write_text("a.wav\tx y x\n")
+    argv = [str(tmp_path / "feats"), "--task", "frame", "--labels", str(tmp_path / "f.tsv")]
+    assert _run(*argv) == 2
+    assert "'a.wav' has 3 frame labels but 4 feature frames" in capsys.readouterr().err
 
 
-def test_end_to_end_tone_pitch_classes(tmp_path):
-    """Tones in 3 pitch classes -> tiny random model -> probe. A random model guarantees no
-    particular layer, so only this is asserted: some layer decodes pitch clearly above chance."""
-    rng = np.random.default_rng(0)
-    centres_hz = {"low": 150.0, "mid": 450.0, "high": 1350.0}
-    rows, labels = [], []
-    for name, centre in centres_hz.items():
-        for i in range(10):
-            f0 = centre * 2 ** rng.uniform(-0.25, 0.25)
-            t = np.arange(int(rng.uniform(0.4, 0.7) * 16000)) / 16000
-            wav = 0.3 * np.sin(2 * np.pi * f0 * t + rng.uniform(0, 6.3))
-            wav += 0.02 * rng.standard_normal(len(t))
-            sf.write(tmp_path / f"{name}_{i}.wav", wav.astype(np.float32), 16000)
-            rows.append((f"{name}_{i}.wav", len(t)))
-            labels.append(f"{name}_{i}.wav\t{name}")
-    write_manifest(
-        tmp_path / "m.tsv", Manifest(tmp_path, [r[0] for r in rows], [r[1] for r in rows])
-    )
-    (tmp_path / "labels.tsv").write_text("\n".join(labels) + "\n")
-    torch.manual_seed(0)
+def test_label_readers(tmp_path):
+    (tmp_path / "f.tsv").write_text("a.flac\tsil h h\nb/c.flac\t3 4\n")
+    labels = read_frame_labels(tmp_path / "f.tsv")
+    assert labels["a.flac"].tolist() == ["sil", "h", "h"] and labels["b/c.flac"].tolist() == [
+        "3",
+        "4",
+    ]
+    (tmp_path / "n.tsv").write_text("a.flac\t0 12 12\n")
+    assert read_frame_labels(tmp_path / "n.tsv")["a.flac"].dtype == np.int64
+    (tmp_path / "u.tsv").write_text("path\tvoice\tsentence\na.flac\ten\t3\n")
+    assert read_utterance_labels(tmp_path / "u.tsv") == {"a.flac": {"voice": "en", "sentence": "3"}}
+    (tmp_path / "bad.tsv").write_text("a.flac\ten\n")
+    with pytest.raises(ValueError, match="bad.tsv:1: expected a header"):
+        read_utterance_labels(tmp_path / "bad.tsv")
+
+
+def tone_bursts(root: Path, paths: list[str], seed: int = 0) -> list[str]:
+    """A 15-frame tone burst in faint noise per file, written under `root`; returns the frame
+    label lines (`path<TAB>sil ... tone ... sil`, one label per 20 ms frame)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for path in paths:
+        num_frames = int(rng.integers(40, 70))
+        wav = 0.01 * rng.normal(size=320 * (num_frames - 1) + 400)
+        on = np.zeros(num_frames, dtype=bool)
+        start = int(rng.integers(5, num_frames // 2))
+        on[start : start + 15] = True
+        for i in np.flatnonzero(on):
+            t = np.arange(320 * i, 320 * i + 400)
+            wav[t] += 0.4 * np.sin(2 * np.pi * rng.uniform(300, 900) * t / 16000)
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / path, wav.astype(np.float32), 16000)
+        lines.append(path + "\t" + " ".join("tone" if x else "sil" for x in on))
+    return lines
+
+
+def save_random_tiny(path: Path, seed: int = 1) -> Wav2Vec2Model:
+    """A randomly initialised tiny model saved as a w2vkit checkpoint."""
+    torch.manual_seed(seed)
     model = Wav2Vec2Model.from_preset("tiny")
-    torch.save(
-        {"model": model.state_dict(), "config": {"model": to_dict(model.cfg)}}, tmp_path / "m.pt"
-    )
-    # Through the real entry point.
-    extract_argv = ["extract", str(tmp_path / "m.pt"), str(tmp_path / "m.tsv")]
-    assert cli.main(extract_argv + ["--out", str(tmp_path / "f"), "--quiet", "--pool", "mean"]) == 0
-    assert cli.main(["probe", str(tmp_path / "f"), "--labels", str(tmp_path / "labels.tsv")]) == 0
+    torch.save({"model": model.state_dict(), "config": {"model": to_dict(model.cfg)}}, path)
+    return model
+
+
+def test_baselines_on_real_audio_through_the_cli(tmp_path):
+    """Tone bursts in silence, labelled per frame; a tiny random checkpoint is 'pretrained'.
+    Log-mel must find tone vs silence; every requested source is probed on the same frames."""
+    paths = [f"{voice}/{k}.wav" for voice in "abcd" for k in range(3)]
+    frame_lines = tone_bursts(tmp_path, paths)
+    table = ["path\tvoice\tsentence"] + [f"{p}\t{p[0]}\t{p[2]}" for p in paths]
+    sizes = [sf.info(tmp_path / p).frames for p in paths]
+    write_manifest(tmp_path / "m.tsv", Manifest(tmp_path, paths, sizes))
+    (tmp_path / "frames.tsv").write_text("\n".join(frame_lines) + "\n")
+    (tmp_path / "utt.tsv").write_text("\n".join(table) + "\n")
+    model = save_random_tiny(tmp_path / "m.pt")
+    extract = ["extract", str(tmp_path / "m.pt"), str(tmp_path / "m.tsv"), "--quiet"]
+    assert cli.main([*extract, "--out", str(tmp_path / "f")]) == 0
+    probe = [
+        "probe",
+        str(tmp_path / "f"),
+        "--task",
+        "frame",
+        "--labels",
+        str(tmp_path / "frames.tsv"),
+    ]
+    probe += ["--utterances", str(tmp_path / "utt.tsv"), "--split-by", "voice"]
+    assert cli.main([*probe, "--baseline", "logmel", "--baseline", "random"]) == 0
     report = json.loads((tmp_path / "f" / "probe" / "probe.json").read_text())
-    assert report["num_test"] == 9 and report["chance_accuracy"] == pytest.approx(1 / 3)
-    assert max(s["accuracy"] for s in report["scores"]) >= 7 / 9
+    names = [(s["features"], s["layer"], s["context"]) for s in report["scores"]]
+    assert names == [("pretrained", k, 0) for k in range(3)] + [
+        ("random", k, 0) for k in range(3)
+    ] + [
+        ("logmel", None, 0),
+        ("logmel", None, 4),
+    ]
+    logmel = report["scores"][-2]
+    assert logmel["accuracy"] > 0.9 and logmel["accuracy"] > report["chance_accuracy"] + 0.2
+    # The random baseline: the same architecture, seeded, not the checkpoint's weights.
+    paths = ["a/0.wav"]
+    first, again, other = (
+        next(
+            random_model_source(
+                tmp_path / "m.tsv", paths, model.cfg, [0, 2], normalize=False, seed=s
+            )
+        )
+        for s in (0, 0, 1)
+    )
+    stored = load_features(tmp_path / "f", layer=2)["a/0.wav"].numpy()
+    assert first[2].shape == (2, *stored.shape) and np.array_equal(first[2], again[2])
+    assert not np.allclose(first[2][1], other[2][1]) and not np.allclose(first[2][1], stored)

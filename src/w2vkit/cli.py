@@ -27,8 +27,11 @@ COMMANDS = {
     "extract": "per-layer hidden states of a manifest's audio -> safetensors shards + index.tsv",
     "labels": "frame phone labels, pitch tokens, and fairseq letter labels for a manifest",
     "probe": "layer-wise linear probes: which layer of extracted features encodes a label",
+    "report": "report.html + report.md of a run: health findings, curves, codebook usage, probes",
+    "plot": "the training curves of a run as PNGs",
     "convert": "convert checkpoints between fairseq, HF transformers and w2vkit",
-    "demo": "synthesise a little speech, then manifest -> tiny pretraining, with the loss printed",
+    "demo": "synthesise speech, then the whole path: manifest, tiny pretraining, features, "
+    "probes with baselines, report",
 }
 
 # Shown under each command's --help; tests parse every one of them with the command's own parser.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 
 from w2vkit.data.synth import PHONE_SILENCE, Phone
 from w2vkit.model.config import BASE_CONV_LAYERS
-from w2vkit.model.feature_extractor import output_lengths
+from w2vkit.model.feature_extractor import frame_geometry, output_lengths
 
 __all__ = [
     "PHONE_SILENCE",
@@ -46,18 +47,9 @@ def frame_count(num_samples: int, conv_layers: ConvLayers = BASE_CONV_LAYERS) ->
     return int(output_lengths(torch.tensor([num_samples]), list(conv_layers))[0])
 
 
-def receptive_field(conv_layers: ConvLayers = BASE_CONV_LAYERS) -> tuple[int, int]:
-    """(width, stride) in samples of one output frame: 400 and 320 for BASE."""
-    width, stride = 1, 1
-    for _, kernel, layer_stride in conv_layers:
-        width += (kernel - 1) * stride
-        stride *= layer_stride
-    return width, stride
-
-
 def frame_centres(num_samples: int, conv_layers: ConvLayers = BASE_CONV_LAYERS) -> np.ndarray:
     """Centre sample of every frame: i * stride + width // 2. Shape: (T,) int64."""
-    width, stride = receptive_field(conv_layers)
+    width, stride = frame_geometry(conv_layers)
     return np.arange(frame_count(num_samples, conv_layers), dtype=np.int64) * stride + width // 2
 
 
@@ -108,11 +100,15 @@ def _smallest_int(values: np.ndarray) -> type:
 
 
 def read_frame_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Frame labels of every utterance in a `*.phones.npz` / `*.pitch.npz` file, in file order.
+    """Frame labels of every utterance in a `*.phones.npz` / `*.pitch.npz` file, in file order,
+    or in a hand-written TSV (`relative/path.flac<TAB>sil sil h h ...`, one label per frame).
 
     Returns path (as in the manifest) -> (T,) array: class names (str) for phone labels, int64
-    tokens for pitch labels. T is the model's frame count for that file.
+    tokens for pitch labels (and for a TSV whose labels are all integers). T is the model's
+    frame count for that file.
     """
+    if os.fspath(path).endswith(".tsv"):
+        return _read_frame_labels_tsv(Path(path))
     with np.load(path, allow_pickle=False) as data:
         missing = {"paths", "offsets", "labels"} - set(data.files)
         if missing:
@@ -127,6 +123,24 @@ def read_frame_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"{len(flat)}, got {len(offsets)} ending at {offsets[-1] if len(offsets) else None}"
         )
     return {str(p): values[offsets[n] : offsets[n + 1]] for n, p in enumerate(paths)}
+
+
+def _read_frame_labels_tsv(path: Path) -> dict[str, np.ndarray]:
+    rows: dict[str, list[str]] = {}
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        relative, sep, labels = line.partition("\t")
+        if not sep or not relative or not labels.split():
+            raise ValueError(f"{path}:{number}: expected 'relative_path<TAB>label label ...'")
+        if relative in rows:
+            raise ValueError(f"{path}:{number}: {relative!r} is labelled twice")
+        rows[relative] = labels.split()
+    if not rows:
+        raise ValueError(f"{path}: no labels")
+    numeric = all(label.lstrip("-").isdigit() for labels in rows.values() for label in labels)
+    return {p: np.array(v, dtype=np.int64 if numeric else str) for p, v in rows.items()}
 
 
 def write_utterance_labels(

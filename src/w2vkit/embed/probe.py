@@ -1,252 +1,286 @@
-"""Layer-wise linear probing: how linearly decodable an utterance label is from each layer.
+"""Linear probes: how linearly decodable a label is from each layer, on items the probe never saw.
 
-For every stored layer, utterance vectors (frame means) are standardised with the training split's
-statistics and a multinomial logistic regression with an L2 penalty is fit by full-batch L-BFGS in
-float64 from zero weights. With a positive penalty the objective is strictly convex, so the fit
-does not depend on an initialisation; the only randomness is the stratified train/test split,
-drawn from a `torch.Generator` seeded with `seed`.
+One probe = scikit-learn's `StandardScaler` (statistics of the training split only) followed by a
+multinomial `LogisticRegression` (L-BFGS, L2 penalty of strength 1/C), fit on the training split
+and scored on the test split: accuracy, macro-F1 (over the classes present in the test split) and
+F1 per class. Chance is the majority class of the training split, answered for every test item.
+
+Splits (`split_items`): without groups, a stratified random split of the items; with groups
+(columns such as voice or sentence), a seeded share of each column's values is held out and an item
+is a test item only if all its values are held out, a training item only if none is, so a held-out
+voice is never seen in training. Items with a mix are dropped.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+import numpy as np
 
-from w2vkit.embed.extract import iter_features, read_index
+MIN_TEST_ITEMS = {"utterance": 20, "frame": 500}
+"""Fewer test items than this and a score moves by more than a few points per item: warned."""
+MIN_HELD_OUT_VALUES = 2
+"""One held-out voice measures that voice, not voices in general: warned."""
 
 
 @dataclass
-class LayerScore:
-    layer: int
+class Score:
+    features: str
+    """"pretrained", "random" or "logmel"."""
+    layer: int | None
+    """Layer id (0 = encoder input); None for log-mel."""
+    context: int
+    """±context neighbouring frames stacked (frame task)."""
     accuracy: float
-    """Test accuracy."""
+    macro_f1: float
     train_accuracy: float
+    per_class_f1: dict[str, float]
+    converged: bool
+
+    @property
+    def name(self) -> str:
+        layer = "" if self.layer is None else f" L{self.layer}"
+        context = f" ±{self.context}" if self.context else ""
+        return f"{self.features}{layer}{context}"
+
+
+@dataclass
+class Split:
+    train: np.ndarray
+    """Item indices, sorted."""
+    test: np.ndarray
+    by: list[str]
+    """Columns whose values were held out; [] = stratified random split."""
+    held_out: dict[str, list[str]] = field(default_factory=dict)
+    """Held-out values per column."""
+    num_dropped: int = 0
+    """Items that have held-out and training values (in different columns)."""
 
 
 @dataclass
 class ProbeResult:
-    scores: list[LayerScore]
+    task: str
+    scores: list[Score]
     classes: list[str]
-    num_train: int
-    num_test: int
+    train_counts: dict[str, int]
+    """Training examples per class (frames or utterances)."""
+    test_counts: dict[str, int]
     chance_accuracy: float
-    """Test accuracy of always answering the most frequent training class."""
-    seed: int
-    weight_decay: float
-    max_iter: int
+    chance_macro_f1: float
+    split: dict
+    warnings: list[str]
+    settings: dict
 
-    @property
-    def best(self) -> LayerScore:
-        return max(self.scores, key=lambda s: s.accuracy)
+    def best(self, features: str = "pretrained") -> Score:
+        candidates = [s for s in self.scores if s.features == features] or self.scores
+        return max(candidates, key=lambda s: s.accuracy)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "best_layer": self.best.layer}
+        return {**asdict(self), "best": asdict(self.best())}
 
 
-def read_labels(path: str | os.PathLike) -> dict[str, tuple[str, int]]:
-    """`relative_path<TAB>label` lines -> {relative_path: (label, line_number)}; errors name the
-    line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"labels file {path} not found")
-    labels: dict[str, tuple[str, int]] = {}
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 2 or not fields[0] or not fields[1].strip():
-            raise ValueError(f"{path}:{number}: expected 'relative_path<TAB>label', got {line!r}")
-        if fields[0] in labels:
-            raise ValueError(
-                f"{path}:{number}: {fields[0]!r} is labelled twice (first on line "
-                f"{labels[fields[0]][1]})"
-            )
-        labels[fields[0]] = (fields[1].strip(), number)
-    if not labels:
-        raise ValueError(f"{path}: no labels")
-    return labels
+def split_items(
+    targets: np.ndarray,
+    groups: dict[str, np.ndarray] | None = None,
+    *,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    test_values: dict[str, list[str]] | None = None,
+) -> Split:
+    """Train/test item indices. Shape: targets (N,), groups {column: (N,) values}.
 
-
-def load_labelled_vectors(
-    features_dir: str | os.PathLike, labels_path: str | os.PathLike
-) -> tuple[list[int], Tensor, list[str], list[str]]:
-    """Layer ids, utterance vectors, their labels and the labelled paths extraction skipped.
-
-    Every labelled path must be in the features (or in `skipped.tsv`, then it is left out and
-    returned); unlabelled features are ignored. Items are ordered by path, so the split does not
-    depend on the order of either file. Frame features are averaged over frames; mean-pooled ones
-    are used as stored.
-
-    Shape: -> layers (L,), vectors (L, N, D) fp32, labels (N,), skipped
-    """
-    features_dir = Path(features_dir)
-    labels = read_labels(labels_path)
-    stored = {row.relative_path for row in read_index(features_dir)}
-    skipped_path = features_dir / "skipped.tsv"
-    skipped_lines = (
-        skipped_path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()[1:]
-        if skipped_path.is_file()
-        else []
-    )
-    was_skipped = {line.split("\t")[0] for line in skipped_lines}
-    for path, (_, number) in labels.items():
-        if path not in stored and path not in was_skipped:
-            raise ValueError(
-                f"{labels_path}:{number}: {path!r} has no features in {features_dir} "
-                "(paths must be relative to the manifest root, as in index.tsv)"
-            )
-    paths = sorted(p for p in labels if p in stored)
-    position = {p: i for i, p in enumerate(paths)}
-    vectors: list[Tensor] = [torch.empty(0)] * len(paths)
-    layers: tuple[int, ...] = ()
-    for row, tensor in iter_features(features_dir):
-        if row.relative_path not in position:
-            continue
-        if layers and row.layers != layers:
-            raise ValueError(f"{row.relative_path}: layers {row.layers} differ from {layers}")
-        layers = row.layers
-        tensor = tensor.float()  # (L, T, D) | (L, D)
-        vectors[position[row.relative_path]] = tensor.mean(dim=1) if tensor.dim() == 3 else tensor
-    if not paths:
-        raise ValueError(f"{labels_path}: none of the labelled paths has features")
-    skipped = sorted(p for p in labels if p not in stored)
-    return list(layers), torch.stack(vectors, dim=1), [labels[p][0] for p in paths], skipped
-
-
-def stratified_split(
-    targets: Tensor, test_fraction: float, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Indices (train, test): test_fraction * n_c (rounded half up) of each class's n_c items go
-    to test, at least one and never all (a class with one item is train only).
-
-    Shape: targets (N,) long -> (N_train,), (N_test,) sorted
+    `test_values` fixes the held-out values of some columns instead of drawing them.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    train, test = [], []
-    for c in range(int(targets.max()) + 1):
-        members = torch.nonzero(targets == c).flatten()  # (n_c,)
-        members = members[torch.randperm(len(members), generator=generator)]
-        num_test = min(max(int(test_fraction * len(members) + 0.5), 1), len(members) - 1)
-        test.append(members[:num_test])
-        train.append(members[num_test:])
-    return torch.cat(train).sort().values, torch.cat(test).sort().values
-
-
-def fit_logistic(
-    x: Tensor, targets: Tensor, num_classes: int, *, weight_decay: float, max_iter: int
-) -> tuple[Tensor, Tensor]:
-    """Multinomial logistic regression: min mean CE(x W + b) + weight_decay * |W|^2, by L-BFGS.
-
-    Shape: x (N, D) float64, targets (N,) -> W (D, K), b (K,)
-    """
-    weight = torch.zeros(x.shape[1], num_classes, dtype=x.dtype, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1.0,
-        max_iter=max_iter,
-        history_size=20,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight + bias, targets) + weight_decay * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return weight.detach(), bias.detach()
-
-
-def probe_layers(
-    vectors: Tensor,
-    layers: list[int],
-    labels: list[str],
-    *,
-    test_fraction: float = 0.25,
-    weight_decay: float = 1e-3,
-    max_iter: int = 200,
-    seed: int = 0,
-) -> ProbeResult:
-    """Probe every layer on the same seeded split. Shape: vectors (L, N, D), labels N strings."""
-    if vectors.dim() != 3 or vectors.shape[:2] != (len(layers), len(labels)):
+    if test_values and not set(test_values) <= set(groups or {}):
         raise ValueError(
-            f"vectors must be (L={len(layers)}, N={len(labels)}, D), got {tuple(vectors.shape)}"
+            f"test values given for {sorted(test_values)} but split by {sorted(groups or {})}"
         )
-    classes = sorted(set(labels))
-    if len(classes) < 2:
-        raise ValueError(f"probing needs at least 2 classes, got {classes}")
-    if weight_decay < 0 or max_iter < 1:
-        raise ValueError(
-            f"need weight_decay >= 0 and max_iter >= 1, got {weight_decay}, {max_iter}"
-        )
-    targets = torch.tensor([classes.index(label) for label in labels])  # (N,)
-    generator = torch.Generator().manual_seed(seed)
-    train, test = stratified_split(targets, test_fraction, generator)
-    if len(test) == 0:
-        raise ValueError("no test items: every class has a single utterance")
-    majority = Counter(targets[train].tolist()).most_common(1)[0][0]
-    scores = []
-    for layer, x in zip(layers, vectors.double(), strict=True):  # x (N, D)
-        mean = x[train].mean(dim=0)
-        std = x[train].std(dim=0)
-        std = torch.where(std > 1e-12, std, torch.ones_like(std))  # constant dims: centre only
-        x = (x - mean) / std  # (N, D), standardised with the training statistics only
-        weight, bias = fit_logistic(
-            x[train], targets[train], len(classes), weight_decay=weight_decay, max_iter=max_iter
-        )
-        predicted = (x @ weight + bias).argmax(dim=1)  # (N,)
-        correct = predicted == targets
-        scores.append(
-            LayerScore(
-                layer, correct[test].double().mean().item(), correct[train].double().mean().item()
+    if not groups:
+        return _stratified(targets, test_fraction, seed)
+    rng = np.random.default_rng(seed)
+    in_test = np.ones(len(targets), dtype=bool)
+    in_train = np.ones(len(targets), dtype=bool)
+    held_out = {}
+    for column, values in groups.items():
+        distinct = np.unique(values)
+        if len(distinct) < 2:
+            raise ValueError(
+                f"cannot hold out {column!r}: all items share one value ({distinct[0]!r})"
             )
+        count = min(max(round(test_fraction * len(distinct)), 1), len(distinct) - 1)
+        chosen = np.sort(rng.choice(distinct, size=count, replace=False))
+        if test_values and column in test_values:
+            unknown = sorted(set(test_values[column]) - set(distinct.tolist()))
+            if unknown:
+                raise ValueError(f"no item has {column} {unknown[0]!r} (test values of {column})")
+            chosen = np.array(sorted(test_values[column]))
+        member = np.isin(values, chosen)
+        in_test &= member
+        in_train &= ~member
+        held_out[column] = [str(v) for v in chosen]
+    train, test = np.flatnonzero(in_train), np.flatnonzero(in_test)
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(
+            f"holding out {held_out} leaves {len(train)} training and {len(test)} test items"
         )
-    return ProbeResult(
-        scores=scores,
-        classes=classes,
-        num_train=len(train),
-        num_test=len(test),
-        chance_accuracy=(targets[test] == majority).double().mean().item(),
-        seed=seed,
-        weight_decay=weight_decay,
-        max_iter=max_iter,
+    dropped = len(targets) - len(train) - len(test)
+    return Split(train, test, list(groups), held_out, dropped)
+
+
+def _stratified(targets: np.ndarray, test_fraction: float, seed: int) -> Split:
+    """test_fraction of each class (rounded, at least one) to test; a class of one stays in train."""
+    from sklearn.model_selection import train_test_split
+
+    counts = Counter(targets.tolist())
+    shared = np.array([counts[t] >= 2 for t in targets.tolist()])
+    indices = np.flatnonzero(shared)
+    if len(indices) == 0:
+        raise ValueError("no test items: every class has a single item")
+    num_classes = len({targets[i] for i in indices})
+    num_test = min(
+        max(round(test_fraction * len(indices)), num_classes), len(indices) - num_classes
     )
+    train, test = train_test_split(
+        indices, test_size=num_test, stratify=targets[indices], random_state=seed
+    )
+    train = np.concatenate([train, np.flatnonzero(~shared)])
+    return Split(np.sort(train), np.sort(test), [])
+
+
+def split_warnings(task: str, split: Split, train_targets, test_targets) -> list[str]:
+    """Reasons a score on this split means little."""
+    notes = []
+    if len(test_targets) < MIN_TEST_ITEMS[task]:
+        notes.append(
+            f"only {len(test_targets)} test {task}s: one more correct answer moves the accuracy "
+            f"by {100 / max(len(test_targets), 1):.1f} points"
+        )
+    for column, values in split.held_out.items():
+        if len(values) < MIN_HELD_OUT_VALUES:
+            notes.append(
+                f"a single held-out {column} ({values[0]}): the score measures that {column}, "
+                f"not unseen {column}s in general"
+            )
+    unseen = sorted(set(map(str, test_targets)) - set(map(str, train_targets)))
+    if unseen:
+        notes.append(
+            f"{len(unseen)} test classes never occur in training (e.g. {unseen[0]!r}): "
+            "they cannot be predicted"
+        )
+    return notes
+
+
+def fit_and_score(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: Sequence[str],
+    *,
+    c: float = 1.0,
+    max_iter: int = 500,
+) -> tuple[float, float, float, dict[str, float], bool]:
+    """(test accuracy, macro-F1, train accuracy, F1 per test class, converged).
+
+    Shape: x (N, D), y (N,) class ids into `classes`.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(y_train)) < 2:
+        raise ValueError(f"the training split holds a single class ({classes[y_train[0]]!r})")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        probe.fit(x_train, y_train)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    predicted = probe.predict(x_test)
+    present = np.unique(y_test)  # macro-F1 over the classes the test split holds
+    per_class = f1_score(y_test, predicted, labels=present, average=None, zero_division=0)
+    return (
+        float(np.mean(predicted == y_test)),
+        float(np.mean(per_class)),
+        float(np.mean(probe.predict(x_train) == y_train)),
+        {classes[k]: float(f) for k, f in zip(present, per_class, strict=True)},
+        converged,
+    )
+
+
+def chance_scores(y_train: np.ndarray, y_test: np.ndarray) -> tuple[float, float]:
+    """(accuracy, macro-F1) of answering the training split's majority class for every test item."""
+    from sklearn.metrics import f1_score
+
+    majority = Counter(y_train.tolist()).most_common(1)[0][0]
+    predicted = np.full_like(y_test, majority)
+    present = np.unique(y_test)
+    f1 = f1_score(y_test, predicted, labels=present, average="macro", zero_division=0)
+    return float(np.mean(predicted == y_test)), float(f1)
+
+
+def class_counts(y: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    counts = np.bincount(y, minlength=len(classes))
+    return {name: int(n) for name, n in zip(classes, counts, strict=True) if n}
 
 
 def format_table(result: ProbeResult) -> str:
-    best = result.best.layer
-    lines = ["layer  test_acc  train_acc"]
+    best = result.best()
+    lines = [f"{'features':<22}  test_acc  macro_f1  train_acc"]
     for s in result.scores:
-        mark = "  <- best" if s.layer == best else ""
-        lines.append(f"{s.layer:>5}  {s.accuracy:8.3f}  {s.train_accuracy:9.3f}{mark}")
+        mark = "  <- best" if s is best else ("  (not converged)" if not s.converged else "")
+        lines.append(
+            f"{s.name:<22}  {s.accuracy:8.3f}  {s.macro_f1:8.3f}  {s.train_accuracy:9.3f}{mark}"
+        )
+    split = result.split
+    held = "; ".join(f"held-out {k}: {', '.join(v)}" for k, v in split["held_out"].items())
     lines.append(
         f"chance (majority class) {result.chance_accuracy:.3f}; {len(result.classes)} classes, "
-        f"{result.num_train} train / {result.num_test} test utterances, seed {result.seed}"
+        f"{split['num_train']} train / {split['num_test']} test {result.task}s"
+        + (f"; {held}" if held else "")
     )
     return "\n".join(lines)
 
 
 def plot(result: ProbeResult, path: str | os.PathLike, title: str = "linear probe") -> None:
-    """Bar plot of test accuracy per layer with the chance level, written to `path`."""
+    """Accuracy and macro-F1 per layer: pretrained and random as lines, log-mel and chance as
+    horizontal lines. Written to `path` (PNG)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state, works headless
 
-    fig = Figure(figsize=(max(4.0, 0.45 * len(result.scores) + 1.5), 3.2), layout="constrained")
-    ax = fig.subplots()
-    layers = [s.layer for s in result.scores]
-    ax.bar([str(k) for k in layers], [s.accuracy for s in result.scores], color="tab:blue")
-    ax.axhline(result.chance_accuracy, color="tab:red", linestyle="--", label="chance")
-    ax.set(xlabel="layer (0 = encoder input)", ylabel="test accuracy", ylim=(0, 1), title=title)
-    ax.legend(loc="lower right")
-    fig.savefig(path, dpi=120)
+    fig = Figure(figsize=(9.0, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    chance = {"accuracy": result.chance_accuracy, "macro_f1": result.chance_macro_f1}
+    styles = {"pretrained": ("tab:blue", "o"), "random": ("tab:gray", "s")}
+    for ax, metric in zip(axes, ("accuracy", "macro_f1"), strict=True):
+        for features, (color, marker) in styles.items():
+            for context in sorted({s.context for s in result.scores if s.features == features}):
+                points = [
+                    s for s in result.scores if s.features == features and s.context == context
+                ]
+                label = features + (f" ±{context}" if context else "")
+                ax.plot(
+                    [s.layer for s in points],
+                    [getattr(s, metric) for s in points],
+                    marker=marker,
+                    color=color,
+                    linestyle="-" if context == 0 else ":",
+                    label=label,
+                )
+        logmel = [s for s in result.scores if s.features == "logmel"]
+        for s, color in zip(logmel, ("tab:green", "tab:olive", "tab:cyan"), strict=False):
+            ax.axhline(getattr(s, metric), color=color, linestyle="--", label=s.name)
+        ax.axhline(chance[metric], color="tab:red", linestyle=":", label="chance")
+        layers = sorted({s.layer for s in result.scores if s.layer is not None})
+        ax.set_xticks(layers)
+        ax.set(xlabel="layer (0 = encoder input)", ylim=(0, 1.02), title=f"{title}: {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test score")
+    axes[1].legend(loc="best", fontsize="small")
+    fig.savefig(path, dpi=110)

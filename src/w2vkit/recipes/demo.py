@@ -1,9 +1,14 @@
-"""`w2vkit demo`: synthesise a little speech, write its manifest, pretrain the tiny model on it.
+"""`w2vkit demo`: the whole path on speech synthesised on the spot, nothing downloaded.
 
-The three steps of a real run (audio folder -> `w2vkit manifest` -> `w2vkit pretrain`), on about
-three minutes of eSpeak NG speech made on the spot: no download, a few minutes on two CPU cores.
-While it trains it prints the curve: the contrastive loss falls below its chance level and the
-accuracy (masked frames whose true quantized target scores highest) rises above 1/(1+K).
+1. eSpeak NG speech: `corpus/seen/` (6 voices, for pretraining) and `corpus/unseen/` (2 voices
+   pretraining never hears), frame labels kept beside the audio when the synthesiser writes them.
+2. Manifests: `manifest/` (seen voices, train/valid) and `manifest/all/` (every file).
+3. Pretraining of the tiny model; it prints the curve as it trains: the contrastive loss falls
+   below its chance level and the accuracy rises above 1/(1+K).
+4. Features of every file, all layers (`features/`).
+5. Probes with both baselines (log-mel, random init): phones per frame on the unseen voices
+   (trained on the seen ones), when frame labels exist; voice identity per utterance.
+6. The report (`pretrain/report.html`), then the table and the next commands.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import json
 import math
 import shutil
@@ -27,7 +33,9 @@ from w2vkit.configs import PRETRAIN_DIR
 
 TINY_CONFIG = PRETRAIN_DIR / "tiny.yaml"  # shipped in the package: the demo runs from a wheel
 MARKER = ".w2vkit-demo"  # marks an out-dir as the demo's own, so a re-run may replace its folders
-STEP_FOLDERS = ("corpus", "manifest", "pretrain")
+STEP_FOLDERS = ("corpus", "manifest", "pretrain", "features", "labels")
+UNSEEN_VOICES = ("en+f4", "en-gb-scotland")  # held out from pretraining; the phone probe's test
+UNSEEN_SHARE = 0.25  # of --minutes
 VALID_FRACTION = 0.1
 BAR_WIDTH = 40  # characters for accuracy 1.0
 INTERRUPTED_CODES = (130, 143)  # what `w2vkit pretrain` returns after saving on SIGINT / SIGTERM
@@ -38,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out-dir",
         type=Path,
         default=Path("runs/demo"),
-        help="run folder; its corpus/, manifest/ and pretrain/ are replaced on a re-run",
+        help="run folder; its corpus/, manifest/, pretrain/, features/ and labels/ are replaced "
+        "on a re-run",
     )
     parser.add_argument(
         "--minutes", type=float, default=3.0, help="minutes of speech to synthesise"
@@ -56,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from w2vkit.data.synth import SynthesisUnavailable, make_speech_corpus
+    from w2vkit.data.synth import DEFAULT_VOICES, SynthesisUnavailable, make_speech_corpus
 
     if args.minutes <= 0 or args.steps < 1:
         raise ConfigError(
@@ -64,24 +73,76 @@ def run(args: argparse.Namespace) -> int:
         )
     started = time.perf_counter()
     out_dir: Path = args.out_dir
-    corpus, manifest, run_dir = (out_dir / name for name in STEP_FOLDERS)
+    corpus, manifest, run_dir, features, labels = (out_dir / name for name in STEP_FOLDERS)
     _claim(out_dir)
 
-    print(f"[1/3] synthesising {args.minutes:g} min of speech with eSpeak NG into {corpus}")
+    seen_voices = [v for v in DEFAULT_VOICES if v not in UNSEEN_VOICES]
+    print(
+        f"[1/6] synthesising {args.minutes:g} min of speech with eSpeak NG into {corpus}: "
+        f"{', '.join(seen_voices)} for pretraining, {', '.join(UNSEEN_VOICES)} held out"
+    )
     try:
-        paths = make_speech_corpus(corpus, minutes=args.minutes, seed=args.seed)
+        seen = make_speech_corpus(
+            corpus / "seen",
+            minutes=args.minutes * (1 - UNSEEN_SHARE),
+            seed=args.seed,
+            voices=seen_voices,
+        )
+        unseen = make_speech_corpus(
+            corpus / "unseen",
+            minutes=args.minutes * UNSEEN_SHARE,
+            seed=args.seed + 1,
+            voices=UNSEEN_VOICES,
+        )
     except SynthesisUnavailable as err:
         print(f"w2vkit demo: {err}", file=sys.stderr)
         return 1
-    voices = sorted({p.relative_to(corpus).parts[0] for p in paths})
-    print(f"      {len(paths)} FLAC files, voices: {', '.join(voices)}")
+    print(f"      {len(seen)} + {len(unseen)} FLAC files")
 
-    print(f"[2/3] writing the manifest into {manifest}")
-    manifest_args = [str(corpus), f"--dest={manifest}", f"--valid-percent={VALID_FRACTION}"]
-    code = _run_recipe("manifest", [*manifest_args, f"--seed={args.seed}", "--workers=1"])
+    print(f"[2/6] writing the manifests into {manifest} (seen voices) and {manifest / 'all'}")
+    manifest_args = [f"--seed={args.seed}", "--workers=1"]
+    code = _run_recipe(
+        "manifest",
+        [str(corpus / "seen"), f"--dest={manifest}", f"--valid-percent={VALID_FRACTION}"]
+        + manifest_args,
+    ) or _run_recipe(
+        "manifest", [str(corpus), f"--dest={manifest / 'all'}", "--valid-percent=0"] + manifest_args
+    )
     if code != 0:
         return code
 
+    code = _pretrain(args, manifest, run_dir)
+    if code != 0:
+        return code
+    from w2vkit.report.build import CHECKPOINTS
+
+    checkpoint = next(run_dir / name for name in CHECKPOINTS if (run_dir / name).is_file())
+
+    print(f"[4/6] extracting every layer of {checkpoint.name} for all files into {features}")
+    code = _run_recipe(
+        "extract",
+        [str(checkpoint), str(manifest / "all" / "train.tsv"), f"--out={features}", "--quiet"],
+    )
+    if code != 0:
+        return code
+
+    print(f"[5/6] linear probes, with the log-mel and random-init baselines: {features}/probe_*")
+    frame_labels, utterances = _write_labels(corpus, labels)
+    probes = _probes(features, frame_labels, utterances, args.seed)
+
+    print(f"[6/6] writing the report of {run_dir}")
+    report_args = [str(run_dir)] + [f"--probe={p}" for p in probes.values()]
+    code = _run_recipe("report", report_args)
+    if code != 0:
+        return code
+    _summary(_records(run_dir), run_dir, time.perf_counter() - started)
+    _probe_table(probes)
+    _next_steps(run_dir)
+    return 0
+
+
+def _pretrain(args: argparse.Namespace, manifest: Path, run_dir: Path) -> int:
+    """Step 3: pretrain the tiny model, printing the curve from its log as it goes."""
     overrides = [
         f"data.manifest_dir={manifest}",
         f"train.out_dir={run_dir}",
@@ -92,12 +153,12 @@ def run(args: argparse.Namespace) -> int:
     if _num_rows(manifest / "valid.tsv") == 0:  # a tiny corpus may put no file in valid
         overrides.append("data.valid_split=")
     print(
-        f"[3/3] pretraining the tiny model for {args.steps} updates ({TINY_CONFIG.name}); "
+        f"[3/6] pretraining the tiny model for {args.steps} updates ({TINY_CONFIG.name}); "
         f"trainer output: {run_dir / 'stdout.log'}"
     )
     run_dir.mkdir(parents=True)
     with (
-        _CurvePrinter(run_dir / "train_log.jsonl", sys.stdout) as curve,
+        _CurvePrinter(run_dir / "train_log.jsonl", sys.stdout),
         open(run_dir / "stdout.log", "w", encoding="utf-8") as trainer_out,
         contextlib.redirect_stdout(trainer_out),
     ):
@@ -113,9 +174,120 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"pretraining failed (exit code {code}); see {run_dir / 'stdout.log'}", file=sys.stderr
         )
-        return code
-    _summary(curve.records, run_dir, time.perf_counter() - started)
-    return 0
+    return code
+
+
+def _records(run_dir: Path) -> list[dict]:
+    from w2vkit.train.diagnostics import read_log
+
+    return read_log(run_dir / "train_log.jsonl")
+
+
+def _write_labels(corpus: Path, labels: Path) -> tuple[Path | None, Path]:
+    """labels/utterances.tsv (path, voice, sentence, pretraining) for every file, and
+    labels/frame_labels.tsv merged from the synthesiser's per-corpus files (None if it wrote none).
+    Paths are relative to `corpus`, as in the `all` manifest."""
+    from w2vkit.data.labels import FRAME_LABELS, read_frame_labels
+
+    labels.mkdir(parents=True)
+    rows, frame_lines = ["path\tvoice\tsentence\tpretraining"], []
+    for part in ("seen", "unseen"):
+        for path in sorted((corpus / part).rglob("*.flac")):
+            relative = path.relative_to(corpus)
+            # Every synthesised file speaks its own random sentence: the file stem names it.
+            rows.append(f"{relative.as_posix()}\t{relative.parts[1]}\t{path.stem}\t{part}")
+        if (corpus / part / FRAME_LABELS).is_file():
+            for key, values in read_frame_labels(corpus / part / FRAME_LABELS).items():
+                frame_lines.append(f"{part}/{key}\t{' '.join(map(str, values))}")
+    (labels / "utterances.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    if not frame_lines:
+        return None, labels / "utterances.tsv"
+    (labels / FRAME_LABELS).write_text("\n".join(frame_lines) + "\n", encoding="utf-8")
+    return labels / FRAME_LABELS, labels / "utterances.tsv"
+
+
+def _probes(
+    features: Path, frame_labels: Path | None, utterances: Path, seed: int
+) -> dict[str, Path]:
+    """Run the phone and voice probes that the labels allow; {name: probe.json} of those that ran."""
+    common = ["--baseline=logmel", "--baseline=random", f"--seed={seed}"]
+    jobs = {
+        "voice": [str(features), f"--labels={utterances}", "--target=voice"] + common,
+    }
+    if frame_labels is not None:
+        held_out = ",".join(v.replace("+", "_") for v in UNSEEN_VOICES)
+        jobs = {
+            "phone": [
+                str(features),
+                "--task=frame",
+                f"--labels={frame_labels}",
+                f"--utterances={utterances}",
+                "--split-by=voice",
+                f"--test-values=voice={held_out}",
+            ]
+            + common,
+            **jobs,
+        }
+    else:
+        print(
+            "      no frame labels beside the synthesised audio (frame_labels.tsv): "
+            "the phone probe is skipped"
+        )
+    done = {}
+    for name, argv in jobs.items():
+        out = features / f"probe_{name}"
+        with contextlib.redirect_stdout(io.StringIO()):  # the table is printed at the end
+            code = _run_recipe("probe", [*argv, f"--out={out}"])
+        if code == 0:
+            done[name] = out / "probe.json"
+        else:
+            print(f"      the {name} probe did not run (exit code {code}, see above)")
+    return done
+
+
+def _probe_table(probes: dict[str, Path]) -> None:
+    """The best layer per source for each probe, side by side, against chance."""
+    from w2vkit.report.build import best_rows
+
+    if not probes:
+        return
+    results = {name: json.loads(path.read_text(encoding="utf-8")) for name, path in probes.items()}
+    titles = {"phone": "phones, unseen voices", "voice": "voice identity"}
+    header = "  " + f"{'features':<14}" + "".join(f"{titles[n]:>24}" for n in results)
+    lines = [
+        "",
+        "probe test accuracy, best layer per source (macro-F1, per-class F1: probe.json):",
+        header,
+    ]
+    sources = ["pretrained", "random", "logmel", "logmel ±4"]
+    table = {n: {row[0]: row for row in best_rows(r)} for n, r in results.items()}
+    for source in sources:
+        cells = []
+        for name in results:
+            row = table[name].get(source)
+            cells.append(
+                f"{'-':>24}" if row is None else f"{row[2]:>14.3f} (layer {row[1]:>2})".rjust(24)
+            )
+        lines.append(f"  {source:<14}" + "".join(cells))
+    lines.append(
+        f"  {'chance':<14}" + "".join(f"{r['chance_accuracy']:>24.3f}" for r in results.values())
+    )
+    print("\n".join(lines))
+    for name, path in probes.items():
+        print(f"  {name} probe: {path}")
+
+
+def _next_steps(run_dir: Path) -> None:
+    print(
+        f"""
+report: {run_dir / "report.html"} (and report.md); open it in a browser.
+next, on your own audio:
+  w2vkit manifest /path/to/audio --dest data/ --valid-percent 0.01
+  w2vkit pretrain configs/pretrain/tiny.yaml data.manifest_dir=data/ train.out_dir=runs/mine
+  w2vkit extract runs/mine/checkpoint_best.pt data/valid.tsv --out feats/
+  w2vkit probe feats/ --labels utterances.tsv --target speaker --baseline logmel --baseline random
+  w2vkit report runs/mine --probe feats/probe/probe.json"""
+    )
 
 
 def _claim(out_dir: Path) -> None:
@@ -130,8 +302,8 @@ def _claim(out_dir: Path) -> None:
         shutil.rmtree(path)  # a pretrain/ left in place would be resumed, not trained afresh
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).write_text(
-        "made by `w2vkit demo`, which replaces corpus/, manifest/ and "
-        "pretrain/ here when it runs again\n",
+        f"made by `w2vkit demo`, which replaces {', '.join(f'{n}/' for n in STEP_FOLDERS)} "
+        "here when it runs again\n",
         encoding="utf-8",
     )
 
