@@ -70,6 +70,15 @@ EXAMPLES = {
         "w2vkit labels data/manifest/train.tsv --transcripts transcripts.tsv",
         "w2vkit labels data/manifest/train.tsv data/manifest/valid.tsv --letters --phonemes",
     ],
+    "report": [
+        "w2vkit report runs/demo/pretrain",
+        "w2vkit report runs/tiny --probe feats/probe_phone/probe.json "
+        "--valid-manifest data/manifest/valid.tsv",
+    ],
+    "plot": [
+        "w2vkit plot runs/tiny",
+        "w2vkit plot runs/tiny --out plots/",
+    ],
     "demo": [
         "w2vkit demo",
         "w2vkit demo --minutes 10 --steps 1000 --out-dir runs/demo10",

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         return code
 
     print(f"[5/6] linear probes, with the log-mel and random-init baselines: {features}/probe_*")
-    frame_labels, utterances = _write_labels(corpus, labels)
+    frame_labels, utterances = _write_labels(corpus, manifest / "all" / "train.tsv", labels)
     probes = _probes(features, frame_labels, utterances, args.seed)
 
     print(f"[6/6] writing the report of {run_dir}")
@@ -183,56 +183,42 @@ def _records(run_dir: Path) -> list[dict]:
     return read_log(run_dir / "train_log.jsonl")
 
 
-def _write_labels(corpus: Path, labels: Path) -> tuple[Path | None, Path]:
-    """labels/utterances.tsv (path, voice, sentence, pretraining) for every file, and
-    labels/frame_labels.tsv merged from the synthesiser's per-corpus files (None if it wrote none).
+def _write_labels(corpus: Path, all_manifest: Path, labels: Path) -> tuple[Path, Path]:
+    """labels/utterances.tsv (path, voice, sentence, pretraining) for every file, and the frame
+    phone labels of the `all` manifest (`w2vkit labels --phones`: labels/train.phones.npz).
     Paths are relative to `corpus`, as in the `all` manifest."""
-    from w2vkit.data.labels import FRAME_LABELS, read_frame_labels
+    from w2vkit.recipes.labels import write_labels
 
     labels.mkdir(parents=True)
-    rows, frame_lines = ["path\tvoice\tsentence\tpretraining"], []
+    rows = ["path\tvoice\tsentence\tpretraining"]
     for part in ("seen", "unseen"):
         for path in sorted((corpus / part).rglob("*.flac")):
             relative = path.relative_to(corpus)
-            # Every synthesised file speaks its own random sentence: the file stem names it.
-            rows.append(f"{relative.as_posix()}\t{relative.parts[1]}\t{path.stem}\t{part}")
-        if (corpus / part / FRAME_LABELS).is_file():
-            for key, values in read_frame_labels(corpus / part / FRAME_LABELS).items():
-                frame_lines.append(f"{part}/{key}\t{' '.join(map(str, values))}")
+            sentence = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["sentence"]
+            rows.append(f"{relative.as_posix()}\t{relative.parts[1]}\t{sentence}\t{part}")
     (labels / "utterances.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    if not frame_lines:
-        return None, labels / "utterances.tsv"
-    (labels / FRAME_LABELS).write_text("\n".join(frame_lines) + "\n", encoding="utf-8")
-    return labels / FRAME_LABELS, labels / "utterances.tsv"
+    with contextlib.redirect_stdout(io.StringIO()):
+        write_labels([all_manifest], labels, phones=True)
+    return labels / f"{all_manifest.stem}.phones.npz", labels / "utterances.tsv"
 
 
-def _probes(
-    features: Path, frame_labels: Path | None, utterances: Path, seed: int
-) -> dict[str, Path]:
-    """Run the phone and voice probes that the labels allow; {name: probe.json} of those that ran."""
+def _probes(features: Path, frame_labels: Path, utterances: Path, seed: int) -> dict[str, Path]:
+    """Run the phone probe (voices pretraining never heard) and the voice probe, each with both
+    baselines; {name: probe.json} of those that ran."""
     common = ["--baseline=logmel", "--baseline=random", f"--seed={seed}"]
+    held_out = ",".join(v.replace("+", "_") for v in UNSEEN_VOICES)
     jobs = {
+        "phone": [
+            str(features),
+            "--task=frame",
+            f"--labels={frame_labels}",
+            f"--utterances={utterances}",
+            "--split-by=voice",
+            f"--test-values=voice={held_out}",
+        ]
+        + common,
         "voice": [str(features), f"--labels={utterances}", "--target=voice"] + common,
     }
-    if frame_labels is not None:
-        held_out = ",".join(v.replace("+", "_") for v in UNSEEN_VOICES)
-        jobs = {
-            "phone": [
-                str(features),
-                "--task=frame",
-                f"--labels={frame_labels}",
-                f"--utterances={utterances}",
-                "--split-by=voice",
-                f"--test-values=voice={held_out}",
-            ]
-            + common,
-            **jobs,
-        }
-    else:
-        print(
-            "      no frame labels beside the synthesised audio (frame_labels.tsv): "
-            "the phone probe is skipped"
-        )
     done = {}
     for name, argv in jobs.items():
         out = features / f"probe_{name}"

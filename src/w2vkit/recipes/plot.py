@@ -12,7 +12,9 @@ from w2vkit.report.build import build_report
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="a `w2vkit pretrain` output directory")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (RUN_DIR)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: RUN_DIR)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,9 @@ from w2vkit.report.build import build_report, write_report
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="a `w2vkit pretrain` output directory")
-    parser.add_argument("--out", type=Path, default=None, help="report directory (RUN_DIR)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report directory (default: RUN_DIR)"
+    )
     parser.add_argument(
         "--probe",
         type=Path,
