@@ -124,7 +124,7 @@ def codebook_section(
     section.images.append("plots/codebook.png")
     used = (counts > 0).sum(axis=1).tolist()
     section.text.append(
-        f"{int(counts[0].sum())} frames of {min(len(dataset), max_items)} validation files "
+        f"{int(counts[0].sum())} frames of {min(len(dataset), max_items)} validation file(s) "
         f"({manifest}) through the quantizer of {checkpoint.name} in eval mode (argmax codes): "
         f"entries used per codebook {used} of {counts.shape[1]}, perplexity {perplexity:.1f}"
     )
