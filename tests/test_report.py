@@ -167,6 +167,19 @@ def test_health_findings_come_first(tmp_path, capsys):
     assert "likely cause: nothing is being learned" in page
     assert "loss_at_chance (update" in (run / "report.md").read_text()
     assert "Codebook usage" in page and "not drawn: needs a checkpoint" in page
+    # An encoder-only checkpoint (no quantizer weights) is not drawn from random weights.
+    model = Wav2Vec2Model.from_preset("tiny")
+    encoder = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not k.startswith(("quantizer.", "target_proj.", "context_proj."))
+    }
+    torch.save(
+        {"model": encoder, "config": {"model": to_dict(model.cfg)}}, run / "checkpoint_last.pt"
+    )
+    (run / "valid.tsv").write_text(f"{tmp_path}\na.wav\t16000\n")
+    assert cli.main(["report", str(run), "--valid-manifest", str(run / "valid.tsv")]) == 0
+    assert "has no quantizer weights" in (run / "report.md").read_text()
 
 
 def test_codebook_usage_is_the_argmax_of_the_quantizer_logits(tmp_path):

@@ -279,6 +279,7 @@ def probe_sources(
     c: float = 1.0,
     max_iter: int = 500,
     test_values: dict[str, list[str]] | None = None,
+    threads: int = 1,
     log: Callable[[str], None] = lambda message: None,
 ) -> ProbeResult:
     """Probe every layer of every source, for each of its contexts, on one split and frame draw.
@@ -306,7 +307,14 @@ def probe_sources(
             labels = m.y_train, m.y_test
             for layer, x_train, x_test in zip(m.layers, m.x_train, m.x_test, strict=True):
                 fit = fit_and_score(
-                    x_train, m.y_train, x_test, m.y_test, task.classes, c=c, max_iter=max_iter
+                    x_train,
+                    m.y_train,
+                    x_test,
+                    m.y_test,
+                    task.classes,
+                    c=c,
+                    max_iter=max_iter,
+                    threads=threads,
                 )
                 scores.append(Score(name, layer, context, *fit))
     if labels is None:
@@ -344,5 +352,6 @@ def probe_sources(
             "max_iter": max_iter,
             "max_train_frames": max_train_frames,
             "max_test_frames": max_test_frames,
+            "threads": threads,
         },
     )

@@ -91,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength (sklearn C; 1)")
     parser.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations (500)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="BLAS/OpenMP threads per fit (1: see docs)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the frame draw")
     parser.add_argument("--out", type=Path, default=None, help="output dir (FEATURES/probe)")
 
@@ -99,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.context < 0 or args.c <= 0 or args.max_iter < 1:
             raise ValueError("need --context >= 0, --c > 0 and --max-iter >= 1")
-        if min(args.max_train_frames, args.max_test_frames) < 1:
-            raise ValueError("--max-train-frames and --max-test-frames must be >= 1")
+        if min(args.max_train_frames, args.max_test_frames, args.threads) < 1:
+            raise ValueError("--max-train-frames, --max-test-frames and --threads must be >= 1")
         if args.context and args.task != "frame":
             raise ValueError("--context applies to the frame task only")
         split_by = [c.strip() for c in args.split_by.split(",") if c.strip()]
@@ -129,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             c=args.c,
             max_iter=args.max_iter,
             test_values=test_values,
+            threads=args.threads,
             log=lambda message: print(f"w2vkit probe: {message}", file=sys.stderr, flush=True),
         )
     except (OSError, ValueError) as err:

@@ -112,11 +112,11 @@ def codebook_section(
     from w2vkit.report.codebook import codebook_usage, usage_perplexity
 
     pretrained = read_pretrained(checkpoint)
-    model = Wav2Vec2Model(pretrained.cfg)
-    model.load_state_dict(pretrained.state_dict, strict=False)
-    if model.quantizer is None:
-        section.text.append("not drawn: the model has no quantizer")
+    if not any(key.startswith("quantizer.") for key in pretrained.state_dict):
+        section.text.append(f"not drawn: {checkpoint} has no quantizer weights")
         return section
+    model = Wav2Vec2Model(pretrained.cfg)
+    model.load_state_dict(pretrained.state_dict, strict=False)  # heads are all there or none
     dataset = AudioDataset(read_manifest(manifest), normalize=bool(pretrained.normalize))
     counts = codebook_usage(model, dataset, max_items)
     perplexity = usage_perplexity(counts)
@@ -124,7 +124,7 @@ def codebook_section(
     section.images.append("plots/codebook.png")
     used = (counts > 0).sum(axis=1).tolist()
     section.text.append(
-        f"{int(counts[0].sum())} frames of {min(len(dataset), max_items)} validation files "
+        f"{int(counts[0].sum())} frames of {min(len(dataset), max_items)} validation file(s) "
         f"({manifest}) through the quantizer of {checkpoint.name} in eval mode (argmax codes): "
         f"entries used per codebook {used} of {counts.shape[1]}, perplexity {perplexity:.1f}"
     )
@@ -255,7 +255,10 @@ def build_report(
             run_dir.glob("probe.json")
         )
         sections += probe_sections(probes, plot_dir)
-        pca = pca_section(probes, plot_dir)
+        try:
+            pca = pca_section(probes, plot_dir)
+        except (OSError, ValueError) as err:  # features moved or deleted since probing
+            pca = Section("Utterance embeddings (PCA)", text=[f"not drawn: {err}"])
         if pca is not None:
             sections.append(pca)
     return Report(f"w2vkit run report: {run_dir}", findings, sections)
