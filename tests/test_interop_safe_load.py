@@ -156,3 +156,26 @@ def test_missing_file_and_bare_directory(tmp_path):
         load_pretrained(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="without config.json"):
         load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_the_opcode_scan_refuses_before_anything_is_unpickled(tmp_path, monkeypatch, zip_format):
+    """torch's weights-only load refuses these files too, so the scan's own refusal is proven by the
+    unpickler never being reached (and by the message, which names the global)."""
+    torch.save(
+        {"model": {}, "extra": _RunsShell(tmp_path / "pwned")},
+        tmp_path / "evil.pt",
+        _use_new_zipfile_serialization=zip_format,
+    )
+    unpickled = []
+
+    def record(*args, **kwargs):
+        unpickled.append(args)
+        raise AssertionError("torch.load reached")
+
+    monkeypatch.setattr(torch, "load", record)
+    monkeypatch.setattr(torch.serialization, "load", record)
+    monkeypatch.setattr(pickle, "Unpickler", record)
+    with pytest.raises(CheckpointError, match=r"its pickle references \w+\.system, which is not"):
+        load_torch_file(tmp_path / "evil.pt")
+    assert unpickled == []

@@ -1,4 +1,4 @@
-"""The fairseq wav2vec objective (REFERENCE.md section 4) on hand-built outputs."""
+"""The fairseq wav2vec objective (fairseq `criterion/wav2vec_criterion.py`) on hand-built outputs."""
 
 from __future__ import annotations
 

@@ -117,6 +117,36 @@ def test_split_for_ranks_keeps_budget_and_row_rule():
     assert sorted(everything) == list(range(136))
 
 
+@pytest.mark.parametrize(
+    "sizes, world_size, expected_rows",
+    [
+        # batches of 4, 8, 3 rows (long, middle, short items): the middle one has the most rows
+        ([2000] * 4 + [1000] * 8 + [500] * 3, 2, [4, 4, 4, 3]),
+        # batches of 8 and 6 rows: the first one has the most rows
+        ([1000] * 8 + [500] * 6, 3, [6, 4, 4]),
+        # 4, 8, 3 rows for 5 ranks: 8 -> 4 + 4, then the first of the 4-row batches -> 2 + 2
+        ([2000] * 4 + [1000] * 8 + [500] * 3, 5, [4, 4, 3, 2, 2]),
+    ],
+)
+def test_rank_split_takes_the_largest_batch_not_the_last(sizes, world_size, expected_rows):
+    """Splitting the last batch (often, but not here, the one with the most rows) would give
+    uneven halves of a small batch and leave the big one whole."""
+    ranks = [
+        BucketBatchSampler(
+            np.array(sizes),
+            max_batch_samples=8000,
+            required_batch_size_multiple=1,
+            world_size=world_size,
+            rank=r,
+            shuffle=False,
+        )
+        for r in range(world_size)
+    ]
+    batches = [b for s in ranks for b in _all_batches(s)]
+    assert sorted(map(len, batches), reverse=True) == expected_rows
+    assert sorted(i for b in batches for i in b) == list(range(len(sizes)))
+
+
 def test_single_row_batches_that_cannot_split_are_repeated(caplog):
     sizes = np.full(5, 1000)  # budget fits one row: 5 batches for 2 ranks
     with caplog.at_level(logging.WARNING):

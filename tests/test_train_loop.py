@@ -1,155 +1,39 @@
 """The training loop: one normalisation per update, accumulation, skipped non-finite updates, bf16 on
-CPU, exact resume, SIGTERM. `toy_train` is shared with test_train_distributed.py."""
+CPU, exact resume, SIGTERM. The toy model and `toy_train` live in helpers.py (test_train_distributed.py
+uses them too)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import audiogen
 import pytest
 import torch
-from torch import nn
+from helpers import (
+    TINY_YAML,
+    ToyModel,
+    make_manifest,
+    toy_config,
+    toy_state,
+    toy_step,
+    toy_train,
+)
 
 from w2vkit import cli
 from w2vkit.data.collate import Batch
-from w2vkit.data.dataset import AudioDataset
-from w2vkit.data.loader import build_dataloader
-from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.losses import pretraining_loss
 from w2vkit.model.config import tiny
 from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.recipes.pretrain import make_step_fn
-from w2vkit.train import checkpoint, dist
-from w2vkit.train.config import PretrainConfig, build_config, load_layers
-from w2vkit.train.loop import StepOutput, TrainState, run_update, train
-from w2vkit.train.metrics import RunLogger
-from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_YAML = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
-
-
-def make_manifest(directory: Path, num_files: int = 12, valid_percent: float = 0.25) -> Path:
-    """Tones of 0.6-2.0 s and their train/valid manifests; returns the manifest folder."""
-    audiogen.make_corpus(directory / "audio", num_files, (0.6, 2.0), 16_000, seed=0)
-    dest = directory / "manifest"
-    assert (
-        cli.main(
-            [
-                "manifest",
-                str(directory / "audio"),
-                "--dest",
-                str(dest),
-                "--valid-percent",
-                str(valid_percent),
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return dest
+from w2vkit.train import checkpoint
+from w2vkit.train.config import build_config, load_layers
+from w2vkit.train.loop import StepOutput, run_update
 
 
 @pytest.fixture(scope="module")
 def manifest_dir(tmp_path_factory) -> Path:
     return make_manifest(tmp_path_factory.mktemp("tones"))
-
-
-class ToyModel(nn.Module):
-    """Per-frame regression on raw audio: its summed loss splits exactly over rows, ranks, micro-batches."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(1, 4, kernel_size=400, stride=320)
-        self.head = nn.Linear(4, 1)
-
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        x = torch.tanh(self.conv(wav[:, None])).transpose(
-            1, 2
-        )  # (B, 1, S) -> (B, C, T) -> (B, T, C)
-        return self.head(x).squeeze(-1)  # (B, T)
-
-
-def toy_step(model, batch, step: int, generator: torch.Generator) -> StepOutput:
-    prediction = model(batch.wav)  # (B, T)
-    loss = (prediction - 0.3).pow(2).sum()
-    return StepOutput(
-        loss=loss,
-        sample_size=prediction.numel(),
-        sums={"loss": float(loss.detach()), "sample_size": prediction.numel()},
-    )
-
-
-def toy_config(*overrides: str) -> PretrainConfig:
-    return build_config(
-        load_layers(TINY_YAML, ["optim.warmup_steps=0", "optim.lr=0.01", *overrides])
-    )
-
-
-def toy_state(cfg: PretrainConfig, sampler=None, model: nn.Module | None = None) -> TrainState:
-    torch.manual_seed(0)
-    model = model if model is not None else ToyModel()
-    optimizer = build_optimizer(model, cfg.optim)
-    return TrainState(
-        model=model,
-        optimizer=optimizer,
-        schedule=PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps),
-        scaler=None,
-        generator=torch.Generator(),
-        sampler=sampler,
-    )
-
-
-def toy_train(
-    manifest: Path, out_dir: Path, *overrides: str, step_fn=toy_step
-) -> tuple[TrainState, str]:
-    """The real loop, data pipeline and DDP wrapping (under torchrun) around the toy model."""
-    cfg = toy_config(
-        f"data.manifest_dir={manifest}",
-        f"train.out_dir={out_dir}",
-        "data.min_samples=4000",
-        "data.max_samples=16000",
-        "data.max_batch_samples=48000",
-        "train.validate_interval_steps=0",
-        *overrides,
-    )
-    dataset = AudioDataset(
-        manifest / "train.tsv", min_samples=cfg.data.min_samples, max_samples=cfg.data.max_samples
-    )
-    sampler = BucketBatchSampler(
-        dataset.sizes,
-        max_batch_samples=cfg.data.max_batch_samples,
-        max_batch_size=cfg.data.max_batch_size,
-        required_batch_size_multiple=1,
-        seed=cfg.train.seed,
-        rank=dist.rank(),
-        world_size=dist.world_size(),
-    )
-    state = toy_state(cfg, sampler)
-    state.model = dist.wrap_model(state.model, torch.device("cpu"), find_unused_parameters=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    logger = RunLogger(
-        out_dir,
-        total_steps=cfg.train.max_steps,
-        start_step=0,
-        tensorboard=False,
-        progress_bar=False,
-    )
-    reason = train(
-        state,
-        cfg=cfg,
-        step_fn=step_fn,
-        train_loader=build_dataloader(dataset, sampler, seed=1),
-        valid_loader=None,
-        device=torch.device("cpu"),
-        out_dir=out_dir,
-        config_dict={},
-        logger=logger,
-    )
-    return state, reason
 
 
 def _rows(num_rows: int, num_samples: int, seed: int) -> Batch:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_loop import TINY_YAML, make_manifest
+from helpers import TINY_YAML, make_manifest
 
 from w2vkit import cli
 from w2vkit.train import checkpoint
@@ -83,8 +83,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(manifest_dir, tmp_path, ca
     handler_before = signal.getsignal(signal.SIGTERM)
 
     def terminate_after_the_first_log_line():
-        # The line is written inside the loop, so the loop's handler is installed by then.
+        # The line is written inside the loop, so the loop's handler is installed by then. Without
+        # a line in 60 s the thread gives up, and the test's timeout (pyproject) fails the run.
+        deadline = time.monotonic() + 60.0
         while not (log.is_file() and log.read_text().count("\n") >= 1):
+            if time.monotonic() > deadline:
+                return
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGTERM)
 

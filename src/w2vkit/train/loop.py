@@ -5,7 +5,8 @@ all-reduce only on the last one, `no_sync` before). Then the gradients, which DD
 `world_size` processes, are multiplied once by `world_size / sum(sample_size)` with the sample size
 all-reduced over processes and micro-batches: the update is the gradient of the per-masked-frame
 mean over the global batch, exactly fairseq's trainer. (HF's pretraining script rescales after
-every micro-batch, which makes accumulation unequal to a larger batch: REFERENCE.md 13 #9.)
+every micro-batch, which makes accumulation unequal to a larger batch:
+docs/fairseq_differences.md#fd-normalise-once.)
 
 Randomness is reseeded at every update from (seed, rank, step), as fairseq does, so a resumed run
 continues bit-exactly no matter what consumed random numbers in between (validation, DataLoader
