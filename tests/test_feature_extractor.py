@@ -111,13 +111,18 @@ def test_norms_receive_fp32_input_under_bf16_autocast(norm_mode, monkeypatch):
     """The upcast itself: torch's CPU bf16 norms accumulate in fp32 inside, so their outputs barely
     move without it (0.007 in the test above); only the dtype the norm receives tells."""
     received = []
+
+    def recording(name):
+        norm = getattr(F, name)
+
+        def record(x, *args, **kwargs):
+            received.append((name, x.dtype))
+            return norm(x, *args, **kwargs)
+
+        return record
+
     for name in ("group_norm", "layer_norm"):
-
-        def record(x, *args, _name=name, _norm=getattr(F, name), **kwargs):
-            received.append((_name, x.dtype))
-            return _norm(x, *args, **kwargs)
-
-        monkeypatch.setattr(F, name, record)
+        monkeypatch.setattr(F, name, recording(name))
     extractor = ConvFeatureExtractor(
         FeatureExtractorConfig(conv_layers=TINY_CONV, norm_mode=norm_mode)
     )
