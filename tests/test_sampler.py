@@ -270,4 +270,75 @@ def test_seeded_generator_depends_on_every_part():
         return torch.randint(0, 2**30, (4,), generator=seeded_generator(*parts)).tolist()
 
     assert draw(1, 2) == draw(1, 2)
-    assert len({tuple(draw(*p)) for p in [(1, 2), (2, 1), (12,), (1, 2, 0)]}) == 4
+    parts = [(1, 2), (2, 1), (12,), (1, 2, 0), (2,), (4,)]  # 2 and 4: no parity collision
+    assert len({tuple(draw(*p)) for p in parts}) == len(parts)
+
+
+def test_defaults_are_fairseq_recipe_values():
+    """Multiple 8 and seed 1 for the sampler (fairseq's recipe), multiple 1 for bare batch_by_size."""
+    sizes = _sizes(300)
+    default = BucketBatchSampler(sizes, max_batch_samples=100_000)
+    explicit = BucketBatchSampler(
+        sizes, max_batch_samples=100_000, required_batch_size_multiple=8, seed=1
+    )
+    assert _all_batches(default) == _all_batches(explicit)
+    odd = batch_by_size(np.full(7, 1000), max_batch_samples=7000)
+    assert [len(b) for b in odd] == [7]
+
+
+def test_budget_boundaries():
+    """An item exactly at the budget is neither cropped nor skipped; 1 is a valid budget and size."""
+    sizes = np.array([4000, 8000, 2000])
+    with pytest.raises(ValueError, match="^max_batch_samples must be >= 1, got 0$"):
+        BucketBatchSampler(sizes, max_batch_samples=0)
+    with pytest.raises(ValueError, match="^max_batch_size must be >= 1 or None, got 0$"):
+        BucketBatchSampler(sizes, max_batch_samples=8000, max_batch_size=0)
+    exact = BucketBatchSampler(sizes, max_batch_samples=8000, max_batch_size=1, skip_oversize=True)
+    assert sorted(b for key in exact for b in key.indices) == [0, 1, 2]
+    assert len(BucketBatchSampler(np.array([1, 1]), max_batch_samples=1)) == 2
+
+
+def test_oversize_warning_names_the_first_item_and_the_way_out(caplog):
+    sizes = np.array([1000, 50_000, 2000, 60_000])
+    with caplog.at_level(logging.WARNING):
+        BucketBatchSampler(sizes, max_batch_samples=10_000)
+    assert caplog.messages == [
+        "2 items are longer than max_batch_samples=10000 and will be cropped to 10000 samples "
+        "(first: 1, 50000 samples); pass skip_oversize=True to drop them instead"
+    ]
+
+
+def test_keys_carry_their_epoch_and_a_state_at_position_0_loads():
+    sizes = _sizes(100)
+    sampler = BucketBatchSampler(sizes, max_batch_samples=100_000)
+    sampler.set_epoch(3)
+    assert {key.epoch for key in sampler} == {3}
+    fresh = BucketBatchSampler(sizes, max_batch_samples=100_000)
+    fresh.load_state_dict({**sampler.state_dict(), "epoch": 2, "position": 0})
+    assert (fresh.epoch, fresh.position) == (2, 0)
+
+
+def test_load_state_rejects_another_seed():
+    state = BucketBatchSampler(_sizes(100), max_batch_samples=100_000, seed=3).state_dict()
+    with pytest.raises(ValueError, match="saved with seed=3, this sampler has 1"):
+        BucketBatchSampler(_sizes(100), max_batch_samples=100_000).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "num_items, expected_rows",
+    [(8, [4, 4]), (24, [16, 8])],  # 8 = one multiple: halves below it; 24: split at a multiple
+)
+def test_rank_split_of_a_multiple_keeps_the_row_rule(num_items, expected_rows):
+    ranks = [
+        BucketBatchSampler(
+            np.full(num_items, 1000),
+            max_batch_samples=24_000,
+            required_batch_size_multiple=8,
+            world_size=2,
+            rank=r,
+        )
+        for r in range(2)
+    ]
+    batches = [b for s in ranks for b in _all_batches(s)]
+    assert sorted(map(len, batches), reverse=True) == expected_rows
+    assert sorted(i for b in batches for i in b) == list(range(num_items))
