@@ -258,7 +258,7 @@ def test_omegaconf_nodes_in_submodules_become_their_content(tmp_path, monkeypatc
     node, tree, slotted = classes["AnyNode"](), classes["DictConfig"](), classes["Slotted"]()
     node.__dict__["_val"] = 16000
     tree.__dict__["_content"] = {"sample_rate": node}
-    slotted.slot, slotted.attr = 1, 2
+    slotted.slot, slotted.attr, slotted._cache = 1, 2, 3  # private attributes are not config
     torch.save({"cfg": tree, "obj": slotted}, tmp_path / "cfg.pt")
     for module_name in ("omegaconf.dictconfig", "omegaconf.nodes", "fairseq.dataclass"):
         monkeypatch.delitem(sys.modules, module_name)  # loading must not need them
@@ -268,3 +268,22 @@ def test_omegaconf_nodes_in_submodules_become_their_content(tmp_path, monkeypatc
     assert loaded["cfg"].global_name == "omegaconf.dictconfig.DictConfig"
     assert type(load_torch_file(tmp_path / "cfg.pt")["cfg"]) is type(loaded["cfg"])  # one per name
     assert to_plain(loaded) == {"cfg": {"sample_rate": 16000}, "obj": {"slot": 1, "attr": 2}}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\x80\x02\xffgarbage", r"hand\.pt: truncated or corrupt checkpoint \(.+\)$"),
+        (None, r"hand\.pt: a zip file without data\.pkl, not a torch checkpoint$"),
+    ],
+    ids=["bad-opcode", "no-data-pkl"],
+)
+def test_damaged_zip_checkpoints_are_named(tmp_path, data, message):
+    if data is None:
+        with zipfile.ZipFile(tmp_path / "hand.pt", "w") as archive:
+            archive.writestr("archive/version", "3\n")
+        path = tmp_path / "hand.pt"
+    else:
+        path = _zip_checkpoint_with_pickle(tmp_path, data)
+    with pytest.raises(CheckpointError, match=message):
+        referenced_globals(path)

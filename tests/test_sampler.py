@@ -154,7 +154,8 @@ def test_single_row_batches_that_cannot_split_are_repeated(caplog):
             BucketBatchSampler(sizes, max_batch_samples=1500, world_size=2, rank=r)
             for r in range(2)
         ]
-    assert "repeating 1 of them" in caplog.text
+    message = "5 batches cannot be split over 2 ranks: repeating 1 of them this epoch"
+    assert caplog.messages == [message] * 2  # once per rank
     seen = [i for s in ranks for b in _all_batches(s) for i in b]
     assert len(ranks[0]) == len(ranks[1]) == 3
     assert set(seen) == set(range(5)) and len(seen) == 6
@@ -286,16 +287,28 @@ def test_defaults_are_fairseq_recipe_values():
     assert [len(b) for b in odd] == [7]
 
 
-def test_budget_boundaries():
+def test_budget_boundaries(caplog):
     """An item exactly at the budget is neither cropped nor skipped; 1 is a valid budget and size."""
     sizes = np.array([4000, 8000, 2000])
     with pytest.raises(ValueError, match="^max_batch_samples must be >= 1, got 0$"):
         BucketBatchSampler(sizes, max_batch_samples=0)
     with pytest.raises(ValueError, match="^max_batch_size must be >= 1 or None, got 0$"):
         BucketBatchSampler(sizes, max_batch_samples=8000, max_batch_size=0)
-    exact = BucketBatchSampler(sizes, max_batch_samples=8000, max_batch_size=1, skip_oversize=True)
+    with caplog.at_level(logging.WARNING):
+        exact = BucketBatchSampler(
+            sizes, max_batch_samples=8000, max_batch_size=1, skip_oversize=True
+        )
+    assert caplog.messages == []
     assert sorted(b for key in exact for b in key.indices) == [0, 1, 2]
     assert len(BucketBatchSampler(np.array([1, 1]), max_batch_samples=1)) == 2
+    # one-sample items: the budget is rows x 1
+    assert [len(b) for b in batch_by_size(np.ones(10), max_batch_samples=4)] == [4, 4, 2]
+    with pytest.raises(ValueError, match="^required_batch_size_multiple must be >= 1, got 0$"):
+        batch_by_size(sizes, max_batch_samples=8000, required_batch_size_multiple=0)
+    with pytest.raises(
+        ValueError, match=r"^no batches: the dataset is empty \(or every item was skipped\)$"
+    ):
+        BucketBatchSampler(sizes, max_batch_samples=1000, skip_oversize=True)
 
 
 def test_oversize_warning_names_the_first_item_and_the_way_out(caplog):
@@ -305,6 +318,13 @@ def test_oversize_warning_names_the_first_item_and_the_way_out(caplog):
     assert caplog.messages == [
         "2 items are longer than max_batch_samples=10000 and will be cropped to 10000 samples "
         "(first: 1, 50000 samples); pass skip_oversize=True to drop them instead"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        BucketBatchSampler(sizes, max_batch_samples=10_000, skip_oversize=True)
+    assert caplog.messages == [
+        "2 items are longer than max_batch_samples=10000 and will be skipped "
+        "(first: 1, 50000 samples)"
     ]
 
 
@@ -316,17 +336,27 @@ def test_keys_carry_their_epoch_and_a_state_at_position_0_loads():
     fresh = BucketBatchSampler(sizes, max_batch_samples=100_000)
     fresh.load_state_dict({**sampler.state_dict(), "epoch": 2, "position": 0})
     assert (fresh.epoch, fresh.position) == (2, 0)
+    beyond = {**sampler.state_dict(), "position": len(fresh) + 1}
+    with pytest.raises(
+        ValueError, match=rf"^position {len(fresh) + 1} is outside \[0, {len(fresh)}\]$"
+    ):
+        fresh.load_state_dict(beyond)
 
 
 def test_load_state_rejects_another_seed():
     state = BucketBatchSampler(_sizes(100), max_batch_samples=100_000, seed=3).state_dict()
-    with pytest.raises(ValueError, match="saved with seed=3, this sampler has 1"):
+    message = (
+        "^sampler state was saved with seed=3, this sampler has 1: the batches would differ, so "
+        "resuming mid-epoch would repeat or skip data$"
+    )
+    with pytest.raises(ValueError, match=message):
         BucketBatchSampler(_sizes(100), max_batch_samples=100_000).load_state_dict(state)
 
 
 @pytest.mark.parametrize(
     "num_items, expected_rows",
-    [(8, [4, 4]), (24, [16, 8])],  # 8 = one multiple: halves below it; 24: split at a multiple
+    # 2 rows: 1 + 1; 8 = one multiple: halves below it; 24: split at a multiple
+    [(2, [1, 1]), (8, [4, 4]), (24, [16, 8])],
 )
 def test_rank_split_of_a_multiple_keeps_the_row_rule(num_items, expected_rows):
     ranks = [
