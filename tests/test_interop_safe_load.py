@@ -287,3 +287,18 @@ def test_damaged_zip_checkpoints_are_named(tmp_path, data, message):
         path = _zip_checkpoint_with_pickle(tmp_path, data)
     with pytest.raises(CheckpointError, match=message):
         referenced_globals(path)
+
+
+def test_torch_still_refuses_a_global_the_scan_lets_through(tmp_path, monkeypatch):
+    """The second gate: were the scan's allowlist wrong, torch's weights-only load still refuses."""
+    from w2vkit.interop import safe_load
+
+    marker = tmp_path / "pwned"
+    torch.save({"x": _RunsShell(marker)}, tmp_path / "evil.pt")
+    names = frozenset(referenced_globals(tmp_path / "evil.pt"))
+    monkeypatch.setattr(safe_load, "_torch_allowed", lambda: names)  # the scan lets it through
+    with pytest.raises(
+        CheckpointError, match=r"(?s)evil\.pt: refusing to load: .*GLOBAL \w+\.system"
+    ):
+        load_torch_file(tmp_path / "evil.pt")
+    assert not marker.exists()
