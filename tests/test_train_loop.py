@@ -31,11 +31,6 @@ from w2vkit.train.config import build_config, load_layers
 from w2vkit.train.loop import StepOutput, run_update
 
 
-@pytest.fixture(scope="module")
-def manifest_dir(tmp_path_factory) -> Path:
-    return make_manifest(tmp_path_factory.mktemp("tones"))
-
-
 def _rows(num_rows: int, num_samples: int, seed: int) -> Batch:
     wav = torch.randn(num_rows, num_samples, generator=torch.Generator().manual_seed(seed))
     return Batch(wav=wav, padding_mask=None, indices=torch.arange(seed * 10, seed * 10 + num_rows))

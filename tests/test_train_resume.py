@@ -10,18 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
-from helpers import TINY_YAML, make_manifest
+from helpers import TINY_YAML
 
 from w2vkit import cli
 from w2vkit.train import checkpoint
-
-
-@pytest.fixture(scope="module")
-def manifest_dir(tmp_path_factory) -> Path:
-    return make_manifest(tmp_path_factory.mktemp("tones"))
 
 
 def _logged(out_dir: Path) -> dict:
