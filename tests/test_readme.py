@@ -153,3 +153,12 @@ def test_fairseq_difference_links_resolve():
     }
     assert linked, "nothing links to the page"
     assert {(where, name) for where, name in linked if name not in anchors} == set()
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in helpers.py / audiogen.py / conftest.py, never in a test module."""
+    importing = re.compile(r"^\s*(from|import)\s+(tests\.|test_)", re.MULTILINE)
+    offenders = [
+        p.name for p in sorted((ROOT / "tests").glob("*.py")) if importing.search(p.read_text())
+    ]
+    assert offenders == []
