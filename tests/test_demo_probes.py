@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_probe import save_random_tiny
+from helpers import save_random_tiny
 
 from w2vkit import cli
 from w2vkit.data.labels import PHONE_SILENCE, read_frame_labels

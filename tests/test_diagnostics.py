@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_train_loop import TINY_YAML, make_manifest
+from helpers import TINY_YAML, make_manifest
 
 from w2vkit import cli
 from w2vkit.losses import pretraining_loss

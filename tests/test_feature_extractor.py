@@ -20,7 +20,7 @@ TINY_CONV = tiny().feature_extractor.conv_layers
 
 @pytest.mark.parametrize(("num_samples", "num_frames"), [(250000, 781), (32000, 99), (16000, 49)])
 def test_output_lengths_reference_values(num_samples, num_frames):
-    # REFERENCE.md 14 #1: BASE strides give 320 samples per frame, a 400-sample receptive field.
+    # BASE strides give 320 samples per frame, a 400-sample receptive field.
     assert output_lengths(torch.tensor([num_samples]), BASE_CONV_LAYERS).item() == num_frames
 
 
@@ -104,6 +104,34 @@ def test_norms_compute_in_fp32_under_bf16(norm_mode):
         else F.layer_norm(x.float().transpose(1, 2), (64,)).transpose(1, 2)
     )
     torch.testing.assert_close(y.float(), reference, atol=0.02, rtol=0.02)
+
+
+@pytest.mark.parametrize("norm_mode", ["group_norm", "layer_norm"])
+def test_norms_receive_fp32_input_under_bf16_autocast(norm_mode, monkeypatch):
+    """The upcast itself: torch's CPU bf16 norms accumulate in fp32 inside, so their outputs barely
+    move without it (0.007 in the test above); only the dtype the norm receives tells."""
+    received = []
+
+    def recording(name):
+        norm = getattr(F, name)
+
+        def record(x, *args, **kwargs):
+            received.append((name, x.dtype))
+            return norm(x, *args, **kwargs)
+
+        return record
+
+    for name in ("group_norm", "layer_norm"):
+        monkeypatch.setattr(F, name, recording(name))
+    extractor = ConvFeatureExtractor(
+        FeatureExtractorConfig(conv_layers=TINY_CONV, norm_mode=norm_mode)
+    )
+    wav = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = extractor(wav)  # (B, C, T)
+    assert features.dtype == torch.bfloat16  # the convolutions do run in bf16
+    num_norms = 1 if norm_mode == "group_norm" else len(TINY_CONV)  # group norm: layer 0 only
+    assert received == [(norm_mode, torch.float32)] * num_norms
 
 
 def _padded_invariance_error(norm_mode: str) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""The fairseq wav2vec objective (REFERENCE.md section 4) on hand-built outputs."""
+"""The fairseq wav2vec objective (fairseq `criterion/wav2vec_criterion.py`) on hand-built outputs."""
 
 from __future__ import annotations
 
@@ -145,3 +145,15 @@ def test_accuracy_equals_fairseq_on_random_rows_with_ties():
     g = torch.Generator().manual_seed(2)
     logits = torch.randint(0, 3, (500, 5), generator=g).float()
     assert contrastive_accuracy(logits) == fairseq_accuracy(logits)
+
+
+def test_unit_weights_are_applied_not_skipped():
+    """Weight 1 is a weight like any other (only 0 skips a term); no quantizer logs 0 perplexities."""
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(2))
+    out = _output(logits, prob_perplexity=320.0, num_vars=640, features_penalty=0.25)
+    terms = pretraining_loss(out, diversity_weight=1.0, feature_penalty_weight=1.0)
+    assert terms.diversity.item() == pytest.approx((640 - 320) / 640 * 6, rel=1e-6)
+    assert terms.feature_penalty.item() == pytest.approx(0.25 * 6, rel=1e-6)
+    assert terms.loss.item() == pytest.approx(terms.contrastive.item() + 3.0 + 1.5, rel=1e-6)
+    no_quantizer = pretraining_loss(_output(logits, prob_perplexity=None))
+    assert (no_quantizer.prob_perplexity, no_quantizer.code_perplexity) == (0.0, 0.0)

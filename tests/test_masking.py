@@ -1,6 +1,6 @@
 """Span masking: exact agreement with a literal loop version of fairseq's algorithm on the same
-random draws, statistics against REFERENCE.md 5.2 (and, opt-in, fairseq itself), invariants, and
-SpanMasker semantics."""
+random draws, statistics against simulated masked fractions of fairseq's algorithm (and, opt-in,
+fairseq itself), invariants, and SpanMasker semantics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import right_padding
 
 from w2vkit.model.config import MaskingConfig
 from w2vkit.model.masking import SpanMasker, compute_span_mask
@@ -144,10 +145,6 @@ def random_bits(rows, width, g):
     return torch.randint(0, 2 ** (62 - width.bit_length()), (rows, width), generator=g).tolist()
 
 
-def right_padding(lengths, num_frames):  # (B, T), True = padded
-    return torch.arange(num_frames) >= torch.tensor(lengths)[:, None]
-
-
 def outcome(fn, *args, **kwargs):
     """fn's mask, or "error" if it raises ValueError."""
     try:
@@ -250,8 +247,9 @@ def test_matches_literal_fairseq_loop_on_the_same_draws(case):
     "num_frames, one_row, eight_rows, draws", [(99, 0.496, 0.400, 1000), (781, 0.490, 0.458, 250)]
 )
 def test_masked_fraction_matches_reference_table(num_frames, one_row, eight_rows, draws):
-    """REFERENCE.md 5.2 table (legacy shared rounding; per-row rounding as fairseq HEAD gives
-    0.398 / 0.457 for 8 rows in a 20000-draw numpy simulation, inside the tolerance)."""
+    """Masked fractions of fairseq's algorithm, simulated in numpy over 500-2000 draws (legacy shared
+    rounding; per-row rounding as fairseq HEAD gives 0.398 / 0.457 for 8 rows in a 20000-draw numpy
+    simulation, inside the tolerance)."""
     g = torch.Generator().manual_seed(0)
     kwargs = {"mask_prob": 0.65, "span_length": 10, "min_spans": 2, "generator": g}
     # One row with equalisation == independent rows without it: draw 2000 rows at once.
@@ -290,7 +288,7 @@ def test_static_spans_stay_in_range_and_out_of_padding():
         for row, sz in zip(mask, lengths, strict=True):
             for start, length in _runs(row):
                 # Overlapping spans merge into runs of >= 10. fairseq's last start is sz - 11, so
-                # the last valid frame sz - 1 is never masked (REFERENCE 5.2.3 says it can be).
+                # the last valid frame sz - 1 is never masked (docs/fairseq_differences.md#fd-mask-last-start).
                 assert length >= 10 and start + length <= sz - 1
                 hits_last_start += start + length == sz - 1
     assert hits_last_start > 0

@@ -10,6 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_model as _model
+from helpers import wav as _wav
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from w2vkit.losses import pretraining_loss
@@ -132,15 +134,6 @@ def _tiny(**changes) -> ModelConfig:
     return replace(tiny(), **changes)
 
 
-def _model(cfg: ModelConfig | None = None, seed: int = 0) -> Wav2Vec2Model:
-    torch.manual_seed(seed)
-    return Wav2Vec2Model(cfg or tiny())
-
-
-def _wav(batch: int, samples: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, samples, generator=torch.Generator().manual_seed(seed))
-
-
 def test_forward_output_contract():
     model = _model().train()
     out = model(_wav(2, 16000), temperature=1.7, generator=torch.Generator().manual_seed(0))
@@ -230,7 +223,7 @@ def test_padded_batch_masks_and_negatives_stay_in_valid_frames():
     assert not out.frame_padding_mask[b[idx], t[idx]].any(), "a negative fell in padding"
     assert (idx != torch.arange(len(b))[:, None]).all(), "a negative is its own positive"
     assert (b[idx[:, :10]] == b[:, None]).all(), "a within-utterance negative from elsewhere"
-    # The feature penalty averages the valid frames only (fairseq averages padding too, 13 #8).
+    # The feature penalty averages the valid frames only (fairseq averages padding too, fd-feature-penalty-padding).
     squared = model.feature_extractor(_wav(3, 16000)).pow(2).mean(1)  # (B, C, T) -> (B, T)
     valid = ~out.frame_padding_mask
     assert out.features_penalty.item() == pytest.approx(squared[valid].mean().item(), rel=1e-5)

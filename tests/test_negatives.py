@@ -1,5 +1,6 @@
-"""Distractor sampling (REFERENCE.md 6.1 (a)-(e), 13 #3) and contrastive logits
-(against fairseq compute_preds)."""
+"""Distractor sampling (fairseq `sample_negatives`, with the fix in
+docs/fairseq_differences.md#fd-cross-sample-global-index) and contrastive logits (against fairseq
+compute_preds)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_cross_sample_excludes_the_global_own_index_and_covers_the_batch_uniform
         assert (cross[i] != i).all(), f"row {i} drew itself as a cross-sample negative"
         stats.append(_chi_square(cross[i], torch.arange(total) != i))
     _assert_uniform(stats)
-    # fairseq skips the *local* index t instead (REFERENCE.md 13 #3); here it is a candidate: global
+    # fairseq skips the *local* index t instead (fd-cross-sample-global-index); here it is a candidate: global
     # row 7 is local frame 2 of utterance 1, and flat index 2 (utterance 0) must still be drawn.
     assert (cross[7] == 2).any()
 

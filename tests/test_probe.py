@@ -9,35 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from safetensors.torch import save_file
+from helpers import VOICES, save_random_tiny, write_features
 
 from w2vkit import cli
-from w2vkit.config import to_dict
 from w2vkit.data.labels import read_frame_labels, read_utterance_labels
 from w2vkit.data.manifest import Manifest, write_manifest
 from w2vkit.embed.baselines import random_model_source
-from w2vkit.embed.extract import INDEX_HEADER, load_features
+from w2vkit.embed.extract import load_features
 from w2vkit.embed.probe import chance_scores, fit_and_score, split_items
 from w2vkit.embed.probe_data import select_frames, stack_context
-from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.recipes import probe as recipe
 
-VOICES = [f"v{i}" for i in range(8)]
 SENTENCES = [f"s{i}" for i in range(6)]
-
-
-def _write_features(directory: Path, items: dict[str, np.ndarray], layers=(0, 4)) -> None:
-    """A features directory by hand (independent of the extractor): {path: (L, T, D) | (L, D)}."""
-    directory.mkdir(parents=True)
-    tensors = {f"k{i}": torch.tensor(x, dtype=torch.float32) for i, x in enumerate(items.values())}
-    save_file(tensors, str(directory / "features-00000.safetensors"))
-    layer_text = ",".join(map(str, layers))
-    rows = [
-        f"{p}\tfeatures-00000.safetensors\tk{i}\t{x.shape[1] if x.ndim == 3 else 10}\t{layer_text}"
-        for i, (p, x) in enumerate(items.items())
-    ]
-    (directory / "index.tsv").write_text("\n".join([INDEX_HEADER, *rows]) + "\n")
 
 
 def _frame_corpus(tmp_path: Path, seed: int = 0) -> tuple[Path, Path, Path]:
@@ -53,7 +36,7 @@ def _frame_corpus(tmp_path: Path, seed: int = 0) -> tuple[Path, Path, Path]:
             items[path] = np.stack([rng.normal(size=coded.shape), coded])  # (2, T, 12)
             frame_lines.append(path + "\t" + " ".join("aeiou"[k] for k in labels))
             table.append(f"{path}\t{voice}\t{sentence}")
-    _write_features(tmp_path / "feats", items)
+    write_features(tmp_path / "feats", items)
     (tmp_path / "frames.tsv").write_text("\n".join(frame_lines) + "\n")
     (tmp_path / "utterances.tsv").write_text("\n".join(table) + "\n")
     return tmp_path / "feats", tmp_path / "frames.tsv", tmp_path / "utterances.tsv"
@@ -189,7 +172,7 @@ def test_utterance_probe_with_a_header_a_target_column_and_a_warning(tmp_path, c
             path = f"{voice}/{sentence}.flac"
             items[path] = np.stack([rng.normal(size=8), voice_means[v] + rng.normal(size=8)])
             table.append(f"{path}\t{voice}\t{sentence}")
-    _write_features(tmp_path / "feats", items)
+    write_features(tmp_path / "feats", items)
     (tmp_path / "utt.tsv").write_text("\n".join(table) + "\n")
     argv = [str(tmp_path / "feats"), "--labels", str(tmp_path / "utt.tsv"), "--target", "voice"]
     assert _run(*argv, "--split-by", "sentence") == 0
@@ -213,7 +196,7 @@ def test_two_column_labels_still_work(tmp_path):
         label = ["low", "high"][i % 2]
         items[f"{i:03d}.wav"] = np.stack([rng.normal(size=6), means[label] + rng.normal(size=6)])
         lines.append(f"{i:03d}.wav\t{label}")
-    _write_features(tmp_path / "feats", items)
+    write_features(tmp_path / "feats", items)
     (tmp_path / "labels.tsv").write_text("\n".join(lines[::-1]) + "\n")
     assert _run(str(tmp_path / "feats"), "--labels", str(tmp_path / "labels.tsv")) == 0
     report = json.loads((tmp_path / "feats" / "probe" / "probe.json").read_text())
@@ -234,14 +217,14 @@ def test_two_column_labels_still_work(tmp_path):
     ],
 )
 def test_label_file_errors_name_the_line(tmp_path, capsys, content, message):
-    _write_features(tmp_path / "feats", {p: np.zeros((2, 3)) for p in ("a.wav", "b.wav")})
+    write_features(tmp_path / "feats", {p: np.zeros((2, 3)) for p in ("a.wav", "b.wav")})
     (tmp_path / "labels.tsv").write_text(content)
     assert _run(str(tmp_path / "feats"), "--labels", str(tmp_path / "labels.tsv")) == 2
     assert message in capsys.readouterr().err
 
 
 def test_frame_label_count_must_match_the_features(tmp_path, capsys):
-    _write_features(tmp_path / "feats", {"a.wav": np.zeros((2, 4, 3))})
+    write_features(tmp_path / "feats", {"a.wav": np.zeros((2, 4, 3))})
     (tmp_path / "f.tsv").write_text("a.wav\tx y x\n")
     argv = [str(tmp_path / "feats"), "--task", "frame", "--labels", str(tmp_path / "f.tsv")]
     assert _run(*argv) == 2
@@ -282,14 +265,6 @@ def tone_bursts(root: Path, paths: list[str], seed: int = 0) -> list[str]:
         sf.write(root / path, wav.astype(np.float32), 16000)
         lines.append(path + "\t" + " ".join("tone" if x else "sil" for x in on))
     return lines
-
-
-def save_random_tiny(path: Path, seed: int = 1) -> Wav2Vec2Model:
-    """A randomly initialised tiny model saved as a w2vkit checkpoint."""
-    torch.manual_seed(seed)
-    model = Wav2Vec2Model.from_preset("tiny")
-    torch.save({"model": model.state_dict(), "config": {"model": to_dict(model.cfg)}}, path)
-    return model
 
 
 def test_baselines_on_real_audio_through_the_cli(tmp_path):

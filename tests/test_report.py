@@ -93,7 +93,7 @@ def _run_dir(tmp_path: Path) -> Path:
 
 def _probe_json(tmp_path: Path) -> Path:
     """A voice probe through the CLI on hand-written features, with an utterance table."""
-    from test_probe import VOICES, _write_features
+    from helpers import VOICES, write_features
 
     rng = np.random.default_rng(0)
     items, table = {}, ["path\tvoice\tsentence"]
@@ -103,7 +103,7 @@ def _probe_json(tmp_path: Path) -> Path:
                 [rng.normal(size=8), v + 0.3 * rng.normal(size=8)]
             )
             table.append(f"{voice}/{s}.flac\t{voice}\ts{s}")
-    _write_features(tmp_path / "feats", items)
+    write_features(tmp_path / "feats", items)
     (tmp_path / "utt.tsv").write_text("\n".join(table) + "\n")
     argv = [
         "probe",

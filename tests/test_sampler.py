@@ -117,6 +117,36 @@ def test_split_for_ranks_keeps_budget_and_row_rule():
     assert sorted(everything) == list(range(136))
 
 
+@pytest.mark.parametrize(
+    "sizes, world_size, expected_rows",
+    [
+        # batches of 4, 8, 3 rows (long, middle, short items): the middle one has the most rows
+        ([2000] * 4 + [1000] * 8 + [500] * 3, 2, [4, 4, 4, 3]),
+        # batches of 8 and 6 rows: the first one has the most rows
+        ([1000] * 8 + [500] * 6, 3, [6, 4, 4]),
+        # 4, 8, 3 rows for 5 ranks: 8 -> 4 + 4, then the first of the 4-row batches -> 2 + 2
+        ([2000] * 4 + [1000] * 8 + [500] * 3, 5, [4, 4, 3, 2, 2]),
+    ],
+)
+def test_rank_split_takes_the_largest_batch_not_the_last(sizes, world_size, expected_rows):
+    """Splitting the last batch (often, but not here, the one with the most rows) would give
+    uneven halves of a small batch and leave the big one whole."""
+    ranks = [
+        BucketBatchSampler(
+            np.array(sizes),
+            max_batch_samples=8000,
+            required_batch_size_multiple=1,
+            world_size=world_size,
+            rank=r,
+            shuffle=False,
+        )
+        for r in range(world_size)
+    ]
+    batches = [b for s in ranks for b in _all_batches(s)]
+    assert sorted(map(len, batches), reverse=True) == expected_rows
+    assert sorted(i for b in batches for i in b) == list(range(len(sizes)))
+
+
 def test_single_row_batches_that_cannot_split_are_repeated(caplog):
     sizes = np.full(5, 1000)  # budget fits one row: 5 batches for 2 ranks
     with caplog.at_level(logging.WARNING):
@@ -124,7 +154,8 @@ def test_single_row_batches_that_cannot_split_are_repeated(caplog):
             BucketBatchSampler(sizes, max_batch_samples=1500, world_size=2, rank=r)
             for r in range(2)
         ]
-    assert "repeating 1 of them" in caplog.text
+    message = "5 batches cannot be split over 2 ranks: repeating 1 of them this epoch"
+    assert caplog.messages == [message] * 2  # once per rank
     seen = [i for s in ranks for b in _all_batches(s) for i in b]
     assert len(ranks[0]) == len(ranks[1]) == 3
     assert set(seen) == set(range(5)) and len(seen) == 6
@@ -240,4 +271,104 @@ def test_seeded_generator_depends_on_every_part():
         return torch.randint(0, 2**30, (4,), generator=seeded_generator(*parts)).tolist()
 
     assert draw(1, 2) == draw(1, 2)
-    assert len({tuple(draw(*p)) for p in [(1, 2), (2, 1), (12,), (1, 2, 0)]}) == 4
+    parts = [(1, 2), (2, 1), (12,), (1, 2, 0), (2,), (4,)]  # 2 and 4: no parity collision
+    assert len({tuple(draw(*p)) for p in parts}) == len(parts)
+
+
+def test_defaults_are_fairseq_recipe_values():
+    """Multiple 8 and seed 1 for the sampler (fairseq's recipe), multiple 1 for bare batch_by_size."""
+    sizes = _sizes(300)
+    default = BucketBatchSampler(sizes, max_batch_samples=100_000)
+    explicit = BucketBatchSampler(
+        sizes, max_batch_samples=100_000, required_batch_size_multiple=8, seed=1
+    )
+    assert _all_batches(default) == _all_batches(explicit)
+    odd = batch_by_size(np.full(7, 1000), max_batch_samples=7000)
+    assert [len(b) for b in odd] == [7]
+
+
+def test_budget_boundaries(caplog):
+    """An item exactly at the budget is neither cropped nor skipped; 1 is a valid budget and size."""
+    sizes = np.array([4000, 8000, 2000])
+    with pytest.raises(ValueError, match="^max_batch_samples must be >= 1, got 0$"):
+        BucketBatchSampler(sizes, max_batch_samples=0)
+    with pytest.raises(ValueError, match="^max_batch_size must be >= 1 or None, got 0$"):
+        BucketBatchSampler(sizes, max_batch_samples=8000, max_batch_size=0)
+    with caplog.at_level(logging.WARNING):
+        exact = BucketBatchSampler(
+            sizes, max_batch_samples=8000, max_batch_size=1, skip_oversize=True
+        )
+    assert caplog.messages == []
+    assert sorted(b for key in exact for b in key.indices) == [0, 1, 2]
+    assert len(BucketBatchSampler(np.array([1, 1]), max_batch_samples=1)) == 2
+    # one-sample items: the budget is rows x 1
+    assert [len(b) for b in batch_by_size(np.ones(10), max_batch_samples=4)] == [4, 4, 2]
+    with pytest.raises(ValueError, match="^required_batch_size_multiple must be >= 1, got 0$"):
+        batch_by_size(sizes, max_batch_samples=8000, required_batch_size_multiple=0)
+    with pytest.raises(
+        ValueError, match=r"^no batches: the dataset is empty \(or every item was skipped\)$"
+    ):
+        BucketBatchSampler(sizes, max_batch_samples=1000, skip_oversize=True)
+
+
+def test_oversize_warning_names_the_first_item_and_the_way_out(caplog):
+    sizes = np.array([1000, 50_000, 2000, 60_000])
+    with caplog.at_level(logging.WARNING):
+        BucketBatchSampler(sizes, max_batch_samples=10_000)
+    assert caplog.messages == [
+        "2 items are longer than max_batch_samples=10000 and will be cropped to 10000 samples "
+        "(first: 1, 50000 samples); pass skip_oversize=True to drop them instead"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        BucketBatchSampler(sizes, max_batch_samples=10_000, skip_oversize=True)
+    assert caplog.messages == [
+        "2 items are longer than max_batch_samples=10000 and will be skipped "
+        "(first: 1, 50000 samples)"
+    ]
+
+
+def test_keys_carry_their_epoch_and_a_state_at_position_0_loads():
+    sizes = _sizes(100)
+    sampler = BucketBatchSampler(sizes, max_batch_samples=100_000)
+    sampler.set_epoch(3)
+    assert {key.epoch for key in sampler} == {3}
+    fresh = BucketBatchSampler(sizes, max_batch_samples=100_000)
+    fresh.load_state_dict({**sampler.state_dict(), "epoch": 2, "position": 0})
+    assert (fresh.epoch, fresh.position) == (2, 0)
+    beyond = {**sampler.state_dict(), "position": len(fresh) + 1}
+    with pytest.raises(
+        ValueError, match=rf"^position {len(fresh) + 1} is outside \[0, {len(fresh)}\]$"
+    ):
+        fresh.load_state_dict(beyond)
+
+
+def test_load_state_rejects_another_seed():
+    state = BucketBatchSampler(_sizes(100), max_batch_samples=100_000, seed=3).state_dict()
+    message = (
+        "^sampler state was saved with seed=3, this sampler has 1: the batches would differ, so "
+        "resuming mid-epoch would repeat or skip data$"
+    )
+    with pytest.raises(ValueError, match=message):
+        BucketBatchSampler(_sizes(100), max_batch_samples=100_000).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "num_items, expected_rows",
+    # 2 rows: 1 + 1; 8 = one multiple: halves below it; 24: split at a multiple
+    [(2, [1, 1]), (8, [4, 4]), (24, [16, 8])],
+)
+def test_rank_split_of_a_multiple_keeps_the_row_rule(num_items, expected_rows):
+    ranks = [
+        BucketBatchSampler(
+            np.full(num_items, 1000),
+            max_batch_samples=24_000,
+            required_batch_size_multiple=8,
+            world_size=2,
+            rank=r,
+        )
+        for r in range(2)
+    ]
+    batches = [b for s in ranks for b in _all_batches(s)]
+    assert sorted(map(len, batches), reverse=True) == expected_rows
+    assert sorted(i for b in batches for i in b) == list(range(num_items))

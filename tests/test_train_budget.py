@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_loop import (
-    _rows,
-    _TemperatureRecorder,
+from helpers import (
+    TemperatureRecorder,
     make_manifest,
+    random_rows,
     toy_config,
     toy_state,
     toy_train,
@@ -115,12 +115,12 @@ def test_the_plan_fits_the_gumbel_temperature_schedule():
         "model.quantizer.temperature_end=0.1",
     )
     torch.manual_seed(0)
-    model = _TemperatureRecorder(cfg.model)
+    model = TemperatureRecorder(cfg.model)
     state = toy_state(cfg, model=model)
     objective = pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=40)
     objective.plan(20)  # half the configured length: the temperature decays twice as fast
     for k in range(3):
-        update(state, [_rows(2, 8000, k)], objective, cfg)
+        update(state, [random_rows(2, 8000, k)], objective, cfg)
     assert model.temperatures == pytest.approx([2.0, 2.0 * 0.25, 2.0 * 0.25**2])
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train_loop import toy_config, toy_state
+from helpers import toy_config, toy_state
 
 from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.train import checkpoint, dist

@@ -18,9 +18,10 @@ from w2vkit.train.fairseq_config import FAIRSEQ_KEYS, load_fairseq_config, trans
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "pretrain"
-# fairseq's recipe settings (REFERENCE.md 2.1 and 2.2a), in fairseq's section/key layout and value
-# spellings (hydra `???`, tuple strings, `1e-06`), written out by the tests. The opt-in
-# `parity_fairseq` test translates the real files shipped with an installed fairseq as well.
+# fairseq's recipe settings (`wav2vec2_base_librispeech.yaml`, `wav2vec2_large_librivox.yaml`), in
+# fairseq's section/key layout and value spellings (hydra `???`, tuple strings, `1e-06`), written
+# out by the tests. The opt-in `parity_fairseq` test translates the real files shipped with an
+# installed fairseq as well.
 _COMMON = {"fp16": True, "log_format": "json", "log_interval": 200}
 _CHECKPOINT = {
     "save_interval_updates": 25000,

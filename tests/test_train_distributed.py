@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_loop import TINY_YAML, make_manifest, toy_train
+from helpers import TINY_YAML, make_manifest, toy_train
 
 from w2vkit import cli
 from w2vkit.data.dataset import AudioDataset

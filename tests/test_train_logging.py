@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_loop import (
+from helpers import (
     TINY_YAML,
     TOY,
     ToyModel,
-    _rows,
     make_manifest,
     mean_loss,
+    random_rows,
     toy_config,
     toy_state,
     toy_train,
@@ -171,7 +171,7 @@ def test_evaluate_uses_fixed_masks_and_restores_the_mode():
     modes = []
     step = objective.step
     objective.step = lambda m, b, s, g: modes.append(m.training) or step(m, b, s, g)
-    batches = [_rows(2, 8000, 1), _rows(3, 8000, 2)]
+    batches = [random_rows(2, 8000, 1), random_rows(3, 8000, 2)]
 
     def run(model, train_cfg, step):
         return evaluate(model, batches, objective, cfg=train_cfg, device=CPU, step=step)
@@ -193,7 +193,7 @@ def test_evaluate_sums_over_the_whole_split_before_dividing():
     cfg = toy_config()
     torch.manual_seed(0)
     model = ToyModel()
-    batches = [_rows(1, 3200, 1), _rows(3, 6400, 2)]
+    batches = [random_rows(1, 3200, 1), random_rows(3, 6400, 2)]
     with torch.no_grad():
         parts = [TOY.step(model, b, 0, None) for b in batches]
     expected = sum(p.loss for p in parts) / sum(p.sample_size for p in parts)

@@ -1,173 +1,45 @@
 """The training loop: one normalisation per update, accumulation, skipped non-finite updates, bf16 on
-CPU, exact resume, SIGTERM. `toy_train` is shared with test_train_distributed.py."""
+CPU, exact resume, SIGTERM. The toy model and `toy_train` live in helpers.py (test_train_distributed.py
+uses them too)."""
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
-import audiogen
 import pytest
 import torch
-from torch import nn
+from helpers import (
+    TINY_YAML,
+    TOY,
+    TemperatureRecorder,
+    ToyModel,
+    make_manifest,
+    mean_loss,
+    random_rows,
+    toy_config,
+    toy_state,
+    toy_step,
+    toy_train,
+    update,
+)
 
 from w2vkit import cli
 from w2vkit.data.collate import Batch
-from w2vkit.data.loader import build_loaders
 from w2vkit.losses import pretraining_loss, pretraining_objective
 from w2vkit.model.config import tiny
 from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train import checkpoint, dist
-from w2vkit.train.config import PretrainConfig, build_config, load_layers
-from w2vkit.train.loop import Objective, StepOutput, TrainState, run_update, train
-from w2vkit.train.metrics import RunLogger
-from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_YAML = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
-
-
-def make_manifest(directory: Path, num_files: int = 12, valid_percent: float = 0.25) -> Path:
-    """Tones of 0.6-2.0 s and their train/valid manifests; returns the manifest folder."""
-    audiogen.make_corpus(directory / "audio", num_files, (0.6, 2.0), 16_000, seed=0)
-    dest = directory / "manifest"
-    assert (
-        cli.main(
-            [
-                "manifest",
-                str(directory / "audio"),
-                "--dest",
-                str(dest),
-                "--valid-percent",
-                str(valid_percent),
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return dest
-
-
-@pytest.fixture(scope="module")
-def manifest_dir(tmp_path_factory) -> Path:
-    return make_manifest(tmp_path_factory.mktemp("tones"))
-
-
-class ToyModel(nn.Module):
-    """Per-frame regression on raw audio: its summed loss splits exactly over rows, ranks, micro-batches."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(1, 4, kernel_size=400, stride=320)
-        self.head = nn.Linear(4, 1)
-
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        x = torch.tanh(self.conv(wav[:, None])).transpose(
-            1, 2
-        )  # (B, 1, S) -> (B, C, T) -> (B, T, C)
-        return self.head(x).squeeze(-1)  # (B, T)
-
-
-def toy_step(model, batch, step: int, generator: torch.Generator) -> StepOutput:
-    prediction = model(batch.wav)  # (B, T)
-    loss = (prediction - 0.3).pow(2).sum()
-    return StepOutput(loss=loss, sample_size=prediction.numel(), sums={})
-
-
-def mean_loss(sums: dict[str, float]) -> dict[str, float]:
-    return {"loss": sums["loss"] / sums["sample_size"]}
-
-
-TOY = Objective(step=toy_step, summarize=mean_loss)
-
-
-def update(state: TrainState, micro, objective: Objective, cfg: PretrainConfig, **kwargs):
-    """`run_update` with the pretraining config's train section and clip norm."""
-    return run_update(
-        state,
-        micro,
-        objective,
-        cfg=cfg.train,
-        clip_norm=cfg.optim.clip_norm,
-        device=torch.device("cpu"),
-        **kwargs,
-    )
-
-
-def toy_config(*overrides: str) -> PretrainConfig:
-    return build_config(
-        load_layers(TINY_YAML, ["optim.warmup_steps=0", "optim.lr=0.01", *overrides])
-    )
-
-
-def toy_state(cfg: PretrainConfig, sampler=None, model: nn.Module | None = None) -> TrainState:
-    torch.manual_seed(0)
-    model = model if model is not None else ToyModel()
-    optimizer = build_optimizer(model, cfg.optim)
-    return TrainState(
-        model=model,
-        optimizer=optimizer,
-        schedule=PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps or sys.maxsize),
-        scaler=None,
-        generator=torch.Generator(),
-        sampler=sampler,
-    )
-
-
-def toy_train(
-    manifest: Path, out_dir: Path, *overrides: str, objective: Objective = TOY, validate=False
-) -> tuple[TrainState, str]:
-    """The real loop, data pipeline and DDP wrapping (under torchrun) around the toy model."""
-    cfg = toy_config(
-        f"data.manifest_dir={manifest}",
-        f"train.out_dir={out_dir}",
-        "data.min_samples=4000",
-        "data.max_samples=16000",
-        "data.max_batch_samples=48000",
-        "train.validate_interval_steps=0",
-        *overrides,
-    )
-    loaders = build_loaders(cfg.data, cfg.train.seed, dist.rank(), dist.world_size())
-    state = toy_state(cfg, loaders["train"].sampler)
-    state.model = dist.wrap_model(state.model, torch.device("cpu"), find_unused_parameters=False)
-    if (out_dir / checkpoint.LAST).is_file():
-        checkpoint.restore(state, checkpoint.load(out_dir / checkpoint.LAST))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    logger = RunLogger(
-        out_dir,
-        total_steps=cfg.train.max_steps,
-        start_step=state.step,
-        tensorboard=False,
-        progress_bar=False,
-    )
-    reason = train(
-        state,
-        objective,
-        cfg=cfg.train,
-        clip_norm=cfg.optim.clip_norm,
-        train_loader=loaders["train"],
-        valid_loader=loaders.get("valid") if validate else None,
-        device=torch.device("cpu"),
-        out_dir=out_dir,
-        config_dict={},
-        logger=logger,
-    )
-    return state, reason
-
-
-def _rows(num_rows: int, num_samples: int, seed: int) -> Batch:
-    wav = torch.randn(num_rows, num_samples, generator=torch.Generator().manual_seed(seed))
-    return Batch(wav=wav, padding_mask=None, indices=torch.arange(seed * 10, seed * 10 + num_rows))
+from w2vkit.train import checkpoint
+from w2vkit.train.config import build_config, load_layers
+from w2vkit.train.loop import Objective, StepOutput
 
 
 def test_one_update_is_the_gradient_of_the_global_mean():
     # Micro-batches of 1 and 3 rows (uneven sample sizes) and of a different length: the update must
     # use d/dp [sum of all losses / sum of all sample sizes], not an average of per-micro-batch means.
     cfg = toy_config("train.update_freq=3")
-    micro = [_rows(1, 3200, 1), _rows(3, 3200, 2), _rows(2, 6400, 3)]
+    micro = [random_rows(1, 3200, 1), random_rows(3, 3200, 2), random_rows(2, 6400, 3)]
     state = toy_state(cfg)
     reference = toy_state(cfg).model
     total = sum(toy_step(reference, b, 0, None).loss for b in micro)
@@ -181,7 +53,7 @@ def test_one_update_is_the_gradient_of_the_global_mean():
 
 def test_two_half_batches_equal_one_full_batch_toy():
     cfg = toy_config()
-    full = _rows(4, 3200, 7)
+    full = random_rows(4, 3200, 7)
     halves = [
         Batch(wav=full.wav[:1], padding_mask=None, indices=full.indices[:1]),
         Batch(wav=full.wav[1:], padding_mask=None, indices=full.indices[1:]),
@@ -231,7 +103,7 @@ def _fixed_mask_step(model, batch, step, generator) -> StepOutput:
 
 def test_two_half_batches_equal_one_full_batch_wav2vec2():
     cfg = toy_config()
-    full = _rows(4, 8000, 5)
+    full = random_rows(4, 8000, 5)
     halves = [
         Batch(wav=full.wav[:2], padding_mask=None, indices=full.indices[:2]),
         Batch(wav=full.wav[2:], padding_mask=None, indices=full.indices[2:]),
@@ -276,12 +148,12 @@ def test_one_bad_update_is_skipped_and_training_goes_on():
     cfg = toy_config()
     state = toy_state(cfg)
     before = [p.detach().clone() for p in state.model.parameters()]
-    bad = _rows(2, 3200, 1)
+    bad = random_rows(2, 3200, 1)
     bad.wav[0, 5] = math.inf
     result = update(state, [bad], TOY, cfg)
     assert not result.finite and state.step == 0 and state.num_nonfinite == 1
     assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
-    assert update(state, [_rows(2, 3200, 2)], TOY, cfg).finite
+    assert update(state, [random_rows(2, 3200, 2)], TOY, cfg).finite
     assert state.step == 1 and state.consecutive_nonfinite == 0
 
 
@@ -296,7 +168,7 @@ def test_bf16_autocast_runs_the_real_model_on_cpu():
     state = toy_state(cfg, model=model)
     before = model.context_proj.weight.detach().clone()
     objective = pretraining_objective(cfg.loss, cfg.model.quantizer)
-    result = update(state, [_rows(2, 16000, 3)], objective, cfg)
+    result = update(state, [random_rows(2, 16000, 3)], objective, cfg)
     assert seen == [torch.bfloat16]
     assert result.finite and math.isfinite(result.loss) and result.gnorm > 0
     assert not torch.equal(before, model.context_proj.weight)
@@ -308,7 +180,7 @@ def test_fp16_dynamic_loss_scaling_skips_overflows_and_unscales():
     state = toy_state(cfg)
     state.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # fp16 gradients overflow
     before = [p.detach().clone() for p in state.model.parameters()]
-    batch = _rows(2, 3200, 4)
+    batch = random_rows(2, 3200, 4)
     result = update(state, [batch], TOY, cfg)
     assert not result.finite and state.step == 0 and state.num_nonfinite == 1
     assert state.scaler.get_scale() == 2.0**39  # halved after the overflow
@@ -375,7 +247,7 @@ def test_a_file_corrupted_after_the_manifest_is_replaced_counted_and_logged(tmp_
 def test_clipping_applies_to_the_normalised_gradient_and_gnorm_is_before_clipping():
     # The reference gradient of the global mean has norm ~0.1-1; a clip at a tenth of it must scale
     # that gradient (not the summed one, which is sample_size times larger) to exactly the clip norm.
-    micro = [_rows(1, 3200, 1), _rows(3, 3200, 2)]
+    micro = [random_rows(1, 3200, 1), random_rows(3, 3200, 2)]
     reference = toy_state(toy_config()).model
     total = sum(toy_step(reference, b, 0, None).loss for b in micro)
     size = sum(toy_step(reference, b, 0, None).sample_size for b in micro)
@@ -392,18 +264,6 @@ def test_clipping_applies_to_the_normalised_gradient_and_gnorm_is_before_clippin
     assert unclipped.model.head.weight.grad.norm() > 5 * state.model.head.weight.grad.norm()
 
 
-class _TemperatureRecorder(Wav2Vec2Model):
-    """The tiny model, remembering the Gumbel temperature of every forward."""
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self.temperatures: list[float] = []
-
-    def forward(self, *args, temperature: float, **kwargs):
-        self.temperatures.append(temperature)
-        return super().forward(*args, temperature=temperature, **kwargs)
-
-
 def test_update_k_uses_the_gumbel_temperature_of_k_completed_updates():
     cfg = toy_config(
         "model.quantizer.temperature_start=2.0",
@@ -412,11 +272,13 @@ def test_update_k_uses_the_gumbel_temperature_of_k_completed_updates():
         "train.update_freq=2",
     )
     torch.manual_seed(0)
-    model = _TemperatureRecorder(cfg.model)
+    model = TemperatureRecorder(cfg.model)
     state = toy_state(cfg, model=model)
     objective = pretraining_objective(cfg.loss, cfg.model.quantizer)
     for k in range(4):
-        update(state, [_rows(2, 8000, 2 * k), _rows(2, 8000, 2 * k + 1)], objective, cfg)
+        update(
+            state, [random_rows(2, 8000, 2 * k), random_rows(2, 8000, 2 * k + 1)], objective, cfg
+        )
     # max(2.0 * 0.5**k, 0.3) by hand, twice per update (two micro-batches): not k+1, not per forward.
     assert model.temperatures == [2.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.3, 0.3]
     record = state.window.reduce(torch.device("cpu"))[1]
@@ -426,7 +288,9 @@ def test_update_k_uses_the_gumbel_temperature_of_k_completed_updates():
 def test_logged_sums_stay_tensors_on_the_device_until_a_log_line():
     cfg = toy_config()
     state = toy_state(cfg, model=Wav2Vec2Model(cfg.model))
-    update(state, [_rows(2, 8000, 1)], pretraining_objective(cfg.loss, cfg.model.quantizer), cfg)
+    update(
+        state, [random_rows(2, 8000, 1)], pretraining_objective(cfg.loss, cfg.model.quantizer), cfg
+    )
     window = state.window
     keys = {"loss", "loss_0", "loss_1", "sample_size", "correct", "count", "negatives_equal"}
     assert set(window.sums) == keys | {"negatives"}

@@ -13,15 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_loop import TINY_YAML, make_manifest
+from helpers import TINY_YAML
 
 from w2vkit import cli
 from w2vkit.train import checkpoint
-
-
-@pytest.fixture(scope="module")
-def manifest_dir(tmp_path_factory) -> Path:
-    return make_manifest(tmp_path_factory.mktemp("tones"))
 
 
 def _logged(out_dir: Path) -> dict:
@@ -85,11 +80,12 @@ def test_a_signal_saves_a_checkpoint_and_exits_with_its_status(
     handler_before = signal.getsignal(sig)
 
     def terminate_after_the_first_log_line():
-        # The line is written inside the loop, so the loop's handler is installed by then.
-        deadline = time.monotonic() + 60
+        # The line is written inside the loop, so the loop's handler is installed by then. Without
+        # a line in 60 s the thread gives up, and the test's timeout (pyproject) fails the run.
+        deadline = time.monotonic() + 60.0
         while not (log.is_file() and log.read_text().count("\n") >= 1):
             if time.monotonic() > deadline:
-                return  # the run then goes on to max_steps and the assertions below fail
+                return
             time.sleep(0.01)
         os.kill(os.getpid(), sig)
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import right_padding
 from transformers import Wav2Vec2Config
 from transformers.models.wav2vec2.modeling_wav2vec2 import (
     Wav2Vec2Encoder,
@@ -40,16 +41,12 @@ def _encoder(seed: int = 0, **changes) -> TransformerEncoder:
     return encoder
 
 
-def _padding(lengths: list[int], frames: int) -> torch.Tensor:
-    return torch.arange(frames)[None, :] >= torch.tensor(lengths)[:, None]  # (B, T) True = padded
-
-
 @pytest.mark.parametrize("padded", [False, True])
 def test_sdpa_attention_equals_explicit_softmax_reference(padded):
     torch.manual_seed(0)
     attention = SelfAttention(32, 4, dropout_prob=0.1).eval()
     x = torch.randn(3, 11, 32)
-    padding = _padding([11, 7, 2], 11) if padded else None
+    padding = right_padding([11, 7, 2], 11) if padded else None
     out = attention(x, padding)
 
     def heads(t):
@@ -142,7 +139,7 @@ def test_encoder_equals_hf_encoder(layer_norm_first, kernel):
     ours = _encoder(layer_norm_first=layer_norm_first, pos_conv_kernel=kernel)
     hf = _hf_encoder(ours)
     x = torch.randn(3, 13, 32)
-    padding = _padding([13, 9, 4], 13)
+    padding = right_padding([13, 9, 4], 13)
     states = ours(x, padding)
     assert len(states) == 3
     want = hf(x.clone(), attention_mask=~padding).last_hidden_state
@@ -153,7 +150,7 @@ def test_encoder_equals_hf_encoder(layer_norm_first, kernel):
 def test_encoder_ignores_values_at_padded_frames():
     encoder = _encoder(layer_norm_first=True)
     x = torch.randn(2, 12, 32)
-    padding = _padding([12, 7], 12)
+    padding = right_padding([12, 7], 12)
     noisy = x.clone()
     noisy[1, 7:] = 1e3 * torch.randn(5, 32)
     for a, b in zip(encoder(x, padding), encoder(noisy, padding), strict=True):

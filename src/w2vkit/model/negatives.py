@@ -29,8 +29,8 @@ def sample_negatives(
 
     Within-utterance negatives come uniformly, with replacement, from the other masked frames of the
     same utterance (fairseq `sample_negatives`). Cross-sample negatives come from every other masked
-    frame of the batch. fairseq excludes the *local* index there, so a frame could draw itself
-    (REFERENCE.md 13 #3); we exclude the frame's own global index.
+    frame of the batch. fairseq excludes the *local* index there, so a frame could draw itself; we
+    exclude the frame's own global index (docs/fairseq_differences.md#fd-cross-sample-global-index).
 
     Shape: masked_per_row (B,) -> indices (N, num_negatives + num_cross_sample).
     """
@@ -85,7 +85,7 @@ def contrastive_logits(
     Shape: context (N, F), targets (N, F), negative_indices (N, K) [, extra_negatives (N, Kq, F)]
     -> logits (N, 1 + K [+ Kq]), positive in column 0, fp32.
     """
-    # fp32: bf16 cosine collapses small angles (REFERENCE.md 13 #17).
+    # fp32: bf16 cosine collapses small angles (docs/fairseq_differences.md#fd-fp32-logits).
     c = F.normalize(context.float(), dim=-1, eps=1e-8)  # (N, F)
     t = F.normalize(targets.float(), dim=-1, eps=1e-8)  # (N, F)
     positive = (c * t).sum(-1, keepdim=True)  # (N, 1)

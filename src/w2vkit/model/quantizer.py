@@ -15,7 +15,7 @@ def gumbel_temperature(step: int, cfg: QuantizerConfig) -> float:
     """Temperature after `step` optimizer updates: max(start * decay**step, end).
 
     Tied to the optimizer step, not to forward calls, so gradient accumulation does not make it
-    decay faster (the fairseq2 pitfall in REFERENCE.md section 13 #14).
+    decay faster (a fairseq2 pitfall: docs/fairseq_differences.md#fd-temperature-from-step).
     """
     return max(cfg.temperature_start * cfg.temperature_decay**step, cfg.temperature_end)
 

@@ -213,7 +213,8 @@ class Wav2Vec2Model(nn.Module):
         if frame_pad is None:
             penalty = squared.mean()
         else:
-            # fairseq averages over padded frames too (REFERENCE.md 13 #8); only real audio counts here.
+            # fairseq averages over padded frames too; only real audio counts here
+            # (docs/fairseq_differences.md#fd-feature-penalty-padding).
             valid = (~frame_pad).float()
             penalty = (squared * valid).sum() / valid.sum().clamp(min=1.0)
         return self.feature_norm(features), frame_pad, penalty

@@ -7,7 +7,7 @@ gradients, which DDP averaged over `world_size` processes, are multiplied once b
 `world_size / sum(sample_size)` with the sample size all-reduced over processes and micro-batches:
 the update is the gradient of the per-sample mean over the global batch, exactly fairseq's trainer.
 (HF's pretraining script rescales after every micro-batch, which makes accumulation unequal to a
-larger batch.)
+larger batch: docs/fairseq_differences.md#fd-normalise-once.)
 
 Host syncs. The logged values stay on the device (`MetricsWindow`) until a log line needs them: one
 all-reduce and one copy to the host per `log_interval`. Each update copies its global loss, sample
