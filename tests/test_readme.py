@@ -17,6 +17,7 @@ from pathlib import Path
 
 import audiogen
 import pytest
+from helpers import save_random_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -69,6 +70,9 @@ def _skip_reason(code: str) -> str | None:
 def _scratch(tmp_path: Path) -> dict[str, str]:
     """Stand-in data, and an environment whose `w2vkit` / `python` are this interpreter."""
     audiogen.make_corpus(tmp_path / "audio", 6, (2.5, 4.0), 16_000, seed=0)
+    demo_checkpoint = tmp_path / "runs" / "demo" / "pretrain" / "checkpoint_last.pt"
+    demo_checkpoint.parent.mkdir(parents=True)
+    save_random_tiny(demo_checkpoint)  # what `make demo` leaves, for the "From Python" block
     bin_dir = tmp_path / ".bin"
     bin_dir.mkdir()
     for name, command in (("w2vkit", f'"{sys.executable}" -m w2vkit'), ("python", sys.executable)):
