@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from w2vkit.data.collate import Batch, collate
-from w2vkit.data.dataset import AudioDataset
+from w2vkit.data.audio import DecodeError
+from w2vkit.data.dataset import AudioDataset, describe
 from w2vkit.data.sampler import BatchKey, BucketBatchSampler, seeded_generator
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,11 @@ class _BatchMaker(Dataset):
     def __getitem__(self, key: BatchKey) -> Batch:
         generator = seeded_generator(self.seed, key.epoch, self.rank, key.position)
         wavs, indices, limits = [], [], []
+        failures: dict[int, str] = {}
         num_failed = 0
         for planned in key.indices:
-            index, wav, failures = self._load_or_replace(planned, generator)
-            num_failed += failures
+            index, wav, tries = self._load_or_replace(planned, generator, failures)
+            num_failed += tries
             if wav is not None:
                 wavs.append(wav)
                 indices.append(index)
@@ -65,30 +67,39 @@ class _BatchMaker(Dataset):
             generator=generator,
             num_failed=num_failed,
         )
+        batch.failures = failures
         batch.epoch, batch.position = key.epoch, key.position
         return batch
 
     def _load_or_replace(
-        self, index: int, generator: torch.Generator
+        self, index: int, generator: torch.Generator, failures: dict[int, str]
     ) -> tuple[int, torch.Tensor | None, int]:
-        """Decode `index`, or a replacement no longer than it: (index used, wav, failures).
+        """Decode `index`, or a replacement no longer than it: (index used, wav, failed tries).
 
+        Failed items go into `failures` (index -> reason; the training process logs them once).
         The replacement draws come from the batch's generator and do not depend on what this
         process has seen before, so the result is the same in every worker.
         """
-        failures = 0
+        tries = 0
         for _ in range(MAX_REPLACEMENT_TRIES + 1):
-            wav = None if index in self._known_bad else self.dataset.load(index)
+            wav = None if index in self._known_bad else self._decode(index, failures)
             if wav is not None:
-                return index, wav, failures
-            failures += 1
+                return index, wav, tries
+            tries += 1
             self._known_bad.add(index)
             replacement = self._replacement(index, generator)
             if replacement is None:
                 break
             index = replacement
         logger.warning("dropping a row from a batch: no decodable replacement for item %d", index)
-        return index, None, failures
+        return index, None, tries
+
+    def _decode(self, index: int, failures: dict[int, str]) -> torch.Tensor | None:
+        try:
+            return self.dataset.decode(index)
+        except DecodeError as err:
+            failures[index] = describe(err)
+            return None
 
     def _replacement(self, index: int, generator: torch.Generator) -> int | None:
         """A random item among the REPLACEMENT_WINDOW next shorter ones: no longer than `index`,
@@ -109,8 +120,10 @@ class _ResumableLoader(DataLoader):
     """
 
     def __iter__(self):
+        failures = self.sampler.failures
         for batch in super().__iter__():
             self.sampler.mark_consumed(batch.epoch, batch.position)
+            failures.record(batch.failures, batch.num_failed, self.dataset.dataset.path)
             yield batch
 
 

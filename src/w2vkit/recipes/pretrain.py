@@ -20,6 +20,7 @@ from w2vkit.data.loader import build_dataloader
 from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.losses import pretraining_loss
 from w2vkit.model.config import ModelConfig
+from w2vkit.model.limits import min_input_samples
 from w2vkit.model.quantizer import gumbel_temperature
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint, dist
@@ -205,6 +206,7 @@ def _pretrain(
                 pad=data.pad,
                 normalize=data.normalize,
                 random_crop=random_crop,
+                min_decoded_samples=min_input_samples(cfg.model),
             )
     loaders = {}
     for split, dataset in datasets.items():
@@ -217,6 +219,8 @@ def _pretrain(
             rank=rank,
             world_size=world_size,
             shuffle=split == data.train_split,
+            fingerprint=dataset.fingerprint(),
+            allow_data_change=cfg.train.allow_data_change,
         )
         loaders[split] = build_dataloader(
             dataset,

@@ -70,8 +70,6 @@ class TrainState:
     best_valid_loss: float = math.inf
     num_nonfinite: int = 0
     consecutive_nonfinite: int = 0
-    num_failed_files: int = 0
-    """Audio files this process failed to decode and replaced (summed over processes in logs)."""
 
     def payload(self, config: dict, last_valid: dict | None) -> dict:
         return {
@@ -89,7 +87,6 @@ class TrainState:
                 "best_valid_loss": self.best_valid_loss,
                 "num_nonfinite": self.num_nonfinite,
                 "consecutive_nonfinite": self.consecutive_nonfinite,
-                "num_failed_files": self.num_failed_files,
             },
             "metrics": {"window": self.window.state_dict(), "valid": last_valid},
         }
@@ -108,7 +105,6 @@ class TrainState:
         self.best_valid_loss = float(progress["best_valid_loss"])
         self.num_nonfinite = int(progress["num_nonfinite"])
         self.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
-        self.num_failed_files = int(progress.get("num_failed_files", 0))
 
 
 def reseed(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
@@ -330,7 +326,6 @@ def train(
                 break
             state.epoch = group[-1].epoch + 1  # fairseq counts epochs from 1
             audio_samples += sum(b.num_audio_samples for b in group)
-            state.num_failed_files += sum(b.num_failed for b in group)
             result = run_update(
                 state, group, step_fn, cfg=cfg, device=device, stop_requested=signals.requested
             )
@@ -353,10 +348,10 @@ def train(
                 record["sample_size"] /= max(
                     num_updates, 1
                 )  # masked frames per update, all processes
-                counts = [audio_samples, state.num_failed_files]
-                audio, failed = dist.all_reduce_sum(
-                    torch.tensor(counts, dtype=torch.float64, device=device)
+                (audio,) = dist.all_reduce_sum(
+                    torch.tensor([audio_samples], dtype=torch.float64, device=device)
                 ).tolist()
+                failed_files, failure_events = state.sampler.failures.reduce()
                 audio_samples = 0.0
                 rates = throughput.rates(num_updates, audio / cfg.data.sample_rate)
                 # lr of the next update, as fairseq logs it; gnorm of the last update, before clipping.
@@ -372,7 +367,8 @@ def train(
                         **rates,
                         **gpu_memory_gb(device),
                         "num_nonfinite": state.num_nonfinite,
-                        "num_failed_files": int(failed),
+                        "num_failed_files": failed_files,
+                        "num_failed_decodes": failure_events,
                     }
                 )
                 logger.progress(state.step, record.get("loss"), rates["audio_sec_per_sec"])
