@@ -83,11 +83,20 @@ def run(args: argparse.Namespace) -> int:
             "data.manifest_dir is not set: point it at the folder with train.tsv (w2vkit manifest)"
         )
     device = _device(cfg)
-    dist.init(device)
+    dist.init(device, timeout_minutes=cfg.train.dist_timeout_minutes)
+    finished = False
     try:
-        return _pretrain(cfg, device, resume, init_state, notes)
+        with checkpoint.RunLock(Path(cfg.train.out_dir), enabled=dist.is_main()):
+            code = _pretrain(cfg, device, resume, init_state, notes)
+        finished = True
+        return code
+    except RuntimeError as err:
+        explained = dist.explain_timeout(err, "training")
+        if explained is err:
+            raise
+        raise explained from err
     finally:
-        dist.shutdown()
+        dist.shutdown(clean=finished)
 
 
 def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict | None, list[str]]:

@@ -13,12 +13,17 @@ without unpickling code:
     metrics     {"window": unlogged training sums, "valid": last validation record or None}
 
 Writes go to a temporary file in the same directory, are fsynced and then renamed over the target
-with `os.replace`, so a crash (even SIGKILL) mid-write leaves the previous file intact.
+with `os.replace`, so a crash (even SIGKILL) mid-write leaves the previous file intact. A full disk
+says so (where, and how much the write needed); an unreadable checkpoint is refused in one line
+naming the file. `RunLock` keeps a second run out of a directory a live run writes to.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import pickle
 import random
 import re
 import shutil
@@ -27,11 +32,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from w2vkit.config import ConfigError
+
 FORMAT = "w2vkit.pretrain/1"
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 _INTERVAL = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
 _TMP_MARK = ".tmp-"
+_TMP_NAME = re.compile(r"^\..+\.pt\.tmp-(\d+)$")
+LOCK = ".w2vkit-run.lock"
+
+
+class CheckpointUnreadable(ConfigError):
+    """A checkpoint file is empty, truncated, corrupt or not a w2vkit checkpoint."""
+
+
+class DiskFullError(OSError):
+    """A checkpoint did not fit on the disk; the previous file of that name is intact."""
+
+
+class RunLocked(ConfigError):
+    """Another live process holds the run directory."""
 
 
 def interval_name(epoch: int, step: int) -> str:
@@ -40,7 +61,7 @@ def interval_name(epoch: int, step: int) -> str:
 
 def save_atomic(payload: dict, path: Path) -> None:
     """torch.save to `.<name>.tmp-<pid>` beside `path`, fsync, then rename over `path`."""
-    _write_atomic(Path(path), lambda f: torch.save(payload, f))
+    _write_atomic(Path(path), lambda f: torch.save(payload, f), lambda: payload_bytes(payload))
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -50,10 +71,10 @@ def copy_atomic(src: Path, dst: Path) -> None:
         with open(src, "rb") as fin:
             shutil.copyfileobj(fin, f, length=16 << 20)
 
-    _write_atomic(Path(dst), copy)
+    _write_atomic(Path(dst), copy, lambda: Path(src).stat().st_size)
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, write, size) -> None:
     # A crash leaves at most a stale temp file: `path` is either the old or the new file, whole.
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
     try:
@@ -62,9 +83,49 @@ def _write_atomic(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        if _is_disk_full(err):
+            raise _disk_full(path, size()) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """ENOSPC/EDQUOT, or torch's zip writer's own words for a short write ("unexpected pos")."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "unexpected pos" in str(err) or "file write failed" in str(err)
+
+
+def _disk_full(path: Path, needed: int) -> DiskFullError:
+    free = shutil.disk_usage(path.parent).free
+    kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+    return DiskFullError(
+        errno.ENOSPC,
+        f"disk full: writing {path} needs about {_human(needed)}, {_human(free)} free on "
+        f"{path.parent}; {kept}. Free space there or point train.out_dir elsewhere",
+    )
+
+
+def payload_bytes(obj) -> int:
+    """Bytes of the tensors in a (nested) payload: what `torch.save` writes, give or take."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(payload_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_bytes(v) for v in obj)
+    return 0
+
+
+def _human(num_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    raise AssertionError
 
 
 def write_checkpoints(
@@ -92,26 +153,124 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load(path: str | Path) -> dict:
-    """Read a w2vkit training checkpoint on the CPU without executing pickled code."""
+    """Read a w2vkit training checkpoint on the CPU without executing pickled code.
+
+    Raises `CheckpointUnreadable` (one line naming the file) for an empty, truncated, corrupt or
+    foreign file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointUnreadable(
+            f"checkpoint {path} is empty (0 bytes): its write was cut short"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, corrupt, or a pickle that needs code: all unreadable here
-        raise ValueError(f"checkpoint {path} cannot be read as a w2vkit checkpoint: {err}") from err
+        raise CheckpointUnreadable(f"checkpoint {path} cannot be read: {_why(err)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"checkpoint {path} has format {found!r}, expected {FORMAT!r}")
+        raise CheckpointUnreadable(f"checkpoint {path} has format {found!r}, expected {FORMAT!r}")
     return payload
 
 
+def _why(err: Exception) -> str:
+    """torch's reason in a few words, without its advice to retry unsafely."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        match = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        return f"it needs code to load ({match.group(1) if match else 'unsupported pickle'})"
+    if "central directory" in text or "zip archive" in text or isinstance(err, EOFError):
+        return "truncated or corrupt (not a complete zip archive)"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"truncated or corrupt ({first[:160]})"
+
+
 def remove_stale_temp_files(directory: Path) -> list[Path]:
-    """Delete temp files left by a write that was killed; returns what was removed."""
-    stale = [p for p in Path(directory).glob(f".*.pt{_TMP_MARK}*") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
+    """Delete temp files left by a write that was killed (their PID is gone); returns them.
+
+    A temp file of a live process (a run in the same directory) is left alone.
+    """
+    stale = []
+    for p in Path(directory).glob(f".*.pt{_TMP_MARK}*"):
+        match = _TMP_NAME.match(p.name)
+        if p.is_file() and match and not _alive(int(match.group(1))):
+            p.unlink(missing_ok=True)
+            stale.append(p)
     return stale
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing while it cleans up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+class RunLock:
+    """An exclusive `flock` on `<out_dir>/.w2vkit-run.lock`, which holds the owner's PID.
+
+    The kernel drops the lock when its process dies, however it dies, so a lock left by a killed
+    run is simply taken over; a live owner is named in the refusal. A directory the lock created
+    is removed again on release if nothing else was written to it.
+    """
+
+    def __init__(self, out_dir: Path, *, enabled: bool = True) -> None:
+        self.path = Path(out_dir) / LOCK
+        self.enabled = enabled  # False: a no-op (DDP ranks other than 0 write nothing)
+        self._fd: int | None = None
+        self._created = False
+
+    def acquire(self) -> RunLock:
+        if not self.enabled:
+            return self
+        self._created = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise RunLocked(
+                    f"{self.path.parent} is in use by another w2vkit run (PID {owner}); wait for "
+                    "it to finish or stop it, or choose another train.out_dir"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # the owner released (and removed) it between our open and flock
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # before closing: nobody can lock it in between
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+            if self._created and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()  # a start that failed before writing leaves no trace
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def prune_interval_checkpoints(directory: Path, keep: int) -> list[Path]:
@@ -169,10 +328,16 @@ __all__ = [
     "BEST",
     "FORMAT",
     "LAST",
+    "LOCK",
+    "CheckpointUnreadable",
+    "DiskFullError",
+    "RunLock",
+    "RunLocked",
     "capture_rng",
     "copy_atomic",
     "interval_name",
     "load",
+    "payload_bytes",
     "prune_interval_checkpoints",
     "remove_stale_temp_files",
     "restore_rng",
