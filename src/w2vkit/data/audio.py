@@ -76,7 +76,7 @@ def decode_checked(
     if expected_frames is not None and file_frames < expected_frames:
         raise DecodeError(
             "shorter than its manifest",
-            f"decoded {file_frames} of the {expected_frames} frames listed (truncated file?)",
+            f"{file_frames} of {expected_frames} frames: truncated?",
         )
     if len(wav) < min_samples:
         raise DecodeError("too short", f"{len(wav)} < {min_samples} samples the model needs")

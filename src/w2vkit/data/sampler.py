@@ -18,6 +18,7 @@ from itertools import pairwise
 import numpy as np
 import torch
 
+from w2vkit.config import ConfigError
 from w2vkit.data.failures import DecodeFailures
 
 logger = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ class BucketBatchSampler:
         """Refuse a state saved for other data, or (allow_data_change) start a new epoch."""
         saved = f"{state.get('num_items', '?')} items, fingerprint {state['fingerprint']}"
         if not self.allow_data_change:
-            raise ValueError(
+            raise ConfigError(
                 f"the data changed since the checkpoint (it was saved for {saved}; this data has "
                 f"{len(self.sizes)} items, fingerprint {self.fingerprint}): resuming mid-epoch "
                 "would repeat some items and skip others. Restore the old manifest, or pass "
