@@ -227,11 +227,20 @@ def load_torch_file(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
 
 
+_TORCH_ADVICE = ("weights_only", "Weights only load failed", "Check the documentation", "file an issue")
+
+
 def unpickling_reason(err: pickle.UnpicklingError) -> str:
     """What torch's weights-only unpickler refused, without its advice to load unsafely."""
-    match = re.search(r"WeightsUnpickler error: ([^\n]*)", str(err))
-    text = match.group(1) if match else str(err).strip().splitlines()[-1]
-    return text.split(" Check the recommended steps")[0].strip()
+    text = str(err).replace("WeightsUnpickler error:", "\n")
+    lines = [line.strip() for line in text.splitlines()]
+    kept = [line for line in lines if line and not any(a in line for a in _TORCH_ADVICE)]
+    return " ".join(kept)[:200] or "unsupported pickle"
+
+
+def needs_code(reason: str) -> bool:
+    """Whether an `unpickling_reason` is a refused global (code), not a corrupt pickle stream."""
+    return "GLOBAL" in reason or "global" in reason or "Can only build" in reason
 
 
 def to_plain(obj: Any) -> Any:

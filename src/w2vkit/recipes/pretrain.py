@@ -9,6 +9,7 @@ order of precedence, from that checkpoint, from `--init-from SRC`, or from `mode
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -90,13 +91,22 @@ def run(args: argparse.Namespace) -> int:
             code = _pretrain(cfg, device, resume, init_state, notes)
         finished = True
         return code
-    except RuntimeError as err:
-        explained = dist.explain_timeout(err, "training")
-        if explained is err:
+    except (OSError, RuntimeError) as err:
+        failure = _field_failure(err)
+        if failure is None:
             raise
-        raise explained from err
+        print(f"w2vkit pretrain: {failure}", file=sys.stderr)
+        return 1
     finally:
         dist.shutdown(clean=finished)
+
+
+def _field_failure(err: BaseException) -> BaseException | None:
+    """A full disk or a silent rank, which a message explains better than a traceback."""
+    if isinstance(err, checkpoint.DiskFullError):
+        return err
+    explained = dist.explain_timeout(err, "training")
+    return explained if isinstance(explained, dist.RankTimeout) else None
 
 
 def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict | None, list[str]]:

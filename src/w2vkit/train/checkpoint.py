@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from w2vkit.config import ConfigError
+from w2vkit.interop.safe_load import needs_code, unpickling_reason
 
 FORMAT = "w2vkit.pretrain/1"
 LAST = "checkpoint_last.pt"
@@ -85,6 +86,7 @@ def _write_atomic(path: Path, write, size) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
         if _is_disk_full(err):
+            tmp.unlink(missing_ok=True)  # first, so that the free space reported is real
             raise _disk_full(path, size()) from err
         raise
     finally:
@@ -102,11 +104,12 @@ def _is_disk_full(err: BaseException) -> bool:
 def _disk_full(path: Path, needed: int) -> DiskFullError:
     free = shutil.disk_usage(path.parent).free
     kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-    return DiskFullError(
-        errno.ENOSPC,
+    err = DiskFullError(
         f"disk full: writing {path} needs about {_human(needed)}, {_human(free)} free on "
-        f"{path.parent}; {kept}. Free space there or point train.out_dir elsewhere",
+        f"{path.parent}; {kept}. Free space there or point train.out_dir elsewhere"
     )
+    err.errno = errno.ENOSPC
+    return err
 
 
 def payload_bytes(obj) -> int:
@@ -179,8 +182,8 @@ def _why(err: Exception) -> str:
     """torch's reason in a few words, without its advice to retry unsafely."""
     text = str(err)
     if isinstance(err, pickle.UnpicklingError):
-        match = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
-        return f"it needs code to load ({match.group(1) if match else 'unsupported pickle'})"
+        reason = unpickling_reason(err)
+        return f"it needs code to load ({reason})" if needs_code(reason) else f"corrupt ({reason})"
     if "central directory" in text or "zip archive" in text or isinstance(err, EOFError):
         return "truncated or corrupt (not a complete zip archive)"
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
