@@ -292,7 +292,12 @@ def from_hf_state(
     state = KEYS.to_w2vkit(renamed, source=source)
     if cfg.conv_dim == cfg.transformer.model_dim and "feature_projection.weight" in state:
         weight, bias = state.pop("feature_projection.weight"), state.pop("feature_projection.bias")
-        if not (_is_identity(weight, cfg.conv_dim) and not bias.any()):
+        if tuple(weight.shape) != (cfg.conv_dim, cfg.conv_dim):
+            raise CheckpointError(
+                f"{source}: feature_projection.projection.weight {tuple(weight.shape)} does not "
+                f"fit the config (conv_dim = hidden_size = {cfg.conv_dim})"
+            )
+        if not (_is_identity(weight) and not bias.any()):
             raise ConfigError(
                 f"{source}: feature_projection.projection is not the identity, which w2vkit "
                 "cannot represent when conv_dim == hidden_size"
@@ -301,11 +306,9 @@ def from_hf_state(
     return state
 
 
-def _is_identity(weight: Tensor, dim: int) -> bool:
-    """weight == eye(dim), checked on the tensor the file holds (no dim x dim allocation)."""
-    if tuple(weight.shape) != (dim, dim):
-        return False
-    return bool((weight.diagonal() == 1).all()) and int(torch.count_nonzero(weight)) == dim
+def _is_identity(weight: Tensor) -> bool:
+    """A square `weight` == eye, checked without allocating an eye of the config's size."""
+    return bool((weight.diagonal() == 1).all()) and int(torch.count_nonzero(weight)) == len(weight)
 
 
 def _shard_files(directory: Path, index: Path) -> list[Path]:
