@@ -262,7 +262,8 @@ def test_non_finite_updates_are_skipped_counted_and_stop_the_run(manifest_dir, t
         manifest_dir, tmp_path, "train.max_consecutive_nonfinite=3", step_fn=nan_step
     )
     assert reason == "nonfinite" and state.step == 0 and state.num_nonfinite == 3
-    saved = checkpoint.load(tmp_path / checkpoint.LAST)
+    assert not (tmp_path / checkpoint.LAST).exists()  # the failed state has a file of its own
+    saved = checkpoint.load(tmp_path / checkpoint.FAILED)
     assert saved["progress"]["step"] == 0 and saved["progress"]["consecutive_nonfinite"] == 3
     torch.manual_seed(0)
     for name, value in ToyModel().state_dict().items():  # the skipped updates changed nothing

@@ -10,6 +10,7 @@ exactly the batches it would have seen.
 from __future__ import annotations
 
 import logging
+import signal
 
 import numpy as np
 import torch
@@ -131,6 +132,13 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the training process: SLURM `scancel` and systemd signal
+    the whole process group, and a worker killed by it would kill the run before it saves."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_dataloader(
     dataset: AudioDataset,
     sampler: BucketBatchSampler,
@@ -157,4 +165,5 @@ def build_dataloader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
+        worker_init_fn=_ignore_stop_signals,
     )

@@ -24,7 +24,7 @@ from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.model.quantizer import gumbel_temperature
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train import checkpoint, dist
+from w2vkit.train import checkpoint, dist, guard
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.fairseq_config import load_fairseq_config
 from w2vkit.train.loop import StepFn, StepOutput, TrainState, train
@@ -58,6 +58,17 @@ def _declare(parser: argparse.ArgumentParser, *, items_nargs: str) -> None:
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
+    parser.add_argument(
+        "--resume-from",
+        metavar="CHECKPOINT",
+        help="resume from this checkpoint (e.g. an interval one when checkpoint_last.pt is lost)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start from update 0 in a run directory that holds an earlier run (deletes its "
+        "checkpoints and log)",
+    )
 
 
 def _intermixed(args: argparse.Namespace) -> argparse.Namespace:
@@ -70,6 +81,8 @@ def _intermixed(args: argparse.Namespace) -> argparse.Namespace:
         fairseq_config=args.fairseq_config or late.fairseq_config,
         init_from=args.init_from or late.init_from,
         print_config=args.print_config or late.print_config,
+        resume_from=getattr(args, "resume_from", None) or late.resume_from,
+        overwrite=getattr(args, "overwrite", False) or late.overwrite,
     )
 
 
@@ -131,10 +144,12 @@ def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict
     sources += files + (["the command line"] if overrides else [])
     try:
         cfg = build_config(layers)
-        last = Path(cfg.train.out_dir) / checkpoint.LAST
-        resume = checkpoint.load(last) if last.is_file() else None
+        resume, resume_path = checkpoint.resume_point(
+            Path(cfg.train.out_dir), resume_from=args.resume_from, overwrite=args.overwrite
+        )
         init_state = None
         if resume is not None:
+            notes.append(f"resuming from {resume_path}")
             cfg = build_config(
                 layers, init_model=from_dict(ModelConfig, resume["config"]["model"], where="model")
             )
@@ -204,9 +219,6 @@ def _pretrain(
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_stale_temp_files(out_dir)
-        (out_dir / "config.yaml").write_text(
-            yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8"
-        )
     dist.barrier()
     if device.type == "cuda" and cfg.train.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -283,14 +295,25 @@ def _pretrain(
         sampler=loaders[data.train_split].sampler,
     )
     if resume is not None:
+        notes += guard.check_resume_config(resume["config"]["model"], cfg.model, source=str(out_dir))
         state.restore(resume)
-        notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
+        notes.append(f"resumed at update {state.step}")
     if cfg.optim.warmup_steps >= cfg.total_steps:
         notes.append(
             f"optim.warmup_steps={cfg.optim.warmup_steps} >= the {cfg.total_steps} scheduled updates: "
             "the LR never reaches optim.lr"
         )
 
+    if dist.is_main():  # the run really starts: only now touch the directory's files
+        config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        dropped = checkpoint.start_run_files(
+            out_dir, config_text, state.step if resume is not None else None
+        )
+        if dropped:
+            notes.append(f"dropped {dropped} log records past update {state.step}")
+        repaired = checkpoint.reconcile_best(out_dir, resume) if resume is not None else None
+        notes += [repaired] if repaired else []
+    dist.barrier()
     logger = RunLogger(
         out_dir,
         total_steps=cfg.train.max_steps,

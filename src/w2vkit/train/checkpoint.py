@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import pickle
 import random
@@ -41,7 +42,10 @@ BEST = "checkpoint_best.pt"
 _INTERVAL = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
 _TMP_MARK = ".tmp-"
 _TMP_NAME = re.compile(r"^\..+\.pt\.tmp-(\d+)$")
+FAILED = "checkpoint_failed.pt"
 LOCK = ".w2vkit-run.lock"
+CONFIG = "config.yaml"
+LOG = "train_log.jsonl"
 
 
 class CheckpointUnreadable(ConfigError):
@@ -276,6 +280,126 @@ class RunLock:
         self.release()
 
 
+def resume_point(
+    out_dir: Path, *, resume_from: str | Path | None = None, overwrite: bool = False
+) -> tuple[dict | None, Path | None]:
+    """(payload, path) of the checkpoint a run in `out_dir` continues from, or (None, None).
+
+    `checkpoint_last.pt` when it is readable, `resume_from` when given. A directory holding other
+    checkpoints but no readable `checkpoint_last.pt` (deleted, truncated) is refused, naming
+    the newest readable one, unless `overwrite`: a silent fresh start would overwrite
+    `checkpoint_best.pt` and prune the old run's interval checkpoints.
+    """
+    out_dir = Path(out_dir)
+    if resume_from:
+        return load(resume_from), Path(resume_from)
+    last = out_dir / LAST
+    if overwrite:
+        return None, None
+    if last.is_file():
+        try:
+            return load(last), last
+        except CheckpointUnreadable as err:
+            problem = str(err)
+    else:
+        problem = f"{out_dir} holds checkpoints of an earlier run but no {LAST}"
+    others = [p for p in _checkpoints(out_dir) if p.name != LAST]
+    if not last.is_file() and not others:
+        return None, None  # a new run directory
+    newest = _newest_readable(others)
+    offer = (
+        f"resume from the newest readable one, {newest[0]} (update {newest[1]}), with "
+        f"--resume-from {newest[0]}, or start over with --overwrite"
+        if newest
+        else "no other checkpoint there is readable; start over with --overwrite"
+    )
+    raise CheckpointUnreadable(f"{problem}. {offer[0].upper()}{offer[1:]}")
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    if not out_dir.is_dir():
+        return []
+    names = [p for p in out_dir.iterdir() if p.name in (LAST, BEST) or _INTERVAL.match(p.name)]
+    return sorted(names)
+
+
+def _newest_readable(paths: list[Path]) -> tuple[Path, int] | None:
+    found = []
+    for p in paths:
+        step = saved_step(p)
+        if step is not None:
+            found.append((step, p))
+    if not found:
+        return None
+    step, path = max(found)
+    return path, step
+
+
+def saved_step(path: Path) -> int | None:
+    """The update a checkpoint holds, or None if it is unreadable (tensors are not read in)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(payload["progress"]["step"])
+    except Exception:  # noqa: BLE001 (any unreadable file is just not a candidate)
+        return None
+
+
+def reconcile_best(out_dir: Path, last: dict) -> str | None:
+    """Repair `checkpoint_best.pt` after a crash between writing last and copying it to best.
+
+    When last's own validation loss is the best it records but best holds another update,
+    last is that best state: copy it. Returns a note saying so, else None.
+    """
+    valid = (last.get("metrics") or {}).get("valid") or {}
+    progress = last["progress"]
+    loss, best_loss = valid.get("loss"), progress.get("best_valid_loss")
+    if loss is None or best_loss is None or not loss == best_loss:
+        return None
+    best = Path(out_dir) / BEST
+    if best.is_file() and saved_step(best) == progress["step"]:
+        return None
+    copy_atomic(Path(out_dir) / LAST, best)
+    return (
+        f"{best} was stale (a crash came between saving {LAST} and copying it): it now holds "
+        f"update {progress['step']}, validation loss {loss:.4g}"
+    )
+
+
+def start_run_files(out_dir: Path, config_text: str, resumed_step: int | None) -> int:
+    """At the real start of a run: write config.yaml; on resume, drop the log records past the
+    resumed update (written between the last save and a crash); on a fresh start, remove an
+    earlier run's checkpoints and log (`resume_point` allows that only with --overwrite).
+    Returns the number of log records dropped."""
+    out_dir = Path(out_dir)
+    (out_dir / CONFIG).write_text(config_text, encoding="utf-8")
+    log = out_dir / LOG
+    if resumed_step is None:  # fresh (in a used directory only with --overwrite): a clean slate
+        for old in [*_checkpoints(out_dir), out_dir / FAILED, log]:
+            old.unlink(missing_ok=True)
+        return 0
+    if not log.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in log.read_text(encoding="utf-8").splitlines():
+        step = _logged_step(line)
+        if step is not None and step > resumed_step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = log.with_name(f".{log.name}{_TMP_MARK}{os.getpid()}")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, log)
+    return dropped
+
+
+def _logged_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["num_updates"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def prune_interval_checkpoints(directory: Path, keep: int) -> list[Path]:
     """Keep the `keep` newest checkpoint_<epoch>_<step>.pt (by step); 0 keeps all. Returns removed."""
     if keep <= 0:
@@ -332,6 +456,9 @@ __all__ = [
     "FORMAT",
     "LAST",
     "LOCK",
+    "CONFIG",
+    "FAILED",
+    "LOG",
     "CheckpointUnreadable",
     "DiskFullError",
     "RunLock",
@@ -341,6 +468,10 @@ __all__ = [
     "interval_name",
     "load",
     "payload_bytes",
+    "reconcile_best",
+    "resume_point",
+    "saved_step",
+    "start_run_files",
     "prune_interval_checkpoints",
     "remove_stale_temp_files",
     "restore_rng",

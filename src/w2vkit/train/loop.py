@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from w2vkit.train import checkpoint, dist
+from w2vkit.train import checkpoint, dist, guard
 from w2vkit.train.config import PretrainConfig
 from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, gpu_memory_gb
 from w2vkit.train.optim import PolynomialDecaySchedule
@@ -222,6 +222,9 @@ def evaluate(
     was_training = model.training
     model.eval()
     generator = torch.Generator(device).manual_seed(cfg.train.seed)
+    # Every validation sees the same batches, crops and replacement draws (seeded by epoch), so
+    # losses compare across updates and a resumed run validates as an uninterrupted one.
+    loader.sampler.set_epoch(0)
     window = MetricsWindow()
     with torch.no_grad(), autocast(device, cfg.train.precision):
         for batch in loader:
@@ -303,16 +306,25 @@ def train(
         last_valid = evaluate(
             state.model, valid_loader, step_fn, cfg=cfg, device=device, step=state.step
         )
-        best = last_valid["loss"] < state.best_valid_loss
-        state.best_valid_loss = min(state.best_valid_loss, last_valid["loss"])
+        best = guard.improves(last_valid["loss"], state.best_valid_loss)
+        state.best_valid_loss = last_valid["loss"] if best else state.best_valid_loss
+        sampler = valid_loader.sampler
+        warning = guard.warn_nonfinite_valid(
+            last_valid, state.step, sampler.failures, valid_loader.dataset.dataset.path
+        )
+        if warning:
+            logger.message(warning)
+        last_valid = guard.strict_record(last_valid)
         logger.log(
-            {
-                "split": "valid",
-                "epoch": state.epoch,
-                "num_updates": state.step,
-                **last_valid,
-                "best_loss": state.best_valid_loss,
-            }
+            guard.strict_record(
+                {
+                    "split": "valid",
+                    "epoch": state.epoch,
+                    "num_updates": state.step,
+                    **last_valid,
+                    "best_loss": state.best_valid_loss,
+                }
+            )
         )
         return best
 
@@ -335,11 +347,17 @@ def train(
                     f"{result.gnorm:.4g} ({state.consecutive_nonfinite} in a row)"
                 )
                 if state.consecutive_nonfinite >= tc.max_consecutive_nonfinite:
-                    save(interval=False)
+                    if dist.is_main():  # the diverged state must not replace the last good one
+                        checkpoint.save_atomic(
+                            state.payload(config_dict, last_valid), out_dir / checkpoint.FAILED
+                        )
+                    dist.barrier()
+                    last = out_dir / checkpoint.LAST
+                    kept = f"{last} keeps the last good state" if last.exists() else "nothing else saved"
                     logger.message(
                         f"stopping: {state.consecutive_nonfinite} updates in a row had a non-finite loss or "
-                        f"gradient; {out_dir / checkpoint.LAST} holds step {state.step}. Try a lower optim.lr, "
-                        "optim.clip_norm > 0, or train.precision=bf16/fp32."
+                        f"gradient; {kept}, the failed state is in {checkpoint.FAILED}. Try a lower "
+                        "optim.lr, optim.clip_norm > 0, or train.precision=bf16/fp32."
                     )
                     return "nonfinite"
             elif state.step % tc.log_interval == 0:
@@ -389,9 +407,10 @@ def train(
                 save(interval=True, best=best)
             elif best:
                 save(interval=False, best=True)
-    if state.step > start_step and saved_at != state.step:  # else nothing new to validate or save
-        best = validate() if validated_at != state.step else False
-        save(interval=False, best=best)
+        # Still under the handler: a SIGTERM during the final validation must not lose the save.
+        if state.step > start_step and saved_at != state.step:  # else nothing new to save
+            best = validate() if validated_at != state.step else False
+            save(interval=False, best=best)
     return reason
 
 
