@@ -204,10 +204,11 @@ class BucketBatchSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at `state["position"]` of `state["epoch"]`; the other keys are checked."""
+        """Resume at `state["position"]` of `state["epoch"]`; the other keys are checked (a
+        mismatch is a `ConfigError`: the run's config or data differ from the checkpoint's)."""
         for key, mine in (("seed", self.seed), ("world_size", self.world_size)):
             if key in state and state[key] != mine:
-                raise ValueError(
+                raise ConfigError(
                     f"sampler state was saved with {key}={state[key]}, this sampler has {mine}: "
                     "the batches would differ, so resuming mid-epoch would repeat or skip data"
                 )
@@ -218,7 +219,7 @@ class BucketBatchSampler:
             self._data_changed(state)
             return
         if "num_batches" in state and state["num_batches"] != len(self):
-            raise ValueError(
+            raise ConfigError(
                 f"sampler state has {state['num_batches']} batches per epoch, this sampler "
                 f"{len(self)}: the dataset or batching options changed since the checkpoint"
             )

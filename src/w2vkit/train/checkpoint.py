@@ -292,6 +292,8 @@ def resume_point(
     """
     out_dir = Path(out_dir)
     if resume_from:
+        if not Path(resume_from).is_file():
+            raise CheckpointUnreadable(f"--resume-from {resume_from}: no such file")
         return load(resume_from), Path(resume_from)
     last = out_dir / LAST
     if overwrite:
@@ -328,10 +330,10 @@ def _newest_readable(paths: list[Path]) -> tuple[Path, int] | None:
     for p in paths:
         step = saved_step(p)
         if step is not None:
-            found.append((step, p))
+            found.append((step, p.name != BEST, p))  # at equal steps, name the interval file
     if not found:
         return None
-    step, path = max(found)
+    step, _, path = max(found)
     return path, step
 
 

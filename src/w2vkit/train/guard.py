@@ -23,7 +23,8 @@ def strict_record(record: dict) -> dict:
     bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
     if not bad:
         return record
-    return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
+    flagged = [*record.get("nonfinite", []), *bad]
+    return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": flagged}
 
 
 def improves(valid_loss: float | None, best: float) -> bool:

@@ -1,0 +1,48 @@
+"""Fault 16: SIGTERM to the whole process group (SLURM `scancel`, systemd stop) with DataLoader
+workers. The workers ignore it, the training process saves and exits 0; nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import runs
+
+from w2vkit.train import checkpoint
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return runs.make_manifest(tmp_path_factory.mktemp("tones"), num_files=12, valid_percent=0.25)
+
+
+@pytest.mark.slow
+def test_fault16_sigterm_to_the_process_group_saves_and_exits_cleanly(corpus, tmp_path):
+    for attempt in range(2):
+        out = tmp_path / f"run{attempt}"
+        args = runs.tiny_args(corpus, out, "train.max_steps=100000", "data.num_workers=2")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "w2vkit", *args],
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, as under a batch scheduler
+        )
+        log = out / checkpoint.LOG
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and log.read_text().count("\n") >= 3):
+            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read()
+            time.sleep(0.1)
+        os.killpg(run.pid, signal.SIGTERM)  # the training process and both workers
+        output = run.communicate(timeout=120)[0]
+        assert run.returncode == 0, output[-3000:]
+        assert "stopped by signal at update" in output and "exited unexpectedly" not in output
+        saved = checkpoint.load(out / checkpoint.LAST)
+        assert saved["progress"]["step"] >= 3
+        assert [r["num_updates"] for r in runs.records(out)][-1] <= saved["progress"]["step"]
