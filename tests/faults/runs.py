@@ -53,7 +53,11 @@ def _refuse(name: str):
 
 
 def replace_audio(
-    manifest_tsv: Path, row: int, wav: np.ndarray, subtype: str = "PCM_16", frames: int | None = None
+    manifest_tsv: Path,
+    row: int,
+    wav: np.ndarray,
+    subtype: str = "PCM_16",
+    frames: int | None = None,
 ) -> Path:
     """Overwrite the file of manifest row `row` with `wav` at 16 kHz. The manifest is unchanged,
     or lists `frames` for the row if given (as if the file had been listed like that)."""

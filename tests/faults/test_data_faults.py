@@ -135,7 +135,9 @@ def test_fault12_changed_manifest_is_refused_on_resume(corpus, tmp_path, capsys)
     assert "the data changed since the checkpoint" in capsys.readouterr().err
     after = checkpoint.load(out / checkpoint.LAST)
     assert after["progress"]["step"] == 3  # nothing written: the checkpoint is untouched
-    assert torch.equal(before["model"]["context_proj.weight"], after["model"]["context_proj.weight"])
+    assert torch.equal(
+        before["model"]["context_proj.weight"], after["model"]["context_proj.weight"]
+    )
     assert runs.pretrain(corpus, out, "train.max_steps=6", "train.allow_data_change=true") == 0
     resumed = checkpoint.load(out / checkpoint.LAST)
     assert resumed["progress"]["step"] == 6

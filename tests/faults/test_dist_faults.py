@@ -51,9 +51,20 @@ def test_fault18_two_node_run_exits_cleanly_on_both_nodes(corpus, tmp_path):
         nodes = [
             subprocess.Popen(
                 _torchrun(
-                    "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
-                    "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
-                    "--rdzv_id", f"faults{attempt}", WORKER, str(out),
+                    "--nnodes",
+                    "2",
+                    "--node_rank",
+                    str(rank),
+                    "--nproc_per_node",
+                    "1",
+                    "--rdzv_backend",
+                    "c10d",
+                    "--rdzv_endpoint",
+                    f"127.0.0.1:{port}",
+                    "--rdzv_id",
+                    f"faults{attempt}",
+                    WORKER,
+                    str(out),
                     *runs.tiny_args(corpus, out, "train.max_steps=3"),
                 ),
                 env=_env(),

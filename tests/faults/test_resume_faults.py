@@ -74,8 +74,10 @@ def test_fault03_nonfinite_valid_loss_is_null_flagged_and_never_best(
     assert all({"loss", "best_loss"} <= set(r["nonfinite"]) for r in valid)
     assert all(r["best_loss"] is None for r in valid)  # inf: no finite best yet, logged as null
     stdout = capsys.readouterr().out
-    assert "warning: validation loss at update 2 is nan: logged as null, and checkpoint_best.pt " \
+    assert (
+        "warning: validation loss at update 2 is nan: logged as null, and checkpoint_best.pt "
         "is not updated from it" in stdout
+    )
     assert not (out / checkpoint.BEST).exists()
     assert checkpoint.load(out / checkpoint.LAST)["progress"]["step"] == 4  # training went on
 
@@ -118,9 +120,11 @@ def test_fault07_fresh_start_over_an_earlier_run_is_refused(corpus, tmp_path, ca
     assert runs.pretrain(corpus, out, "train.max_steps=6") == 2
     err = capsys.readouterr().err
     (newest,) = out.glob("checkpoint_*_4.pt")
-    assert f"{out} holds checkpoints of an earlier run but no checkpoint_last.pt. Resume from " \
-        f"the newest readable one, {newest} (update 4), with --resume-from {newest}, or start " \
+    assert (
+        f"{out} holds checkpoints of an earlier run but no checkpoint_last.pt. Resume from "
+        f"the newest readable one, {newest} (update 4), with --resume-from {newest}, or start "
         "over with --overwrite" in err
+    )
     assert sorted(p.name for p in out.iterdir()) == before  # nothing overwritten or pruned
     assert runs.pretrain(corpus, out, "train.max_steps=6", "--resume-from", str(newest)) == 0
     assert checkpoint.load(out / checkpoint.LAST)["progress"]["step"] == 6
@@ -159,9 +163,7 @@ def test_fault08_stale_best_is_reconciled_on_start(corpus, tmp_path, capsys):
     assert "was stale" in capsys.readouterr().out
 
 
-def test_fault11_failed_start_writes_no_config_and_resume_drops_later_log(
-    corpus, tmp_path, capsys
-):
+def test_fault11_failed_start_writes_no_config_and_resume_drops_later_log(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     _two_saves(corpus, out)
     config = (out / checkpoint.CONFIG).read_text()
@@ -200,13 +202,17 @@ def test_fault14_resume_with_another_model_is_refused_with_what_differs(corpus, 
     capsys.readouterr()
     assert runs.pretrain(corpus, out, "train.max_steps=4", "model.transformer.num_layers=3") == 2
     err = capsys.readouterr().err
-    assert f"{out} was trained with another model: model.transformer.num_layers: 2 in the " \
+    assert (
+        f"{out} was trained with another model: model.transformer.num_layers: 2 in the "
         "checkpoint, 3 now. Resume without these model.* overrides" in err
+    )
     assert (out / checkpoint.LAST).read_bytes() == saved
     # A change that keeps the shapes resumes, and says so.
     assert runs.pretrain(corpus, out, "train.max_steps=4", "model.masking.time_prob=0.5") == 0
-    assert "model changed on resume: model.masking.time_prob: 0.65 in the checkpoint, 0.5 now" \
+    assert (
+        "model changed on resume: model.masking.time_prob: 0.65 in the checkpoint, 0.5 now"
         in capsys.readouterr().out
+    )
 
 
 def test_fault14_reused_directory_with_another_dataset_is_refused(corpus, tmp_path, capsys):

@@ -191,4 +191,3 @@ def test_fault21_a_valid_sharded_index_still_loads(hf_dir):
     loaded = read_pretrained(hf_dir).state_dict
     assert loaded.keys() == reference.keys()
     assert all(torch.equal(loaded[k], reference[k]) for k in reference)
-

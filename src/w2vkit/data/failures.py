@@ -29,7 +29,9 @@ class DecodeFailures:
     def num_files(self) -> int:
         return len(self.reasons)
 
-    def record(self, failures: dict[int, str], num_events: int, path: Callable[[int], Path]) -> None:
+    def record(
+        self, failures: dict[int, str], num_events: int, path: Callable[[int], Path]
+    ) -> None:
         """Add one batch's failures; log each item the first time it fails."""
         self.num_events += num_events
         for index, reason in failures.items():

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from w2vkit.data.collate import Batch, collate
 from w2vkit.data.audio import DecodeError
+from w2vkit.data.collate import Batch, collate
 from w2vkit.data.dataset import AudioDataset, describe
 from w2vkit.data.sampler import BatchKey, BucketBatchSampler, seeded_generator
 

@@ -322,7 +322,7 @@ def _shard_files(directory: Path, index: Path) -> list[Path]:
             raise TypeError('"weight_map" does not map tensor names to shard file names')
         shards = sorted(set(weight_map.values()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-        reason = f'no "weight_map" key' if isinstance(err, KeyError) else str(err)
+        reason = 'no "weight_map" key' if isinstance(err, KeyError) else str(err)
         raise CheckpointError(
             f"{index}: not a valid HF weight index ({reason}); expected "
             '{"weight_map": {"tensor name": "shard file", ...}}'

@@ -22,7 +22,6 @@ import _compat_pickle
 import io
 import pickle
 import pickletools
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -77,7 +76,7 @@ class _DType:
         self.byteorder = state[1]
 
     def to_numpy(self) -> np.dtype:
-        return np.dtype(self.name).newbyteorder(self.byteorder)
+        return np.dtype(self.byteorder + self.name)  # e.g. '<f8', '|b1'
 
 
 def _scalar(dtype: Any, data: Any) -> Any:
@@ -227,7 +226,12 @@ def load_torch_file(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
 
 
-_TORCH_ADVICE = ("weights_only", "Weights only load failed", "Check the documentation", "file an issue")
+_TORCH_ADVICE = (
+    "weights_only",
+    "Weights only load failed",
+    "Check the documentation",
+    "file an issue",
+)
 
 
 def unpickling_reason(err: pickle.UnpicklingError) -> str:

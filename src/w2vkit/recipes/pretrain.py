@@ -295,7 +295,9 @@ def _pretrain(
         sampler=loaders[data.train_split].sampler,
     )
     if resume is not None:
-        notes += guard.check_resume_config(resume["config"]["model"], cfg.model, source=str(out_dir))
+        notes += guard.check_resume_config(
+            resume["config"]["model"], cfg.model, source=str(out_dir)
+        )
         state.restore(resume)
         notes.append(f"resumed at update {state.step}")
     if cfg.optim.warmup_steps >= cfg.total_steps:

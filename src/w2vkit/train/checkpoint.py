@@ -169,9 +169,7 @@ def load(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
-        raise CheckpointUnreadable(
-            f"checkpoint {path} is empty (0 bytes): its write was cut short"
-        )
+        raise CheckpointUnreadable(f"checkpoint {path} is empty (0 bytes): its write was cut short")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, corrupt, or a pickle that needs code: all unreadable here

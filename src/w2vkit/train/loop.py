@@ -353,7 +353,11 @@ def train(
                         )
                     dist.barrier()
                     last = out_dir / checkpoint.LAST
-                    kept = f"{last} keeps the last good state" if last.exists() else "nothing else saved"
+                    kept = (
+                        f"{last} keeps the last good state"
+                        if last.exists()
+                        else "nothing else saved"
+                    )
                     logger.message(
                         f"stopping: {state.consecutive_nonfinite} updates in a row had a non-finite loss or "
                         f"gradient; {kept}, the failed state is in {checkpoint.FAILED}. Try a lower "
