@@ -82,6 +82,7 @@ def test_fault18_two_node_run_exits_cleanly_on_both_nodes(corpus, tmp_path):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_fault17_stopped_rank_is_named_within_the_timeout(corpus, tmp_path):
     out = tmp_path / "run"
     log = tmp_path / "torchrun.log"

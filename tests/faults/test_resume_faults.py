@@ -183,9 +183,11 @@ def test_fault11_failed_start_writes_no_config_and_resume_drops_later_log(corpus
     assert [r["num_updates"] for r in runs.records(out, "valid")] == [2, 4]
 
 
-def test_fault13_validation_after_resume_equals_an_uninterrupted_run(corpus, tmp_path):
+def test_fault13_validation_after_resume_equals_an_uninterrupted_run(tmp_path):
+    corpus = runs.make_manifest(tmp_path, num_files=20, valid_percent=0.5)
     manifest = read_manifest(corpus / "valid.tsv")
-    (manifest.root / manifest.paths[1]).write_bytes(b"not audio")  # replaced in every validation
+    longest = int(np.argmax(manifest.num_frames))  # its replacement is drawn among all others
+    (manifest.root / manifest.paths[longest]).write_bytes(b"not audio")
     args = ("train.validate_interval_steps=2", "train.save_interval_steps=2")
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert runs.pretrain(corpus, straight, "train.max_steps=6", *args) == 0

@@ -43,7 +43,10 @@ def init(device: torch.device, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUT
     _timeout = timedelta(minutes=timeout_minutes)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, timeout=_timeout)
-    store = dist.distributed_c10d._get_default_store()
+    try:  # private API; without it a timeout is still reported, only without the rank
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError):
+        return
     _heartbeat = _Heartbeat(store, interval=min(2.0, _timeout.total_seconds() / 20))
 
 
