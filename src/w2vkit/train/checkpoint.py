@@ -374,7 +374,7 @@ def start_run_files(out_dir: Path, config_text: str, resumed_step: int | None) -
     (out_dir / CONFIG).write_text(config_text, encoding="utf-8")
     log = out_dir / LOG
     if resumed_step is None:  # fresh (in a used directory only with --overwrite): a clean slate
-        for old in [*_checkpoints(out_dir), out_dir / FAILED, log]:
+        for old in [*_checkpoints(out_dir), log]:  # checkpoint_failed.pt stays for inspection
             old.unlink(missing_ok=True)
         return 0
     if not log.is_file():
