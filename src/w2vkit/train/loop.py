@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.train import checkpoint, dist, guard
 from w2vkit.train.config import PretrainConfig
 from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, gpu_memory_gb
@@ -62,8 +63,8 @@ class TrainState:
     scaler: torch.amp.GradScaler | None
     generator: torch.Generator
     """Masks, negatives, Gumbel noise and LayerDrop draw from it (on the model's device)."""
-    sampler: object
-    """The training batch sampler (`state_dict()` / `load_state_dict()`)."""
+    sampler: BucketBatchSampler
+    """The training batch sampler (`state_dict()` / `load_state_dict()`, `failures`)."""
     window: MetricsWindow = field(default_factory=MetricsWindow)
     step: int = 0
     epoch: int = 1
