@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import runs
 
-from w2vkit.train import checkpoint
+from w2vkit.train import checkpoint, loop
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +46,24 @@ def test_fault16_sigterm_to_the_process_group_saves_and_exits_cleanly(corpus, tm
         saved = checkpoint.load(out / checkpoint.LAST)
         assert saved["progress"]["step"] >= 3
         assert [r["num_updates"] for r in runs.records(out)][-1] <= saved["progress"]["step"]
+
+
+def test_fault16_sigterm_during_the_final_validation_still_saves(corpus, tmp_path, monkeypatch):
+    """The final validation and save run under the loop's handler, not the one before the run."""
+    real_evaluate = loop.evaluate
+    outer = []
+
+    def evaluate_then_sigterm(*args, **kwargs):
+        record = real_evaluate(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, mid-way through the end
+        return record
+
+    monkeypatch.setattr(loop, "evaluate", evaluate_then_sigterm)
+    previous = signal.signal(signal.SIGTERM, lambda *_: outer.append("outer handler ran"))
+    try:
+        assert runs.pretrain(corpus, tmp_path / "run", "train.max_steps=3") == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert outer == []  # the signal reached the loop's handler: under the default one, death
+    saved = checkpoint.load(tmp_path / "run" / checkpoint.LAST)
+    assert saved["progress"]["step"] == 3 and saved["metrics"]["valid"] is not None
