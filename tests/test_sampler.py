@@ -241,8 +241,10 @@ def test_load_state_rejects_other_world_size_or_dataset():
     with pytest.raises(ValueError, match="world_size=2, this sampler has 1"):
         BucketBatchSampler(sizes, max_batch_samples=100_000).load_state_dict(state)
     state = BucketBatchSampler(sizes, max_batch_samples=100_000).state_dict()
-    with pytest.raises(ValueError, match="dataset or batching options changed"):
+    with pytest.raises(ValueError, match="the data changed since the checkpoint"):
         BucketBatchSampler(sizes[:50], max_batch_samples=100_000).load_state_dict(state)
+    with pytest.raises(ValueError, match="dataset or batching options changed"):
+        BucketBatchSampler(sizes, max_batch_samples=50_000).load_state_dict(state)
 
 
 def test_oversize_items_are_cropped_or_skipped_with_a_message(caplog):

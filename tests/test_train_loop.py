@@ -137,7 +137,8 @@ def test_non_finite_updates_are_skipped_counted_and_stop_the_run(manifest_dir, t
         objective=Objective(nan_step, mean_loss),
     )
     assert reason == "nonfinite" and state.step == 0 and state.num_nonfinite == 3
-    saved = checkpoint.load(tmp_path / checkpoint.LAST)
+    assert not (tmp_path / checkpoint.LAST).exists()  # the failed state has a file of its own
+    saved = checkpoint.load(tmp_path / checkpoint.FAILED)
     assert saved["progress"]["step"] == 0 and saved["progress"]["consecutive_nonfinite"] == 3
     torch.manual_seed(0)
     for name, value in ToyModel().state_dict().items():  # the skipped updates changed nothing

@@ -46,16 +46,61 @@ def resampled_length(num_frames, from_rate, to_rate: int = SAMPLE_RATE):
     return int(length) if length.ndim == 0 else length
 
 
+class DecodeError(ValueError):
+    """A file that cannot be used as decoded: `reason` is a short label, `str(err)` is
+    "reason (detail)"; the libsndfile/soxr error of an undecodable file is its `__cause__`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+        self.reason = reason
+
+
+def decode_checked(
+    path: str | os.PathLike,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    expected_frames: int | None = None,
+    min_samples: int = 1,
+) -> np.ndarray:
+    """`load_audio`, refusing what would break a batch later. Shape: (S,).
+
+    Raises `DecodeError` when the file does not decode, decodes fewer frames than
+    `expected_frames` (the manifest's count: a file truncated after it was listed), gives fewer
+    than `min_samples` samples at `sample_rate` (what the model and its masking need), or holds
+    NaN/Inf samples. Training and feature extraction both decode through here.
+    """
+    try:
+        wav, file_frames = _decode(path, sample_rate)
+    except Exception as err:  # noqa: BLE001 (libsndfile, soxr, OS errors: all mean a bad file)
+        raise DecodeError("cannot decode") from err
+    if expected_frames is not None and file_frames < expected_frames:
+        raise DecodeError(
+            "shorter than its manifest",
+            f"{file_frames} of {expected_frames} frames: truncated?",
+        )
+    if len(wav) < min_samples:
+        raise DecodeError("too short", f"{len(wav)} < {min_samples} samples the model needs")
+    if not np.isfinite(wav).all():
+        raise DecodeError("non-finite samples", f"{int((~np.isfinite(wav)).sum())} NaN/Inf samples")
+    return wav
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode `path` to mono float32 at `sample_rate`. Shape: (S,).
 
     Channels are averaged (fairseq `feats.mean(-1)`); other rates are resampled with soxr.
     Raises on undecodable input, and ValueError on a file with no frames.
     """
+    return _decode(path, sample_rate)[0]
+
+
+def _decode(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, int]:
+    """(mono float32 at `sample_rate` (S,), frames in the file at its own rate)."""
     wav, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (S, channels)
     if wav.shape[0] == 0:
         raise ValueError(f"{os.fspath(path)}: no audio frames")
-    return to_mono(wav, file_rate, sample_rate)
+    file_frames = wav.shape[0]
+    return to_mono(wav, file_rate, sample_rate), file_frames
 
 
 def to_mono(wav: np.ndarray, from_rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -10,7 +10,7 @@ In both modes a row longer than its limit (max_samples) is first cropped to it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -27,7 +27,8 @@ class Batch:
     wav: torch.Tensor  # (B, S) float32
     padding_mask: torch.Tensor | None  # (B, S) bool, True = padded; None when nothing is padded
     indices: torch.Tensor  # (B,) long, dataset index of each row
-    num_failed: int = 0  # items that failed to decode and were replaced (or dropped)
+    num_failed: int = 0  # decode failures while building it (replaced or dropped rows)
+    failures: dict[int, str] = field(default_factory=dict)  # failed dataset index -> reason
     epoch: int = -1
     position: int = -1
 

@@ -7,6 +7,7 @@ sidecar), and a file that fails to decode returns None instead of killing the ru
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -14,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from w2vkit.data.audio import SAMPLE_RATE, load_audio, normalize, resampled_length
+from w2vkit.data.audio import (
+    SAMPLE_RATE,
+    DecodeError,
+    decode_checked,
+    normalize,
+    resampled_length,
+)
 from w2vkit.data.manifest import UNKNOWN_RATE, Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -32,6 +39,8 @@ class AudioDataset:
             every item is cropped to the shortest one (pretraining, fairseq's default).
         normalize: zero mean, unit variance per utterance (needed by the LARGE LV-60 models).
         random_crop: crop at a random offset (training); False crops from the start.
+        min_decoded_samples: a decode shorter than this (what the model and its masking need) is
+            a failure, like an undecodable file, a truncated one or one with NaN/Inf samples.
 
     `sizes[i]` is the number of samples item i contributes to a batch, min(length, max_samples),
     which is what `BucketBatchSampler` batches by (fairseq's `size(i)`); `num_samples[i]` is the
@@ -48,6 +57,7 @@ class AudioDataset:
         pad: bool = False,
         normalize: bool = False,
         random_crop: bool = True,
+        min_decoded_samples: int = 1,
     ) -> None:
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
@@ -61,7 +71,9 @@ class AudioDataset:
         self.pad = pad
         self.normalize = normalize
         self.random_crop = random_crop
+        self.min_decoded_samples = min_decoded_samples
         self.num_failed = 0  # decode failures seen by this process
+        self._logged: set[int] = set()  # items whose failure this process has logged
 
         num_samples = _target_lengths(manifest, sample_rate)
         keep = num_samples >= max(min_samples, 1)  # a zero-length row can never make a batch
@@ -77,6 +89,7 @@ class AudioDataset:
             )
         self.manifest_rows = np.flatnonzero(keep)  # (N,) row of each item in the manifest
         self.num_samples = num_samples[keep]  # (N,) full length at sample_rate
+        self.num_frames = manifest.num_frames[keep]  # (N,) frames the manifest lists, file rate
         limit = np.iinfo(np.int64).max if max_samples is None else max_samples
         self.sizes = np.minimum(self.num_samples, limit)  # (N,) samples in a batch, at most
         # Paths as one byte buffer + offsets, not a list of str: DataLoader workers would
@@ -88,25 +101,50 @@ class AudioDataset:
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def fingerprint(self) -> str:
+        """Names the items: a hash of every relative path and size (16 hex digits). The root is
+        left out, so a corpus moved elsewhere keeps its fingerprint."""
+        digest = hashlib.sha256(self._path_ends.tobytes())
+        digest.update(self._path_bytes.tobytes())
+        digest.update(np.asarray(self.num_samples, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
+
     def path(self, index: int) -> Path:
         start = int(self._path_ends[index - 1]) if index > 0 else 0
         relative = os.fsdecode(self._path_bytes[start : self._path_ends[index]].tobytes())
         return self.root / relative
 
-    def load(self, index: int) -> torch.Tensor | None:
+    def decode(self, index: int, *, min_samples: int | None = None) -> torch.Tensor:
         """Decode item `index` (mono, `sample_rate`, normalised if asked). Shape: (S,).
 
-        Returns None, counts it in `num_failed` and logs the path when the file cannot be
-        decoded, so that one bad file never stops training.
+        Raises `DecodeError` for a file that does not decode, decodes shorter than the manifest
+        says or than `min_samples` (default `min_decoded_samples`), or holds non-finite samples
+        (`decode_checked`).
         """
-        path = self.path(index)
-        try:
-            wav = load_audio(path, self.sample_rate)
-        except Exception as err:  # noqa: BLE001 (libsndfile, soxr, OS errors: all mean a bad file)
-            self.num_failed += 1
-            logger.warning("skipping %s (item %d): cannot decode: %s", path, index, err)
-            return None
+        wav = decode_checked(
+            self.path(index),
+            self.sample_rate,
+            expected_frames=int(self.num_frames[index]),
+            min_samples=self.min_decoded_samples if min_samples is None else min_samples,
+        )
         return torch.from_numpy(normalize(wav) if self.normalize else wav)
+
+    def load(self, index: int) -> torch.Tensor | None:
+        """`decode`, or None for a failed item: counted in `num_failed`, its path logged once,
+        so that one bad file never stops training."""
+        try:
+            return self.decode(index)
+        except DecodeError as err:
+            self.num_failed += 1
+            if index not in self._logged:
+                self._logged.add(index)
+                logger.warning("skipping %s (item %d): %s", self.path(index), index, describe(err))
+            return None
+
+
+def describe(err: DecodeError) -> str:
+    """The failure and, for an undecodable file, libsndfile's or soxr's own words."""
+    return f"{err}: {err.__cause__}" if err.__cause__ is not None else str(err)
 
 
 def _target_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:

@@ -10,6 +10,7 @@ exactly the batches it would have seen.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from w2vkit.config import ConfigError
+from w2vkit.data.audio import DecodeError
 from w2vkit.data.collate import Batch, collate
-from w2vkit.data.dataset import AudioDataset
+from w2vkit.data.dataset import AudioDataset, describe
 from w2vkit.data.sampler import BatchKey, BucketBatchSampler, seeded_generator
 
 if TYPE_CHECKING:
@@ -47,10 +49,11 @@ class _BatchMaker(Dataset):
     def __getitem__(self, key: BatchKey) -> Batch:
         generator = seeded_generator(self.seed, key.epoch, self.rank, key.position)
         wavs, indices, limits = [], [], []
+        failures: dict[int, str] = {}
         num_failed = 0
         for planned in key.indices:
-            index, wav, failures = self._load_or_replace(planned, generator)
-            num_failed += failures
+            index, wav, tries = self._load_or_replace(planned, generator, failures)
+            num_failed += tries
             if wav is not None:
                 wavs.append(wav)
                 indices.append(index)
@@ -72,30 +75,39 @@ class _BatchMaker(Dataset):
             generator=generator,
             num_failed=num_failed,
         )
+        batch.failures = failures
         batch.epoch, batch.position = key.epoch, key.position
         return batch
 
     def _load_or_replace(
-        self, index: int, generator: torch.Generator
+        self, index: int, generator: torch.Generator, failures: dict[int, str]
     ) -> tuple[int, torch.Tensor | None, int]:
-        """Decode `index`, or a replacement no longer than it: (index used, wav, failures).
+        """Decode `index`, or a replacement no longer than it: (index used, wav, failed tries).
 
+        Failed items go into `failures` (index -> reason; the training process logs them once).
         The replacement draws come from the batch's generator and do not depend on what this
         process has seen before, so the result is the same in every worker.
         """
-        failures = 0
+        tries = 0
         for _ in range(MAX_REPLACEMENT_TRIES + 1):
-            wav = None if index in self._known_bad else self.dataset.load(index)
+            wav = None if index in self._known_bad else self._decode(index, failures)
             if wav is not None:
-                return index, wav, failures
-            failures += 1
+                return index, wav, tries
+            tries += 1
             self._known_bad.add(index)
             replacement = self._replacement(index, generator)
             if replacement is None:
                 break
             index = replacement
         logger.warning("dropping a row from a batch: no decodable replacement for item %d", index)
-        return index, None, failures
+        return index, None, tries
+
+    def _decode(self, index: int, failures: dict[int, str]) -> torch.Tensor | None:
+        try:
+            return self.dataset.decode(index)
+        except DecodeError as err:
+            failures[index] = describe(err)
+            return None
 
     def _replacement(self, index: int, generator: torch.Generator) -> int | None:
         """A random item among the REPLACEMENT_WINDOW next shorter ones: no longer than `index`,
@@ -116,16 +128,30 @@ class ResumableLoader(DataLoader[Batch]):
     """
 
     sampler: BucketBatchSampler
+    dataset: _BatchMaker
+
+    def path_of(self, index: int) -> Path:
+        """The audio file of dataset item `index`."""
+        return self.dataset.dataset.path(index)
 
     # A generator rather than an iterator object: mypy would want a _BaseDataLoaderIter.
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        failures = self.sampler.failures
         for batch in super().__iter__():
             self.sampler.mark_consumed(batch.epoch, batch.position)
+            failures.record(batch.failures, batch.num_failed, self.path_of)
             yield batch
 
 
 def _as_is(batch: Batch) -> Batch:  # collate_fn: the maker returns whole batches already
     return batch
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the training process: SLURM `scancel` and systemd signal
+    the whole process group, and a worker killed by it would kill the run before it saves."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_dataloader(
@@ -154,24 +180,35 @@ def build_dataloader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
+        worker_init_fn=_ignore_stop_signals,
     )
 
 
 def build_loaders(
-    data_cfg: DataConfig, seed: int, rank: int, world_size: int, *, pin_memory: bool = False
+    data_cfg: DataConfig,
+    seed: int,
+    rank: int,
+    world_size: int,
+    *,
+    pin_memory: bool = False,
+    min_decoded_samples: int = 1,
+    allow_data_change: bool = False,
 ) -> dict[str, ResumableLoader]:
     """`{train_split: loader}`, plus `{valid_split: loader}` when that manifest exists and holds
     at least one usable utterance (else the run has no validation; the caller says so).
 
     The train split is shuffled and randomly cropped; the valid split is neither. Rank `rank` of
-    `world_size` gets its share of the batches (the same number on every rank).
+    `world_size` gets its share of the batches (the same number on every rank). A file that
+    decodes to fewer than `min_decoded_samples` samples (what the model and its masking need) is a
+    decode failure. Each sampler carries its dataset's fingerprint, so a resume on changed data is
+    refused unless `allow_data_change` (a new epoch on the new data).
     """
     splits = {data_cfg.train_split: True}
     if data_cfg.valid_split:
         splits[data_cfg.valid_split] = False
     loaders = {}
     for split, is_train in splits.items():
-        dataset = _split_dataset(data_cfg, split, is_train=is_train)
+        dataset = _split_dataset(data_cfg, split, is_train, min_decoded_samples)
         if dataset is None:
             continue
         sampler = BucketBatchSampler(
@@ -183,6 +220,8 @@ def build_loaders(
             rank=rank,
             world_size=world_size,
             shuffle=is_train,
+            fingerprint=dataset.fingerprint(),
+            allow_data_change=allow_data_change,
         )
         loaders[split] = build_dataloader(
             dataset,
@@ -195,7 +234,9 @@ def build_loaders(
     return loaders
 
 
-def _split_dataset(data_cfg: DataConfig, split: str, *, is_train: bool) -> AudioDataset | None:
+def _split_dataset(
+    data_cfg: DataConfig, split: str, is_train: bool, min_decoded_samples: int
+) -> AudioDataset | None:
     """The split's dataset; None for a valid split without a usable item (the train split must
     have one: ConfigError)."""
     path = Path(data_cfg.manifest_dir) / f"{split}.tsv"
@@ -214,6 +255,7 @@ def _split_dataset(data_cfg: DataConfig, split: str, *, is_train: bool) -> Audio
         pad=data_cfg.pad,
         normalize=data_cfg.normalize,
         random_crop=is_train,
+        min_decoded_samples=min_decoded_samples,
     )
     if len(dataset) == 0:
         if not is_train:

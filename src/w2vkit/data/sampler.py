@@ -9,6 +9,7 @@ yields `BatchKey`s that a DataLoader turns into `Batch`es (see `w2vkit.data.load
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from itertools import pairwise
 
 import numpy as np
 import torch
+
+from w2vkit.config import ConfigError
+from w2vkit.data.failures import DecodeFailures
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +99,10 @@ class BucketBatchSampler:
         max_batch_size: at most this many rows (fairseq `max_sentences`).
         skip_oversize: an item longer than `max_batch_samples` is dropped (fairseq
             `skip_invalid_size_inputs_valid_test`); by default it is cropped to it instead.
+        fingerprint: names the data (`AudioDataset.fingerprint()`: paths and sizes); saved in
+            the state and compared on load. None: a hash of `sizes` alone.
+        allow_data_change: on load, a state saved for other data starts a new epoch on this
+            data instead of being refused.
         shuffle: random ties and batch order; False = longest batch first, same every epoch.
 
     Every rank builds the same batches from (seed, epoch) and takes every `world_size`-th one.
@@ -120,6 +128,8 @@ class BucketBatchSampler:
         world_size: int = 1,
         shuffle: bool = True,
         skip_oversize: bool = False,
+        fingerprint: str | None = None,
+        allow_data_change: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -150,6 +160,9 @@ class BucketBatchSampler:
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
+        self.fingerprint = fingerprint or hashlib.sha256(sizes.tobytes()).hexdigest()[:16]
+        self.allow_data_change = allow_data_change
+        self.failures = DecodeFailures()  # filled by the loader, saved with the position
         self.epoch = 0
         self.position = 0  # next batch of this rank to hand out
         self._cache: tuple[int, list[np.ndarray]] | None = None
@@ -178,26 +191,35 @@ class BucketBatchSampler:
         if self.position >= len(self):
             self.epoch, self.position = epoch + 1, 0
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,
             "position": self.position,
             "seed": self.seed,
             "world_size": self.world_size,
             "num_batches": len(self),
+            "num_items": len(self.sizes),
+            "fingerprint": self.fingerprint,
+            "decode_failures": self.failures.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume at `state["position"]` of `state["epoch"]`; the other keys are checked."""
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at `state["position"]` of `state["epoch"]`; the other keys are checked (a
+        mismatch is a `ConfigError`: the run's config or data differ from the checkpoint's)."""
         for key, mine in (("seed", self.seed), ("world_size", self.world_size)):
             if key in state and state[key] != mine:
-                raise ValueError(
+                raise ConfigError(
                     f"sampler state was saved with {key}={state[key]}, this sampler has {mine}: "
                     "the batches would differ, so resuming mid-epoch would repeat or skip data"
                 )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if "decode_failures" in state:
+            self.failures.load_state_dict(state["decode_failures"])
+        if state.get("fingerprint", self.fingerprint) != self.fingerprint:
+            self._data_changed(state)
+            return
         if "num_batches" in state and state["num_batches"] != len(self):
-            raise ValueError(
+            raise ConfigError(
                 f"sampler state has {state['num_batches']} batches per epoch, this sampler "
                 f"{len(self)}: the dataset or batching options changed since the checkpoint"
             )
@@ -205,6 +227,26 @@ class BucketBatchSampler:
             raise ValueError(f"position {self.position} is outside [0, {len(self)}]")
         if self.position == len(self):  # saved just as an epoch ended
             self.epoch, self.position = self.epoch + 1, 0
+
+    def _data_changed(self, state: dict) -> None:
+        """Refuse a state saved for other data, or (allow_data_change) start a new epoch."""
+        saved = f"{state.get('num_items', '?')} items, fingerprint {state['fingerprint']}"
+        if not self.allow_data_change:
+            raise ConfigError(
+                f"the data changed since the checkpoint (it was saved for {saved}; this data has "
+                f"{len(self.sizes)} items, fingerprint {self.fingerprint}): resuming mid-epoch "
+                "would repeat some items and skip others. Restore the old manifest, or pass "
+                "train.allow_data_change=true to start a new epoch on the new data"
+            )
+        logger.warning(
+            "the data changed since the checkpoint (saved for %s, now %d items): starting "
+            "epoch %d on the new data",
+            saved,
+            len(self.sizes),
+            self.epoch + 1 if self.position else self.epoch,
+        )
+        self.failures = DecodeFailures()  # indices of the old data mean nothing here
+        self.epoch, self.position = self.epoch + (1 if self.position else 0), 0
 
     def _rank_batches(self) -> list[np.ndarray]:
         if self._cache is None or self._cache[0] != self.epoch:

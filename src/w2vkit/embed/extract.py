@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from w2vkit.data.audio import DecodeError
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.model.feature_extractor import frame_geometry, output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -155,8 +156,9 @@ def extract_manifest(
     """Extract every item of `dataset` into `out_dir` (layout in the module docstring).
 
     The model is put in eval mode and runs on its own device, one utterance at a time (no
-    padding, so group-norm models see exactly what they would alone). Items that fail to decode,
-    are shorter than one frame or give non-finite values (NaN, float16 overflow) are skipped and
+    padding, so group-norm models see exactly what they would alone). Items that fail to decode
+    (`AudioDataset.decode`: also truncated, shorter than one frame, NaN samples) or give non-finite
+    features (NaN, float16 overflow) are skipped and
     listed in `skipped.tsv`, after `skipped` (items the caller rejected earlier). `meta` entries
     are added to `meta.json`.
     """
@@ -179,15 +181,11 @@ def extract_manifest(
     bar = tqdm(total=len(dataset), unit="utt", disable=not progress, file=sys.stderr)
     for i in range(len(dataset)):
         relative = _relative_path(dataset, i)
-        wav = dataset.load(i)  # (S,) | None
         bar.update(1)
-        if wav is None:
-            summary.skipped.append((relative, "cannot decode"))
-            continue
-        if not plan_chunks(wav.shape[0], model.cfg.feature_extractor.conv_layers, None):
-            summary.skipped.append(
-                (relative, f"shorter than one frame ({wav.shape[0]} < {receptive} samples)")
-            )
+        try:
+            wav = dataset.decode(i, min_samples=receptive)  # (S,)
+        except DecodeError as err:
+            summary.skipped.append((relative, str(err)))
             continue
         states = extract_utterance(model, wav, layers, max_samples=max_samples)  # (L, T, D)
         num_frames = states.shape[1]

@@ -100,6 +100,19 @@ HF_CANNOT: dict[str, Any] = {
     "masking.channel_before": False,
 }
 SPECIAL = {"feature_extractor.conv_layers", "feature_extractor.norm_mode", "quantizer.dim"}
+# Upper bounds on config.json sizes, far above any released wav2vec 2.0 (XLS-R 2B: 48 layers of
+# 1920, FFN 7680): a crafted config.json must not make a loader allocate terabytes or spend
+# minutes building layers before the weights are even looked at.
+HF_MAXIMA: dict[str, int] = {
+    "hidden_size": 16384, "num_hidden_layers": 256, "num_attention_heads": 1024,
+    "intermediate_size": 65536, "num_conv_pos_embeddings": 4096,
+    "num_conv_pos_embedding_groups": 16384, "num_codevectors_per_group": 65536,
+    "num_codevector_groups": 1024, "codevector_dim": 65536, "proj_codevector_dim": 65536,
+    "num_negatives": 100000, "mask_time_length": 1 << 20, "mask_feature_length": 65536,
+    "mask_time_min_masks": 1 << 20, "vocab_size": 1 << 20,
+}  # fmt: skip
+HF_LIST_MAXIMA: dict[str, int] = {"conv_dim": 16384, "conv_kernel": 4096, "conv_stride": 4096}
+MAX_CONV_LAYERS = 64
 _NORM = {"group_norm": "group", "layer_norm": "layer"}
 
 # HF names are those of `Wav2Vec2Model`; `Wav2Vec2ForPreTraining` puts them under `wav2vec2.`.
@@ -190,6 +203,7 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> ModelConfig:
                     else ")"
                 )
             )
+    _check_sizes(hf, source)
     hf = {**HF_DEFAULTS, **hf}  # a missing field means HF's default, as in Wav2Vec2Config
     extras = hf.get("w2vkit_extras") or {}
     clash = sorted(
@@ -226,6 +240,32 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> ModelConfig:
     return cfg
 
 
+def _check_sizes(hf: dict, source: str) -> None:
+    """Every size field a number within `HF_MAXIMA` / `HF_LIST_MAXIMA`, before anything is built."""
+    for name, limit in HF_MAXIMA.items():
+        value = hf.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {name}={value!r:.60} is not a number")
+        if value > limit:
+            raise ConfigError(f"{source}: {name}={value:g} exceeds {limit}, the most w2vkit loads")
+    for name, limit in HF_LIST_MAXIMA.items():
+        values = hf.get(name)
+        if values is None:
+            continue
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_CONV_LAYERS:
+            raise ConfigError(
+                f"{source}: {name} must be a list of 1 to {MAX_CONV_LAYERS} numbers, got "
+                f"{values!r:.60}"
+            )
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value > limit:
+                raise ConfigError(
+                    f"{source}: {name}[{i}]={value!r:.40} is not a number up to {limit}"
+                )
+
+
 def to_hf_state(
     cfg: ModelConfig, state: dict[str, Tensor], *, heads: bool = True
 ) -> dict[str, Tensor]:
@@ -258,13 +298,49 @@ def from_hf_state(
     state = KEYS.to_w2vkit(renamed, source=source)
     if cfg.conv_dim == cfg.transformer.model_dim and "feature_projection.weight" in state:
         weight, bias = state.pop("feature_projection.weight"), state.pop("feature_projection.bias")
-        if not (torch.equal(weight, torch.eye(cfg.conv_dim)) and not bias.any()):
+        if tuple(weight.shape) != (cfg.conv_dim, cfg.conv_dim):
+            raise CheckpointError(
+                f"{source}: feature_projection.projection.weight {tuple(weight.shape)} does not "
+                f"fit the config (conv_dim = hidden_size = {cfg.conv_dim})"
+            )
+        if not (_is_identity(weight) and not bias.any()):
             raise ConfigError(
                 f"{source}: feature_projection.projection is not the identity, which w2vkit "
                 "cannot represent when conv_dim == hidden_size"
             )
     check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg, state))
     return state
+
+
+def _is_identity(weight: Tensor) -> bool:
+    """A square `weight` == eye, checked without allocating an eye of the config's size."""
+    return bool((weight.diagonal() == 1).all()) and int(torch.count_nonzero(weight)) == len(weight)
+
+
+def _shard_files(directory: Path, index: Path) -> list[Path]:
+    """The shard files an HF `*.index.json` names; a malformed index or a shard outside
+    `directory` is a CheckpointError."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not (isinstance(weight_map, dict) and weight_map) or not all(
+            isinstance(s, str) for s in weight_map.values()
+        ):
+            raise TypeError('"weight_map" does not map tensor names to shard file names')
+        shards = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        reason = 'no "weight_map" key' if isinstance(err, KeyError) else str(err)
+        raise CheckpointError(
+            f"{index}: not a valid HF weight index ({reason}); expected "
+            '{"weight_map": {"tensor name": "shard file", ...}}'
+        ) from None
+    root = directory.resolve()
+    files = []
+    for shard in shards:
+        path = (directory / shard).resolve()
+        if not path.is_relative_to(root):
+            raise CheckpointError(f"{index}: shard {shard!r} lies outside {directory}")
+        files.append(path)
+    return files
 
 
 def read_hf_weights(directory: Path) -> dict[str, Tensor]:
@@ -275,8 +351,7 @@ def read_hf_weights(directory: Path) -> dict[str, Tensor]:
     ):
         files = [directory / single] if (directory / single).is_file() else []
         if not files and (directory / index).is_file():
-            shards = json.loads((directory / index).read_text())["weight_map"].values()
-            files = [directory / s for s in sorted(set(shards))]
+            files = _shard_files(directory, directory / index)
         if files:
             state: dict[str, Tensor] = {}
             for file in files:

@@ -6,7 +6,8 @@ names, so a crafted file could execute code. Here every load goes through two ga
 
 1. A scan of the pickle opcodes (nothing is executed) lists every global the file references.
    omegaconf, fairseq, `argparse.Namespace` and `typing` names become inert stand-ins (`Record`),
-   plain builtin types and numpy scalars are allowed as they are, and anything else that torch's
+   plain builtin types are allowed as they are, numpy scalars are rebuilt from their bytes for
+   plain numeric dtypes only (never through numpy's own dtype state), and anything else torch's
    own weights-only allowlist does not hold is refused, naming it, before unpickling starts.
 2. The load itself is `torch.load(weights_only=True)` with the stand-ins registered under the
    original names (`torch.serialization.safe_globals([(stand_in, "module.Name")])`), so even a
@@ -31,11 +32,6 @@ import torch
 
 from w2vkit.config import UsageError
 
-try:
-    from numpy._core import multiarray as np_multiarray
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as np_multiarray  # type: ignore[no-redef]
-
 # Modules whose classes only carry data in checkpoints; their globals become inert `Record`s.
 _STAND_IN_MODULES = ("omegaconf", "fairseq", "typing")
 _STAND_IN_NAMES = frozenset({"argparse.Namespace"})
@@ -46,23 +42,65 @@ def _empty_dict(*_args: Any) -> dict:
     return {}
 
 
-# Real objects whose reconstruction runs no code of the file's choosing: plain builtin types
-# (omegaconf metadata names `dict`/`list` as types), numpy scalars from fairseq's `extra_state`.
+# numpy dtypes a scalar in a checkpoint may have (fairseq's `extra_state` holds float64 and
+# int64 ones): plain numbers only, named as numpy pickles them ('f8', 'i8', ...).
+_PLAIN_DTYPES = frozenset(
+    {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"}
+)
+
+
+class _DType:
+    """Stand-in for `numpy.dtype`: keeps a plain numeric type name and its byte order.
+
+    A real `numpy.dtype` given BUILD state by a crafted pickle (`dtype.__setstate__`) reads
+    attacker-chosen pointers and crashes the process; this one checks the state is what numpy
+    writes for a plain dtype, keeps the byte order, and builds nothing.
+    """
+
+    def __init__(self, name: Any, align: Any = False, copy: Any = True) -> None:
+        if not (isinstance(name, str) and name in _PLAIN_DTYPES):
+            raise pickle.UnpicklingError(f"numpy.dtype({name!r}) is not a plain numeric dtype")
+        self.name, self.byteorder = name, "="
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy: (version, byteorder, subarray, names, fields, elsize, alignment, flags[, meta])
+        plain = (
+            isinstance(state, tuple)
+            and len(state) in (8, 9)
+            and state[1] in ("<", ">", "|", "=")
+            and state[2:5] == (None, None, None)
+            and state[5:8] == (-1, -1, 0)  # no element size, alignment or object flags of its own
+            and (len(state) == 8 or state[8] is None)
+        )
+        if not plain:
+            raise pickle.UnpicklingError(
+                f"numpy.dtype({self.name!r}) with state {state!r:.80} is not a plain numeric dtype"
+            )
+        self.byteorder = state[1]
+
+    def to_numpy(self) -> np.dtype:
+        return np.dtype(self.byteorder + self.name)  # e.g. '<f8', '|b1'
+
+
+def _scalar(dtype: Any, data: Any) -> Any:
+    """`numpy.core.multiarray.scalar(dtype, bytes)`: one number read from exactly its bytes."""
+    if not (isinstance(dtype, _DType) and isinstance(data, bytes)):
+        raise pickle.UnpicklingError("numpy scalar without a plain dtype and its bytes")
+    np_dtype = dtype.to_numpy()
+    if len(data) != np_dtype.itemsize:
+        raise pickle.UnpicklingError(f"numpy {np_dtype} scalar of {len(data)} bytes")
+    return np.frombuffer(data, dtype=np_dtype)[0].copy()
+
+
+# Objects whose reconstruction runs no code of the file's choosing: plain builtin types
+# (omegaconf metadata names `dict`/`list` as types), numpy scalars through the checked stand-ins.
 _SAFE: dict[str, Any] = {
     **{f"builtins.{t.__name__}": t for t in (dict, list, tuple, int, float, str, bool, frozenset)},
     "collections.defaultdict": _empty_dict,
-    "numpy.core.multiarray.scalar": np_multiarray.scalar,
-    "numpy._core.multiarray.scalar": np_multiarray.scalar,
-    "numpy.dtype": np.dtype,
+    "numpy.core.multiarray.scalar": _scalar,
+    "numpy._core.multiarray.scalar": _scalar,
+    "numpy.dtype": _DType,
 }
-# numpy dtypes are rebuilt as instances of these classes, which BUILD then needs allowed.
-_NUMPY_DTYPES = [
-    (t, f"numpy.dtypes.{n}")
-    for n in dir(np.dtypes)
-    if n.endswith("DType")
-    for t in [getattr(np.dtypes, n)]
-    if isinstance(t, type)
-]
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
 
@@ -186,15 +224,34 @@ def load_torch_file(path: str | Path) -> Any:
         (_record_type(n), n) for n in names if _is_stand_in(n)
     ]
     safe += [(_SAFE[n], n) for n in names if n in _SAFE]
-    if "numpy.dtype" in names:
-        safe += _NUMPY_DTYPES
     try:
         with torch.serialization.safe_globals(safe):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refusing to load: {err}") from err
+        raise CheckpointError(f"{path}: refusing to load: {unpickling_reason(err)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
+
+
+_TORCH_ADVICE = (
+    "weights_only",
+    "Weights only load failed",
+    "Check the documentation",
+    "file an issue",
+)
+
+
+def unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load unsafely."""
+    text = str(err).replace("WeightsUnpickler error:", "\n")
+    lines = [line.strip() for line in text.splitlines()]
+    kept = [line for line in lines if line and not any(a in line for a in _TORCH_ADVICE)]
+    return " ".join(kept)[:200] or "unsupported pickle"
+
+
+def needs_code(reason: str) -> bool:
+    """Whether an `unpickling_reason` is a refused global (code), not a corrupt pickle stream."""
+    return "GLOBAL" in reason or "global" in reason or "Can only build" in reason
 
 
 def to_plain(obj: Any) -> Any:

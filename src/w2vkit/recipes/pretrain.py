@@ -19,8 +19,9 @@ from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.data.loader import ResumableLoader, build_loaders
 from w2vkit.losses import pretraining_objective
 from w2vkit.model.config import ModelConfig
+from w2vkit.model.limits import min_input_samples
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train import checkpoint, dist
+from w2vkit.train import checkpoint, dist, guard
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.fairseq_config import load_fairseq_config
 from w2vkit.train.loop import TrainState, exit_status, train
@@ -55,6 +56,17 @@ def _declare(parser: argparse.ArgumentParser, *, items_nargs: str) -> None:
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
+    parser.add_argument(
+        "--resume-from",
+        metavar="CHECKPOINT",
+        help="resume from this checkpoint (e.g. an interval one when checkpoint_last.pt is lost)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start from update 0 in a run directory that holds an earlier run (deletes its "
+        "checkpoints and log)",
+    )
 
 
 def _intermixed(args: argparse.Namespace) -> argparse.Namespace:
@@ -67,6 +79,8 @@ def _intermixed(args: argparse.Namespace) -> argparse.Namespace:
         fairseq_config=args.fairseq_config or late.fairseq_config,
         init_from=args.init_from or late.init_from,
         print_config=args.print_config or late.print_config,
+        resume_from=getattr(args, "resume_from", None) or late.resume_from,
+        overwrite=getattr(args, "overwrite", False) or late.overwrite,
     )
 
 
@@ -79,11 +93,29 @@ def run(args: argparse.Namespace) -> int:
     cfg, checked = check_pretrain(cfg)
     notes += checked
     device = _device(cfg)
-    dist.init(device)
+    dist.init(device, timeout_minutes=cfg.train.dist_timeout_minutes)
+    finished = False
     try:
-        return _pretrain(cfg, device, resume, init_state, notes)
+        with checkpoint.RunLock(Path(cfg.train.out_dir), enabled=dist.is_main()):
+            code = _pretrain(cfg, device, resume, init_state, notes)
+        finished = True
+        return code
+    except (OSError, RuntimeError) as err:
+        failure = _field_failure(err)
+        if failure is None:
+            raise
+        print(f"w2vkit pretrain: {failure}", file=sys.stderr)
+        return 1
     finally:
-        dist.shutdown()
+        dist.shutdown(clean=finished)
+
+
+def _field_failure(err: BaseException) -> BaseException | None:
+    """A full disk or a silent rank, which a message explains better than a traceback."""
+    if isinstance(err, checkpoint.DiskFullError):
+        return err
+    explained = dist.explain_timeout(err, "training")
+    return explained if isinstance(explained, dist.RankTimeout) else None
 
 
 def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict | None, list[str]]:
@@ -108,10 +140,12 @@ def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict
     sources += files + (["the command line"] if overrides else [])
     try:
         cfg = build_config(layers)
-        last = Path(cfg.train.out_dir) / checkpoint.LAST
-        resume = checkpoint.load(last) if last.is_file() else None
+        resume, resume_path = checkpoint.resume_point(
+            Path(cfg.train.out_dir), resume_from=args.resume_from, overwrite=args.overwrite
+        )
         init_state = None
         if resume is not None:
+            notes.append(f"resuming from {resume_path}")
             cfg = build_config(
                 layers, init_model=from_dict(ModelConfig, resume["config"]["model"], where="model")
             )
@@ -145,14 +179,25 @@ def _pretrain(
         torch.backends.cudnn.allow_tf32 = True
     data = cfg.data
     loaders = build_loaders(
-        data, cfg.train.seed, dist.rank(), dist.world_size(), pin_memory=device.type == "cuda"
+        data,
+        cfg.train.seed,
+        dist.rank(),
+        dist.world_size(),
+        pin_memory=device.type == "cuda",
+        min_decoded_samples=min_input_samples(cfg.model),
+        allow_data_change=cfg.train.allow_data_change,
     )
+    if resume is not None:
+        notes += guard.check_resume_config(
+            resume["config"]["model"], cfg.model, source=str(out_dir)
+        )
     state = _train_state(
         cfg, _model(cfg, resume, init_state, notes), device, loaders[data.train_split]
     )
     if resume is not None:
         checkpoint.restore(state, resume)
         notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
+    notes += _start_run_files(cfg, out_dir, state.step, resume)
     if 0 < cfg.total_steps <= cfg.optim.warmup_steps:  # (0: a time budget plans the length)
         notes.append(
             f"optim.warmup_steps={cfg.optim.warmup_steps} >= the {cfg.total_steps} scheduled updates: "
@@ -226,14 +271,30 @@ def _summary(logger: RunLogger, cfg: PretrainConfig, state: TrainState, reason: 
         logger.message(line)
 
 
+def _start_run_files(
+    cfg: PretrainConfig, out_dir: Path, step: int, resume: dict | None
+) -> list[str]:
+    """The run really starts: only now write config.yaml, drop log records past the resumed
+    update and repair a checkpoint_best.pt that a crash left stale (rank 0)."""
+    notes: list[str] = []
+    if dist.is_main():
+        config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        dropped = checkpoint.start_run_files(
+            out_dir, config_text, step if resume is not None else None
+        )
+        if dropped:
+            notes.append(f"dropped {dropped} log records past update {step}")
+        repaired = checkpoint.reconcile_best(out_dir, resume) if resume is not None else None
+        notes += [repaired] if repaired else []
+    dist.barrier()
+    return notes
+
+
 def _prepare_run_dir(cfg: PretrainConfig, out_dir: Path) -> None:
     """Rank 0 creates the run directory, drops killed writes' temp files, writes config.yaml."""
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.remove_stale_temp_files(out_dir)
-        (out_dir / "config.yaml").write_text(
-            yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8"
-        )
     dist.barrier()
 
 

@@ -10,18 +10,25 @@ so `torch.load(..., weights_only=True)` reads it without unpickling code:
     scaler      GradScaler state_dict or None   sampler    training batch sampler state_dict
     rng         {"torch", "cuda", "generator", "numpy", "python"} states (of rank 0)
     progress    {"step", "epoch", "best_valid_loss", "num_nonfinite", "consecutive_nonfinite",
-                 "num_failed_files", "train_seconds", "planned_steps" (a time budget's plan, 0: none)}
+                 "train_seconds", "planned_steps" (a time budget's plan, 0: none)}
+                (the files that failed to decode are in the sampler state, `failures`)
     metrics     {"window": the unlogged training sums of all ranks together (`MetricsWindow`
                  state; rank 0 restores it, the other ranks start from zeros),
                  "valid": last validation record or None}
 
 Writes go to a temporary file in the same directory, are fsynced and then renamed over the target
-with `os.replace`, so a crash (even SIGKILL) mid-write leaves the previous file intact.
+with `os.replace`, so a crash (even SIGKILL) mid-write leaves the previous file intact. A full disk
+says so (where, and how much the write needed); an unreadable checkpoint is refused in one line
+naming the file. `RunLock` keeps a second run out of a directory a live run writes to.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -36,12 +43,31 @@ from w2vkit.train import dist
 if TYPE_CHECKING:
     from w2vkit.train.loop import TrainState
     from w2vkit.train.metrics import MetricsWindow
+from w2vkit.config import ConfigError
+from w2vkit.interop.safe_load import needs_code, unpickling_reason
 
 FORMAT = "w2vkit.pretrain/1"
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 _INTERVAL = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
 _TMP_MARK = ".tmp-"
+_TMP_NAME = re.compile(r"^\..+\.pt\.tmp-(\d+)$")
+FAILED = "checkpoint_failed.pt"
+LOCK = ".w2vkit-run.lock"
+CONFIG = "config.yaml"
+LOG = "train_log.jsonl"
+
+
+class CheckpointUnreadable(ConfigError):
+    """A checkpoint file is empty, truncated, corrupt or not a w2vkit checkpoint."""
+
+
+class DiskFullError(OSError):
+    """A checkpoint did not fit on the disk; the previous file of that name is intact."""
+
+
+class RunLocked(ConfigError):
+    """Another live process holds the run directory."""
 
 
 def payload(
@@ -64,7 +90,6 @@ def payload(
             "best_valid_loss": state.best_valid_loss,
             "num_nonfinite": state.num_nonfinite,
             "consecutive_nonfinite": state.consecutive_nonfinite,
-            "num_failed_files": state.num_failed_files,
             "train_seconds": state.train_seconds,
             "planned_steps": state.planned_steps,
         },
@@ -96,7 +121,6 @@ def restore(state: TrainState, payload: dict) -> None:
     state.best_valid_loss = float(progress["best_valid_loss"])
     state.num_nonfinite = int(progress["num_nonfinite"])
     state.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
-    state.num_failed_files = int(progress.get("num_failed_files", 0))
     state.train_seconds = float(progress.get("train_seconds", 0.0))
     state.planned_steps = int(progress.get("planned_steps", 0))
 
@@ -107,7 +131,7 @@ def interval_name(epoch: int, step: int) -> str:
 
 def save_atomic(payload: dict, path: Path) -> None:
     """torch.save to `.<name>.tmp-<pid>` beside `path`, fsync, then rename over `path`."""
-    _write_atomic(Path(path), lambda f: torch.save(payload, f))
+    _write_atomic(Path(path), lambda f: torch.save(payload, f), lambda: payload_bytes(payload))
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -117,10 +141,10 @@ def copy_atomic(src: Path, dst: Path) -> None:
         with open(src, "rb") as fin:
             shutil.copyfileobj(fin, f, length=16 << 20)
 
-    _write_atomic(Path(dst), copy)
+    _write_atomic(Path(dst), copy, lambda: Path(src).stat().st_size)
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, write, size) -> None:
     # A crash leaves at most a stale temp file: `path` is either the old or the new file, whole.
     tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
     try:
@@ -129,9 +153,51 @@ def _write_atomic(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        if _is_disk_full(err):
+            tmp.unlink(missing_ok=True)  # first, so that the free space reported is real
+            raise _disk_full(path, size()) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """ENOSPC/EDQUOT, or torch's zip writer's own words for a short write ("unexpected pos")."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "unexpected pos" in str(err) or "file write failed" in str(err)
+
+
+def _disk_full(path: Path, needed: int) -> DiskFullError:
+    free = shutil.disk_usage(path.parent).free
+    kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+    err = DiskFullError(
+        f"disk full: writing {path} needs about {_human(needed)}, {_human(free)} free on "
+        f"{path.parent}; {kept}. Free space there or point train.out_dir elsewhere"
+    )
+    err.errno = errno.ENOSPC
+    return err
+
+
+def payload_bytes(obj) -> int:
+    """Bytes of the tensors in a (nested) payload: what `torch.save` writes, give or take."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(payload_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_bytes(v) for v in obj)
+    return 0
+
+
+def _human(num_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    raise AssertionError
 
 
 def write_checkpoints(
@@ -159,26 +225,244 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load(path: str | Path) -> dict:
-    """Read a w2vkit training checkpoint on the CPU without executing pickled code."""
+    """Read a w2vkit training checkpoint on the CPU without executing pickled code.
+
+    Raises `CheckpointUnreadable` (one line naming the file) for an empty, truncated, corrupt or
+    foreign file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointUnreadable(f"checkpoint {path} is empty (0 bytes): its write was cut short")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, corrupt, or a pickle that needs code: all unreadable here
-        raise ValueError(f"checkpoint {path} cannot be read as a w2vkit checkpoint: {err}") from err
+        raise CheckpointUnreadable(f"checkpoint {path} cannot be read: {_why(err)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"checkpoint {path} has format {found!r}, expected {FORMAT!r}")
+        raise CheckpointUnreadable(f"checkpoint {path} has format {found!r}, expected {FORMAT!r}")
     return payload
 
 
+def _why(err: Exception) -> str:
+    """torch's reason in a few words, without its advice to retry unsafely."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        reason = unpickling_reason(err)
+        return f"it needs code to load ({reason})" if needs_code(reason) else f"corrupt ({reason})"
+    if "central directory" in text or "zip archive" in text or isinstance(err, EOFError):
+        return "truncated or corrupt (not a complete zip archive)"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"truncated or corrupt ({first[:160]})"
+
+
 def remove_stale_temp_files(directory: Path) -> list[Path]:
-    """Delete temp files left by a write that was killed; returns what was removed."""
-    stale = [p for p in Path(directory).glob(f".*.pt{_TMP_MARK}*") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
+    """Delete temp files left by a write that was killed (their PID is gone); returns them.
+
+    A temp file of a live process (a run in the same directory) is left alone.
+    """
+    stale = []
+    for p in Path(directory).glob(f".*.pt{_TMP_MARK}*"):
+        match = _TMP_NAME.match(p.name)
+        if p.is_file() and match and not _alive(int(match.group(1))):
+            p.unlink(missing_ok=True)
+            stale.append(p)
     return stale
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing while it cleans up
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+class RunLock:
+    """An exclusive `flock` on `<out_dir>/.w2vkit-run.lock`, which holds the owner's PID.
+
+    The kernel drops the lock when its process dies, however it dies, so a lock left by a killed
+    run is simply taken over; a live owner is named in the refusal. A directory the lock created
+    is removed again on release if nothing else was written to it.
+    """
+
+    def __init__(self, out_dir: Path, *, enabled: bool = True) -> None:
+        self.path = Path(out_dir) / LOCK
+        self.enabled = enabled  # False: a no-op (DDP ranks other than 0 write nothing)
+        self._fd: int | None = None
+        self._created = False
+
+    def acquire(self) -> RunLock:
+        if not self.enabled:
+            return self
+        self._created = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise RunLocked(
+                    f"{self.path.parent} is in use by another w2vkit run (PID {owner}); wait for "
+                    "it to finish or stop it, or choose another train.out_dir"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # the owner released (and removed) it between our open and flock
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # before closing: nobody can lock it in between
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+            if self._created and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()  # a start that failed before writing leaves no trace
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def resume_point(
+    out_dir: Path, *, resume_from: str | Path | None = None, overwrite: bool = False
+) -> tuple[dict | None, Path | None]:
+    """(payload, path) of the checkpoint a run in `out_dir` continues from, or (None, None).
+
+    `checkpoint_last.pt` when it is readable, `resume_from` when given. A directory holding other
+    checkpoints but no readable `checkpoint_last.pt` (deleted, truncated) is refused, naming
+    the newest readable one, unless `overwrite`: a silent fresh start would overwrite
+    `checkpoint_best.pt` and prune the old run's interval checkpoints.
+    """
+    out_dir = Path(out_dir)
+    if resume_from:
+        if not Path(resume_from).is_file():
+            raise CheckpointUnreadable(f"--resume-from {resume_from}: no such file")
+        return load(resume_from), Path(resume_from)
+    last = out_dir / LAST
+    if overwrite:
+        return None, None
+    if last.is_file():
+        try:
+            return load(last), last
+        except CheckpointUnreadable as err:
+            problem = str(err)
+    else:
+        problem = f"{out_dir} holds checkpoints of an earlier run but no {LAST}"
+    others = [p for p in _checkpoints(out_dir) if p.name != LAST]
+    if not last.is_file() and not others:
+        return None, None  # a new run directory
+    newest = _newest_readable(others)
+    offer = (
+        f"resume from the newest readable one, {newest[0]} (update {newest[1]}), with "
+        f"--resume-from {newest[0]}, or start over with --overwrite"
+        if newest
+        else "no other checkpoint there is readable; start over with --overwrite"
+    )
+    raise CheckpointUnreadable(f"{problem}. {offer[0].upper()}{offer[1:]}")
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    if not out_dir.is_dir():
+        return []
+    names = [p for p in out_dir.iterdir() if p.name in (LAST, BEST) or _INTERVAL.match(p.name)]
+    return sorted(names)
+
+
+def _newest_readable(paths: list[Path]) -> tuple[Path, int] | None:
+    found = []
+    for p in paths:
+        step = saved_step(p)
+        if step is not None:
+            found.append((step, p.name != BEST, p))  # at equal steps, name the interval file
+    if not found:
+        return None
+    step, _, path = max(found)
+    return path, step
+
+
+def saved_step(path: Path) -> int | None:
+    """The update a checkpoint holds, or None if it is unreadable (tensors are not read in)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(payload["progress"]["step"])
+    except Exception:  # noqa: BLE001 (any unreadable file is just not a candidate)
+        return None
+
+
+def reconcile_best(out_dir: Path, last: dict) -> str | None:
+    """Repair `checkpoint_best.pt` after a crash between writing last and copying it to best.
+
+    When last's own validation loss is the best it records but best holds another update,
+    last is that best state: copy it. Returns a note saying so, else None.
+    """
+    valid = (last.get("metrics") or {}).get("valid") or {}
+    progress = last["progress"]
+    loss, best_loss = valid.get("loss"), progress.get("best_valid_loss")
+    if loss is None or best_loss is None or not loss == best_loss:
+        return None
+    best = Path(out_dir) / BEST
+    if best.is_file() and saved_step(best) == progress["step"]:
+        return None
+    copy_atomic(Path(out_dir) / LAST, best)
+    return (
+        f"{best} was stale (a crash came between saving {LAST} and copying it): it now holds "
+        f"update {progress['step']}, validation loss {loss:.4g}"
+    )
+
+
+def start_run_files(out_dir: Path, config_text: str, resumed_step: int | None) -> int:
+    """At the real start of a run: write config.yaml; on resume, drop the log records past the
+    resumed update (written between the last save and a crash); on a fresh start, remove an
+    earlier run's checkpoints and log (`resume_point` allows that only with --overwrite).
+    Returns the number of log records dropped."""
+    out_dir = Path(out_dir)
+    (out_dir / CONFIG).write_text(config_text, encoding="utf-8")
+    log = out_dir / LOG
+    if resumed_step is None:  # fresh (in a used directory only with --overwrite): a clean slate
+        for old in [*_checkpoints(out_dir), log]:  # checkpoint_failed.pt stays for inspection
+            old.unlink(missing_ok=True)
+        return 0
+    if not log.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in log.read_text(encoding="utf-8").splitlines():
+        step = _logged_step(line)
+        if step is not None and step > resumed_step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = log.with_name(f".{log.name}{_TMP_MARK}{os.getpid()}")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, log)
+    return dropped
+
+
+def _logged_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["num_updates"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def prune_interval_checkpoints(directory: Path, keep: int) -> list[Path]:
@@ -237,11 +521,24 @@ __all__ = [
     "BEST",
     "FORMAT",
     "LAST",
+    "LOCK",
+    "CONFIG",
+    "FAILED",
+    "LOG",
+    "CheckpointUnreadable",
+    "DiskFullError",
+    "RunLock",
+    "RunLocked",
     "capture_rng",
     "copy_atomic",
     "interval_name",
     "load",
     "payload",
+    "payload_bytes",
+    "reconcile_best",
+    "resume_point",
+    "saved_step",
+    "start_run_files",
     "prune_interval_checkpoints",
     "remove_stale_temp_files",
     "restore",

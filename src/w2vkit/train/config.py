@@ -179,6 +179,10 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_consecutive_nonfinite: int = 20
     """Stop (with a checkpoint) after this many updates in a row skipped for a non-finite loss or gradient."""
+    allow_data_change: bool = False
+    """Resume on a changed training manifest by starting a new epoch (else such a resume is refused)."""
+    dist_timeout_minutes: float = 5.0
+    """How long a collective waits for the other processes before the run fails, naming the late rank."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -209,6 +213,12 @@ class TrainConfig:
             self.max_consecutive_nonfinite >= 1, "train.max_consecutive_nonfinite", "must be >= 1"
         )
         check(bool(self.out_dir), "train.out_dir", "must not be empty")
+        check(0 <= self.seed < 2**32, "train.seed", f"must be in [0, 2**32), got {self.seed}")
+        check(
+            self.dist_timeout_minutes > 0,
+            "train.dist_timeout_minutes",
+            f"must be > 0, got {self.dist_timeout_minutes}",
+        )
 
 
 @dataclass(kw_only=True)

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from w2vkit.data.sampler import BucketBatchSampler
-from w2vkit.train import checkpoint, dist
+from w2vkit.train import checkpoint, dist, guard
 from w2vkit.train.config import TrainConfig
 from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, Value, gpu_memory_gb
 
@@ -132,7 +132,8 @@ class TrainState:
     generator: torch.Generator
     """Masks, negatives, Gumbel noise and LayerDrop draw from it (on the model's device)."""
     sampler: BucketBatchSampler
-    """The training batch sampler; its state says which batch comes next."""
+    """The training batch sampler; its state says which batch comes next and holds the files
+    that failed to decode (`failures`)."""
     window: MetricsWindow = field(default_factory=MetricsWindow)
     step: int = 0
     epoch: int = 1
@@ -140,8 +141,6 @@ class TrainState:
     """Lowest `Objective.best_metric` of validation so far (the name stays for old checkpoints)."""
     num_nonfinite: int = 0
     consecutive_nonfinite: int = 0
-    num_failed_files: int = 0
-    """Audio files this process failed to decode and replaced (summed over processes in logs)."""
     train_seconds: float = 0.0
     """Wall-clock seconds of the update loop so far, over every session of the run."""
     planned_steps: int = 0
@@ -330,6 +329,9 @@ def evaluate(
     model = dist.unwrap(model)
     was_training = model.training
     model.eval()
+    # Every validation sees the same batches, crops and replacement draws (seeded by epoch), so
+    # losses compare across updates and a resumed run validates as an uninterrupted one.
+    loader.sampler.set_epoch(0)  # type: ignore[attr-defined]
     try:
         with torch.no_grad(), autocast(device, cfg.precision):
             if objective.validate is not None:
@@ -506,17 +508,22 @@ class _Run(Generic[BatchT]):
                 f"the validation record has no {metric!r} (Objective.best_metric); it has "
                 f"{', '.join(sorted(record))}"
             )
-        self.last_valid = record
-        best = record[metric] < state.best_valid_loss
-        state.best_valid_loss = min(state.best_valid_loss, record[metric])
+        best = guard.improves(record[metric], state.best_valid_loss)
+        state.best_valid_loss = record[metric] if best else state.best_valid_loss
+        warning = guard.warn_nonfinite_valid(record, state.step, self.valid_loader)
+        if warning:
+            self.logger.message(warning)
+        self.last_valid = record = guard.strict_record(record)
         self.logger.log(
-            {
-                "split": "valid",
-                "epoch": state.epoch,
-                "num_updates": state.step,
-                **record,
-                f"best_{metric}": state.best_valid_loss,
-            }
+            guard.strict_record(
+                {
+                    "split": "valid",
+                    "epoch": state.epoch,
+                    "num_updates": state.step,
+                    **record,
+                    f"best_{metric}": state.best_valid_loss,
+                }
+            )
         )
         return best
 
@@ -539,9 +546,7 @@ class _Run(Generic[BatchT]):
     def log_train(self, result: UpdateResult) -> None:
         """One train line: the window's record (one all-reduce, one host copy) and the loop's keys."""
         state = self.state
-        sums, means, counts = state.window.reduce(
-            self.device, {"failed": float(state.num_failed_files)}
-        )
+        sums, means, counts = state.window.reduce(self.device)
         num_updates, state.window = state.window.num_updates, MetricsWindow()
         audio_seconds = counts["audio_samples"] / self.sample_rate
         record = self.objective.summarize(sums) | means
@@ -552,6 +557,7 @@ class _Run(Generic[BatchT]):
         if state.scaler is not None:
             record["loss_scale"] = state.scaler.get_scale()
         rates = self.throughput.rates(num_updates, audio_seconds)
+        failed_files, failure_events = state.sampler.failures.reduce()
         self.logger.log(
             {
                 "split": "train",
@@ -561,7 +567,8 @@ class _Run(Generic[BatchT]):
                 **rates,
                 **gpu_memory_gb(self.device),
                 "num_nonfinite": state.num_nonfinite,
-                "num_failed_files": int(counts["failed"]),
+                "num_failed_files": failed_files,
+                "num_failed_decodes": failure_events,
             }
         )
 
@@ -574,11 +581,17 @@ class _Run(Generic[BatchT]):
         )
         if state.consecutive_nonfinite < self.cfg.max_consecutive_nonfinite:
             return False
-        self.save(interval=False)
+        window = state.window.all_reduced(self.device)
+        if dist.is_main():  # the diverged state must not replace the last good one
+            failed = checkpoint.payload(state, self.config_dict, self.last_valid, window=window)
+            checkpoint.save_atomic(failed, self.out_dir / checkpoint.FAILED)
+        dist.barrier()
+        last = self.out_dir / checkpoint.LAST
+        kept = f"{last} keeps the last good state" if last.exists() else "nothing else saved"
         self.logger.message(
             f"stopping: {state.consecutive_nonfinite} updates in a row had a non-finite loss or "
-            f"gradient; {self.out_dir / checkpoint.LAST} holds step {state.step}. Try a lower "
-            "learning rate, gradient clipping, or train.precision=bf16/fp32."
+            f"gradient; {kept}, the failed state is in {checkpoint.FAILED}. Try a lower learning "
+            "rate, gradient clipping, or train.precision=bf16/fp32."
         )
         return True
 
@@ -622,8 +635,9 @@ def train(
     start_step = state.step
     with StopSignals() as signals:
         reason = _updates(run, train_loader, clip_norm, signals)
-    if reason in ("max_steps", "max_epochs", "max_minutes") and state.step > start_step:
-        run.finish()
+        # Still under the handler: a SIGTERM during the final validation must not lose the save.
+        if reason in ("max_steps", "max_epochs", "max_minutes") and state.step > start_step:
+            run.finish()
     return reason
 
 
@@ -640,7 +654,6 @@ def _updates(
         if group is None:
             return "max_epochs"
         state.epoch = group[-1].epoch + 1  # fairseq counts epochs from 1
-        state.num_failed_files += sum(b.num_failed for b in group)
         result = run_update(
             state,
             group,
