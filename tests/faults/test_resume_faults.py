@@ -7,6 +7,7 @@ the log and the directory's config stay what an uninterrupted run would have.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -29,11 +30,13 @@ def corpus(tmp_path) -> Path:
 
 
 def _nan_when(condition):
-    """Patch for `pretrain.make_step_fn`: the real step, its loss NaN when condition(model, step)."""
-    real = recipe.make_step_fn
+    """Patch for `pretrain.pretraining_objective`: the real objective, its loss NaN when
+    condition(model, step)."""
+    real = recipe.pretraining_objective
 
-    def make(cfg):
-        step_fn = real(cfg)
+    def make(*args, **kwargs):
+        objective = real(*args, **kwargs)
+        step_fn = objective.step
 
         def nan_step(model, batch, step, generator):
             out = step_fn(model, batch, step, generator)
@@ -42,7 +45,7 @@ def _nan_when(condition):
             sums = {**out.sums, "loss": math.nan}
             return StepOutput(out.loss * math.nan, out.sample_size, sums, out.means)
 
-        return nan_step
+        return dataclasses.replace(objective, step=nan_step)
 
     return make
 
@@ -66,7 +69,9 @@ def test_fault03_nan_file_in_valid_is_replaced_and_best_is_written(corpus, tmp_p
 def test_fault03_nonfinite_valid_loss_is_null_flagged_and_never_best(
     corpus, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(recipe, "make_step_fn", _nan_when(lambda model, step: not model.training))
+    monkeypatch.setattr(
+        recipe, "pretraining_objective", _nan_when(lambda model, step: not model.training)
+    )
     out = tmp_path / "run"
     assert runs.pretrain(corpus, out, "train.max_steps=4", "train.validate_interval_steps=2") == 0
     valid = runs.records(out, "valid")  # parses with NaN/Infinity refused
@@ -86,7 +91,7 @@ def test_fault06_nonfinite_stop_keeps_the_last_good_checkpoint(
     corpus, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "run"
-    monkeypatch.setattr(recipe, "make_step_fn", _nan_when(lambda model, step: step >= 3))
+    monkeypatch.setattr(recipe, "pretraining_objective", _nan_when(lambda model, step: step >= 3))
     code = runs.pretrain(
         corpus, out, "train.max_steps=10", "train.save_interval_steps=2",
         "train.max_consecutive_nonfinite=2", "data.valid_split=",

@@ -331,7 +331,9 @@ def evaluate(
     model.eval()
     # Every validation sees the same batches, crops and replacement draws (seeded by epoch), so
     # losses compare across updates and a resumed run validates as an uninterrupted one.
-    loader.sampler.set_epoch(0)  # type: ignore[attr-defined]
+    sampler = getattr(loader, "sampler", None)
+    if sampler is not None:
+        sampler.set_epoch(0)
     try:
         with torch.no_grad(), autocast(device, cfg.precision):
             if objective.validate is not None:
