@@ -23,8 +23,8 @@ from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.recipes.pretrain import make_step_fn
 from w2vkit.train import checkpoint, dist
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
-from w2vkit.train.loop import StepOutput, TrainState, run_update, train
-from w2vkit.train.metrics import RunLogger
+from w2vkit.train.loop import Objective, StepOutput, TrainState, run_update, train
+from w2vkit.train.metrics import RunLogger, summarize
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,8 +140,9 @@ def toy_train(
     )
     reason = train(
         state,
-        cfg=cfg,
-        step_fn=step_fn,
+        Objective(step_fn, summarize),
+        cfg=cfg.train,
+        clip_norm=cfg.optim.clip_norm,
         train_loader=build_dataloader(dataset, sampler, seed=1),
         valid_loader=None,
         device=torch.device("cpu"),
@@ -167,7 +168,14 @@ def test_one_update_is_the_gradient_of_the_global_mean():
     total = sum(toy_step(reference, b, 0, None).loss for b in micro)
     size = sum(toy_step(reference, b, 0, None).sample_size for b in micro)
     expected = torch.autograd.grad(total / size, list(reference.parameters()))
-    result = run_update(state, micro, toy_step, cfg=cfg, device=torch.device("cpu"))
+    result = run_update(
+        state,
+        micro,
+        Objective(toy_step, summarize),
+        cfg=cfg.train,
+        clip_norm=cfg.optim.clip_norm,
+        device=torch.device("cpu"),
+    )
     assert result.finite and result.sample_size == size and state.step == 1
     for param, grad in zip(state.model.parameters(), expected, strict=True):
         torch.testing.assert_close(param.grad, grad, rtol=1e-5, atol=1e-8)
@@ -182,8 +190,22 @@ def test_two_half_batches_equal_one_full_batch_toy():
     ]
     one, two = toy_state(cfg), toy_state(cfg)
     for _ in range(3):
-        run_update(one, [full], toy_step, cfg=cfg, device=torch.device("cpu"))
-        run_update(two, halves, toy_step, cfg=cfg, device=torch.device("cpu"))
+        run_update(
+            one,
+            [full],
+            Objective(toy_step, summarize),
+            cfg=cfg.train,
+            clip_norm=cfg.optim.clip_norm,
+            device=torch.device("cpu"),
+        )
+        run_update(
+            two,
+            halves,
+            Objective(toy_step, summarize),
+            cfg=cfg.train,
+            clip_norm=cfg.optim.clip_norm,
+            device=torch.device("cpu"),
+        )
     for a, b in zip(one.model.parameters(), two.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
@@ -239,7 +261,14 @@ def test_two_half_batches_equal_one_full_batch_wav2vec2():
         torch.manual_seed(0)
         state = toy_state(cfg, model=_ArgmaxQuantizerModel(tiny()))
         results.append(
-            run_update(state, micro, _fixed_mask_step, cfg=cfg, device=torch.device("cpu"))
+            run_update(
+                state,
+                micro,
+                Objective(_fixed_mask_step, summarize),
+                cfg=cfg.train,
+                clip_norm=cfg.optim.clip_norm,
+                device=torch.device("cpu"),
+            )
         )
         states.append(state)
     assert results[0].sample_size == results[1].sample_size == 32
@@ -275,11 +304,23 @@ def test_one_bad_update_is_skipped_and_training_goes_on():
     before = [p.detach().clone() for p in state.model.parameters()]
     bad = _rows(2, 3200, 1)
     bad.wav[0, 5] = math.inf
-    result = run_update(state, [bad], toy_step, cfg=cfg, device=torch.device("cpu"))
+    result = run_update(
+        state,
+        [bad],
+        Objective(toy_step, summarize),
+        cfg=cfg.train,
+        clip_norm=cfg.optim.clip_norm,
+        device=torch.device("cpu"),
+    )
     assert not result.finite and state.step == 0 and state.num_nonfinite == 1
     assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
     assert run_update(
-        state, [_rows(2, 3200, 2)], toy_step, cfg=cfg, device=torch.device("cpu")
+        state,
+        [_rows(2, 3200, 2)],
+        Objective(toy_step, summarize),
+        cfg=cfg.train,
+        clip_norm=cfg.optim.clip_norm,
+        device=torch.device("cpu"),
     ).finite
     assert state.step == 1 and state.consecutive_nonfinite == 0
 
@@ -295,7 +336,12 @@ def test_bf16_autocast_runs_the_real_model_on_cpu():
     state = toy_state(cfg, model=model)
     before = model.context_proj.weight.detach().clone()
     result = run_update(
-        state, [_rows(2, 16000, 3)], make_step_fn(cfg), cfg=cfg, device=torch.device("cpu")
+        state,
+        [_rows(2, 16000, 3)],
+        Objective(make_step_fn(cfg), summarize),
+        cfg=cfg.train,
+        clip_norm=cfg.optim.clip_norm,
+        device=torch.device("cpu"),
     )
     assert seen == [torch.bfloat16]
     assert result.finite and math.isfinite(result.loss) and result.gnorm > 0
@@ -309,13 +355,27 @@ def test_fp16_dynamic_loss_scaling_skips_overflows_and_unscales():
     state.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # fp16 gradients overflow
     before = [p.detach().clone() for p in state.model.parameters()]
     batch = _rows(2, 3200, 4)
-    result = run_update(state, [batch], toy_step, cfg=cfg, device=torch.device("cpu"))
+    result = run_update(
+        state,
+        [batch],
+        Objective(toy_step, summarize),
+        cfg=cfg.train,
+        clip_norm=cfg.optim.clip_norm,
+        device=torch.device("cpu"),
+    )
     assert not result.finite and state.step == 0 and state.num_nonfinite == 1
     assert state.scaler.get_scale() == 2.0**39  # halved after the overflow
     assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
 
     state.scaler = torch.amp.GradScaler("cpu", init_scale=128.0)
-    result = run_update(state, [batch], toy_step, cfg=cfg, device=torch.device("cpu"))
+    result = run_update(
+        state,
+        [batch],
+        Objective(toy_step, summarize),
+        cfg=cfg.train,
+        clip_norm=cfg.optim.clip_norm,
+        device=torch.device("cpu"),
+    )
     reference = toy_state(toy_config()).model
     out = toy_step(reference, batch, 0, None)
     expected = torch.autograd.grad(out.loss / out.sample_size, list(reference.parameters()))

@@ -25,8 +25,8 @@ from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint, dist
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.fairseq_config import load_fairseq_config
-from w2vkit.train.loop import StepFn, StepOutput, TrainState, train
-from w2vkit.train.metrics import RunLogger
+from w2vkit.train.loop import Objective, StepFn, StepOutput, TrainState, train
+from w2vkit.train.metrics import RunLogger, summarize
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 
 
@@ -285,8 +285,10 @@ def _pretrain(
     try:
         reason = train(
             state,
-            cfg=cfg,
-            step_fn=make_step_fn(cfg),
+            Objective(step=make_step_fn(cfg), summarize=summarize),
+            cfg=cfg.train,
+            clip_norm=cfg.optim.clip_norm,
+            sample_rate=cfg.data.sample_rate,
             train_loader=loaders[data.train_split],
             valid_loader=loaders.get(data.valid_split),
             device=device,

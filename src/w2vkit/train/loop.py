@@ -18,7 +18,7 @@ import contextlib
 import math
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from w2vkit.train import checkpoint, dist
-from w2vkit.train.config import PretrainConfig
+from w2vkit.train.config import TrainConfig
 from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, gpu_memory_gb
-from w2vkit.train.optim import PolynomialDecaySchedule
 
 
 @dataclass
@@ -38,17 +37,29 @@ class StepOutput:
 
     loss: Tensor
     """Summed (not averaged) objective to backpropagate."""
-    sample_size: int
+    sample_size: Tensor | int
     """What `loss` is a sum over (masked frames); the update divides by its global sum."""
-    sums: dict[str, float]
-    """Logged values summed over micro-batches and ranks; must hold "loss" and "sample_size"
-    (see `metrics.summarize`)."""
-    means: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, Tensor | float]
+    """Logged values summed over micro-batches and ranks."""
+    means: dict[str, Tensor | float] = field(default_factory=dict)
     """Logged values averaged over micro-batches and ranks."""
 
 
 StepFn = Callable[[nn.Module, object, int, torch.Generator], StepOutput]
 """(model, batch on the device, completed updates, generator) -> StepOutput."""
+
+
+@dataclass
+class Objective:
+    """What a recipe plugs into the loop: its step, how its sums are logged, how it validates."""
+
+    step: StepFn
+    summarize: Callable[[dict[str, float]], dict[str, float]]
+    """Window sums (reduced over ranks) -> logged record."""
+    validate: Callable[[nn.Module, Iterable, int], dict[str, float]] | None = None
+    """(unwrapped model in eval mode, valid loader, step) -> record; None: `evaluate`."""
+    best_metric: str = "loss"
+    """Key of the validation record that picks checkpoint_best.pt; lower is better."""
 
 
 @dataclass
@@ -58,7 +69,8 @@ class TrainState:
     model: nn.Module
     """DDP-wrapped under torchrun."""
     optimizer: torch.optim.Optimizer
-    schedule: PolynomialDecaySchedule
+    schedule: object
+    """`set_step(step)`, `lr_at(step)`, `state_dict()`, `load_state_dict()`."""
     scaler: torch.amp.GradScaler | None
     generator: torch.Generator
     """Masks, negatives, Gumbel noise and LayerDrop draw from it (on the model's device)."""
@@ -68,6 +80,7 @@ class TrainState:
     step: int = 0
     epoch: int = 1
     best_valid_loss: float = math.inf
+    """Best value of the objective's `best_metric` so far."""
     num_nonfinite: int = 0
     consecutive_nonfinite: int = 0
     num_failed_files: int = 0
@@ -140,16 +153,17 @@ class UpdateResult:
 def run_update(
     state: TrainState,
     micro_batches: list,
-    step_fn: StepFn,
+    objective: Objective,
     *,
-    cfg: PretrainConfig,
+    cfg: TrainConfig,
+    clip_norm: float,
     device: torch.device,
     stop_requested: bool = False,
 ) -> UpdateResult:
     """Forward/backward every micro-batch, normalise once, clip, step (or skip if not finite)."""
     model, optimizer, scaler = state.model, state.optimizer, state.scaler
     model.train()
-    reseed(state.generator, cfg.train.seed, dist.rank(), state.step)
+    reseed(state.generator, cfg.seed, dist.rank(), state.step)
     optimizer.zero_grad(set_to_none=True)
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     sample_size, loss_sum, logs = 0, 0.0, []
@@ -157,12 +171,12 @@ def run_update(
         last = i == len(micro_batches) - 1
         # Accumulate locally; DDP all-reduces the gradients once, in the last backward.
         with model.no_sync() if is_ddp and not last else contextlib.nullcontext():
-            with autocast(device, cfg.train.precision):
-                out = step_fn(
+            with autocast(device, cfg.precision):
+                out = objective.step(
                     model, batch.to(device, non_blocking=True), state.step, state.generator
                 )
             (scaler.scale(out.loss) if scaler is not None else out.loss).backward()
-        sample_size += out.sample_size
+        sample_size += float(out.sample_size)
         loss_sum += float(out.loss.detach())
         logs.append(out)
     totals = torch.tensor(
@@ -176,7 +190,7 @@ def run_update(
     if grads:
         # DDP averaged over ranks: * world_size / global sample size = grad of the global mean.
         torch._foreach_mul_(grads, dist.world_size() / max(total_size, 1.0))
-    max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else math.inf
+    max_norm = clip_norm if clip_norm > 0 else math.inf
     gnorm = float(nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
     finite = math.isfinite(total_loss) and math.isfinite(gnorm)
     if finite:
@@ -215,24 +229,30 @@ def micro_batch_groups(loader, sampler, update_freq: int, max_epochs: int) -> It
 def evaluate(
     model: nn.Module,
     loader,
-    step_fn: StepFn,
+    objective: Objective,
     *,
-    cfg: PretrainConfig,
+    cfg: TrainConfig,
     device: torch.device,
     step: int,
 ) -> dict:
-    """Validation loss, accuracy and perplexities; masks drawn from a fixed seed, so runs compare."""
+    """The objective's `validate`, or its step's summarized sums under no_grad with masks from a
+    fixed seed, so runs compare."""
     model = dist.unwrap(model)
     was_training = model.training
     model.eval()
-    generator = torch.Generator(device).manual_seed(cfg.train.seed)
+    if objective.validate is not None:
+        with autocast(device, cfg.precision):
+            record = objective.validate(model, loader, step)
+        model.train(was_training)
+        return record
+    generator = torch.Generator(device).manual_seed(cfg.seed)
     window = MetricsWindow()
-    with torch.no_grad(), autocast(device, cfg.train.precision):
+    with torch.no_grad(), autocast(device, cfg.precision):
         for batch in loader:
-            out = step_fn(model, batch.to(device), step, generator)
+            out = objective.step(model, batch.to(device), step, generator)
             window.add(out.sums, out.means)
     model.train(was_training)
-    record = window.reduce(device)
+    record = window.reduce(device, objective.summarize)
     record.pop("sample_size", None)
     return record
 
@@ -263,22 +283,24 @@ class StopSignals:
 
 def train(
     state: TrainState,
+    objective: Objective,
     *,
-    cfg: PretrainConfig,
-    step_fn: StepFn,
+    cfg: TrainConfig,
+    clip_norm: float,
     train_loader,
     valid_loader,
     device: torch.device,
     out_dir: Path,
     config_dict: dict,
     logger: RunLogger,
+    sample_rate: int = 16000,
 ) -> str:
     """Run updates until a stop condition; returns why it stopped.
 
     Reasons: "max_steps", "max_epochs", "signal" (checkpoint saved), "nonfinite" (too many skipped
     updates in a row; checkpoint saved; the caller reports failure).
     """
-    tc = cfg.train
+    tc = cfg
     throughput = Throughput()
     last_valid: dict | None = None
     audio_samples = 0.0
@@ -305,17 +327,18 @@ def train(
             return False
         validated_at = state.step
         last_valid = evaluate(
-            state.model, valid_loader, step_fn, cfg=cfg, device=device, step=state.step
+            state.model, valid_loader, objective, cfg=cfg, device=device, step=state.step
         )
-        best = last_valid["loss"] < state.best_valid_loss
-        state.best_valid_loss = min(state.best_valid_loss, last_valid["loss"])
+        value = last_valid[objective.best_metric]
+        best = value < state.best_valid_loss
+        state.best_valid_loss = min(state.best_valid_loss, value)
         logger.log(
             {
                 "split": "valid",
                 "epoch": state.epoch,
                 "num_updates": state.step,
                 **last_valid,
-                "best_loss": state.best_valid_loss,
+                f"best_{objective.best_metric}": state.best_valid_loss,
             }
         )
         return best
@@ -332,7 +355,13 @@ def train(
             audio_samples += sum(b.num_audio_samples for b in group)
             state.num_failed_files += sum(b.num_failed for b in group)
             result = run_update(
-                state, group, step_fn, cfg=cfg, device=device, stop_requested=signals.requested
+                state,
+                group,
+                objective,
+                cfg=cfg,
+                clip_norm=clip_norm,
+                device=device,
+                stop_requested=signals.requested,
             )
             if not result.finite:
                 logger.message(
@@ -348,7 +377,7 @@ def train(
                     )
                     return "nonfinite"
             elif state.step % tc.log_interval == 0:
-                record = state.window.reduce(device)
+                record = state.window.reduce(device, objective.summarize)
                 num_updates, state.window = state.window.num_updates, MetricsWindow()
                 record["sample_size"] /= max(
                     num_updates, 1
@@ -358,7 +387,7 @@ def train(
                     torch.tensor(counts, dtype=torch.float64, device=device)
                 ).tolist()
                 audio_samples = 0.0
-                rates = throughput.rates(num_updates, audio / cfg.data.sample_rate)
+                rates = throughput.rates(num_updates, audio / sample_rate)
                 # lr of the next update, as fairseq logs it; gnorm of the last update, before clipping.
                 record |= {"lr": state.schedule.lr_at(state.step), "gnorm": result.gnorm}
                 if state.scaler is not None:
@@ -400,6 +429,7 @@ def train(
 
 
 __all__ = [
+    "Objective",
     "StepFn",
     "StepOutput",
     "TrainState",

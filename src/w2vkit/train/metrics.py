@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,8 +43,10 @@ class MetricsWindow:
             self.means[key] = self.means.get(key, 0.0) + value
         self.num_micro_batches += 1
 
-    def reduce(self, device: torch.device) -> dict[str, float]:
-        """All-reduce over ranks in one call, then turn sums into fairseq's reported values."""
+    def reduce(
+        self, device: torch.device, summarize: Callable[[dict[str, float]], dict[str, float]]
+    ) -> dict[str, float]:
+        """All-reduce over ranks in one call, then `summarize` the sums (means are averaged)."""
         sum_keys, mean_keys = sorted(self.sums), sorted(self.means)
         values = [float(self.sums[k]) for k in sum_keys] + [float(self.means[k]) for k in mean_keys]
         totals = torch.tensor(
