@@ -15,6 +15,9 @@ from w2vkit.config import ConfigError
 COMMANDS = {
     "manifest": "scan an audio folder and write fairseq-format train.tsv / valid.tsv",
     "pretrain": "wav2vec 2.0 self-supervised pretraining (works under torchrun)",
+    "finetune": "CTC fine-tuning of a pretrained model on labelled audio (works under torchrun)",
+    "transcribe": "speech to text with a fine-tuned model: greedy or n-gram LM beam search",
+    "lm": "build a small n-gram language model (ARPA) from text, for transcribe --lm",
     "extract": "per-layer hidden states of a manifest's audio -> safetensors shards + index.tsv",
     "probe": "layer-wise linear probes: which layer of extracted features encodes a label",
     "convert": "convert checkpoints between fairseq, HF transformers and w2vkit",
