@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jiwer
-import torch
 from torch import Tensor
 
 from w2vkit.finetune.vocab import BLANK, WORD_SEPARATOR, Vocabulary
