@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from w2vkit.config import from_dict
 from w2vkit.finetune.model import FineTuned, Wav2Vec2ForCTC
 from w2vkit.finetune.vocab import Vocabulary
 from w2vkit.interop import hf
-from w2vkit.config import from_dict
 from w2vkit.model.config import ModelConfig, tiny
 
 transformers = pytest.importorskip("transformers")

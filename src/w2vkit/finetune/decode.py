@@ -29,17 +29,22 @@ def greedy_decode(logits: Tensor, lengths: Tensor | None = None) -> list[Hypothe
     best = logits.argmax(-1).cpu()  # (B, T)
     num_frames = best.shape[1]
     lengths_list = [num_frames] * best.shape[0] if lengths is None else lengths.tolist()
-    out = []
-    for row, length in zip(best.tolist(), lengths_list, strict=True):
-        tokens, frames = [], []
-        previous = None
-        for frame, token in enumerate(row[: int(length)]):
-            if token != previous and token != BLANK:
-                tokens.append(token)
-                frames.append(frame)
-            previous = token
-        out.append(Hypothesis(tokens, frames))
-    return out
+    return [
+        collapse(row[: int(length)])
+        for row, length in zip(best.tolist(), lengths_list, strict=True)
+    ]
+
+
+def collapse(path: list[int]) -> Hypothesis:
+    """A frame labelling -> its CTC output: repeats merged, then blanks removed."""
+    tokens, frames = [], []
+    previous = None
+    for frame, token in enumerate(path):
+        if token != previous and token != BLANK:
+            tokens.append(token)
+            frames.append(frame)
+        previous = token
+    return Hypothesis(tokens, frames)
 
 
 def word_times(
@@ -113,6 +118,7 @@ __all__ = [
     "ErrorCounts",
     "Hypothesis",
     "char_errors",
+    "collapse",
     "greedy_decode",
     "word_errors",
     "word_times",
