@@ -131,6 +131,7 @@ class BeamSearchDecoder:
                 decoder_options, trie, lm, separator, BLANK, unk, [], False
             )
         self._keep = (lm, tokens)  # the decoder holds raw pointers to these
+        self.lexicon_mode = lexicon is not None
 
     def decode(self, log_probs: torch.Tensor) -> Hypothesis:
         """Shape: log_probs (T, V) of one utterance (no padding) -> the best hypothesis."""
@@ -140,7 +141,12 @@ class BeamSearchDecoder:
         if not results:
             return Hypothesis([], [])
         path = list(results[0].tokens)[1 : num_frames + 1]  # a boundary token pads each end
-        return collapse(path)
+        hyp = collapse(path)
+        if self.lexicon_mode:  # letters after the last `|` spell no complete lexicon word yet
+            separator = self.vocab.separator
+            keep = max((i + 1 for i, t in enumerate(hyp.tokens) if t == separator), default=0)
+            hyp = Hypothesis(hyp.tokens[:keep], hyp.frames[:keep])
+        return hyp
 
 
 __all__ = ["BeamOptions", "BeamSearchDecoder", "lexicon_from_arpa", "read_lexicon"]
