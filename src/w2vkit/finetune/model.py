@@ -117,7 +117,7 @@ def read_encoder(source: str | os.PathLike) -> Pretrained:
     """A pretrained encoder from any format (the one place that names the interop reader)."""
     from w2vkit.interop import read_pretrained
 
-    return read_pretrained(source)
+    return read_pretrained(Path(source))
 
 
 def is_finetuned(payload: object) -> bool:

@@ -110,9 +110,11 @@ class KneserNeyModel:
         """Every seen n-gram with log10 p and, for contexts, log10 gamma (ARPA format)."""
         sections = []
         for n in range(1, self.order + 1):
-            grams = sorted(self.vocab) + [BOS] if n == 1 else sorted(self.adjusted[n])
+            grams = (
+                [(w,) for w in [*sorted(self.vocab), BOS]] if n == 1 else sorted(self.adjusted[n])
+            )
             lines = []
-            for gram in [(g,) for g in grams] if n == 1 else grams:
+            for gram in grams:
                 if gram[-1] == BOS:
                     logp = -99.0  # <s> is never predicted
                 else:

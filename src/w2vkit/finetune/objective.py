@@ -10,6 +10,7 @@ Logged `loss` is in bits per sample_size unit, `nll_loss` in bits per letter (fa
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,6 @@ from torch import Tensor, nn
 
 from w2vkit.finetune.config import FinetuneConfig
 from w2vkit.finetune.decode import ErrorCounts, char_errors, greedy_decode, word_errors
-from w2vkit.finetune.labels import LabelledBatch
 from w2vkit.finetune.vocab import BLANK, Vocabulary
 from w2vkit.train import dist
 from w2vkit.train.loop import Objective, StepOutput
@@ -55,7 +55,8 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 def make_objective(cfg: FinetuneConfig, vocab: Vocabulary) -> Objective:
     ctc = cfg.ctc
 
-    def step(model: nn.Module, batch: LabelledBatch, step: int, generator) -> StepOutput:
+    def step(model: nn.Module, batch: Any, step: int, generator) -> StepOutput:
+        """`batch`: a LabelledBatch on the device."""
         out = model(
             batch.wav,
             batch.padding_mask,
@@ -71,8 +72,8 @@ def make_objective(cfg: FinetuneConfig, vocab: Vocabulary) -> Objective:
         )
         ntokens = batch.target_lengths.sum()
         num_rows = batch.target_lengths.numel()
-        sample_size = num_rows if ctc.sentence_avg else ntokens
-        sums = {
+        sample_size: Tensor | int = num_rows if ctc.sentence_avg else ntokens
+        sums: dict[str, Tensor | float] = {
             "loss": loss.detach(),
             "ntokens": ntokens,
             "nsentences": num_rows,

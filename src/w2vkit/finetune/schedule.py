@@ -53,18 +53,23 @@ class TriStageSchedule:
         final_lr_scale: float,
     ) -> None:
         self.optimizer = optimizer
-        self.params = {
-            "lr": lr,
-            "total_steps": total_steps,
-            "phase_ratios": tuple(phase_ratios),
-            "init_lr_scale": init_lr_scale,
-            "final_lr_scale": final_lr_scale,
-        }
+        self.lr = lr
+        self.total_steps = total_steps
+        self.phase_ratios = phase_ratios
+        self.init_lr_scale = init_lr_scale
+        self.final_lr_scale = final_lr_scale
         self.step_count = 0
         self.set_step(0)
 
     def lr_at(self, step: int) -> float:
-        return tri_stage_lr(step, **self.params)
+        return tri_stage_lr(
+            step,
+            lr=self.lr,
+            total_steps=self.total_steps,
+            phase_ratios=self.phase_ratios,
+            init_lr_scale=self.init_lr_scale,
+            final_lr_scale=self.final_lr_scale,
+        )
 
     def set_step(self, step: int) -> float:
         """Call after each optimizer update with the number of completed updates."""

@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         for batch in _batches(paths, finetuned.normalize, args.batch_seconds):
             indices, wavs = zip(*batch, strict=True)
             hyps = _decode(model, list(wavs), device, decoder)
-            for index, hyp in zip(indices, hyps, strict=True):
-                results[index] = hyp
+            for index, decoded in zip(indices, hyps, strict=True):
+                results[index] = decoded
             bar.update(len(batch))
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
