@@ -112,24 +112,11 @@ def main() -> None:
         labelled_split(data, "test", 1.0, TEST_VOICES, seed=3)
         write_dict(data)
     if not (out / "pretrain" / "checkpoint_last.pt").is_file():
-        make_speech_corpus(
-            out / "unlabelled", minutes=args.pretrain_minutes, seed=0, voices=TRAIN_VOICES
-        )
-        assert (
-            cli.main(
-                [
-                    "manifest",
-                    str(out / "unlabelled"),
-                    "--dest",
-                    str(out / "manifest"),
-                    "--valid-percent",
-                    "0.05",
-                    "--workers",
-                    "1",
-                ]
-            )
-            == 0
-        )
+        if not (out / "manifest" / "train.tsv").is_file():
+            unlabelled = out / "unlabelled"
+            make_speech_corpus(unlabelled, minutes=args.pretrain_minutes, voices=TRAIN_VOICES)
+            manifest = ["manifest", str(unlabelled), "--dest", str(out / "manifest")]
+            assert cli.main([*manifest, "--valid-percent", "0.05", "--workers", "1"]) == 0
         pretrain = ["pretrain", str(ROOT / "configs/pretrain/tiny.yaml")]
         pretrain += [f"data.manifest_dir={out / 'manifest'}", f"train.out_dir={out / 'pretrain'}"]
         pretrain += [f"train.max_steps={args.pretrain_steps}", "train.log_interval=50"]
