@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--labelled-minutes", type=float, default=4.0)
     parser.add_argument("--pretrain-steps", type=int, default=600)
     parser.add_argument("--finetune-steps", type=int, default=400)
+    parser.add_argument("--finetune-batch-samples", type=int, default=160_000)
     args = parser.parse_args()
     out = args.out_dir
     data = out / "data"
@@ -136,7 +137,8 @@ def main() -> None:
     ):
         run_dir = out / f"finetune_{name.replace(' ', '_')}"
         cli.main(["finetune", "--init-from", str(init), "preset=cpu", f"data.manifest_dir={data}",
-                  f"train.out_dir={run_dir}", f"train.max_steps={args.finetune_steps}"])  # fmt: skip
+                  f"train.out_dir={run_dir}", f"train.max_steps={args.finetune_steps}",
+                  f"data.max_batch_samples={args.finetune_batch_samples}"])  # fmt: skip
         last = run_dir / "checkpoint_last.pt"
         rows.append((name, *score(out, last, None), *score(out, last, out / "words.arpa")))
     print("| init | CER greedy | WER greedy | CER + 3-gram LM | WER + 3-gram LM |")

@@ -303,6 +303,48 @@ def test_resume_mid_finetune_is_exact(corpus, tmp_path):
     assert "wer" in whole["metrics"]["valid"] and (tmp_path / "whole" / checkpoint.BEST).is_file()
 
 
+def test_further_finetuning_from_an_hf_ctc_export_keeps_the_output_layer(corpus, tmp_path, capsys):
+    assert _finetune(corpus, tmp_path / "first", "train.max_steps=2") == 0
+    assert (
+        cli.main(
+            [
+                "convert",
+                str(tmp_path / "first" / checkpoint.LAST),
+                str(tmp_path / "hf"),
+                "--to",
+                "hf",
+                "--hf-class",
+                "ctc",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    args = [
+        "finetune",
+        "--init-from",
+        str(tmp_path / "hf"),
+        "preset=cpu",
+        f"data.manifest_dir={corpus / 'data'}",
+    ]
+    args += [
+        f"train.out_dir={tmp_path / 'second'}",
+        "train.max_steps=1",
+        "data.max_batch_samples=40000",
+    ]
+    assert cli.main(args) == 0
+    assert "initialised from the fine-tuned model" in capsys.readouterr().out
+    first = checkpoint.load(tmp_path / "first" / checkpoint.LAST)["model"]
+    second = checkpoint.load(tmp_path / "second" / checkpoint.LAST)["model"]
+    # One Adam update (at the peak LR 2e-3 in a 1-update schedule) moves each weight by <= the LR:
+    # the head was carried over, not re-initialised.
+    assert float((first["lm_head.weight"] - second["lm_head.weight"]).abs().max()) <= 2e-3 + 1e-6
+    assert torch.equal(
+        first["wav2vec2.feature_extractor.layers.0.conv.weight"],
+        second["wav2vec2.feature_extractor.layers.0.conv.weight"],
+    )
+
+
 def test_finetune_errors_are_usage_errors(corpus, tmp_path, capsys):
     assert cli.main(["finetune", "preset=cpu", f"train.out_dir={tmp_path}"]) == 2
     assert "--init-from is required" in capsys.readouterr().err

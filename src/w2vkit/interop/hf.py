@@ -404,13 +404,16 @@ def load_hf_ctc(directory: str | Path) -> FineTuned:
     config_path = directory / "config.json"
     try:
         hf = json.loads(config_path.read_text())
-        tokens = json.loads((directory / "vocab.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{directory}: not an HF Wav2Vec2ForCTC directory ({err})") from err
+        raise CheckpointError(f"{config_path}: cannot read an HF config ({err})") from err
     if "Wav2Vec2ForCTC" not in (hf.get("architectures") or []):
         raise ConfigError(
             f"{config_path}: architectures={hf.get('architectures')}, not Wav2Vec2ForCTC"
         )
+    try:
+        tokens = json.loads((directory / "vocab.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{directory}: no readable vocab.json ({err})") from err
     cfg = config_from_hf(hf, source=str(config_path))
     weights = read_hf_weights(directory)
     head = {
