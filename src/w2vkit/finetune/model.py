@@ -131,8 +131,12 @@ def is_finetuned(payload: object) -> bool:
     )
 
 
-def read_finetuned(source: str | os.PathLike) -> FineTuned:
-    """A w2vkit fine-tuning checkpoint (`.pt`) or an HF `Wav2Vec2ForCTC` directory."""
+def read_finetuned(
+    source: str | os.PathLike, dict_path: str | os.PathLike | None = None
+) -> FineTuned:
+    """A w2vkit fine-tuning checkpoint (`.pt`), an HF `Wav2Vec2ForCTC` directory, or a fairseq
+    `wav2vec_ctc` checkpoint with its `dict.ltr.txt` (`dict_path`, default: beside the file)."""
+    from w2vkit.finetune import fairseq
     from w2vkit.interop import hf
     from w2vkit.interop.safe_load import load_torch_file
 
@@ -140,6 +144,14 @@ def read_finetuned(source: str | os.PathLike) -> FineTuned:
     if path.is_dir():
         return hf.load_hf_ctc(path)
     payload = load_torch_file(path)
+    if fairseq.is_fairseq_ctc(payload):
+        dict_path = Path(dict_path) if dict_path else path.with_name("dict.ltr.txt")
+        if not dict_path.is_file():
+            raise ConfigError(
+                f"{path} is a fairseq fine-tuned model, which does not store its dictionary: "
+                f"pass its dict.ltr.txt (--dict), {dict_path} does not exist"
+            )
+        return fairseq.from_fairseq_ctc(payload, Vocabulary.load(dict_path), source=str(path))
     if not is_finetuned(payload):
         raise ConfigError(
             f"{path}: not a fine-tuned CTC model (a w2vkit finetune checkpoint or an HF "

@@ -88,16 +88,18 @@ def resolve(items: list[str], init_from: str | None) -> tuple[FinetuneConfig, di
             return build_finetune_config(layers, init_model=model), resume, None
         if not cfg.train.init_from:
             raise ConfigError("--init-from is required: the pretrained model to fine-tune")
-        init = _read_source(cfg.train.init_from)
+        init = _read_source(
+            cfg.train.init_from, Path(cfg.data.manifest_dir) / f"dict.{cfg.data.labels}.txt"
+        )
         return build_finetune_config(layers, init_model=init.cfg), None, init
     except ConfigError as err:
         raise ConfigError(f"in {where}: {err}") from err
 
 
-def _read_source(source: str):
+def _read_source(source: str, dict_path: Path):
     """A fine-tuned CTC model if `source` is one, else a pretrained encoder."""
     try:
-        return read_finetuned(source)
+        return read_finetuned(source, dict_path)
     except ConfigError:
         return read_encoder(source)
 

@@ -1,6 +1,7 @@
 """`w2vkit transcribe MODEL AUDIO... | --manifest M.tsv`: speech to text with a fine-tuned model.
 
-MODEL is a w2vkit fine-tuning checkpoint or an HF `Wav2Vec2ForCTC` directory. Utterances are
+MODEL is a w2vkit fine-tuning checkpoint, an HF `Wav2Vec2ForCTC` directory or a fairseq fine-tuned
+checkpoint (with `--dict`). Utterances are
 sorted by length and batched (`--batch-seconds` of padded audio per batch), on the GPU when there
 is one; output keeps the input order. Greedy CTC decoding by default; `--lm` adds beam search with
 an n-gram model (w2vkit.finetune.beam: lexicon mode with a word LM, `--lexicon-free` with a letter
@@ -32,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="w2vkit finetune checkpoint or HF Wav2Vec2ForCTC directory")
     parser.add_argument("audio", nargs="*", type=Path, help="audio files to transcribe")
     parser.add_argument("--manifest", type=Path, help="transcribe every row of a .tsv manifest")
+    parser.add_argument(
+        "--dict", type=Path, help="dict.ltr.txt of a fairseq fine-tuned model (default: beside it)"
+    )
     parser.add_argument("--format", choices=["text", "jsonl", "tsv"], default="text")
     parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     parser.add_argument("--batch-seconds", type=float, default=200.0, help="padded audio per batch")
@@ -54,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        finetuned = read_finetuned(args.model)
+        finetuned = read_finetuned(args.model, args.dict)
     except (CheckpointError, OSError) as err:
         raise ConfigError(f"cannot read {args.model}: {err}") from err
     paths, names = _inputs(args)
