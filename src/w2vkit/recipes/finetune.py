@@ -19,10 +19,11 @@ import yaml
 from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.finetune.config import FinetuneConfig, build_finetune_config
 from w2vkit.finetune.labels import LabelledDataset, build_labelled_loader
-from w2vkit.finetune.model import Wav2Vec2ForCTC, read_encoder, read_finetuned
+from w2vkit.finetune.model import FineTuned, Wav2Vec2ForCTC, read_encoder, read_finetuned
 from w2vkit.finetune.objective import make_objective
 from w2vkit.finetune.schedule import TriStageSchedule
 from w2vkit.finetune.vocab import Vocabulary
+from w2vkit.interop.native import Pretrained
 from w2vkit.model.config import ModelConfig
 from w2vkit.recipes import pretrain
 from w2vkit.train import checkpoint, dist
@@ -69,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         dist.shutdown()
 
 
-def resolve(items: list[str], init_from: str | None) -> tuple[FinetuneConfig, dict | None, object]:
+def resolve(
+    items: list[str], init_from: str | None
+) -> tuple[FinetuneConfig, dict | None, FineTuned | Pretrained | None]:
     """The config, the checkpoint to resume (or None) and the initial model record."""
     files = [item for item in items if "=" not in item]
     overrides = [item for item in items if "=" in item]
@@ -96,7 +99,7 @@ def resolve(items: list[str], init_from: str | None) -> tuple[FinetuneConfig, di
         raise ConfigError(f"in {where}: {err}") from err
 
 
-def _read_source(source: str, dict_path: Path):
+def _read_source(source: str, dict_path: Path) -> FineTuned | Pretrained:
     """A fine-tuned CTC model if `source` is one, else a pretrained encoder."""
     try:
         return read_finetuned(source, dict_path)
@@ -104,7 +107,12 @@ def _read_source(source: str, dict_path: Path):
         return read_encoder(source)
 
 
-def _finetune(cfg: FinetuneConfig, device: torch.device, resume: dict | None, init) -> int:
+def _finetune(
+    cfg: FinetuneConfig,
+    device: torch.device,
+    resume: dict | None,
+    init: FineTuned | Pretrained | None,
+) -> int:
     out_dir = Path(cfg.train.out_dir)
     data = cfg.data
     if not data.manifest_dir:
@@ -146,7 +154,7 @@ def _finetune(cfg: FinetuneConfig, device: torch.device, resume: dict | None, in
     torch.manual_seed(cfg.train.seed)  # the same initial output layer on every rank
     model = Wav2Vec2ForCTC(cfg.model, len(vocab), final_dropout_prob=cfg.ctc.final_dropout_prob)
     notes = []
-    if resume is None:
+    if init is not None:  # None when resuming: the checkpoint has the weights
         notes.append(_initialise(model, init, vocab, cfg.train.init_from))
     model.to(device)
     unused = cfg.ctc.freeze_encoder_steps > 0 or cfg.model.transformer.layerdrop_prob > 0
@@ -211,9 +219,11 @@ def _finetune(cfg: FinetuneConfig, device: torch.device, resume: dict | None, in
     return 1 if reason == "nonfinite" else 0
 
 
-def _initialise(model: Wav2Vec2ForCTC, init, vocab: Vocabulary, source: str) -> str:
+def _initialise(
+    model: Wav2Vec2ForCTC, init: FineTuned | Pretrained, vocab: Vocabulary, source: str
+) -> str:
     """Encoder weights from `init`; its output layer too when it is a CTC model with `vocab`."""
-    if hasattr(init, "vocab"):  # a fine-tuned model
+    if isinstance(init, FineTuned):
         encoder = {
             k.removeprefix("wav2vec2."): v
             for k, v in init.state_dict.items()
