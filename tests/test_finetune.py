@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from test_finetune_data import make_letter_corpus
 
 from w2vkit import cli
@@ -343,6 +344,20 @@ def test_further_finetuning_from_an_hf_ctc_export_keeps_the_output_layer(corpus,
         first["wav2vec2.feature_extractor.layers.0.conv.weight"],
         second["wav2vec2.feature_extractor.layers.0.conv.weight"],
     )
+
+
+def test_print_config_shows_the_source_model_under_the_preset(corpus, capsys):
+    args = ["finetune", "--init-from", str(corpus / "init.pt"), "preset=base_1h", "--print-config"]
+    assert cli.main([*args, "model.masking.channel_span_channels=8"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["transformer"]["model_dim"] == tiny().transformer.model_dim
+    assert printed["model"]["masking"]["channel_prob"] == 0.25  # base_1h
+    assert printed["model"]["masking"]["channel_span_channels"] == 8  # the command line
+    assert printed["train"]["max_steps"] == 13000 and printed["optim"]["phase_ratios"] == [
+        0.1,
+        0.4,
+        0.5,
+    ]
 
 
 def test_finetune_errors_are_usage_errors(corpus, tmp_path, capsys):
