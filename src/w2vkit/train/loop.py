@@ -18,9 +18,10 @@ import contextlib
 import math
 import signal
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -39,14 +40,23 @@ class StepOutput:
     """Summed (not averaged) objective to backpropagate."""
     sample_size: Tensor | int
     """What `loss` is a sum over (masked frames); the update divides by its global sum."""
-    sums: dict[str, Tensor | float]
+    sums: Mapping[str, Tensor | float]
     """Logged values summed over micro-batches and ranks."""
-    means: dict[str, Tensor | float] = field(default_factory=dict)
+    means: Mapping[str, Tensor | float] = field(default_factory=dict)
     """Logged values averaged over micro-batches and ranks."""
 
 
 StepFn = Callable[[nn.Module, object, int, torch.Generator], StepOutput]
 """(model, batch on the device, completed updates, generator) -> StepOutput."""
+
+
+class Schedule(Protocol):
+    """Sets the optimizer's LR from the number of completed updates (polynomial, tri-stage)."""
+
+    def set_step(self, step: int) -> float: ...
+    def lr_at(self, step: int) -> float: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -69,8 +79,7 @@ class TrainState:
     model: nn.Module
     """DDP-wrapped under torchrun."""
     optimizer: torch.optim.Optimizer
-    schedule: object
-    """`set_step(step)`, `lr_at(step)`, `state_dict()`, `load_state_dict()`."""
+    schedule: Schedule
     scaler: torch.amp.GradScaler | None
     generator: torch.Generator
     """Masks, negatives, Gumbel noise and LayerDrop draw from it (on the model's device)."""
@@ -166,7 +175,7 @@ def run_update(
     reseed(state.generator, cfg.seed, dist.rank(), state.step)
     optimizer.zero_grad(set_to_none=True)
     is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    sample_size, loss_sum, logs = 0, 0.0, []
+    sample_size, loss_sum, logs = 0.0, 0.0, []
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         # Accumulate locally; DDP all-reduces the gradients once, in the last backward.

@@ -13,8 +13,9 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +37,8 @@ class MetricsWindow:
         self.num_micro_batches = 0
         self.num_updates = 0
 
-    def add(self, sums: dict[str, float], means: dict[str, float]) -> None:
+    def add(self, sums: Mapping[str, Any], means: Mapping[str, Any]) -> None:
+        """Values are floats or 0-d tensors (kept on their device until `reduce`)."""
         for key, value in sums.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
         for key, value in means.items():
