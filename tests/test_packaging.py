@@ -15,31 +15,33 @@ import pytest
 from w2vkit import __version__ as w2vkit_version
 from w2vkit.cli import main as cli_main
 from w2vkit.config import ConfigError
-from w2vkit.configs import PRETRAIN_DIR, find_pretrain_config, pretrain_config_names
+from w2vkit.configs import FINETUNE_DIR, PRETRAIN_DIR, config_names, find_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_configs_live_in_the_package_and_the_checkout_path_still_works():
     assert PRETRAIN_DIR == ROOT / "src" / "w2vkit" / "configs" / "pretrain"
-    assert {"tiny", "base_ls960", "large_lv60k"} <= set(pretrain_config_names())
-    assert find_pretrain_config("tiny") == PRETRAIN_DIR / "tiny.yaml"
+    assert {"tiny", "base_ls960", "large_lv60k"} <= set(config_names())
+    assert find_config("tiny") == PRETRAIN_DIR / "tiny.yaml"
+    assert find_config("cpu", "finetune") == FINETUNE_DIR / "cpu.yaml"
     checkout_path = ROOT / "configs" / "pretrain" / "tiny.yaml"  # the path the docs show
-    assert (
-        find_pretrain_config(checkout_path).read_bytes()
-        == (PRETRAIN_DIR / "tiny.yaml").read_bytes()
-    )
+    assert find_config(checkout_path).read_bytes() == (PRETRAIN_DIR / "tiny.yaml").read_bytes()
 
 
 def test_unknown_names_and_missing_files_list_the_shipped_configs(tmp_path):
-    known = ", ".join(pretrain_config_names())
+    known = ", ".join(config_names())
     with pytest.raises(ConfigError) as err:
-        find_pretrain_config("tinyy")
-    assert str(err.value) == f"unknown config name 'tinyy': give a YAML file or one of {known}"
+        find_config("tinyy")
+    assert (
+        str(err.value)
+        == f"unknown pretrain config name 'tinyy': give a YAML file or one of {known}"
+    )
     with pytest.raises(
-        ConfigError, match=f"config file {tmp_path}/x.yaml does not exist .*{known}"
+        ConfigError,
+        match=f"config file {tmp_path}/x.yaml does not exist \\(shipped pretrain configs.*{known}",
     ):
-        find_pretrain_config(tmp_path / "x.yaml")
+        find_config(tmp_path / "x.yaml")
 
 
 def test_pretrain_takes_a_name_or_a_path(capsys):

@@ -24,6 +24,9 @@ from w2vkit.config import UsageError
 COMMANDS = {
     "manifest": "scan an audio folder and write fairseq-format train.tsv / valid.tsv",
     "pretrain": "wav2vec 2.0 self-supervised pretraining (works under torchrun)",
+    "finetune": "CTC fine-tuning of a pretrained model on labelled audio (works under torchrun)",
+    "transcribe": "speech to text with a fine-tuned model: greedy or n-gram LM beam search",
+    "lm": "build a small n-gram language model (ARPA) from text, for transcribe --lm",
     "extract": "per-layer hidden states of a manifest's audio -> safetensors shards + index.tsv",
     "labels": "frame phone labels, pitch tokens, and fairseq letter labels for a manifest",
     "probe": "layer-wise linear probes: which layer of extracted features encodes a label",
@@ -50,6 +53,21 @@ EXAMPLES = {
         "w2vkit pretrain configs/pretrain/base_ls960.yaml --init-from wav2vec_small.pt "
         "data.manifest_dir=data/manifest train.out_dir=runs/continued",
         "w2vkit pretrain configs/pretrain/tiny.yaml train.max_steps=50 --print-config",
+    ],
+    "finetune": [
+        "w2vkit finetune cpu --init-from runs/tiny/checkpoint_best.pt data.manifest_dir=data/labelled",
+        "torchrun --nproc_per_node 2 -m w2vkit finetune base_10h --init-from wav2vec_small.pt "
+        "data.manifest_dir=data/ls10h train.out_dir=runs/ft10h",
+    ],
+    "transcribe": [
+        "w2vkit transcribe runs/finetune/checkpoint_best.pt speech.wav",
+        "w2vkit transcribe runs/finetune/checkpoint_best.pt --manifest data/test.tsv --format tsv "
+        "-o hyp.tsv",
+        "w2vkit transcribe runs/finetune/checkpoint_best.pt speech.wav --lm lm.arpa --lm-weight 1.5",
+    ],
+    "lm": [
+        "w2vkit lm build data/labelled/train.wrd --order 3 -o lm.arpa",
+        "w2vkit lm build data/labelled/train.wrd --order 5 --letters -o letters.arpa",
     ],
     "extract": [
         "w2vkit extract runs/tiny/checkpoint_best.pt data/manifest/valid.tsv --out feats",
@@ -88,6 +106,9 @@ EXAMPLES = {
 
 # Printed under a command's examples.
 HELP_NOTES = {
+    "finetune": "defaults: `w2vkit finetune cpu --print-config` prints every config key with its "
+    "default value; docs/finetune.md explains each",
+    "lm": "defaults: `w2vkit lm build --help` lists the builder's options and their defaults",
     "pretrain": "defaults: `w2vkit pretrain --print-config` prints every config key with its "
     "default value; docs/training.md explains each",
 }

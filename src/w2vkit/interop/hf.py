@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from w2vkit.config import ConfigError, flatten, from_dict, nest, to_dict
+from w2vkit.finetune.vocab import BLANK, WORD_SEPARATOR, Vocabulary
 from w2vkit.interop.keymap import KeyMap
 from w2vkit.interop.native import (
     PRETRAINING_HEADS,
@@ -32,6 +33,9 @@ from w2vkit.interop.native import (
 )
 from w2vkit.interop.safe_load import CheckpointError, load_torch_file
 from w2vkit.model.config import ModelConfig
+
+if TYPE_CHECKING:  # finetune.model imports interop: a runtime import here would be circular
+    from w2vkit.finetune.model import FineTuned
 
 # w2vkit dotted field -> HF Wav2Vec2Config field, values copied as they are.
 FIELDS: dict[str, str] = {
@@ -159,7 +163,7 @@ def hf_config_from_w2vkit(
     flat = flatten(to_dict(cfg))
     # A bare encoder's outputs depend on none of these; its directory still carries them in
     # w2vkit_extras, so the round trip stays exact.
-    with_heads = architecture != "Wav2Vec2Model"
+    with_heads = architecture == "Wav2Vec2ForPreTraining"
     for dotted, value in HF_CANNOT.items():
         if with_heads and flat[dotted] != value:
             raise ConfigError(
@@ -411,17 +415,129 @@ def save_hf(pretrained: Pretrained, directory: str | Path, *, heads: bool = True
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    _write_preprocessor(directory, cfg, pretrained.normalize)
+
+
+def _write_preprocessor(directory: Path, cfg: ModelConfig, normalize: bool | None) -> None:
     # HF convention: layer-norm extractors (LV-60) take attention masks and normalised input; group
     # norm ones must not be given padding masks. An explicit `normalize` from training wins.
     layer_norm = cfg.feature_extractor.norm_mode == "layer_norm"
-    normalize = pretrained.normalize if pretrained.normalize is not None else layer_norm
     preprocessor = {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
         "sampling_rate": 16000,
         "padding_value": 0.0,
         "padding_side": "right",
-        "do_normalize": normalize,
+        "do_normalize": normalize if normalize is not None else layer_norm,
         "return_attention_mask": layer_norm,
     }
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+
+
+# --- Wav2Vec2ForCTC: fine-tuned models with their tokenizer ---------------------------------------
+# w2vkit keeps fairseq's index layout (0 blank, 1 <pad>, 2 </s>, 3 <unk>, then the letters). HF's
+# conversion of fairseq models keeps the rows and names index 0 "<pad>" (HF's CTC blank is its pad
+# token) and index 1 "<s>"; exported vocab.json files use these names.
+HF_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+_FILLER_BIAS = -1e4  # a special the HF model lacks gets a row no frame ever picks
+
+
+def save_hf_ctc(finetuned: FineTuned, directory: str | Path) -> None:
+    """Write a `Wav2Vec2ForCTC` + `Wav2Vec2Processor` directory (weights, config, tokenizer)."""
+    cfg, vocab = finetuned.cfg, finetuned.vocab
+    hf = hf_config_from_w2vkit(cfg, architecture="Wav2Vec2ForCTC")
+    hf |= {
+        "vocab_size": len(vocab),
+        "pad_token_id": BLANK,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "final_dropout": finetuned.final_dropout_prob,
+        "ctc_loss_reduction": "sum",
+        "ctc_zero_infinity": True,
+    }
+    state = finetuned.state_dict
+    encoder = {
+        k.removeprefix("wav2vec2."): v for k, v in state.items() if k.startswith("wav2vec2.")
+    }
+    out = {f"wav2vec2.{k}": v for k, v in to_hf_state(cfg, encoder, heads=False).items()}
+    out |= {
+        k: state[k].detach().cpu().contiguous().clone() for k in ("lm_head.weight", "lm_head.bias")
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    save_file(out, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    _write_preprocessor(directory, cfg, finetuned.normalize)
+    names = list(HF_SPECIALS) + vocab.symbols[len(HF_SPECIALS) :]
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    files = {
+        "vocab.json": {name: i for i, name in enumerate(names)},
+        "special_tokens_map.json": specials,
+        "tokenizer_config.json": specials
+        | {
+            "tokenizer_class": "Wav2Vec2CTCTokenizer",
+            "word_delimiter_token": WORD_SEPARATOR,
+            "do_lower_case": False,
+            "processor_class": "Wav2Vec2Processor",
+        },
+    }
+    for name, content in files.items():
+        (directory / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+
+
+def load_hf_ctc(directory: str | Path) -> FineTuned:
+    """An HF `Wav2Vec2ForCTC` directory -> w2vkit's fine-tuned model, rows in w2vkit's layout."""
+    from w2vkit.finetune.model import FineTuned
+
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    try:
+        hf = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{config_path}: cannot read an HF config ({err})") from err
+    if "Wav2Vec2ForCTC" not in (hf.get("architectures") or []):
+        raise ConfigError(
+            f"{config_path}: architectures={hf.get('architectures')}, not Wav2Vec2ForCTC"
+        )
+    try:
+        tokens = json.loads((directory / "vocab.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{directory}: no readable vocab.json ({err})") from err
+    cfg = config_from_hf(hf, source=str(config_path))
+    weights = read_hf_weights(directory)
+    head = {
+        k.removeprefix("lm_head."): weights.pop(k)
+        for k in list(weights)
+        if k.startswith("lm_head.")
+    }
+    encoder = from_hf_state(cfg, weights, source=str(directory))
+    tokenizer = directory / "tokenizer_config.json"
+    named = json.loads(tokenizer.read_text()) if tokenizer.is_file() else {}
+    by_index = {int(i): t for t, i in tokens.items()}
+    pad_id = int(hf.get("pad_token_id", tokens.get(named.get("pad_token", "<pad>"), 0)))
+    # w2vkit rows 0-3: blank (HF pad), <pad> (HF bos), </s>, <unk>; then the other tokens in order.
+    special_ids = [pad_id] + [
+        tokens.get(named.get(key, default))
+        for key, default in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))
+    ]
+    rest = [i for i in sorted(by_index) if i not in special_ids]
+    weight, bias = head["weight"], head["bias"]
+    rows = [
+        (weight[i], bias[i])
+        if i is not None
+        else (torch.zeros_like(weight[0]), torch.tensor(_FILLER_BIAS))
+        for i in special_ids + rest
+    ]
+    symbols = [by_index[i] for i in rest]
+    state = {f"wav2vec2.{k}": v for k, v in encoder.items()}
+    state["lm_head.weight"] = torch.stack([w for w, _ in rows])
+    state["lm_head.bias"] = torch.stack([b.to(bias.dtype) for _, b in rows])
+    pre = directory / "preprocessor_config.json"
+    normalize = json.loads(pre.read_text()).get("do_normalize") if pre.is_file() else False
+    return FineTuned(
+        cfg=cfg,
+        vocab=Vocabulary(symbols),
+        state_dict=state,
+        normalize=bool(normalize),
+        final_dropout_prob=float(hf.get("final_dropout", 0.0)),
+    )

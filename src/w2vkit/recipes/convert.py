@@ -26,10 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", required=True, choices=["w2vkit", "hf"], help="output format")
     parser.add_argument(
         "--hf-class",
-        choices=["pretraining", "model"],
+        choices=["pretraining", "model", "ctc"],
         default="pretraining",
         help="--to hf: Wav2Vec2ForPreTraining with quantizer and projection heads "
-        "(default) or a bare Wav2Vec2Model",
+        "(default), a bare Wav2Vec2Model, or Wav2Vec2ForCTC with its processor files "
+        "(SRC: a w2vkit finetune checkpoint)",
     )
     parser.add_argument(
         "--normalize",
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dst.exists() and not args.force:
         print(f"w2vkit convert: {args.dst} exists; pass --force to overwrite", file=sys.stderr)
         return 2
+    if args.to == "hf" and args.hf_class == "ctc":
+        return _convert_ctc(args)
     try:
         pretrained = read_pretrained(args.src)
     except CheckpointError as err:
@@ -58,4 +61,22 @@ def run(args: argparse.Namespace) -> int:
         save_w2vkit(pretrained, args.dst)
     num_params = sum(v.numel() for v in pretrained.state_dict.values())
     print(f"w2vkit convert: {args.src} -> {args.dst} ({args.to}, {num_params:,} parameters)")
+    return 0
+
+
+def _convert_ctc(args: argparse.Namespace) -> int:
+    from w2vkit.config import ConfigError
+    from w2vkit.finetune.model import read_finetuned
+
+    try:
+        finetuned = read_finetuned(args.src)
+    except (CheckpointError, ConfigError) as err:
+        print(f"w2vkit convert: {err}", file=sys.stderr)
+        return 2
+    if args.normalize is not None:
+        finetuned.normalize = args.normalize
+    hf.save_hf_ctc(finetuned, args.dst)
+    print(
+        f"w2vkit convert: {args.src} -> {args.dst} (HF Wav2Vec2ForCTC, {len(finetuned.vocab)} symbols)"
+    )
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from w2vkit.config import ConfigError, check, deep_merge, from_dict, load_yaml, parse_overrides
-from w2vkit.configs import find_pretrain_config
+from w2vkit.configs import Kind, find_config
 from w2vkit.model.config import PRESETS, ModelConfig, preset
 
 
@@ -271,10 +271,12 @@ def build_config(layers: list[dict], *, init_model: ModelConfig | None = None) -
     return from_dict(PretrainConfig, merged, base=PretrainConfig(model=model))
 
 
-def load_layers(config_path: str | Path | None, overrides: list[str]) -> list[dict]:
-    """The raw layers of a run: the YAML file or shipped config name (if any), then the
+def load_layers(
+    config_path: str | Path | None, overrides: list[str], kind: Kind = "pretrain"
+) -> list[dict]:
+    """The raw layers of a run: the YAML file or shipped `kind` config name (if any), then the
     `a.b=value` overrides."""
-    layers = [load_yaml(find_pretrain_config(config_path))] if config_path else []
+    layers = [load_yaml(find_config(config_path, kind))] if config_path else []
     if overrides:
         layers.append(parse_overrides(overrides))
     return layers

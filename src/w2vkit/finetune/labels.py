@@ -1,0 +1,193 @@
+"""Labelled audio for CTC: a manifest, its `.ltr` targets, batches with padded targets.
+
+fairseq's layout: `train.tsv` (the manifest), `train.ltr` (one line of letters per manifest row,
+same order), `train.wrd` (the words; not read for training) and `dict.ltr.txt` in the same folder.
+
+As fairseq's `audio_finetuning` task, fine-tuning sees whole utterances: no random crop; a batch
+pads to its longest utterance and carries a padding mask. Utterances longer than the batch budget
+are skipped (fairseq `skip_invalid_size_inputs_valid_test`), never cropped: cropping would cut the
+audio away from its transcript.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from w2vkit.config import ConfigError
+from w2vkit.data.collate import Batch
+from w2vkit.data.dataset import AudioDataset
+from w2vkit.data.loader import build_dataloader
+from w2vkit.data.manifest import read_manifest
+from w2vkit.data.sampler import BucketBatchSampler
+from w2vkit.finetune.vocab import PAD, Vocabulary
+
+
+@dataclass
+class LabelledBatch:
+    """A `Batch` of audio plus its CTC targets (satisfies the training loop's `LoopBatch`)."""
+
+    wav: torch.Tensor  # (B, S) float32
+    padding_mask: torch.Tensor | None  # (B, S) True = padded
+    indices: torch.Tensor  # (B,) dataset indices
+    targets: torch.Tensor  # (B, L) long, padded with PAD
+    target_lengths: torch.Tensor  # (B,) long
+    num_failed: int = 0
+    epoch: int = -1
+    position: int = -1
+
+    @property
+    def num_audio_samples(self) -> int:
+        if self.padding_mask is None:
+            return self.wav.numel()
+        return int(self.wav.numel() - self.padding_mask.sum())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> LabelledBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return replace(
+            self,
+            wav=self.wav.to(device, non_blocking=non_blocking),
+            padding_mask=move(self.padding_mask),
+            indices=self.indices.to(device, non_blocking=non_blocking),
+            targets=self.targets.to(device, non_blocking=non_blocking),
+            target_lengths=self.target_lengths.to(device, non_blocking=non_blocking),
+        )
+
+
+def read_labels(path: str | os.PathLike, *, manifest_path: str | os.PathLike) -> list[str]:
+    """Lines of a `.ltr`/`.wrd` file; their number must equal the manifest's rows."""
+    path, manifest_path = Path(path), Path(manifest_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no label file beside {manifest_path} (write it with w2vkit labels)"
+        )
+    lines = path.read_text(encoding="utf-8").splitlines()
+    num_rows = len(read_manifest(manifest_path))
+    if len(lines) != num_rows:
+        raise ConfigError(
+            f"{path} has {len(lines)} lines but {manifest_path} has {num_rows} audio rows: "
+            "one transcript line per audio file, in the same order"
+        )
+    return lines
+
+
+class LabelledDataset:
+    """An `AudioDataset` (whole utterances, padded) and the encoded `.ltr` line of every item."""
+
+    def __init__(
+        self,
+        manifest_path: str | os.PathLike,
+        vocab: Vocabulary,
+        *,
+        labels: str = "ltr",
+        sample_rate: int = 16000,
+        min_samples: int = 0,
+        normalize: bool = False,
+    ) -> None:
+        manifest_path = Path(manifest_path)
+        label_path = manifest_path.with_suffix(f".{labels}")
+        lines = read_labels(label_path, manifest_path=manifest_path)
+        self.audio = AudioDataset(
+            manifest_path,
+            sample_rate=sample_rate,
+            min_samples=min_samples,
+            pad=True,
+            normalize=normalize,
+            random_crop=False,
+        )
+        # Item i of the audio dataset is manifest row manifest_rows[i] (short rows are dropped).
+        self.targets = [
+            torch.tensor(vocab.encode(lines[row]), dtype=torch.long)
+            for row in self.audio.manifest_rows
+        ]
+        self.vocab = vocab
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    def attach(self, batch: Batch) -> LabelledBatch:
+        """Add the targets of `batch.indices` to an audio batch."""
+        rows = [self.targets[int(i)] for i in batch.indices]
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        if max(lengths.tolist(), default=0) == 0:
+            targets = torch.full((len(rows), 0), PAD, dtype=torch.long)
+        else:
+            targets = pad_sequence(rows, batch_first=True, padding_value=PAD)  # (B, L)
+        return LabelledBatch(
+            wav=batch.wav,
+            padding_mask=batch.padding_mask,
+            indices=batch.indices,
+            targets=targets,
+            target_lengths=lengths,
+            num_failed=batch.num_failed,
+            epoch=batch.epoch,
+            position=batch.position,
+        )
+
+
+class LabelledLoader:
+    """Iterates the audio DataLoader and attaches each batch's targets (in this process: cheap)."""
+
+    def __init__(self, dataset: LabelledDataset, loader) -> None:
+        self.dataset = dataset
+        self.loader = loader
+        self.sampler = loader.sampler
+
+    def __iter__(self) -> Iterator[LabelledBatch]:
+        for batch in self.loader:
+            yield self.dataset.attach(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def build_labelled_loader(
+    dataset: LabelledDataset,
+    *,
+    max_batch_samples: int,
+    max_batch_size: int | None,
+    required_batch_size_multiple: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> LabelledLoader:
+    """Length-bucketed batches of whole utterances; longer than `max_batch_samples`: skipped."""
+    sampler = BucketBatchSampler(
+        dataset.audio.sizes,
+        max_batch_samples=max_batch_samples,
+        max_batch_size=max_batch_size,
+        required_batch_size_multiple=required_batch_size_multiple,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle=shuffle,
+        skip_oversize=True,
+    )
+    loader = build_dataloader(
+        dataset.audio,
+        sampler,
+        seed=seed,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+    return LabelledLoader(dataset, loader)
+
+
+__all__ = [
+    "LabelledBatch",
+    "LabelledDataset",
+    "LabelledLoader",
+    "build_labelled_loader",
+    "read_labels",
+]

@@ -1,0 +1,89 @@
+"""fairseq's `tri_stage` learning-rate schedule: linear warmup, hold, exponential decay, floor.
+
+With `total_steps` updates and phase ratios (w, h, d), fairseq takes int(total * w) warmup,
+int(total * h) hold and int(total * d) decay updates. After `step` completed updates the LR is
+- warmup (step < W):          init + (peak - init) * step / W, init = init_lr_scale * peak
+- hold (step < W + H):        peak
+- decay (step <= W + H + D):  peak * exp(ln(final_lr_scale) * (step - W - H) / D)
+- after:                      final_lr_scale * peak
+(`fairseq/optim/lr_scheduler/tri_stage_lr_scheduler.py`; its first update runs at the initial LR.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def tri_stage_lr(
+    step: int,
+    *,
+    lr: float,
+    total_steps: int,
+    phase_ratios: tuple[float, float, float],
+    init_lr_scale: float,
+    final_lr_scale: float,
+) -> float:
+    """Learning rate of the update made after `step` completed updates (see the module docstring)."""
+    warmup, hold, decay = (int(total_steps * r) for r in phase_ratios)
+    if step < warmup:
+        init = init_lr_scale * lr
+        return init + (lr - init) * step / warmup
+    if step < warmup + hold:
+        return lr
+    if step <= warmup + hold + decay:
+        if decay == 0:
+            return lr
+        return lr * math.exp(math.log(final_lr_scale) * (step - warmup - hold) / decay)
+    return final_lr_scale * lr
+
+
+class TriStageSchedule:
+    """Sets the optimizer's LR from the number of completed updates; its state is that number."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        lr: float,
+        total_steps: int,
+        phase_ratios: tuple[float, float, float],
+        init_lr_scale: float,
+        final_lr_scale: float,
+    ) -> None:
+        self.optimizer = optimizer
+        self.lr = lr
+        self.total_steps = total_steps
+        self.phase_ratios = phase_ratios
+        self.init_lr_scale = init_lr_scale
+        self.final_lr_scale = final_lr_scale
+        self.step_count = 0
+        self.set_step(0)
+
+    def lr_at(self, step: int) -> float:
+        return tri_stage_lr(
+            step,
+            lr=self.lr,
+            total_steps=self.total_steps,
+            phase_ratios=self.phase_ratios,
+            init_lr_scale=self.init_lr_scale,
+            final_lr_scale=self.final_lr_scale,
+        )
+
+    def set_step(self, step: int) -> float:
+        """Call after each optimizer update with the number of completed updates."""
+        self.step_count = step
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "lr": self.lr_at(self.step_count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_step(int(state["step"]))
+
+
+__all__ = ["TriStageSchedule", "tri_stage_lr"]
