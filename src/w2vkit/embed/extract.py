@@ -23,7 +23,9 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,8 +191,9 @@ def extract_manifest(
     run = _ManifestRun(model, dataset, out_dir, layers, pool, storage_dtype, shard_bytes, progress)
     run.summary.skipped.extend(skipped)  # the caller's rejections come first in skipped.tsv
     pending: list[_Item] = []
-    for index in np.argsort(-dataset.num_samples, kind="stable").tolist():
-        item = run.load(index, max_samples)
+    longest_first = np.argsort(-dataset.num_samples, kind="stable").tolist()
+    for index, wav in _decoded(dataset, longest_first, lookahead=2 * batch_size + 2):
+        item = run.item(index, wav, max_samples)
         if item is None:
             continue
         pending.append(item)
@@ -237,6 +240,23 @@ class _Item:
     """`plan_chunks` windows."""
 
 
+def _decoded(
+    dataset: AudioDataset, order: list[int], lookahead: int
+) -> Iterator[tuple[int, Tensor | None]]:
+    """`(index, dataset.load(index))` in `order`, decoded up to `lookahead` items ahead in a
+    background thread: libsndfile releases the GIL, so decoding overlaps the forward passes
+    (on a GPU, decoding in the loop would otherwise take a large share of the time)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2vkit-decode") as pool:
+        queue: deque[tuple[int, Future[Tensor | None]]] = deque()
+        for index in order:
+            queue.append((index, pool.submit(dataset.load, index)))
+            if len(queue) > lookahead:
+                first, future = queue.popleft()
+                yield first, future.result()
+        for first, future in queue:
+            yield first, future.result()
+
+
 def _group_is_full(items: list[_Item], limits: BatchLimits) -> bool:
     """Enough windows decoded to fill a batch: run them (memory stays at about one batch)."""
     if sum(len(item.chunks) for item in items) >= limits.max_items:
@@ -274,10 +294,10 @@ class _ManifestRun:
             file=sys.stderr,
         )
 
-    def load(self, index: int, max_samples: int | None) -> _Item | None:
-        """Decode item `index` and plan its windows; None (recorded as skipped) if it has none."""
+    def item(self, index: int, wav: Tensor | None, max_samples: int | None) -> _Item | None:
+        """Item `index` (decoded: `wav` (S,), None if it failed) with its windows; None
+        (recorded as skipped) if it has none."""
         relative = _relative_path(self.dataset, index)
-        wav = self.dataset.load(index)  # (S,) | None
         conv_layers = self.model.cfg.feature_extractor.conv_layers
         if wav is None:
             self._skip(index, relative, "cannot decode")
