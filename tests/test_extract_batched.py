@@ -55,13 +55,15 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def _batch_sizes(model: Wav2Vec2Model) -> list[tuple[int, bool]]:
-    """(rows, padded) of every forward pass the model runs from now on."""
+def _batch_sizes(model: Wav2Vec2Model, shapes: list | None = None) -> list[tuple[int, bool]]:
+    """(rows, padded) of every forward pass the model runs from now on; `shapes` gets (B, S)."""
     seen: list[tuple[int, bool]] = []
     original = model.extract_features
 
     def spy(wav, padding_mask=None, layer=None):
         seen.append((wav.shape[0], padding_mask is not None))
+        if shapes is not None:
+            shapes.append(tuple(wav.shape))
         return original(wav, padding_mask, layer)
 
     model.extract_features = spy  # type: ignore[method-assign]
@@ -170,3 +172,48 @@ def test_bad_batch_options_are_usage_errors(corpus, tmp_path, capsys):
     assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
     assert recipe.run(parser.parse_args([*base, "--max-batch-seconds", "-1"])) == 2
     assert "--max-batch-seconds must be >= 0" in capsys.readouterr().err
+
+
+def test_max_batch_samples_bounds_every_padded_pass(corpus, tmp_path):
+    model = _model("layer_norm")
+    shapes: list[tuple[int, int]] = []
+    _batch_sizes(model, shapes)
+    dataset = AudioDataset(corpus / "train.tsv")
+    extract_manifest(
+        model, dataset, tmp_path, [2], batch_size=8, max_batch_samples=2 * WINDOW, progress=False
+    )
+    # Items are decoded longest first into groups of >= 16 000 samples, each group batched
+    # within the limit: [20 000], [15 440 | 8 000], [7 761 + 7 760 | 7 760], then the rest
+    # [5 000 + 3 000 + 3 000 (padded to 3 x 5 000) | 400] (the 300-sample file is skipped).
+    assert shapes == [
+        (1, 20_000),
+        (1, 15_440),
+        (1, 8000),
+        (2, 7761),
+        (1, 7760),
+        (3, 5000),
+        (1, 400),
+    ]
+    stored = load_features(tmp_path, layer=2)
+    for i in range(1, len(LENGTHS)):
+        wav = dataset.load(i)
+        assert wav is not None
+        alone = extract_utterance(model, wav, [2])[0]  # (T, D)
+        torch.testing.assert_close(stored[f"utt_{i:02d}.wav"], alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_bf16_batched_extraction_on_cuda_is_close_to_fp32_on_cpu(corpus, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = _model("layer_norm")
+    dataset = AudioDataset(corpus / "train.tsv")
+    extract_manifest(model, dataset, tmp_path / "cpu", [2], progress=False)
+    extract_manifest(
+        model.cuda(), dataset, tmp_path / "gpu", [2], batch_size=4,
+        compute_dtype=torch.bfloat16, progress=False,
+    )  # fmt: skip
+    expected, actual = load_features(tmp_path / "cpu", 2), load_features(tmp_path / "gpu", 2)
+    assert set(actual) == set(expected)
+    for path, features in expected.items():
+        assert (actual[path] - features).norm() / features.norm() < 0.05, path

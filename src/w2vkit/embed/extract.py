@@ -128,9 +128,9 @@ def extract_utterance(
 
     Long inputs run in windows of `max_samples` (`plan_chunks`), up to `batch_size` of them per
     forward pass (`run_windows`: the result is the same within 1e-5); frames near a window edge
-    see no context across it, and a group-norm extractor normalises each window on its own. Only the Transformer layers up to
-    max(layers) run; the states equal those of a full pass (a pre-LN model's final LayerNorm is
-    applied only to the last layer, as in a full pass).
+    see no context across it, and a group-norm extractor normalises each window on its own.
+    Only the Transformer layers up to max(layers) run; the states equal those of a full pass (a
+    pre-LN model's final LayerNorm is applied only to the last layer, as in a full pass).
 
     Shape: wav (S,) -> (L, T, D)
     """
