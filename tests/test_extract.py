@@ -86,9 +86,14 @@ def test_frame_features_equal_direct_model_and_index(corpus, tmp_path):
     assert _run(corpus, out, "--max-seconds", "0", "--shard-mb", "0.03") == 0
     rows = read_index(out)
     assert (out / "index.tsv").read_text().splitlines()[0] == INDEX_HEADER
-    assert [r.relative_path for r in rows] == corpus["relative"]  # manifest order, broken left out
+    longest_first = sorted(
+        corpus["relative"], key=lambda p: -sf.info(corpus["root"] / "audio" / p).frames
+    )
+    assert [r.relative_path for r in rows] == longest_first  # broken left out
     assert len({r.shard for r in rows}) > 1  # 30 KiB shards: more than one
-    for row, path in zip(rows, corpus["paths"], strict=True):
+    paths = dict(zip(corpus["relative"], corpus["paths"], strict=True))
+    for row in rows:
+        path = paths[row.relative_path]
         expected = torch.stack(_direct(corpus["model"], path))  # (3, T, D)
         num_samples = torch.tensor(load_audio(path).shape[0])
         assert row.num_frames == int(
@@ -108,7 +113,7 @@ def test_frame_features_equal_direct_model_and_index(corpus, tmp_path):
 def test_mean_pool_layer_subset_and_float16(corpus, tmp_path):
     assert _run(corpus, tmp_path / "frames", "--layers", "0,2") == 0
     assert _run(corpus, tmp_path / "mean", "--layers", "2,0", "--pool", "mean") == 0
-    assert _run(corpus, tmp_path / "half", "--layers", "2", "--dtype", "float16") == 0
+    assert _run(corpus, tmp_path / "half", "--layers", "2", "--storage-dtype", "float16") == 0
     frames = load_features(tmp_path / "frames")
     means = load_features(tmp_path / "mean")
     half = load_features(tmp_path / "half", layer=2)
@@ -220,7 +225,9 @@ def test_float16_overflow_is_skipped_not_stored(corpus, tmp_path):
     with torch.no_grad():
         model.encoder.norm.weight.mul_(1e5)  # post-LN: layer 0 = this norm's output, > 65504
     dataset = AudioDataset(corpus["manifest"])
-    summary = extract_manifest(model, dataset, tmp_path, [0], dtype=torch.float16, progress=False)
+    summary = extract_manifest(
+        model, dataset, tmp_path, [0], storage_dtype=torch.float16, progress=False
+    )
     assert summary.num_items == 0
     reasons = dict(summary.skipped)
     assert reasons[corpus["relative"][0]] == "non-finite features in float16"

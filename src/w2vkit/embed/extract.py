@@ -6,7 +6,8 @@ A features directory holds:
   Shards close at about `shard_bytes`; each stays loadable on its own with
   `safetensors.torch.load_file`.
 - `index.tsv`: a header, then `relative_path<TAB>shard<TAB>key<TAB>num_frames<TAB>layers`
-  (`layers` comma-separated, e.g. `0,6,12`). It is written last: a directory without it is an
+  (`layers` comma-separated, e.g. `0,6,12`), one row per item in extraction order (longest
+  first), so the rows of a shard are adjacent. It is written last: a directory without it is an
   interrupted run.
 - `skipped.tsv`: a header, then `relative_path<TAB>reason` for every item not extracted.
 - `meta.json`: layers, pooling, dtype, frame rate, chunking and input normalisation.
@@ -22,10 +23,13 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -34,11 +38,12 @@ from tqdm import tqdm
 
 from w2vkit.data.audio import DecodeError
 from w2vkit.data.dataset import AudioDataset
+from w2vkit.embed.batching import COMPUTE_DTYPES, BatchLimits, run_windows
 from w2vkit.model.feature_extractor import frame_geometry, output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 POOLS = frozenset({"none", "mean"})
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 INDEX_HEADER = "relative_path\tshard\tkey\tnum_frames\tlayers"
 SKIPPED_HEADER = "relative_path\treason"
 DEFAULT_SHARD_BYTES = 256 * 2**20
@@ -111,32 +116,31 @@ def plan_chunks(
     return chunks
 
 
-@torch.no_grad()
 def extract_utterance(
-    model: Wav2Vec2Model, wav: Tensor, layers: Sequence[int], *, max_samples: int | None = None
+    model: Wav2Vec2Model,
+    wav: Tensor,
+    layers: Sequence[int],
+    *,
+    max_samples: int | None = None,
+    batch_size: int = 1,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Hidden states of `layers` for one utterance, in fp32 on the model's device.
 
-    Long inputs run in windows of `max_samples` (`plan_chunks`); frames near a window edge then
+    Long inputs run in windows of `max_samples` (`plan_chunks`), up to `batch_size` of them per
+    forward pass (`run_windows`: the result is the same within 1e-5); frames near a window edge
     see no context across it, and a group-norm extractor normalises each window on its own.
-    Only the Transformer layers up to max(layers) run; the states equal those of a full pass
-    (a pre-LN model's final LayerNorm is applied only to the last layer, as in a full pass).
+    Only the Transformer layers up to max(layers) run; the states equal those of a full pass (a
+    pre-LN model's final LayerNorm is applied only to the last layer, as in a full pass).
 
     Shape: wav (S,) -> (L, T, D)
     """
-    conv_layers = model.cfg.feature_extractor.conv_layers
-    chunks = plan_chunks(wav.shape[0], conv_layers, max_samples)
+    chunks = plan_chunks(wav.shape[0], model.cfg.feature_extractor.conv_layers, max_samples)
     if not chunks:
         raise ValueError(f"{wav.shape[0]} samples give no frame")
-    device = next(model.parameters()).device
-    pieces = []
-    for sample_start, sample_end, frame_start, frame_end in chunks:
-        window = wav[sample_start:sample_end].to(device=device, dtype=torch.float32)[None]  # (1, S)
-        states = model.extract_features(window, layer=max(layers)).hidden_states
-        piece = torch.stack([states[k][0] for k in layers])  # (L, t, D)
-        assert piece.shape[1] == frame_end - frame_start, (piece.shape, frame_start, frame_end)
-        pieces.append(piece)
-    return torch.cat(pieces, dim=1)  # (L, T, D)
+    windows = [wav[start:end] for start, end, _, _ in chunks]
+    pieces = run_windows(model, windows, layers, BatchLimits(batch_size), compute_dtype)
+    return torch.cat(pieces, dim=1).float()  # (L, T, D)
 
 
 def extract_manifest(
@@ -146,8 +150,11 @@ def extract_manifest(
     layers: Sequence[int],
     *,
     pool: str = "none",
-    dtype: torch.dtype = torch.float32,
+    storage_dtype: torch.dtype = torch.float32,
+    compute_dtype: torch.dtype = torch.float32,
     max_samples: int | None = None,
+    batch_size: int = 1,
+    max_batch_samples: int | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     skipped: Sequence[tuple[str, str]] = (),
     meta: dict | None = None,
@@ -155,61 +162,59 @@ def extract_manifest(
 ) -> ExtractSummary:
     """Extract every item of `dataset` into `out_dir` (layout in the module docstring).
 
-    The model is put in eval mode and runs on its own device, one utterance at a time (no
-    padding, so group-norm models see exactly what they would alone). Items that fail to decode
-    (`AudioDataset.decode`: also truncated, shorter than one frame, NaN samples) or give non-finite
-    features (NaN, float16 overflow) are skipped and
-    listed in `skipped.tsv`, after `skipped` (items the caller rejected earlier). `meta` entries
-    are added to `meta.json`.
+    The model is put in eval mode and runs on its own device. Items run longest first (by the
+    manifest's lengths; ties in manifest order), and `index.tsv` lists them in that order.
+    Windows (whole items, or the `max_samples` windows of long ones) share a forward pass, at most
+    `batch_size` and `max_batch_samples` padded samples per pass, zero-padded with a padding mask
+    when the model is `padding_invariant`, else only windows of equal length: every item gets
+    the features it gets alone (within 1e-5; bit-exact with batch_size 1). `compute_dtype`
+    bfloat16/float16 runs under autocast. Items that fail to decode (`AudioDataset.decode`: also truncated, shorter than
+    one frame, NaN samples) or give non-finite values (NaN, float16 overflow) are skipped and listed in `skipped.tsv`,
+    after `skipped` (items the caller rejected earlier). `meta` entries are added to `meta.json`.
     """
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {sorted(POOLS)}, got {pool!r}")
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype}")
-    dtype_name = str(dtype).removeprefix("torch.")
+    if storage_dtype not in STORAGE_DTYPES.values():
+        raise ValueError(
+            f"storage dtype must be one of {list(STORAGE_DTYPES)}, got {storage_dtype}"
+        )
+    if compute_dtype not in COMPUTE_DTYPES.values():
+        raise ValueError(
+            f"compute dtype must be one of {list(COMPUTE_DTYPES)}, got {compute_dtype}"
+        )
+    limits = BatchLimits(batch_size, max_batch_samples)
     layers = list(layers)
     parse_layers(",".join(map(str, layers)), model.cfg.transformer.num_layers)  # range check
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     start_time = time.perf_counter()
-    receptive, stride = frame_geometry(model.cfg.feature_extractor.conv_layers)
-    layers_text = ",".join(map(str, layers))
-    writer = _ShardWriter(out_dir, shard_bytes, {"layers": layers_text, "pool": pool})
-    summary = ExtractSummary(out_dir, layers, 0, 0, 0.0, 0, skipped=list(skipped))
-    index_lines = [INDEX_HEADER]
-    bar = tqdm(total=len(dataset), unit="utt", disable=not progress, file=sys.stderr)
-    for i in range(len(dataset)):
-        relative = _relative_path(dataset, i)
-        bar.update(1)
-        try:
-            wav = dataset.decode(i, min_samples=receptive)  # (S,)
-        except DecodeError as err:
-            summary.skipped.append((relative, str(err)))
+    run = _ManifestRun(model, dataset, out_dir, layers, pool, storage_dtype, shard_bytes, progress)
+    run.summary.skipped.extend(skipped)  # the caller's rejections come first in skipped.tsv
+    pending: list[_Item] = []
+    longest_first = np.argsort(-dataset.num_samples, kind="stable").tolist()
+    receptive = frame_geometry(model.cfg.feature_extractor.conv_layers)[0]
+    decoded = _decoded(dataset, longest_first, 2 * batch_size + 2, min_samples=receptive)
+    for index, wav in decoded:
+        item = run.item(index, wav, max_samples)
+        if item is None:
             continue
-        states = extract_utterance(model, wav, layers, max_samples=max_samples)  # (L, T, D)
-        num_frames = states.shape[1]
-        stored = states.mean(dim=1) if pool == "mean" else states  # (L, D) | (L, T, D)
-        stored = stored.to(device="cpu", dtype=dtype).contiguous()
-        if not bool(torch.isfinite(stored).all()):  # NaN from the model, or float16 overflow
-            summary.skipped.append((relative, f"non-finite features in {dtype_name}"))
-            continue
-        key = f"item_{int(dataset.manifest_rows[i]):08d}"
-        shard = writer.add(key, stored)
-        index_lines.append(f"{relative}\t{shard}\t{key}\t{num_frames}\t{layers_text}")
-        summary.num_items += 1
-        summary.num_frames += num_frames
-        summary.audio_seconds += wav.shape[0] / dataset.sample_rate
-        bar.set_postfix(skipped=len(summary.skipped), refresh=False)
-    bar.close()
-    writer.flush()
-    summary.num_shards = writer.num_shards
+        pending.append(item)
+        if _group_is_full(pending, limits):
+            run.extract(pending, limits, compute_dtype)
+            pending = []
+    run.extract(pending, limits, compute_dtype)
+    summary = run.finish()
     summary.wall_seconds = time.perf_counter() - start_time
+    receptive, stride = frame_geometry(model.cfg.feature_extractor.conv_layers)
     info = {
         "format": "w2vkit-features/1",
         "layers": layers,
         "pool": pool,
-        "dtype": dtype_name,
+        "dtype": _dtype_name(storage_dtype),
+        "compute_dtype": _dtype_name(compute_dtype),
+        "batch_size": batch_size,
+        "max_batch_samples": max_batch_samples,
         "sample_rate": dataset.sample_rate,
         "frame_stride_samples": stride,
         "receptive_field_samples": receptive,
@@ -223,8 +228,133 @@ def extract_manifest(
     _write_text(out_dir / "meta.json", json.dumps(info, indent=2) + "\n")
     skipped_lines = [SKIPPED_HEADER] + [f"{p}\t{reason}" for p, reason in summary.skipped]
     _write_text(out_dir / "skipped.tsv", "\n".join(skipped_lines) + "\n")
-    _write_text(out_dir / "index.tsv", "\n".join(index_lines) + "\n")
+    _write_text(out_dir / "index.tsv", "\n".join(run.index_lines) + "\n")
     return summary
+
+
+@dataclass
+class _Item:
+    index: int
+    """Position in the dataset."""
+    relative_path: str
+    wav: Tensor
+    """(S,) decoded samples."""
+    chunks: list[tuple[int, int, int, int]]
+    """`plan_chunks` windows."""
+
+
+def _decoded(
+    dataset: AudioDataset, order: list[int], lookahead: int, min_samples: int
+) -> Iterator[tuple[int, Tensor | DecodeError]]:
+    """`(index, dataset.decode(index))` in `order` (the DecodeError for a file that cannot be
+    used), decoded up to `lookahead` items ahead in a background thread: libsndfile releases the
+    GIL, so decoding overlaps the forward passes (on a GPU, decoding in the loop would otherwise
+    take a large share of the time)."""
+
+    def decode(index: int) -> Tensor | DecodeError:
+        try:
+            return dataset.decode(index, min_samples=min_samples)  # (S,)
+        except DecodeError as err:
+            return err
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2vkit-decode") as pool:
+        queue: deque[tuple[int, Future[Tensor | DecodeError]]] = deque()
+        for index in order:
+            queue.append((index, pool.submit(decode, index)))
+            if len(queue) > lookahead:
+                first, future = queue.popleft()
+                yield first, future.result()
+        for first, future in queue:
+            yield first, future.result()
+
+
+def _group_is_full(items: list[_Item], limits: BatchLimits) -> bool:
+    """Enough windows decoded to fill a batch: run them (memory stays at about one batch)."""
+    if sum(len(item.chunks) for item in items) >= limits.max_items:
+        return True
+    total = sum(item.wav.shape[0] for item in items)
+    return limits.max_samples is not None and total >= limits.max_samples
+
+
+class _ManifestRun:
+    """The state of one `extract_manifest` run: shard writer, index lines, summary, progress."""
+
+    def __init__(
+        self,
+        model: Wav2Vec2Model,
+        dataset: AudioDataset,
+        out_dir: Path,
+        layers: list[int],
+        pool: str,
+        storage_dtype: torch.dtype,
+        shard_bytes: int,
+        progress: bool,
+    ) -> None:
+        self.model, self.dataset, self.layers = model, dataset, layers
+        self.pool, self.storage_dtype = pool, storage_dtype
+        self.layers_text = ",".join(map(str, layers))
+        self.writer = _ShardWriter(out_dir, shard_bytes, {"layers": self.layers_text, "pool": pool})
+        self.summary = ExtractSummary(out_dir, layers, 0, 0, 0.0, 0)
+        self.index_lines = [INDEX_HEADER]
+        total_seconds = float(dataset.num_samples.sum()) / dataset.sample_rate
+        self.bar = tqdm(
+            total=total_seconds,
+            unit="audio-s",
+            unit_scale=True,
+            disable=not progress,
+            file=sys.stderr,
+        )
+
+    def item(self, index: int, wav: Tensor | DecodeError, max_samples: int | None) -> _Item | None:
+        """Item `index` (decoded: `wav` (S,), or why it cannot be used) with its windows; None
+        (recorded as skipped) if it failed."""
+        relative = _relative_path(self.dataset, index)
+        if isinstance(wav, DecodeError):
+            self._skip(index, relative, str(wav))
+            return None
+        conv_layers = self.model.cfg.feature_extractor.conv_layers
+        return _Item(index, relative, wav, plan_chunks(wav.shape[0], conv_layers, max_samples))
+
+    def extract(self, items: list[_Item], limits: BatchLimits, compute_dtype: torch.dtype) -> None:
+        """Run the windows of `items` in batches, then store each item in `items` order."""
+        windows = [item.wav[start:end] for item in items for start, end, _, _ in item.chunks]
+        pieces = iter(run_windows(self.model, windows, self.layers, limits, compute_dtype))
+        for item in items:
+            item_pieces = list(itertools.islice(pieces, len(item.chunks)))  # (L, t, D) each
+            self._store(item, torch.cat(item_pieces, dim=1).float())  # (L, T, D)
+
+    def _store(self, item: _Item, states: Tensor) -> None:
+        num_frames = states.shape[1]
+        stored = states.mean(dim=1) if self.pool == "mean" else states  # (L, D) | (L, T, D)
+        stored = stored.to(device="cpu", dtype=self.storage_dtype).contiguous()
+        if not bool(torch.isfinite(stored).all()):  # NaN from the model, or float16 overflow
+            reason = f"non-finite features in {_dtype_name(self.storage_dtype)}"
+            self._skip(item.index, item.relative_path, reason)
+            return
+        key = f"item_{int(self.dataset.manifest_rows[item.index]):08d}"
+        shard = self.writer.add(key, stored)
+        self.index_lines.append(
+            f"{item.relative_path}\t{shard}\t{key}\t{num_frames}\t{self.layers_text}"
+        )
+        self.summary.num_items += 1
+        self.summary.num_frames += num_frames
+        self.summary.audio_seconds += item.wav.shape[0] / self.dataset.sample_rate
+        self._advance(item.index)
+
+    def _skip(self, index: int, relative: str, reason: str) -> None:
+        self.summary.skipped.append((relative, reason))
+        self._advance(index)
+
+    def _advance(self, index: int) -> None:
+        # The manifest's length, as in the bar's total: the bar ends at 100% however files decode.
+        self.bar.update(float(self.dataset.num_samples[index]) / self.dataset.sample_rate)
+        self.bar.set_postfix(skipped=len(self.summary.skipped), refresh=False)
+
+    def finish(self) -> ExtractSummary:
+        self.bar.close()
+        self.writer.flush()
+        self.summary.num_shards = self.writer.num_shards
+        return self.summary
 
 
 class _ShardWriter:
@@ -270,6 +400,10 @@ def _relative_path(dataset: AudioDataset, index: int) -> str:
         return path.relative_to(dataset.root).as_posix()
     except ValueError:  # an absolute path in the manifest
         return str(path)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _write_text(path: Path, text: str) -> None:
