@@ -16,6 +16,7 @@ from pathlib import Path
 
 import audiogen
 import numpy as np
+import soundfile as sf
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -24,7 +25,9 @@ from w2vkit import cli
 from w2vkit.config import to_dict
 from w2vkit.data.collate import Batch
 from w2vkit.data.loader import build_loaders
+from w2vkit.data.manifest import Manifest, write_manifest
 from w2vkit.embed.extract import INDEX_HEADER
+from w2vkit.finetune.vocab import letters_from_words
 from w2vkit.model.config import ModelConfig, tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint, dist
@@ -215,3 +218,54 @@ def save_random_tiny(path: Path, seed: int = 1) -> Wav2Vec2Model:
     model = Wav2Vec2Model.from_preset("tiny")
     torch.save({"model": model.state_dict(), "config": {"model": to_dict(model.cfg)}}, path)
     return model
+
+
+# Letter-labelled tone corpora for fine-tuning tests (fairseq's .tsv/.ltr/.wrd layout).
+LETTERS = "ABCDE"
+
+WORDS = ["BAD", "CAB", "DEAD", "BEAD", "ACE", "BED", "DAB", "CEDE"]
+
+LETTER_SEC = 0.08  # 4 frames per letter
+
+GAP_SEC = 0.06  # silence between words
+
+
+def letter_wav(text: str, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
+    """Each letter a tone (A 300 Hz ... E 1500 Hz), words separated by silence, a little noise."""
+    pieces = [np.zeros(int(GAP_SEC * sample_rate), np.float32)]
+    for word in text.split():
+        for letter in word:
+            t = np.arange(int(LETTER_SEC * sample_rate)) / sample_rate
+            freq = 300.0 * (1 + LETTERS.index(letter)) * rng.uniform(0.97, 1.03)
+            pieces.append((0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32))
+        pieces.append(np.zeros(int(GAP_SEC * sample_rate), np.float32))
+    wav = np.concatenate(pieces)
+    return wav + 0.01 * rng.standard_normal(len(wav)).astype(np.float32)
+
+
+def make_letter_corpus(directory: Path, splits: dict[str, int], seed: int = 0) -> Path:
+    """Write <split>.tsv/.ltr/.wrd and dict.ltr.txt for `splits` ({name: utterances})."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for split, num in splits.items():
+        paths, frames, words = [], [], []
+        for i in range(num):
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
+            wav = letter_wav(text, rng)
+            path = f"audio/{split}/{i:03d}.wav"
+            (directory / path).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(directory / path, wav, 16000, subtype="PCM_16")
+            paths.append(path)
+            frames.append(len(wav))
+            words.append(text)
+        write_manifest(directory / f"{split}.tsv", Manifest(directory, paths, np.array(frames)))
+        ltr = [letters_from_words(w) for w in words]
+        (directory / f"{split}.ltr").write_text("".join(f"{line}\n" for line in ltr))
+        (directory / f"{split}.wrd").write_text("".join(f"{w}\n" for w in words))
+        for line in ltr:
+            for symbol in line.split():
+                counts[symbol] = counts.get(symbol, 0) + 1
+    order = sorted(counts, key=lambda s: (-counts[s], s))  # fairseq: by descending count
+    (directory / "dict.ltr.txt").write_text("".join(f"{s} {counts[s]}\n" for s in order))
+    return directory

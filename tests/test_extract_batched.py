@@ -111,7 +111,7 @@ def test_batched_extraction_equals_one_file_at_a_time(corpus, tmp_path, kind, ma
         model, dataset, tmp_path, layers, max_samples=max_samples, batch_size=4, progress=False
     )
     passes = list(seen)
-    assert summary.skipped == [("utt_00.wav", "shorter than one frame (300 < 400 samples)")]
+    assert summary.skipped == [("utt_00.wav", "too short (300 < 400 samples the model needs)")]
     rows = read_index(tmp_path)
     assert [row.relative_path for row in rows] == [
         f"utt_{i:02d}.wav" for i in np.argsort(-np.array(LENGTHS), kind="stable")[:-1]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from test_finetune_data import make_letter_corpus
+from helpers import make_letter_corpus
 
 from w2vkit import cli
 from w2vkit.config import ConfigError

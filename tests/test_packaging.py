@@ -51,7 +51,7 @@ def test_pretrain_takes_a_name_or_a_path(capsys):
     assert capsys.readouterr().out == by_name
     assert "preset: tiny" not in by_name and "max_steps: 300" in by_name
     assert cli_main(["pretrain", "nope"]) == 2
-    assert "unknown config name 'nope'" in capsys.readouterr().err
+    assert "unknown pretrain config name 'nope'" in capsys.readouterr().err
 
 
 def test_version(capsys):

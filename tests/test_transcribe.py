@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_finetune_data import make_letter_corpus
+from helpers import make_letter_corpus
 
 from w2vkit import cli
 from w2vkit.config import from_dict, to_dict

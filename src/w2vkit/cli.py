@@ -72,7 +72,7 @@ EXAMPLES = {
     "extract": [
         "w2vkit extract runs/tiny/checkpoint_best.pt data/manifest/valid.tsv --out feats",
         "w2vkit extract wav2vec_small.pt data/manifest/train.tsv --out feats --layers 6,12 "
-        "--pool mean --dtype float16",
+        "--pool mean --storage-dtype float16",
     ],
     "probe": [
         "w2vkit probe feats --labels speakers.tsv",

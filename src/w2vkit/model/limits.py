@@ -11,14 +11,12 @@ from __future__ import annotations
 import math
 
 from w2vkit.model.config import ModelConfig
+from w2vkit.model.feature_extractor import frame_geometry
 
 
 def min_input_samples(cfg: ModelConfig) -> int:
     """Samples of the shortest row `cfg` trains on without a masking or conv error."""
-    receptive, stride = 1, 1
-    for _, kernel, layer_stride in cfg.feature_extractor.conv_layers:
-        receptive += (kernel - 1) * stride
-        stride *= layer_stride
+    receptive, stride = frame_geometry(cfg.feature_extractor.conv_layers)
     return receptive + (min_frames(cfg) - 1) * stride
 
 
