@@ -161,14 +161,40 @@ def test_encoder_ignores_values_at_padded_frames():
 
 
 def test_seq_len_multiple_padding_does_not_change_the_output():
-    x = torch.randn(2, 13, 32)  # odd T: padded to 14 internally
+    x = torch.randn(2, 13, 32)  # odd T: a padded batch is padded to 14 internally
+    padding = _padding([13, 9], 13)
+    valid = ~padding
     for a, b in zip(
-        _encoder(required_seq_len_multiple=2)(x),
-        _encoder(required_seq_len_multiple=1)(x),
+        _encoder(required_seq_len_multiple=2)(x, padding),
+        _encoder(required_seq_len_multiple=1)(x, padding),
         strict=True,
     ):
         assert a.shape == (2, 13, 32)
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        torch.testing.assert_close(a[valid], b[valid], rtol=0, atol=1e-5)
+
+
+def _attention_masks(monkeypatch) -> list:
+    """The `attn_mask` of every SDPA call the encoder makes from now on."""
+    masks: list = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("attn_mask"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return masks
+
+
+def test_an_unpadded_batch_of_odd_length_attends_without_a_mask(monkeypatch):
+    # No mask keeps SDPA eligible for the flash kernel (and skips the mask arithmetic on CPU).
+    encoder = _encoder(required_seq_len_multiple=2)
+    masks = _attention_masks(monkeypatch)
+    states = encoder(torch.randn(2, 13, 32))
+    assert [s.shape for s in states] == [(2, 13, 32)] * 3
+    assert masks == [None, None]
+    encoder(torch.randn(2, 13, 32), _padding([13, 9], 13))
+    assert [tuple(m.shape) for m in masks[2:]] == [(2, 1, 1, 14)] * 2
 
 
 @pytest.mark.parametrize("layer_norm_first", [False, True])

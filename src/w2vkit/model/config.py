@@ -146,7 +146,8 @@ class TransformerConfig:
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
     required_seq_len_multiple: int = 2
-    """Pad the encoder input to a multiple of this many frames (masked in attention)."""
+    """Pad the encoder input of a padded batch to a multiple of this many frames (masked in
+    attention); an unpadded batch keeps its length, so attention runs without a mask."""
 
     def __post_init__(self) -> None:
         check(

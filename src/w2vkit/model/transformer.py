@@ -149,12 +149,11 @@ class TransformerEncoder(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         # fairseq pads T to `required_seq_len_multiple` (kernel-friendly shapes) and masks the pad.
-        batch, frames, _ = x.shape
-        extra = -frames % self.cfg.required_seq_len_multiple
-        if extra == 0:
+        # Only a batch that is padded already: padding an unpadded one would add an attention mask
+        # for the same result, slower on CPU and off SDPA's flash kernel on GPU.
+        extra = -x.shape[1] % self.cfg.required_seq_len_multiple
+        if extra == 0 or padding_mask is None:
             return x, padding_mask
-        if padding_mask is None:
-            padding_mask = torch.zeros(batch, frames, dtype=torch.bool, device=x.device)
         padding_mask = F.pad(padding_mask, (0, extra), value=True)  # (B, T) -> (B, T + extra)
         return F.pad(x, (0, 0, 0, extra)), padding_mask
 
