@@ -265,6 +265,26 @@ def test_clipping_applies_to_the_normalised_gradient_and_gnorm_is_before_clippin
     assert unclipped.model.head.weight.grad.norm() > 5 * state.model.head.weight.grad.norm()
 
 
+@pytest.mark.parametrize("clip", [False, True])
+def test_fused_adamw_applies_the_normalisation_as_the_foreach_path_does(clip):
+    # The fused optimizer takes the normalise-and-clip factor inside its kernel (`grad_scale`); an
+    # unfused one gets its gradients multiplied first. Both must make the same update.
+    micro = [random_rows(1, 3200, 1), random_rows(3, 3200, 2)]
+    cfg = toy_config("train.update_freq=2", f"optim.clip_norm={0.01 if clip else 0}")
+    fused, unfused = toy_state(cfg), toy_state(cfg)
+    assert fused.optimizer.defaults["fused"]
+    unfused.optimizer.defaults["fused"] = False
+    for group in unfused.optimizer.param_groups:
+        group["fused"] = False
+    for _ in range(3):
+        a, b = update(fused, micro, TOY, cfg), update(unfused, micro, TOY, cfg)
+        assert a.gnorm == pytest.approx(b.gnorm, rel=1e-6)
+    assert not hasattr(fused.optimizer, "grad_scale")
+    for p, q in zip(fused.model.parameters(), unfused.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-9)
+
+
 def test_update_k_uses_the_gumbel_temperature_of_k_completed_updates():
     cfg = toy_config(
         "model.quantizer.temperature_start=2.0",

@@ -158,14 +158,40 @@ def test_encoder_ignores_values_at_padded_frames():
 
 
 def test_seq_len_multiple_padding_does_not_change_the_output():
-    x = torch.randn(2, 13, 32)  # odd T: padded to 14 internally
+    x = torch.randn(2, 13, 32)  # odd T: a padded batch is padded to 14 internally
+    padding = _padding([13, 9], 13)
+    valid = ~padding
     for a, b in zip(
-        _encoder(required_seq_len_multiple=2)(x),
-        _encoder(required_seq_len_multiple=1)(x),
+        _encoder(required_seq_len_multiple=2)(x, padding),
+        _encoder(required_seq_len_multiple=1)(x, padding),
         strict=True,
     ):
         assert a.shape == (2, 13, 32)
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        torch.testing.assert_close(a[valid], b[valid], rtol=0, atol=1e-5)
+
+
+def _attention_masks(monkeypatch) -> list:
+    """The `attn_mask` of every SDPA call the encoder makes from now on."""
+    masks: list = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("attn_mask"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return masks
+
+
+def test_an_unpadded_batch_of_odd_length_attends_without_a_mask(monkeypatch):
+    # No mask keeps SDPA eligible for the flash kernel (and skips the mask arithmetic on CPU).
+    encoder = _encoder(required_seq_len_multiple=2)
+    masks = _attention_masks(monkeypatch)
+    states = encoder(torch.randn(2, 13, 32))
+    assert [s.shape for s in states] == [(2, 13, 32)] * 3
+    assert masks == [None, None]
+    encoder(torch.randn(2, 13, 32), _padding([13, 9], 13))
+    assert [tuple(m.shape) for m in masks[2:]] == [(2, 1, 1, 14)] * 2
 
 
 @pytest.mark.parametrize("layer_norm_first", [False, True])
@@ -201,3 +227,41 @@ def test_layerdrop_draws_from_the_generator_only_in_training():
     assert 0.4 < kept < 0.6, kept  # Binomial(400, 0.5): std 0.025
     assert len(set(counts)) > 2
     assert len(encoder.eval()(x)) == 5  # eval never drops
+
+
+def test_activation_checkpointing_gives_the_same_output_and_gradients_with_dropout():
+    def grads(checkpointing: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        cfg = dict(dropout_prob=0.1, attention_dropout_prob=0.1, activation_dropout_prob=0.1)
+        encoder = _encoder(activation_checkpointing=checkpointing, **cfg).train()
+        x = torch.randn(2, 13, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        torch.manual_seed(2)  # the same dropout masks in both runs, replayed by the recomputation
+        out = encoder(x, _padding([13, 9], 13))[-1]
+        out.pow(2).sum().backward()
+        assert x.grad is not None
+        return out.detach(), [x.grad, *(p.grad for p in encoder.parameters())]
+
+    want_out, want = grads(False)
+    got_out, got = grads(True)
+    assert torch.equal(got_out, want_out)
+    assert len(got) == len(want) and all(g is not None for g in got)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+
+
+def test_activation_checkpointing_keeps_fewer_tensors_for_the_backward():
+    # Count the tensors autograd saves: without checkpointing every layer's activations, with it
+    # only each layer's input.
+    def saved(checkpointing: bool) -> int:
+        encoder = _encoder(activation_checkpointing=checkpointing, num_layers=4).train()
+        count = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal count
+            count += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            encoder(torch.randn(2, 13, 32, requires_grad=True))
+        return count
+
+    assert saved(True) < saved(False) / 2

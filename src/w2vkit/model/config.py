@@ -146,7 +146,11 @@ class TransformerConfig:
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
     required_seq_len_multiple: int = 2
-    """Pad the encoder input to a multiple of this many frames (masked in attention)."""
+    """Pad the encoder input of a padded batch to a multiple of this many frames (masked in
+    attention); an unpadded batch keeps its length, so attention runs without a mask."""
+    activation_checkpointing: bool = False
+    """Training keeps only each layer's input and recomputes the layer in the backward: about a
+    third more compute for the activation memory of one layer (LARGE on long crops)."""
 
     def __post_init__(self) -> None:
         check(

@@ -24,6 +24,7 @@ def sample_negatives(
     num_cross_sample: int = 0,
     *,
     generator: torch.Generator | None = None,
+    num_masked: int | None = None,
 ) -> Tensor:
     """Indices of distractors (paper: distractors) into the N flat masked targets.
 
@@ -32,12 +33,15 @@ def sample_negatives(
     frame of the batch. fairseq excludes the *local* index there, so a frame could draw itself; we
     exclude the frame's own global index (docs/fairseq_differences.md#fd-cross-sample-global-index).
 
+    `num_masked` is N = masked_per_row.sum() when the caller knows it: no device sync to read it.
+
     Shape: masked_per_row (B,) -> indices (N, num_negatives + num_cross_sample).
     """
     counts = masked_per_row.long()
     device = counts.device
-    total = int(counts.sum())
-    row = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)  # (N,)
+    total = int(counts.sum()) if num_masked is None else num_masked
+    rows = torch.arange(counts.shape[0], device=device)
+    row = torch.repeat_interleave(rows, counts, output_size=total)  # (N,)
     # (N,) flat index of the row's first masked frame
     row_start = (torch.cumsum(counts, 0) - counts)[row]
     own = torch.arange(total, device=device)  # (N,) flat index of each positive

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from w2vkit.model.config import QuantizerConfig
@@ -24,6 +23,14 @@ def perplexity(probs: Tensor) -> Tensor:
     """Sum over groups of exp(entropy) of the mean distribution. probs (N, G, V) -> scalar."""
     mean = probs.mean(0)  # (G, V)
     return torch.exp(-(mean * torch.log(mean + 1e-7)).sum(-1)).sum()
+
+
+def _one_hot(codes: Tensor, like: Tensor) -> Tensor:
+    """codes (N, G) -> one-hot (N, G, V) shaped and typed like `like`.
+
+    A scatter, not `F.one_hot`: that one checks the codes' range on the host, a device sync.
+    """
+    return torch.zeros_like(like).scatter_(-1, codes.unsqueeze(-1), 1.0)
 
 
 @dataclass
@@ -71,7 +78,7 @@ class GumbelVectorQuantizer(nn.Module):
         # (N, G, V)
         logits = self.weight_proj(x).float().view(num_frames, self.num_groups, self.num_entries)
         codes = logits.argmax(-1)  # (N, G)
-        hard = F.one_hot(codes, self.num_entries).float()  # (N, G, V)
+        hard = _one_hot(codes, logits)  # (N, G, V)
         with torch.no_grad():
             code_perplexity = perplexity(hard)
         prob_perplexity = perplexity(logits.softmax(-1))
@@ -80,7 +87,7 @@ class GumbelVectorQuantizer(nn.Module):
             noise = gumbel_noise(logits, generator)
             soft = ((logits + noise) / temperature).softmax(-1)
             codes = soft.argmax(-1)
-            weights = F.one_hot(codes, self.num_entries).float() - soft.detach() + soft
+            weights = _one_hot(codes, soft) - soft.detach() + soft
         else:
             weights = hard
         return QuantizerOutput(

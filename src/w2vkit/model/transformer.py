@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
+from torch.utils.checkpoint import checkpoint
 
 from w2vkit.model.config import TransformerConfig
 
@@ -139,22 +140,27 @@ class TransformerEncoder(nn.Module):
         for i, layer in enumerate(self.layers[:num_layers]):
             if drop is not None and drop[i]:
                 continue
-            x = layer(x, padding_mask)
+            x = self._run_layer(layer, x, padding_mask)
             states.append(x)
         if self.cfg.layer_norm_first and num_layers == len(self.layers):
             states[-1] = self.norm(states[-1])
         return [state[:, :frames] for state in states]
 
+    def _run_layer(self, layer: nn.Module, x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
+            # The recomputation replays the forward's RNG state: the same dropout masks.
+            return checkpoint(layer, x, padding_mask, use_reentrant=False)
+        return layer(x, padding_mask)
+
     def _pad_to_multiple(
         self, x: Tensor, padding_mask: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         # fairseq pads T to `required_seq_len_multiple` (kernel-friendly shapes) and masks the pad.
-        batch, frames, _ = x.shape
-        extra = -frames % self.cfg.required_seq_len_multiple
-        if extra == 0:
+        # Only a batch that is padded already: padding an unpadded one would add an attention mask
+        # for the same result, slower on CPU and off SDPA's flash kernel on GPU.
+        extra = -x.shape[1] % self.cfg.required_seq_len_multiple
+        if extra == 0 or padding_mask is None:
             return x, padding_mask
-        if padding_mask is None:
-            padding_mask = torch.zeros(batch, frames, dtype=torch.bool, device=x.device)
         padding_mask = F.pad(padding_mask, (0, extra), value=True)  # (B, T) -> (B, T + extra)
         return F.pad(x, (0, 0, 0, extra)), padding_mask
 

@@ -160,6 +160,7 @@ class Wav2Vec2Model(nn.Module):
                 self.cfg.num_negatives,
                 self.cfg.num_cross_sample_negatives,
                 generator=generator,
+                num_masked=targets.shape[0],
             )
         logits = contrastive_logits(
             context,

@@ -6,6 +6,8 @@ its *summed* loss (DDP's gradient all-reduce only on the last one, `no_sync` bef
 gradients, which DDP averaged over `world_size` processes, are multiplied once by
 `world_size / sum(sample_size)` with the sample size all-reduced over processes and micro-batches:
 the update is the gradient of the per-sample mean over the global batch, exactly fairseq's trainer.
+With the fused AdamW (the default) that multiplication and the clip happen inside the optimizer's
+kernel, in its single pass over the parameters.
 (HF's pretraining script rescales after every micro-batch, which makes accumulation unequal to a
 larger batch: docs/fairseq_differences.md#fd-normalise-once.)
 
@@ -215,15 +217,12 @@ def run_update(
     totals = dist.all_reduce_sum(_stacked([sample_size, loss, *asked], device))
     if scaler is not None:
         scaler.unscale_(optimizer)
-    gnorm = _normalise_and_clip(optimizer, totals[0], clip_norm)
+    gnorm, factor = _normalise_and_clip_factor(optimizer, totals[0], clip_norm)
     # The one host sync of the update: the step is skipped when the loss or the norm is not finite.
     total_size, total_loss, *stops, norm = torch.cat([totals, gnorm[None]]).tolist()
     finite = math.isfinite(total_loss) and math.isfinite(norm)
     if finite:
-        if scaler is not None:
-            scaler.step(optimizer)
-        else:
-            optimizer.step()
+        _scaled_step(optimizer, scaler, factor)
         for sums, means in logged:
             state.window.add(sums, means)
         state.window.num_updates += 1
@@ -280,21 +279,49 @@ def _stacked(values: list[Tensor | float | int], device: torch.device) -> Tensor
     )
 
 
-def _normalise_and_clip(
+def _normalise_and_clip_factor(
     optimizer: torch.optim.Optimizer, total_size: Tensor, clip_norm: float
-) -> Tensor:
-    """Scale the gradients to the global per-sample mean, clip; the norm before clipping (device)."""
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not params:
-        return total_size.new_zeros(())
-    grads = [p.grad for p in params]
+) -> tuple[Tensor, Tensor]:
+    """(norm of the normalised gradients before clipping, the factor that normalises and clips
+    them), both on the device. The gradients are not touched yet: `_scaled_step` applies the factor.
+    """
+    grads = _gradients(optimizer)
     # DDP averaged over ranks: * world_size / global sample size = grad of the global mean.
-    scale = dist.world_size() / total_size.clamp(min=1.0)
-    torch._foreach_mul_(grads, scale.to(grads[0].dtype))
-    norm = nn.utils.get_total_norm(grads)
-    if clip_norm > 0:
-        nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
-    return norm.to(torch.float64)
+    scale = (dist.world_size() / total_size.clamp(min=1.0)).float()
+    if not grads:
+        return total_size.new_zeros(()), scale
+    norm = nn.utils.get_total_norm(grads).float() * scale
+    factor = scale
+    if clip_norm > 0:  # torch's `clip_grads_with_norm_` coefficient
+        factor = scale * (clip_norm / (norm + 1e-6)).clamp(max=1.0)
+    return norm.to(torch.float64), factor
+
+
+def _scaled_step(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, factor: Tensor
+) -> None:
+    """Multiply the gradients by `factor`, then step."""
+    if scaler is None and optimizer.defaults.get("fused"):
+        # The fused Adam(W) kernel divides each gradient by `grad_scale` (AMP's protocol) in its
+        # one pass over the parameters: no separate pass over 95M gradients for BASE.
+        optimizer.grad_scale = 1.0 / factor  # type: ignore[attr-defined]
+        optimizer.found_inf = None  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
+        return
+    grads = _gradients(optimizer)
+    if grads:
+        torch._foreach_mul_(grads, factor.to(grads[0].dtype))
+    if scaler is not None:
+        scaler.step(optimizer)
+    else:
+        optimizer.step()
+
+
+def _gradients(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
 
 
 def micro_batch_groups(
