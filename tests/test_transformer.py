@@ -159,7 +159,7 @@ def test_encoder_ignores_values_at_padded_frames():
 
 def test_seq_len_multiple_padding_does_not_change_the_output():
     x = torch.randn(2, 13, 32)  # odd T: a padded batch is padded to 14 internally
-    padding = _padding([13, 9], 13)
+    padding = right_padding([13, 9], 13)
     valid = ~padding
     for a, b in zip(
         _encoder(required_seq_len_multiple=2)(x, padding),
@@ -190,7 +190,7 @@ def test_an_unpadded_batch_of_odd_length_attends_without_a_mask(monkeypatch):
     states = encoder(torch.randn(2, 13, 32))
     assert [s.shape for s in states] == [(2, 13, 32)] * 3
     assert masks == [None, None]
-    encoder(torch.randn(2, 13, 32), _padding([13, 9], 13))
+    encoder(torch.randn(2, 13, 32), right_padding([13, 9], 13))
     assert [tuple(m.shape) for m in masks[2:]] == [(2, 1, 1, 14)] * 2
 
 
@@ -235,7 +235,7 @@ def test_activation_checkpointing_gives_the_same_output_and_gradients_with_dropo
         encoder = _encoder(activation_checkpointing=checkpointing, **cfg).train()
         x = torch.randn(2, 13, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
         torch.manual_seed(2)  # the same dropout masks in both runs, replayed by the recomputation
-        out = encoder(x, _padding([13, 9], 13))[-1]
+        out = encoder(x, right_padding([13, 9], 13))[-1]
         out.pow(2).sum().backward()
         assert x.grad is not None
         return out.detach(), [x.grad, *(p.grad for p in encoder.parameters())]
