@@ -256,14 +256,17 @@ def pretrain(config: str, manifest: Path, out_dir: Path, seed: int, overrides: l
 
 
 def plateau_summary(log_path: Path) -> dict:
-    """Updates, final train loss, and the first logged update whose contrastive loss (`loss_0`,
-    without the diversity term) is 0.1 bit below the chance plateau log2(K + 1) (None: never)."""
+    """Updates, final train loss, and the logged update from which the contrastive loss (`loss_0`,
+    without the diversity term) stays 0.1 bit below the chance plateau log2(K + 1) (None: it
+    ends above). "Stays": a dip in the first updates, before the codebook spreads, is no escape."""
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
     config = (log_path.parent / "config.yaml").read_text()
     negatives = int(config.split("num_negatives:")[1].split()[0])
     plateau = math.log2(negatives + 1)
-    left = next((r["num_updates"] for r in train if r["loss_0"] < plateau - 0.1), None)
+    above = [n for n, r in enumerate(train) if r["loss_0"] >= plateau - 0.1]
+    start = above[-1] + 1 if above else 0
+    left = train[start]["num_updates"] if start < len(train) else None
     last = train[-1] if train else {}
     return {
         "updates": last.get("num_updates", 0),

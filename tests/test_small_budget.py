@@ -60,3 +60,16 @@ def test_quick_run_prints_every_row_with_accuracies_in_range(tmp_path, capsys):
         small_budget._texts(tmp_path / "probe_train" / "audio").values()
     )
     assert sets["test"].texts and not seen & set(sets["test"].texts)
+
+
+def test_leaving_the_plateau_means_staying_below_it(tmp_path):
+    (tmp_path / "config.yaml").write_text("model:\n  num_negatives: 10\n")  # plateau log2(11)
+    losses = [3.2, 3.47, 3.46, 3.3, 3.1]  # an early dip is no escape; update 40 is
+    records = [{"split": "train", "num_updates": 10 * (n + 1), "loss_0": x, "accuracy": 0.1}
+               for n, x in enumerate(losses)]  # fmt: skip
+    records.insert(2, {"split": "valid", "num_updates": 20, "loss_0": 9.0})
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = small_budget.plateau_summary(tmp_path / "train_log.jsonl")
+    assert summary["left_plateau_at"] == 40 and summary["updates"] == 50
+    assert summary["plateau_bits"] == pytest.approx(3.4594, abs=1e-4)
+    assert summary["final_loss_bits"] == 3.1
