@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,7 +207,9 @@ def chance_accuracy(train_labels: np.ndarray, test_labels: np.ndarray) -> float:
     return float(np.mean(test_labels == names[np.argmax(counts)]))
 
 
-def feature_accuracy(extract, sets: dict[str, ProbeSet], sizes: Sizes) -> list[float]:
+def feature_accuracy(
+    extract: Callable[[np.ndarray], list[np.ndarray]], sets: dict[str, ProbeSet], sizes: Sizes
+) -> list[float]:
     """Probe accuracy of every feature stream `extract(wav)` returns (a list per file)."""
     per_split = {split: [extract(w) for w in s.wavs] for split, s in sets.items()}
     num_streams = len(per_split["train"][0])
@@ -286,7 +289,9 @@ def random_init(model: Wav2Vec2Model, seed: int) -> Wav2Vec2Model:
     return fresh
 
 
-def run_seed(args, manifest: Path, sets: dict[str, ProbeSet], sizes: Sizes, seed: int) -> dict:
+def run_seed(
+    args: argparse.Namespace, manifest: Path, sets: dict[str, ProbeSet], sizes: Sizes, seed: int
+) -> dict:
     out_dir = args.cache / "runs" / f"{args.name}_seed{seed}"
     run = pretrain(args.config, manifest, out_dir, seed, args.overrides)
     model = load_model(out_dir / "checkpoint_last.pt")
