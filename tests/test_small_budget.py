@@ -37,6 +37,7 @@ def test_voice_variants_are_disjoint_and_as_many_as_issue_18():
     assert len(set().union(*map(set, sets))) == sum(map(len, sets))
 
 
+@pytest.mark.slow  # three corpora, a pretraining run and 8 probes: ~30 s on 2 busy cores
 def test_quick_run_prints_every_row_with_accuracies_in_range(tmp_path, capsys):
     pytest.importorskip("espeakng_loader")
     result = small_budget.main(["--quick", "--config", "tiny", "--cache", str(tmp_path)])
