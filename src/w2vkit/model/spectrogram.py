@@ -49,9 +49,10 @@ def mel_to_hz(mel: Tensor) -> Tensor:
 def mel_filterbank(num_mels: int, n_fft: int, sample_rate: int) -> Tensor:
     """Triangular filters, equally spaced on the mel scale from 0 Hz to Nyquist. (n_fft//2+1, M)."""
     bin_hz = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)  # (F,)
-    edges = mel_to_hz(
-        torch.linspace(0.0, float(hz_to_mel(torch.tensor(sample_rate / 2))), num_mels + 2)
-    ).double()  # (M + 2,)
+    # The top edge as a Python float (not a tensor's .item()), so that the bank also builds on
+    # the meta device (checkpoint loading checks shapes on a meta model).
+    top_mel = 2595.0 * math.log10(1.0 + sample_rate / 2 / 700.0)  # hz_to_mel(Nyquist)
+    edges = mel_to_hz(torch.linspace(0.0, top_mel, num_mels + 2)).double()  # (M + 2,)
     lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]  # (M,) each
     rising = (bin_hz[:, None] - lower) / (centre - lower)  # (F, M)
     falling = (upper - bin_hz[:, None]) / (upper - centre)  # (F, M)
