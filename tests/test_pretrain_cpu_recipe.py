@@ -10,7 +10,7 @@ import torch
 from test_train_loop import make_manifest
 
 from w2vkit import cli, load_model
-from w2vkit.configs import find_pretrain_config
+from w2vkit.configs import find_config
 from w2vkit.model.config import BASE_CONV_LAYERS
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train.config import build_config, load_layers
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_recipe_is_found_by_name_and_through_the_configs_folder():
-    assert find_pretrain_config("cpu").resolve() == (REPO / "configs/pretrain/cpu.yaml").resolve()
+    assert find_config("cpu").resolve() == (REPO / "configs/pretrain/cpu.yaml").resolve()
     by_name = build_config(load_layers("cpu", []))
     assert by_name == build_config(load_layers(REPO / "configs/pretrain/cpu.yaml", []))
     assert by_name.train.max_minutes == 30 and by_name.train.max_steps == 0

@@ -9,6 +9,7 @@ order of precedence, from that checkpoint, from `--init-from SRC`, or from `mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from w2vkit.model.limits import min_input_samples
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint, dist, guard
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
+from w2vkit.train.diagnostics import HealthMonitor
 from w2vkit.train.fairseq_config import load_fairseq_config
-from w2vkit.train.loop import TrainState, exit_status, train
+from w2vkit.train.loop import Objective, TrainState, exit_status, train
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 from w2vkit.train.preflight import check_pretrain
@@ -221,7 +223,7 @@ def _pretrain(
     try:
         reason = train(
             state,
-            pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=cfg.total_steps),
+            _objective(cfg),
             cfg=cfg.train,
             clip_norm=cfg.optim.clip_norm,
             train_loader=loaders[data.train_split],
@@ -236,6 +238,15 @@ def _pretrain(
         logger.close()
     _summary(logger, cfg, state, reason)
     return exit_status(reason)
+
+
+def _objective(cfg: PretrainConfig) -> Objective:
+    """The wav2vec 2.0 objective, with the health monitor reading every train log line."""
+    health = HealthMonitor.for_model(cfg.model)
+    objective = pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=cfg.total_steps)
+    return dataclasses.replace(
+        objective, monitor=lambda record: [f.format() for f in health.observe(record)]
+    )
 
 
 CONSOLE_COLUMNS = (

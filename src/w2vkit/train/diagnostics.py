@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-NEGATIVES_EQUAL_KEY = "negatives_equal_frac"
+NEGATIVES_EQUAL_KEY = "negatives_equal_positive"
 """Logged fraction of sampled negatives that equal their positive (if the loop logs it)."""
 DATA_WAIT_KEY = "data_wait_frac"
 """Logged fraction of wall time per update spent waiting for the next batch (if logged)."""

@@ -101,6 +101,9 @@ class Objective(Generic[BatchT]):
     plan: Callable[[int], None] | None = None
     """Told the planned number of updates when a time budget (`train.max_minutes`) fixes it, and
     again when such a run resumes: pretraining fits its Gumbel temperature schedule to it."""
+    monitor: Callable[[dict[str, Any]], list[str]] | None = None
+    """Told every train log record; returns messages to print and log (pretraining: the health
+    findings of `w2vkit.train.diagnostics`)."""
 
 
 class Schedule(Protocol):
@@ -477,6 +480,9 @@ class _Run(Generic[BatchT]):
     saved_at: int | None = None
     validated_at: int | None = None
     budget: TimeBudget | None = None
+    data_wait_seconds: float = 0.0
+    """Seconds spent waiting for the data loader since the last train log line."""
+    window_start: float = field(default_factory=time.perf_counter)
 
     def apply_plan(self) -> None:
         """Fit the LR schedule (if it can) and the objective (`plan`) to `state.planned_steps`."""
@@ -587,19 +593,24 @@ class _Run(Generic[BatchT]):
             record["loss_scale"] = state.scaler.get_scale()
         rates = self.throughput.rates(num_updates, audio_seconds)
         failed_files, failure_events = state.sampler.failures.reduce()
-        self.logger.log(
-            {
-                "split": "train",
-                "epoch": state.epoch,
-                "num_updates": state.step,
-                **record,
-                **rates,
-                **gpu_memory_gb(self.device),
-                "num_nonfinite": state.num_nonfinite,
-                "num_failed_files": failed_files,
-                "num_failed_decodes": failure_events,
-            }
-        )
+        now = time.perf_counter()
+        # This process's share of the wall time spent waiting for batches (the data pipeline).
+        record["data_wait_frac"] = self.data_wait_seconds / max(now - self.window_start, 1e-9)
+        self.data_wait_seconds, self.window_start = 0.0, now
+        line = {
+            "split": "train",
+            "epoch": state.epoch,
+            "num_updates": state.step,
+            **record,
+            **rates,
+            **gpu_memory_gb(self.device),
+            "num_nonfinite": state.num_nonfinite,
+            "num_failed_files": failed_files,
+            "num_failed_decodes": failure_events,
+        }
+        self.logger.log(line)
+        for message in self.objective.monitor(line) if self.objective.monitor else []:
+            self.logger.message(message)
 
     def skipped(self, result: UpdateResult) -> bool:
         """Report a skipped update; True (after saving) when too many came in a row."""
@@ -679,7 +690,9 @@ def _updates(
     while not (cfg.max_steps and state.step >= cfg.max_steps):
         if state.planned_steps and state.step >= state.planned_steps:
             return "max_minutes"
+        waited = time.perf_counter()
         group = next(groups, None)
+        run.data_wait_seconds += time.perf_counter() - waited
         if group is None:
             return "max_epochs"
         state.epoch = group[-1].epoch + 1  # fairseq counts epochs from 1
