@@ -63,8 +63,14 @@ def test_plateau_from_a_real_run_with_a_tiny_learning_rate(tmp_path):
     argv += ["data.max_batch_samples=32000"]
     assert cli.main(argv) == 0
     findings = diagnose_log(out_dir / "train_log.jsonl", plateau_updates=10)  # K, G: config.yaml
-    assert [f.code for f in findings] == ["loss_at_chance"]
-    assert "log2(1+K) = 3.459" in findings[0].message and findings[0].step == 10
+    # The tiny codebook (2 x 16 entries) also draws many negatives equal to their positive.
+    codes = [f.code for f in findings]
+    assert "loss_at_chance" in codes and set(codes) <= {
+        "loss_at_chance",
+        "negatives_equal_positive",
+    }
+    plateau = findings[codes.index("loss_at_chance")]
+    assert "log2(1+K) = 3.459" in plateau.message and plateau.step == 10
 
 
 def test_codebook_collapse_of_a_model_whose_quantizer_projection_is_zero():
@@ -97,7 +103,9 @@ def test_accuracy_near_one_early_is_a_trivial_task():
     records = [_healthy(10), _healthy(20) | {"accuracy": 0.995}]
     assert _codes(records) == ["trivial_task"]
     assert _codes([_healthy(5000) | {"accuracy": 0.995}]) == []  # late: a converged easy corpus
-    assert _codes([_healthy(10) | {"negatives_equal_frac": 0.3}]) == ["negatives_equal_positive"]
+    assert _codes([_healthy(10) | {"negatives_equal_positive": 0.3}]) == [
+        "negatives_equal_positive"
+    ]
 
 
 def test_gradient_norm_zero_or_exploding():

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import torch
-from test_train_loop import make_manifest
+from helpers import make_manifest
 
 from w2vkit import cli, load_model
 from w2vkit.configs import find_config
