@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from w2vkit.train.optim import StepSchedule
+
 
 def tri_stage_lr(
     step: int,
@@ -39,8 +41,8 @@ def tri_stage_lr(
     return final_lr_scale * lr
 
 
-class TriStageSchedule:
-    """Sets the optimizer's LR from the number of completed updates; its state is that number."""
+class TriStageSchedule(StepSchedule):
+    """fairseq's `tri_stage` schedule (`tri_stage_lr`)."""
 
     def __init__(
         self,
@@ -58,7 +60,6 @@ class TriStageSchedule:
         self.phase_ratios = phase_ratios
         self.init_lr_scale = init_lr_scale
         self.final_lr_scale = final_lr_scale
-        self.step_count = 0
         self.set_step(0)
 
     def lr_at(self, step: int) -> float:
@@ -70,20 +71,6 @@ class TriStageSchedule:
             init_lr_scale=self.init_lr_scale,
             final_lr_scale=self.final_lr_scale,
         )
-
-    def set_step(self, step: int) -> float:
-        """Call after each optimizer update with the number of completed updates."""
-        self.step_count = step
-        lr = self.lr_at(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def state_dict(self) -> dict:
-        return {"step": self.step_count, "lr": self.lr_at(self.step_count)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.set_step(int(state["step"]))
 
 
 __all__ = ["TriStageSchedule", "tri_stage_lr"]

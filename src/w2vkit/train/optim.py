@@ -89,8 +89,33 @@ def polynomial_decay_lr(
     return (lr - end_lr) * remaining**power + end_lr
 
 
-class PolynomialDecaySchedule:
-    """Sets the optimizer's LR from the number of completed updates; its state is that number."""
+class StepSchedule:
+    """Sets the optimizer's LR from the number of completed updates; its state is that number.
+    Subclasses say what the LR is at a step (`lr_at`) and call `set_step(0)` once built."""
+
+    optimizer: torch.optim.Optimizer
+    step_count: int = 0
+
+    def lr_at(self, step: int) -> float:
+        raise NotImplementedError
+
+    def set_step(self, step: int) -> float:
+        """Call after each optimizer update with the number of completed updates."""
+        self.step_count = step
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "lr": self.lr_at(self.step_count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_step(int(state["step"]))
+
+
+class PolynomialDecaySchedule(StepSchedule):
+    """fairseq's `polynomial_decay` after a linear warmup (`polynomial_decay_lr`)."""
 
     def __init__(
         self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
@@ -98,7 +123,6 @@ class PolynomialDecaySchedule:
         self.optimizer = optimizer
         self.cfg = cfg
         self.total_steps = total_steps
-        self.step_count = 0
         self.set_step(0)
 
     def lr_at(self, step: int) -> float:
@@ -117,25 +141,12 @@ class PolynomialDecaySchedule:
         self.total_steps = total_steps
         self.set_step(self.step_count)
 
-    def set_step(self, step: int) -> float:
-        """Call after each optimizer update with the number of completed updates."""
-        self.step_count = step
-        lr = self.lr_at(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def state_dict(self) -> dict:
-        return {"step": self.step_count, "lr": self.lr_at(self.step_count)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.set_step(int(state["step"]))
-
 
 __all__ = [
     "FairseqAdam",
     "FairseqAdamW",
     "PolynomialDecaySchedule",
+    "StepSchedule",
     "build_optimizer",
     "polynomial_decay_lr",
 ]
