@@ -269,7 +269,7 @@ def _next_steps(run_dir: Path) -> None:
 report: {run_dir / "report.html"} (and report.md); open it in a browser.
 next, on your own audio:
   w2vkit manifest /path/to/audio --dest data/ --valid-percent 0.01
-  w2vkit pretrain configs/pretrain/tiny.yaml data.manifest_dir=data/ train.out_dir=runs/mine
+  w2vkit pretrain tiny data.manifest_dir=data/ train.out_dir=runs/mine
   w2vkit extract runs/mine/checkpoint_best.pt data/valid.tsv --out feats/
   w2vkit probe feats/ --labels utterances.tsv --target speaker --baseline logmel --baseline random
   w2vkit report runs/mine --probe feats/probe/probe.json"""
