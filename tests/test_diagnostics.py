@@ -138,3 +138,16 @@ def test_validation_records_are_ignored_and_bad_arguments_refused(tmp_path):
         diagnose_log(tmp_path / "train_log.jsonl")
     (tmp_path / "train_log.jsonl").write_text(json.dumps(_healthy(10)) + '\n{"cut')  # crashed
     assert diagnose_log(tmp_path / "train_log.jsonl", num_negatives=K, num_groups=G) == []
+
+
+def test_pretrain_prints_each_health_finding_once_on_the_console(tmp_path, capsys):
+    dest = make_manifest(tmp_path, num_files=6, valid_percent=0.0)
+    argv = ["pretrain", TINY_YAML, f"data.manifest_dir={dest}", f"train.out_dir={tmp_path / 'run'}"]
+    argv += ["train.max_steps=10", "train.log_interval=2", "data.valid_split=", "optim.lr=1e-9"]
+    argv += ["data.max_batch_samples=32000"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    logged = diagnose_log(tmp_path / "run" / "train_log.jsonl")  # what the monitor saw, offline
+    printed = [line for line in out.splitlines() if line.startswith("health [")]
+    assert [f.format().splitlines()[0] for f in logged] == printed  # once each, as they appear
+    assert printed, "the tiny codebook draws negatives equal to their positive at lr 0"
