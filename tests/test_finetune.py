@@ -97,6 +97,10 @@ def test_word_times_from_frames():
         {"word": "AB", "start": 0.0, "end": 0.08},
         {"word": "BA", "start": 0.14, "end": 0.2},
     ]
+    # An undertrained model emits </s> (2) and <pad> (1) between letters: the words are the text's.
+    (noisy,) = greedy_decode(_one_hot([5, 2, 6, 4, 1, 6, 3, 5, 4], 7))
+    assert [w["word"] for w in word_times(noisy, vocab, 0.02)] == vocab.text(noisy.tokens).split()
+    assert vocab.text(noisy.tokens) == "AB B<unk>A"
 
 
 def test_tri_stage_lr_at_phase_boundaries():
@@ -366,3 +370,12 @@ def test_finetune_errors_are_usage_errors(corpus, tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     assert _finetune(corpus, tmp_path / "run", "data.train_split=nope") == 2
     assert "nope.ltr: no label file" in capsys.readouterr().err
+    data = corpus / "data"
+    (data / "dict.ltr.txt").rename(tmp_path / "dict.ltr.txt")  # a manifest without letter labels
+    try:
+        assert _finetune(corpus, tmp_path / "run2") == 2
+    finally:
+        (tmp_path / "dict.ltr.txt").rename(data / "dict.ltr.txt")
+    assert f"has no dict.ltr.txt: write the labels with `w2vkit labels {data / 'train.tsv'}" in (
+        capsys.readouterr().err
+    )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import jiwer
 from torch import Tensor
 
-from w2vkit.finetune.vocab import BLANK, WORD_SEPARATOR, Vocabulary
+from w2vkit.finetune.vocab import BLANK, SPECIALS, UNK, WORD_SEPARATOR, Vocabulary
 
 
 @dataclass
@@ -55,6 +55,8 @@ def word_times(
     letters: list[str] = []
     first = last = 0
     for token, frame in [*zip(hypothesis.tokens, hypothesis.frames, strict=True), (None, 0)]:
+        if token is not None and token < len(SPECIALS) and token != UNK:
+            continue  # <pad>, </s> (and the blank): not letters, as in `Vocabulary.letters`
         symbol = None if token is None else vocab.symbols[token]
         if symbol is None or symbol == WORD_SEPARATOR:
             if letters:

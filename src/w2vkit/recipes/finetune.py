@@ -118,7 +118,14 @@ def _finetune(
     data = cfg.data
     if not data.manifest_dir:
         raise ConfigError("data.manifest_dir is not set: the folder with train.tsv and train.ltr")
-    vocab = Vocabulary.load(Path(data.manifest_dir) / f"dict.{data.labels}.txt")
+    dictionary = Path(data.manifest_dir) / f"dict.{data.labels}.txt"
+    if not dictionary.is_file():
+        raise ConfigError(
+            f"data.manifest_dir={data.manifest_dir} has no {dictionary.name}: write the labels with "
+            f"`w2vkit labels {Path(data.manifest_dir) / (data.train_split + '.tsv')} --letters` "
+            "(transcripts in a .txt beside each audio file, or --transcripts TSV)"
+        )
+    vocab = Vocabulary.load(dictionary)
     if resume is not None and resume["config"].get("vocab") != vocab.symbols:
         raise ConfigError(
             f"{out_dir / checkpoint.LAST} was trained with another dict.{data.labels}.txt"
