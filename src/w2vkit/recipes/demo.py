@@ -206,7 +206,11 @@ def _probes(features: Path, frame_labels: Path, utterances: Path, seed: int) -> 
     """Run the phone probe (voices pretraining never heard) and the voice probe, each with both
     baselines; {name: probe.json} of those that ran."""
     common = ["--baseline=logmel", "--baseline=random", f"--seed={seed}"]
-    held_out = ",".join(v.replace("+", "_") for v in UNSEEN_VOICES)
+    from w2vkit.data.labels import read_utterance_labels
+
+    # The voices pretraining never heard that did get files (a short corpus may skip one).
+    rows = read_utterance_labels(utterances).values()
+    held_out = ",".join(sorted({r["voice"] for r in rows if r["pretraining"] == "unseen"}))
     jobs = {
         "phone": [
             str(features),
