@@ -430,3 +430,19 @@ def test_help_imports_no_recipe():
     done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True,
                           timeout=60, check=True)  # fmt: skip
     assert done.stdout == "[]\n"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["manifest", "audio"], "the following arguments are required: --dest"),
+        (["convert", "a", "b", "--to", "hff"], "argument --to: invalid choice: 'hff'"),
+        (["nosuchcommand"], "argument COMMAND: invalid choice: 'nosuchcommand'"),
+    ],
+)
+def test_a_flag_mistake_is_one_line_with_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("w2vkit")

@@ -18,6 +18,7 @@ import importlib.metadata
 import os
 import sys
 import traceback
+from typing import NoReturn
 
 from w2vkit.config import UsageError
 
@@ -152,10 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(command, f"{err} (--verbose shows where)", FAILED, verbose)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error line: `w2vkit CMD: message (see ... --help)`, exit 2,
+    instead of the usage block first (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `w2vkit` parser. Only `command`'s recipe is imported; the others get a placeholder
     parser, which is all that `w2vkit --help` needs."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="w2vkit",
         description="wav2vec 2.0 self-supervised pretraining: from a folder of raw audio to\n"
         "speech representations. `w2vkit COMMAND --help` describes each command.",
@@ -163,7 +172,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"w2vkit {_version()}")
     parser.add_argument(VERBOSE_FLAG, action="store_true", help=VERBOSE_HELP)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     for name, help_text in COMMANDS.items():
         sub = commands.add_parser(
             name,
