@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
+
+_B = TypeVar("_B", bound="Batch")  # `to` and `pin_memory` keep a subclass's type
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Batch:
             return self.wav.numel()
         return int(self.wav.numel() - self.padding_mask.sum())
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+    def to(self: _B, device: torch.device | str, non_blocking: bool = False) -> _B:
         return replace(
             self,
             wav=self.wav.to(device, non_blocking=non_blocking),
@@ -49,7 +52,7 @@ class Batch:
             indices=self.indices.to(device, non_blocking=non_blocking),
         )
 
-    def pin_memory(self) -> Batch:
+    def pin_memory(self: _B) -> _B:
         """Called by DataLoader(pin_memory=True) on custom batch types."""
         return replace(
             self,

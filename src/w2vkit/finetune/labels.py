@@ -28,34 +28,16 @@ from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.finetune.vocab import PAD, Vocabulary
 
 
-@dataclass
-class LabelledBatch:
+@dataclass(kw_only=True)
+class LabelledBatch(Batch):
     """A `Batch` of audio plus its CTC targets (satisfies the training loop's `LoopBatch`)."""
 
-    wav: torch.Tensor  # (B, S) float32
-    padding_mask: torch.Tensor | None  # (B, S) True = padded
-    indices: torch.Tensor  # (B,) dataset indices
     targets: torch.Tensor  # (B, L) long, padded with PAD
     target_lengths: torch.Tensor  # (B,) long
-    num_failed: int = 0
-    epoch: int = -1
-    position: int = -1
-
-    @property
-    def num_audio_samples(self) -> int:
-        if self.padding_mask is None:
-            return self.wav.numel()
-        return int(self.wav.numel() - self.padding_mask.sum())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> LabelledBatch:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
-
         return replace(
-            self,
-            wav=self.wav.to(device, non_blocking=non_blocking),
-            padding_mask=move(self.padding_mask),
-            indices=self.indices.to(device, non_blocking=non_blocking),
+            super().to(device, non_blocking=non_blocking),
             targets=self.targets.to(device, non_blocking=non_blocking),
             target_lengths=self.target_lengths.to(device, non_blocking=non_blocking),
         )
