@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -369,8 +370,16 @@ def test_finetune_errors_are_usage_errors(corpus, tmp_path, capsys):
     assert "--init-from is required" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
     assert _finetune(corpus, tmp_path / "run", "data.train_split=nope") == 2
-    assert "nope.ltr: no label file" in capsys.readouterr().err
     data = corpus / "data"
+    assert f"data.manifest_dir={data} has no nope.tsv (data.train_split=nope)" in (
+        capsys.readouterr().err
+    )
+    shutil.copy(data / "train.tsv", data / "unlabelled.tsv")  # audio, but no unlabelled.ltr
+    try:
+        assert _finetune(corpus, tmp_path / "run", "data.train_split=unlabelled") == 2
+    finally:
+        (data / "unlabelled.tsv").unlink()
+    assert "unlabelled.ltr: no label file" in capsys.readouterr().err
     (data / "dict.ltr.txt").rename(tmp_path / "dict.ltr.txt")  # a manifest without letter labels
     try:
         assert _finetune(corpus, tmp_path / "run2") == 2

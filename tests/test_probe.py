@@ -52,7 +52,7 @@ def test_frame_probe_decodes_the_coded_layer_and_not_the_noise(tmp_path, capsys)
     feats, frames, utterances = _frame_corpus(tmp_path)
     argv = [str(feats), "--task", "frame", "--labels", str(frames), "--utterances", str(utterances)]
     assert _run(*argv, "--split-by", "voice") == 0
-    report = json.loads((feats / "probe" / "probe.json").read_text())
+    report = json.loads((feats / "probe_frames" / "probe.json").read_text())
     noise, coded = report["scores"]
     assert (noise["layer"], coded["layer"]) == (0, 4) and report["best"]["layer"] == 4
     assert coded["accuracy"] > 0.97 and coded["macro_f1"] > 0.97
@@ -62,7 +62,7 @@ def test_frame_probe_decodes_the_coded_layer_and_not_the_noise(tmp_path, capsys)
     assert len(report["split"]["held_out"]["voice"]) == 2  # 25% of 8 voices
     assert sum(report["test_counts"].values()) == report["split"]["num_test"]
     assert set(report["train_counts"]) == set("aeiou")
-    assert (feats / "probe" / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    assert (feats / "probe_frames" / "probe.png").read_bytes()[:4] == b"\x89PNG"
     assert "<- best" in capsys.readouterr().out
 
 
@@ -102,13 +102,13 @@ def test_the_frame_probe_holds_out_voices_end_to_end(tmp_path):
     feats, frames, utterances = _frame_corpus(tmp_path)
     argv = [str(feats), "--task", "frame", "--labels", str(frames), "--utterances", str(utterances)]
     assert _run(*argv, "--split-by", "voice,sentence", "--seed", "3") == 0
-    split = json.loads((feats / "probe" / "probe.json").read_text())["split"]
+    split = json.loads((feats / "probe_frames" / "probe.json").read_text())["split"]
     held = split["held_out"]
     assert len(held["voice"]) == 2 and len(held["sentence"]) == 2  # round(0.25 * 6) = 2
     assert split["num_test_utterances"] == 4 and split["num_train_utterances"] == 6 * 4
     assert split["num_dropped_utterances"] == 48 - 4 - 24
     assert _run(*argv, "--split-by", "voice", "--test-values", "voice=v7,v0") == 0
-    split = json.loads((feats / "probe" / "probe.json").read_text())["split"]
+    split = json.loads((feats / "probe_frames" / "probe.json").read_text())["split"]
     assert split["held_out"] == {"voice": ["v0", "v7"]} and split["num_test_utterances"] == 12
 
 
@@ -176,7 +176,7 @@ def test_utterance_probe_with_a_header_a_target_column_and_a_warning(tmp_path, c
     (tmp_path / "utt.tsv").write_text("\n".join(table) + "\n")
     argv = [str(tmp_path / "feats"), "--labels", str(tmp_path / "utt.tsv"), "--target", "voice"]
     assert _run(*argv, "--split-by", "sentence") == 0
-    report = json.loads((tmp_path / "feats" / "probe" / "probe.json").read_text())
+    report = json.loads((tmp_path / "feats" / "probe_voice" / "probe.json").read_text())
     assert report["best"]["layer"] == 4 and report["best"]["accuracy"] > 0.9
     assert report["chance_accuracy"] == pytest.approx(1 / 8)
     assert (
@@ -199,7 +199,7 @@ def test_two_column_labels_still_work(tmp_path):
     write_features(tmp_path / "feats", items)
     (tmp_path / "labels.tsv").write_text("\n".join(lines[::-1]) + "\n")
     assert _run(str(tmp_path / "feats"), "--labels", str(tmp_path / "labels.tsv")) == 0
-    report = json.loads((tmp_path / "feats" / "probe" / "probe.json").read_text())
+    report = json.loads((tmp_path / "feats" / "probe_labels" / "probe.json").read_text())
     assert report["split"]["by"] == [] and report["split"]["num_test"] == 10
     assert report["test_counts"] == {"high": 5, "low": 5}
     assert report["best"]["accuracy"] == 1.0
@@ -290,7 +290,7 @@ def test_baselines_on_real_audio_through_the_cli(tmp_path):
     ]
     probe += ["--utterances", str(tmp_path / "utt.tsv"), "--split-by", "voice"]
     assert cli.main([*probe, "--baseline", "logmel", "--baseline", "random"]) == 0
-    report = json.loads((tmp_path / "f" / "probe" / "probe.json").read_text())
+    report = json.loads((tmp_path / "f" / "probe_frames" / "probe.json").read_text())
     names = [(s["features"], s["layer"], s["context"]) for s in report["scores"]]
     assert names == [("pretrained", k, 0) for k in range(3)] + [
         ("random", k, 0) for k in range(3)

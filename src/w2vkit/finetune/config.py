@@ -10,11 +10,10 @@ Loading order: defaults -> source model -> preset -> YAML -> `a.b=value` overrid
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from w2vkit.config import ConfigError, check, deep_merge, from_dict
 from w2vkit.model.config import ModelConfig
-from w2vkit.train.config import TrainConfig
+from w2vkit.train.config import AdamConfig, TrainConfig
 
 
 @dataclass(kw_only=True)
@@ -64,30 +63,19 @@ class LabelledDataConfig:
 
 
 @dataclass(kw_only=True)
-class TriStageOptimConfig:
+class TriStageOptimConfig(AdamConfig):
     """Adam (fairseq `adam`: decoupled decay, here 0) with the `tri_stage` LR schedule."""
 
-    optimizer: str = "adamw"
     lr: float = 5e-5
-    """Peak learning rate."""
-    betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
-    eps_placement: Literal["fairseq", "torch"] = "fairseq"
-    """As `optim.eps_placement` of pretraining (fairseq's Adam adds eps before bias correction)."""
     weight_decay: float = 0.0
-    clip_norm: float = 0.0
     phase_ratios: tuple[float, float, float] = (0.1, 0.4, 0.5)
     """Fractions of `total_steps` for warmup, hold and exponential decay."""
     init_lr_scale: float = 0.01
     final_lr_scale: float = 0.05
-    total_steps: int = 0
-    """Updates the schedule spans (fairseq max_update); 0 means `train.max_steps`."""
 
     def __post_init__(self) -> None:
-        check(self.optimizer in ("adamw", "adam"), "optim.optimizer", "must be adamw or adam")
-        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
-        check(self.eps > 0, "optim.eps", "must be > 0")
-        check(self.clip_norm >= 0, "optim.clip_norm", "must be >= 0 (0 = off)")
+        super().__post_init__()
         check(
             len(self.phase_ratios) == 3 and abs(sum(self.phase_ratios) - 1) < 1e-6,
             "optim.phase_ratios",
@@ -95,7 +83,6 @@ class TriStageOptimConfig:
         )
         check(0 < self.init_lr_scale <= 1, "optim.init_lr_scale", "must be in (0, 1]")
         check(0 < self.final_lr_scale <= 1, "optim.final_lr_scale", "must be in (0, 1]")
-        check(self.total_steps >= 0, "optim.total_steps", "must be >= 0")
 
 
 def _train_defaults() -> TrainConfig:

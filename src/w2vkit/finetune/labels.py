@@ -142,8 +142,12 @@ def build_labelled_loader(
     shuffle: bool,
     num_workers: int = 0,
     pin_memory: bool = False,
+    allow_data_change: bool = False,
 ) -> LabelledLoader:
-    """Length-bucketed batches of whole utterances; longer than `max_batch_samples`: skipped."""
+    """Length-bucketed batches of whole utterances; longer than `max_batch_samples`: skipped.
+
+    The sampler carries the audio's fingerprint, so a resume on changed data is refused unless
+    `allow_data_change` (a new epoch on the new data), as in pretraining."""
     sampler = BucketBatchSampler(
         dataset.audio.sizes,
         max_batch_samples=max_batch_samples,
@@ -154,6 +158,8 @@ def build_labelled_loader(
         world_size=world_size,
         shuffle=shuffle,
         skip_oversize=True,
+        fingerprint=dataset.audio.fingerprint(),
+        allow_data_change=allow_data_change,
     )
     loader = build_dataloader(
         dataset.audio,

@@ -10,10 +10,10 @@ model.safetensors and preprocessor_config.json.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from w2vkit.interop import CheckpointError, hf, read_pretrained, save_w2vkit
+from w2vkit.config import UsageError
+from w2vkit.interop import hf, read_pretrained, save_w2vkit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,15 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.dst.exists() and not args.force:
-        print(f"w2vkit convert: {args.dst} exists; pass --force to overwrite", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.dst} exists; pass --force to overwrite")
     if args.to == "hf" and args.hf_class == "ctc":
         return _convert_ctc(args)
-    try:
-        pretrained = read_pretrained(args.src)
-    except CheckpointError as err:
-        print(f"w2vkit convert: {err}", file=sys.stderr)
-        return 2
+    pretrained = read_pretrained(args.src)  # CheckpointError: a UsageError, main reports it
     if args.normalize is not None:
         pretrained.normalize = args.normalize
     if args.to == "hf":
@@ -65,14 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _convert_ctc(args: argparse.Namespace) -> int:
-    from w2vkit.config import ConfigError
     from w2vkit.finetune.model import read_finetuned
 
-    try:
-        finetuned = read_finetuned(args.src)
-    except (CheckpointError, ConfigError) as err:
-        print(f"w2vkit convert: {err}", file=sys.stderr)
-        return 2
+    finetuned = read_finetuned(args.src)
     if args.normalize is not None:
         finetuned.normalize = args.normalize
     hf.save_hf_ctc(finetuned, args.dst)

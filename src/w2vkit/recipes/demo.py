@@ -276,7 +276,7 @@ next, on your own audio:
   w2vkit pretrain tiny data.manifest_dir=data/ train.out_dir=runs/mine
   w2vkit extract runs/mine/checkpoint_best.pt data/valid.tsv --out feats/
   w2vkit probe feats/ --labels speakers.tsv --baseline logmel --baseline random
-  w2vkit report runs/mine --probe feats/probe/probe.json
+  w2vkit report runs/mine --probe feats/probe_speakers/probe.json
   (speakers.tsv: one line per file of data/valid.tsv, relative_path<TAB>speaker)"""
     )
 

@@ -26,7 +26,7 @@ from w2vkit.embed.extract import (
     frame_geometry,
     parse_layers,
 )
-from w2vkit.interop import CheckpointError, load_model
+from w2vkit.interop import load_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,27 +95,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if (args.out / "index.tsv").exists() and not args.force:
-        print(
-            f"w2vkit extract: {args.out} holds features; pass --force to overwrite", file=sys.stderr
-        )
-        return 2
+        raise UsageError(f"{args.out} holds features; pass --force to overwrite")
     if args.max_seconds < 0 or args.shard_mb <= 0 or args.max_batch_seconds < 0:
-        print(
-            "w2vkit extract: --max-seconds and --max-batch-seconds must be >= 0 and --shard-mb > 0",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError("--max-seconds and --max-batch-seconds must be >= 0 and --shard-mb > 0")
     if args.batch_size < 1:
-        print(f"w2vkit extract: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = _device(args.device)
     try:
         model = load_model(args.checkpoint, device)
         manifest = read_manifest(args.manifest)
         layers = parse_layers(args.layers, model.cfg.transformer.num_layers)
-    except (CheckpointError, OSError, ValueError) as err:
-        print(f"w2vkit extract: {err}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as err:  # CheckpointError and ManifestError are ValueErrors
+        raise UsageError(str(err)) from err
     normalize = model.normalize_input if args.normalize is None else args.normalize
     dataset = AudioDataset(manifest, normalize=normalize)
     kept = set(dataset.manifest_rows.tolist())
@@ -128,12 +119,10 @@ def run(args: argparse.Namespace) -> int:
     )
     receptive_field = frame_geometry(model.cfg.feature_extractor.conv_layers)[0]
     if max_samples is not None and max_samples < receptive_field:
-        print(
-            f"w2vkit extract: --max-seconds {args.max_seconds} is shorter than one frame "
-            f"({receptive_field / dataset.sample_rate:.4f} s)",
-            file=sys.stderr,
+        raise UsageError(
+            f"--max-seconds {args.max_seconds} is shorter than one frame "
+            f"({receptive_field / dataset.sample_rate:.4f} s)"
         )
-        return 2
     summary = extract_manifest(
         model,
         dataset,

@@ -11,68 +11,69 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import cast
 
 import torch
 import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
-from w2vkit.finetune.config import FinetuneConfig, build_finetune_config
-from w2vkit.finetune.labels import LabelledDataset, build_labelled_loader
+from w2vkit.finetune.config import FinetuneConfig, LabelledDataConfig, build_finetune_config
+from w2vkit.finetune.labels import LabelledDataset, LabelledLoader, build_labelled_loader
 from w2vkit.finetune.model import FineTuned, Wav2Vec2ForCTC, read_encoder, read_finetuned
 from w2vkit.finetune.objective import make_objective
 from w2vkit.finetune.schedule import TriStageSchedule
 from w2vkit.finetune.vocab import Vocabulary
 from w2vkit.interop.native import Pretrained
 from w2vkit.model.config import ModelConfig
-from w2vkit.recipes import pretrain
-from w2vkit.train import checkpoint, dist
-from w2vkit.train.config import OptimConfig, load_layers
+from w2vkit.recipes.run_args import declare_run_args, parse_run_args
+from w2vkit.train import checkpoint, dist, guard, session
+from w2vkit.train.config import load_layers
 from w2vkit.train.loop import TrainState, exit_status, train
-from w2vkit.train.metrics import RunLogger
+from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import build_optimizer
+from w2vkit.train.preflight import check_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _declare(parser, items_nargs=argparse.REMAINDER)
+    _declare(parser, argparse.REMAINDER)
 
 
-def _declare(parser: argparse.ArgumentParser, *, items_nargs: str) -> None:
-    parser.add_argument(
-        "items",
-        nargs=items_nargs,
-        metavar="[CONFIG.yaml] [key=value ...]",
-        help="a config name (cpu, base_10m, base_1h, base_10h, base_100h) or YAML file, then dotted "
-        "overrides such as "
-        "data.manifest_dir=DIR preset=cpu train.max_steps=1000",
+def _declare(parser: argparse.ArgumentParser, items_nargs: str) -> None:
+    declare_run_args(
+        parser,
+        items_nargs,
+        config_help="a config name (cpu, base_10m, base_1h, base_10h, base_100h) or YAML file, "
+        "then dotted overrides such as data.manifest_dir=DIR preset=cpu train.max_steps=1000",
+        init_help="the pretrained model: fairseq .pt, HF directory or w2vkit checkpoint",
     )
-    parser.add_argument(
-        "--init-from",
-        metavar="SRC",
-        help="the pretrained model: fairseq .pt, HF directory or w2vkit checkpoint",
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
 
 
 def run(args: argparse.Namespace) -> int:
-    late_parser = argparse.ArgumentParser(prog="w2vkit finetune")
-    _declare(late_parser, items_nargs="*")
-    late = late_parser.parse_intermixed_args(args.items)
-    init_from = args.init_from or late.init_from
-    cfg, resume, init = resolve(late.items, init_from)
-    if args.print_config or late.print_config:
+    args = parse_run_args(args, _declare, "w2vkit finetune")
+    cfg, resume, init = resolve(
+        args.items, args.init_from, resume_from=args.resume_from, overwrite=args.overwrite
+    )
+    if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    device = pretrain._device(cfg)  # type: ignore[arg-type]  # reads only cfg.train
-    dist.init(device)
-    try:
-        return _finetune(cfg, device, resume, init)
-    finally:
-        dist.shutdown()
+    cfg, notes = check_run(cfg)
+    vocab = _vocabulary(cfg.data)
+    if resume is not None and resume["config"].get("vocab") != vocab.symbols:
+        raise ConfigError(
+            f"{Path(cfg.train.out_dir) / checkpoint.LAST} was trained with another "
+            f"dict.{cfg.data.labels}.txt"
+        )
+    device = session.device_for(cfg.train)
+    return session.run_locked(
+        "finetune", cfg.train, device, lambda: _finetune(cfg, device, resume, init, vocab, notes)
+    )
 
 
 def resolve(
-    items: list[str], init_from: str | None
+    items: list[str],
+    init_from: str | None,
+    *,
+    resume_from: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[FinetuneConfig, dict | None, FineTuned | Pretrained | None]:
     """The config, the checkpoint to resume (or None) and the initial model record."""
     files = [item for item in items if "=" not in item]
@@ -85,9 +86,10 @@ def resolve(
     where = " + ".join(files + (["the command line"] if overrides else [])) or "the defaults"
     try:
         cfg = build_finetune_config(layers, init_model=ModelConfig())
-        last = Path(cfg.train.out_dir) / checkpoint.LAST
-        if last.is_file():
-            resume = checkpoint.load(last)
+        resume, _ = session.resume_point(
+            Path(cfg.train.out_dir), "finetune", resume_from=resume_from, overwrite=overwrite
+        )
+        if resume is not None:
             model = from_dict(ModelConfig, resume["config"]["model"], where="model")
             return build_finetune_config(layers, init_model=model), resume, None
         if not cfg.train.init_from:
@@ -108,16 +110,7 @@ def _read_source(source: str, dict_path: Path) -> FineTuned | Pretrained:
         return read_encoder(source)
 
 
-def _finetune(
-    cfg: FinetuneConfig,
-    device: torch.device,
-    resume: dict | None,
-    init: FineTuned | Pretrained | None,
-) -> int:
-    out_dir = Path(cfg.train.out_dir)
-    data = cfg.data
-    if not data.manifest_dir:
-        raise ConfigError("data.manifest_dir is not set: the folder with train.tsv and train.ltr")
+def _vocabulary(data: LabelledDataConfig) -> Vocabulary:
     dictionary = Path(data.manifest_dir) / f"dict.{data.labels}.txt"
     if not dictionary.is_file():
         raise ConfigError(
@@ -125,50 +118,45 @@ def _finetune(
             f"`w2vkit labels {Path(data.manifest_dir) / (data.train_split + '.tsv')} --letters` "
             "(transcripts in a .txt beside each audio file, or --transcripts TSV)"
         )
-    vocab = Vocabulary.load(dictionary)
-    if resume is not None and resume["config"].get("vocab") != vocab.symbols:
-        raise ConfigError(
-            f"{out_dir / checkpoint.LAST} was trained with another dict.{data.labels}.txt"
-        )
-    if dist.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_stale_temp_files(out_dir)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    dist.barrier()
+    return Vocabulary.load(dictionary)
+
+
+def _loaders(
+    cfg: FinetuneConfig, vocab: Vocabulary, device: torch.device
+) -> dict[str, LabelledLoader]:
+    """The train loader, and the valid one unless check_run switched validation off."""
+    data = cfg.data
     loaders = {}
-    for split in (data.train_split, data.valid_split):
-        path = Path(data.manifest_dir) / f"{split}.tsv"
-        if split and (path.is_file() or split == data.train_split):
-            dataset = LabelledDataset(
-                path,
-                vocab,
-                labels=data.labels,
-                sample_rate=data.sample_rate,
-                min_samples=data.min_samples,
-                normalize=data.normalize,
-            )
-            loaders[split] = build_labelled_loader(
-                dataset,
-                max_batch_samples=data.max_batch_samples,
-                max_batch_size=data.max_batch_size,
-                required_batch_size_multiple=data.required_batch_size_multiple,
-                seed=cfg.train.seed,
-                rank=dist.rank(),
-                world_size=dist.world_size(),
-                shuffle=split == data.train_split,
-                num_workers=data.num_workers,
-                pin_memory=device.type == "cuda",
-            )
-    torch.manual_seed(cfg.train.seed)  # the same initial output layer on every rank
-    model = Wav2Vec2ForCTC(cfg.model, len(vocab), final_dropout_prob=cfg.ctc.final_dropout_prob)
-    notes = []
-    if init is not None:  # None when resuming: the checkpoint has the weights
-        notes.append(_initialise(model, init, vocab, cfg.train.init_from))
+    for split in filter(None, (data.train_split, data.valid_split)):
+        dataset = LabelledDataset(
+            Path(data.manifest_dir) / f"{split}.tsv",
+            vocab,
+            labels=data.labels,
+            sample_rate=data.sample_rate,
+            min_samples=data.min_samples,
+            normalize=data.normalize,
+        )
+        loaders[split] = build_labelled_loader(
+            dataset,
+            max_batch_samples=data.max_batch_samples,
+            max_batch_size=data.max_batch_size,
+            required_batch_size_multiple=data.required_batch_size_multiple,
+            seed=cfg.train.seed,
+            rank=dist.rank(),
+            world_size=dist.world_size(),
+            shuffle=split == data.train_split,
+            num_workers=data.num_workers,
+            pin_memory=device.type == "cuda",
+            allow_data_change=cfg.train.allow_data_change,
+        )
+    return loaders
+
+
+def _train_state(
+    cfg: FinetuneConfig, model: Wav2Vec2ForCTC, device: torch.device, loader: LabelledLoader
+) -> TrainState:
     model.to(device)
-    unused = cfg.ctc.freeze_encoder_steps > 0 or cfg.model.transformer.layerdrop_prob > 0
-    ddp_model = dist.wrap_model(model, device, find_unused_parameters=unused)
-    # The Adam fields build_optimizer reads have the same names and meaning here.
-    optimizer = build_optimizer(model, cast(OptimConfig, cfg.optim))
+    optimizer = build_optimizer(model, cfg.optim)
     o = cfg.optim
     schedule = TriStageSchedule(
         optimizer,
@@ -178,32 +166,64 @@ def _finetune(
         init_lr_scale=o.init_lr_scale,
         final_lr_scale=o.final_lr_scale,
     )
-    scaler = (
-        torch.amp.GradScaler(device.type, init_scale=cfg.train.fp16_init_scale)
-        if cfg.train.precision == "fp16"
-        else None
+    return session.make_state(
+        model,
+        optimizer,
+        schedule,
+        cfg.train,
+        device,
+        loader.sampler,
+        find_unused_parameters=cfg.ctc.freeze_encoder_steps > 0
+        or cfg.model.transformer.layerdrop_prob > 0,
     )
-    state = TrainState(
-        model=ddp_model,
-        optimizer=optimizer,
-        schedule=schedule,
-        scaler=scaler,
-        generator=torch.Generator(device),
-        sampler=loaders[data.train_split].sampler,
-    )
+
+
+CONSOLE_COLUMNS = (
+    Column("loss", "loss", ".3f"),
+    Column("wer", "wer%", ".2f"),
+    Column("cer", "cer%", ".2f"),
+    *LOOP_COLUMNS,
+)
+"""The console table of `w2vkit finetune` (loss in bits per letter; WER and CER on validation)."""
+
+
+def _finetune(
+    cfg: FinetuneConfig,
+    device: torch.device,
+    resume: dict | None,
+    init: FineTuned | Pretrained | None,
+    vocab: Vocabulary,
+    notes: list[str],
+) -> int:
+    out_dir = Path(cfg.train.out_dir)
+    session.prepare_dir(out_dir)
+    loaders = _loaders(cfg, vocab, device)
+    train_loader = loaders[cfg.data.train_split]
+    if resume is not None:
+        notes += guard.check_resume_config(
+            resume["config"]["model"], cfg.model, source=str(out_dir)
+        )
+    torch.manual_seed(cfg.train.seed)  # the same initial output layer on every rank
+    model = Wav2Vec2ForCTC(cfg.model, len(vocab), final_dropout_prob=cfg.ctc.final_dropout_prob)
+    if init is not None:  # None when resuming: the checkpoint has the weights
+        notes.append(_initialise(model, init, vocab, cfg.train.init_from))
+    state = _train_state(cfg, model, device, train_loader)
     if resume is not None:
         checkpoint.restore(state, resume)
         notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
+    config = to_dict(cfg) | {"vocab": vocab.symbols}
+    notes += session.start_files(out_dir, config, state.step, resume)
     logger = RunLogger(
         out_dir,
         total_steps=cfg.train.max_steps,
         start_step=state.step,
         tensorboard=cfg.train.tensorboard,
+        columns=CONSOLE_COLUMNS,
     )
     logger.message(
         f"w2vkit finetune: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{len(vocab)} output symbols, device {device}, world size {dist.world_size()}, "
-        f"{len(loaders[data.train_split].dataset)} training utterances, run directory {out_dir}"
+        f"{len(train_loader.dataset)} training utterances, run directory {out_dir}"
     )
     for note in notes:
         logger.message(note)
@@ -213,17 +233,25 @@ def _finetune(
             make_objective(cfg, vocab),
             cfg=cfg.train,
             clip_norm=cfg.optim.clip_norm,
-            train_loader=loaders[data.train_split],
-            valid_loader=loaders.get(data.valid_split),
+            train_loader=train_loader,
+            valid_loader=loaders.get(cfg.data.valid_split),
             device=device,
             out_dir=out_dir,
-            config_dict=to_dict(cfg) | {"vocab": vocab.symbols},
+            config_dict=config,
             logger=logger,
-            sample_rate=data.sample_rate,
+            sample_rate=cfg.data.sample_rate,
         )
     finally:
         logger.close()
-    logger.message(f"finished ({reason}) at update {state.step}")
+    valid = Path(cfg.data.manifest_dir) / f"{cfg.data.valid_split or cfg.data.train_split}.tsv"
+    session.summary(
+        logger,
+        out_dir,
+        state,
+        reason,
+        best=f"valid WER  {state.best_valid_loss:.2f}%",
+        next_step=f"w2vkit transcribe {{model}} --manifest {valid}",
+    )
     return exit_status(reason)
 
 

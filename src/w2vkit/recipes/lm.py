@@ -8,9 +8,9 @@ fits the `.ltr` layout of the fine-tuning labels. KenLM and flashlight-text read
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from w2vkit.config import UsageError
 from w2vkit.finetune.ngram import KneserNeyModel, read_sentences
 from w2vkit.finetune.vocab import letters_from_words
 
@@ -32,15 +32,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         sentences = read_sentences(args.text)
     except OSError as err:
-        print(f"w2vkit lm: cannot read {args.text}: {err.strerror}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot read {args.text}: {err.strerror}") from err
     if args.letters:
         sentences = [letters_from_words(" ".join(s).upper()).split() for s in sentences]
     try:
         model = KneserNeyModel(sentences, args.order)
     except ValueError as err:
-        print(f"w2vkit lm: {args.text}: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.text}: {err}") from err
     args.output.parent.mkdir(parents=True, exist_ok=True)
     model.write_arpa(args.output)
     print(

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from w2vkit.config import UsageError
 from w2vkit.report.build import build_report
 
 
@@ -22,8 +23,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = build_report(args.run_dir, out, curves_only=True)
     except (OSError, ValueError) as err:
-        print(f"w2vkit plot: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     for finding in report.findings:
         print(finding.format(), file=sys.stderr)
     for section in report.sections:

@@ -22,102 +22,51 @@ from w2vkit.losses import pretraining_objective
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train import checkpoint, dist, guard
+from w2vkit.recipes.run_args import declare_run_args, parse_run_args
+from w2vkit.train import checkpoint, dist, guard, session
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.diagnostics import HealthMonitor
 from w2vkit.train.fairseq_config import load_fairseq_config
 from w2vkit.train.loop import Objective, TrainState, exit_status, train
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
-from w2vkit.train.preflight import check_pretrain
+from w2vkit.train.preflight import check_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # REMAINDER: the overrides and options after the config file are parsed in `run` (intermixed).
-    _declare(parser, items_nargs=argparse.REMAINDER)
+    _declare(parser, argparse.REMAINDER)
 
 
-def _declare(parser: argparse.ArgumentParser, *, items_nargs: str) -> None:
-    parser.add_argument(
-        "items",
-        nargs=items_nargs,
-        metavar="[CONFIG.yaml] [key=value ...]",
-        help="a w2vkit config file (configs/pretrain/*.yaml), then dotted overrides "
-        "such as data.manifest_dir=DIR train.max_steps=1000",
+def _declare(parser: argparse.ArgumentParser, items_nargs: str) -> None:
+    declare_run_args(
+        parser,
+        items_nargs,
+        config_help="a config name (tiny, cpu, base_ls960, large_lv60k) or a w2vkit YAML file, "
+        "then dotted overrides such as data.manifest_dir=DIR train.max_steps=1000",
+        init_help="continue pretraining from a fairseq .pt, an HF directory or a w2vkit checkpoint",
     )
     parser.add_argument(
         "--fairseq-config",
         metavar="YAML",
         help="a fairseq hydra pretraining YAML, translated key by key (docs/fairseq_config.md)",
     )
-    parser.add_argument(
-        "--init-from",
-        metavar="SRC",
-        help="continue pretraining from a fairseq .pt, an HF directory or a w2vkit checkpoint",
-    )
-    parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved config and exit"
-    )
-    parser.add_argument(
-        "--resume-from",
-        metavar="CHECKPOINT",
-        help="resume from this checkpoint (e.g. an interval one when checkpoint_last.pt is lost)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start from update 0 in a run directory that holds an earlier run (deletes its "
-        "checkpoints and log)",
-    )
-
-
-def _intermixed(args: argparse.Namespace) -> argparse.Namespace:
-    """Options may follow the config file: `CONFIG.yaml --init-from X train.max_steps=5`."""
-    late_parser = argparse.ArgumentParser(prog="w2vkit pretrain")
-    _declare(late_parser, items_nargs="*")
-    late = late_parser.parse_intermixed_args(args.items)
-    return argparse.Namespace(
-        items=late.items,
-        fairseq_config=args.fairseq_config or late.fairseq_config,
-        init_from=args.init_from or late.init_from,
-        print_config=args.print_config or late.print_config,
-        resume_from=getattr(args, "resume_from", None) or late.resume_from,
-        overwrite=getattr(args, "overwrite", False) or late.overwrite,
-    )
 
 
 def run(args: argparse.Namespace) -> int:
-    args = _intermixed(args)
+    args = parse_run_args(args, _declare, "w2vkit pretrain")
     cfg, resume, init_state, notes = resolve(args)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    cfg, checked = check_pretrain(cfg)
-    notes += checked
-    device = _device(cfg)
-    dist.init(device, timeout_minutes=cfg.train.dist_timeout_minutes)
-    finished = False
-    try:
-        with checkpoint.RunLock(Path(cfg.train.out_dir), enabled=dist.is_main()):
-            code = _pretrain(cfg, device, resume, init_state, notes)
-        finished = True
-        return code
-    except (OSError, RuntimeError) as err:
-        failure = _field_failure(err)
-        if failure is None:
-            raise
-        print(f"w2vkit pretrain: {failure}", file=sys.stderr)
-        return 1
-    finally:
-        dist.shutdown(clean=finished)
-
-
-def _field_failure(err: BaseException) -> BaseException | None:
-    """A full disk or a silent rank, which a message explains better than a traceback."""
-    if isinstance(err, checkpoint.DiskFullError):
-        return err
-    explained = dist.explain_timeout(err, "training")
-    return explained if isinstance(explained, dist.RankTimeout) else None
+    cfg, checked = check_run(cfg)
+    device = session.device_for(cfg.train)
+    return session.run_locked(
+        "pretrain",
+        cfg.train,
+        device,
+        lambda: _pretrain(cfg, device, resume, init_state, notes + checked),
+    )
 
 
 def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict | None, list[str]]:
@@ -142,8 +91,11 @@ def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict
     sources += files + (["the command line"] if overrides else [])
     try:
         cfg = build_config(layers)
-        resume, resume_path = checkpoint.resume_point(
-            Path(cfg.train.out_dir), resume_from=args.resume_from, overwrite=args.overwrite
+        resume, resume_path = session.resume_point(
+            Path(cfg.train.out_dir),
+            "pretrain",
+            resume_from=args.resume_from,
+            overwrite=args.overwrite,
         )
         init_state = None
         if resume is not None:
@@ -175,7 +127,7 @@ def _pretrain(
     notes: list[str],
 ) -> int:
     out_dir = Path(cfg.train.out_dir)
-    _prepare_run_dir(cfg, out_dir)
+    session.prepare_dir(out_dir)
     if device.type == "cuda" and cfg.train.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -199,7 +151,7 @@ def _pretrain(
     if resume is not None:
         checkpoint.restore(state, resume)
         notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
-    notes += _start_run_files(cfg, out_dir, state.step, resume)
+    notes += session.start_files(out_dir, to_dict(cfg), state.step, resume)
     if 0 < cfg.total_steps <= cfg.optim.warmup_steps:  # (0: a time budget plans the length)
         notes.append(
             f"optim.warmup_steps={cfg.optim.warmup_steps} >= the {cfg.total_steps} scheduled updates: "
@@ -236,7 +188,15 @@ def _pretrain(
         )
     finally:
         logger.close()
-    _summary(logger, cfg, state, reason)
+    manifest = Path(cfg.data.manifest_dir) / f"{cfg.data.train_split}.tsv"
+    session.summary(
+        logger,
+        out_dir,
+        state,
+        reason,
+        best=f"valid loss  {state.best_valid_loss:.4f} bits",
+        next_step=f"w2vkit extract {{model}} {manifest} --out {out_dir / 'features'}",
+    )
     return exit_status(reason)
 
 
@@ -262,53 +222,6 @@ CONSOLE_COLUMNS = (
 """The console table of `w2vkit pretrain` on a terminal (losses in bits per masked frame)."""
 
 
-def _summary(logger: RunLogger, cfg: PretrainConfig, state: TrainState, reason: str) -> None:
-    """The end of the run: why it stopped, the best validation, the checkpoints, what to run next."""
-    out_dir = Path(cfg.train.out_dir)
-    best, last = out_dir / checkpoint.BEST, out_dir / checkpoint.LAST
-    why = {"sigint": "stopped by SIGINT", "sigterm": "stopped by SIGTERM"}.get(reason, reason)
-    lines = [f"finished ({why}) at update {state.step}"]
-    if best.is_file():
-        lines.append(f"  best valid loss  {state.best_valid_loss:.4f} bits: {best}")
-    if last.is_file():
-        lines.append(f"  last checkpoint  {last}")
-    if reason in ("sigint", "sigterm", "nonfinite") and last.is_file():
-        lines.append("  continue with the same command: it resumes from the last checkpoint")
-    elif last.is_file():
-        manifest = Path(cfg.data.manifest_dir) / f"{cfg.data.train_split}.tsv"
-        model = best if best.is_file() else last
-        lines.append(f"  next: w2vkit extract {model} {manifest} --out {out_dir / 'features'}")
-    for line in lines:
-        logger.message(line)
-
-
-def _start_run_files(
-    cfg: PretrainConfig, out_dir: Path, step: int, resume: dict | None
-) -> list[str]:
-    """The run really starts: only now write config.yaml, drop log records past the resumed
-    update and repair a checkpoint_best.pt that a crash left stale (rank 0)."""
-    notes: list[str] = []
-    if dist.is_main():
-        config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-        dropped = checkpoint.start_run_files(
-            out_dir, config_text, step if resume is not None else None
-        )
-        if dropped:
-            notes.append(f"dropped {dropped} log records past update {step}")
-        repaired = checkpoint.reconcile_best(out_dir, resume) if resume is not None else None
-        notes += [repaired] if repaired else []
-    dist.barrier()
-    return notes
-
-
-def _prepare_run_dir(cfg: PretrainConfig, out_dir: Path) -> None:
-    """Rank 0 creates the run directory, drops killed writes' temp files, writes config.yaml."""
-    if dist.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_stale_temp_files(out_dir)
-    dist.barrier()
-
-
 def _model(
     cfg: PretrainConfig, resume: dict | None, init_state: dict | None, notes: list[str]
 ) -> Wav2Vec2Model:
@@ -332,41 +245,20 @@ def _train_state(
 ) -> TrainState:
     """Model on the device (DDP-wrapped under torchrun), optimizer, LR schedule, loss scaler."""
     model.to(device)
-    # LayerDrop skips whole layers, and grad_scale 0 runs the extractor without autograd: parameters
-    # without a gradient, which DDP must be told to expect.
-    unused = cfg.model.transformer.layerdrop_prob > 0 or cfg.model.feature_extractor.grad_scale == 0
     optimizer = build_optimizer(model, cfg.optim)
-    scaler = (
-        torch.amp.GradScaler(device.type, init_scale=cfg.train.fp16_init_scale)
-        if cfg.train.precision == "fp16"
-        else None
-    )
-    return TrainState(
-        model=dist.wrap_model(model, device, find_unused_parameters=unused),
-        optimizer=optimizer,
+    return session.make_state(
+        model,
+        optimizer,
         # Only train.max_minutes gives a length: flat after warmup until the budget plans the run.
-        schedule=PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps or sys.maxsize),
-        scaler=scaler,
-        generator=torch.Generator(device),
-        sampler=train_loader.sampler,
+        PolynomialDecaySchedule(optimizer, cfg.optim, cfg.total_steps or sys.maxsize),
+        cfg.train,
+        device,
+        train_loader.sampler,
+        # LayerDrop skips whole layers, and grad_scale 0 runs the extractor without autograd:
+        # parameters without a gradient, which DDP must be told to expect.
+        find_unused_parameters=cfg.model.transformer.layerdrop_prob > 0
+        or cfg.model.feature_extractor.grad_scale == 0,
     )
-
-
-def _device(cfg: PretrainConfig) -> torch.device:
-    choice = cfg.train.device
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cpu" and cfg.train.precision == "fp16":
-        raise ConfigError(
-            "train.precision: 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU"
-        )
-    if choice == "cuda":
-        device = torch.device("cuda", dist.local_rank())
-        torch.cuda.set_device(device)  # nccl and the default CUDA stream follow the local rank
-        return device
-    return torch.device("cpu")
 
 
 __all__ = ["add_arguments", "resolve", "run"]

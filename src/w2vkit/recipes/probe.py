@@ -15,6 +15,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from w2vkit.config import UsageError
 from w2vkit.embed.baselines import BASELINES, logmel_source, random_model_source, read_meta
 from w2vkit.embed.probe import format_table, plot
 from w2vkit.embed.probe_data import features_source, load_task, probe_sources
@@ -95,7 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=1, help="BLAS/OpenMP threads per fit (1: see docs)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the frame draw")
-    parser.add_argument("--out", type=Path, default=None, help="output dir (FEATURES/probe)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: FEATURES/probe_TARGET, TARGET being --target or the "
+        "labels file's stem)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
             log=lambda message: print(f"w2vkit probe: {message}", file=sys.stderr, flush=True),
         )
     except (OSError, ValueError) as err:
-        print(f"w2vkit probe: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     if task.skipped:
         print(
             f"w2vkit probe: {len(task.skipped)} labelled items were skipped by extraction "
@@ -146,7 +152,10 @@ def run(args: argparse.Namespace) -> int:
         )
     for note in result.warnings:
         print(f"w2vkit probe: warning: {note}", file=sys.stderr)
-    out = args.out if args.out is not None else args.features / "probe"
+    target = args.target or args.labels.stem
+    # One folder per target by default, so a phone probe and a voice probe of the same features
+    # do not overwrite each other's probe.json.
+    out = args.out if args.out is not None else args.features / f"probe_{target}"
     out.mkdir(parents=True, exist_ok=True)
     report = {
         **result.to_dict(),
@@ -157,7 +166,6 @@ def run(args: argparse.Namespace) -> int:
         "skipped": task.skipped,
     }
     (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
-    target = args.target or args.labels.stem
     plot(result, out / "probe.png", title=f"{args.task} probe: {target}")
     print(format_table(result))
     print(f"w2vkit probe: wrote {out / 'probe.json'} and {out / 'probe.png'}")

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from w2vkit.config import UsageError
 from w2vkit.report.build import build_report, write_report
 
 
@@ -49,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
             max_valid_items=args.max_valid_items,
         )
     except (OSError, ValueError) as err:
-        print(f"w2vkit report: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     html_path, md_path = write_report(report, out)
     for finding in report.findings:
         print(finding.format(), file=sys.stderr)

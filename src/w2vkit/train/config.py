@@ -70,13 +70,13 @@ class DataConfig:
 
 
 @dataclass(kw_only=True)
-class OptimConfig:
-    """Adam(W) with a polynomial-decay schedule after a linear warmup (fairseq `polynomial_decay`)."""
+class AdamConfig:
+    """The Adam(W) fields every objective's `optim` section shares (what `build_optimizer` reads)."""
 
     optimizer: Literal["adamw", "adam"] = "adamw"
     """adamw: decoupled weight decay on all parameters (what fairseq's `adam` does); adam: L2 in the gradient."""
     lr: float = 5e-4
-    """Peak learning rate, reached after `warmup_steps` updates."""
+    """Peak learning rate."""
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     eps_placement: Literal["fairseq", "torch"] = "fairseq"
@@ -85,15 +85,11 @@ class OptimConfig:
     weight_decay: float = 0.01
     clip_norm: float = 0.0
     """Clip the global gradient L2 norm to this; 0 disables clipping."""
-    warmup_steps: int = 32000
-    end_lr: float = 0.0
-    """Learning rate at `total_steps` and after (fairseq end_learning_rate)."""
-    power: float = 1.0
-    """Exponent of the decay; 1 is linear."""
     total_steps: int = 0
-    """Updates over which the LR decays (fairseq total_num_update); 0 means `train.max_steps`."""
+    """Updates the LR schedule spans (fairseq total_num_update / max_update); 0 means `train.max_steps`."""
 
     def __post_init__(self) -> None:
+        check(self.optimizer in ("adamw", "adam"), "optim.optimizer", "must be adamw or adam")
         check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         for i, beta in enumerate(self.betas):
             check(0.0 <= beta < 1.0, f"optim.betas[{i}]", f"must be in [0, 1), got {beta}")
@@ -105,6 +101,26 @@ class OptimConfig:
             self.clip_norm >= 0, "optim.clip_norm", f"must be >= 0 (0 = off), got {self.clip_norm}"
         )
         check(
+            self.total_steps >= 0,
+            "optim.total_steps",
+            f"must be >= 0 (0 = train.max_steps), got {self.total_steps}",
+        )
+
+
+@dataclass(kw_only=True)
+class OptimConfig(AdamConfig):
+    """Adam(W) with a polynomial-decay schedule after a linear warmup (fairseq `polynomial_decay`)."""
+
+    warmup_steps: int = 32000
+    """Updates of linear warmup to `lr`."""
+    end_lr: float = 0.0
+    """Learning rate at `total_steps` and after (fairseq end_learning_rate)."""
+    power: float = 1.0
+    """Exponent of the decay; 1 is linear."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
             self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}"
         )
         check(
@@ -113,11 +129,6 @@ class OptimConfig:
             f"must be in [0, optim.lr], got {self.end_lr}",
         )
         check(self.power > 0, "optim.power", f"must be > 0, got {self.power}")
-        check(
-            self.total_steps >= 0,
-            "optim.total_steps",
-            f"must be >= 0 (0 = train.max_steps), got {self.total_steps}",
-        )
 
 
 @dataclass(kw_only=True)

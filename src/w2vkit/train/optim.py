@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from w2vkit.train.config import OptimConfig
+from w2vkit.train.config import AdamConfig, OptimConfig
 
 
 class _FairseqEpsilon:
@@ -45,7 +45,7 @@ class FairseqAdam(_FairseqEpsilon, torch.optim.Adam):
     """Adam (L2 in the gradient) with fairseq's epsilon placement."""
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: AdamConfig) -> torch.optim.Optimizer:
     """AdamW (fairseq `adam`) or Adam with L2, over all trainable parameters, LR set by the schedule."""
     params = [p for p in model.parameters() if p.requires_grad]
     fairseq = cfg.eps_placement == "fairseq"

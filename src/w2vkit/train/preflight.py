@@ -1,4 +1,4 @@
-"""Checks on a pretraining run's inputs, made before anything is built or written.
+"""Checks on a training run's inputs (pretraining or fine-tuning), made before anything is built.
 
 Each problem a newcomer meets first (no manifest folder, a split that is empty or whose files are
 all too short, an output folder that is a file, tensorboard asked for but not installed) is a
@@ -10,18 +10,39 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from w2vkit.checks import existing_folder, writable_folder
 from w2vkit.config import UsageError
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import read_manifest
-from w2vkit.train.config import DataConfig, PretrainConfig
+from w2vkit.train.config import TrainConfig
 
 MAKE_MANIFEST = "w2vkit manifest AUDIO_DIR --dest DIR"
 
 
-def check_pretrain(cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
-    """`cfg`, with validation switched off when no valid item can make a batch, and notes to log."""
+class _Data(Protocol):
+    manifest_dir: str
+    train_split: str
+    valid_split: str
+    sample_rate: int
+    min_samples: int
+
+
+class _RunConfig(Protocol):
+    @property
+    def data(self) -> _Data: ...
+    @property
+    def train(self) -> TrainConfig: ...
+
+
+Config = TypeVar("Config", bound=_RunConfig)
+
+
+def check_run(cfg: Config) -> tuple[Config, list[str]]:
+    """`cfg`, with validation switched off when no valid item can make a batch, and notes to log.
+
+    Any run config with a `data` section in fairseq's manifest layout and a `train` section."""
     notes: list[str] = []
     data = cfg.data
     folder = _manifest_folder(data.manifest_dir, data.train_split)
@@ -39,14 +60,14 @@ def check_pretrain(cfg: PretrainConfig) -> tuple[PretrainConfig, list[str]]:
         problem = _unusable(valid, data) if valid.is_file() else f"{valid} does not exist"
         if problem:
             notes.append(f"{problem}: training without validation (data.valid_split= says so)")
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, valid_split=""))
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, valid_split=""))  # type: ignore[type-var]
     writable_folder(cfg.train.out_dir, "train.out_dir")
     if cfg.train.tensorboard:
         _check_tensorboard()
     return cfg, notes
 
 
-def _unusable(path: Path, data: DataConfig) -> str | None:
+def _unusable(path: Path, data: _Data) -> str | None:
     """Why no item of the manifest at `path` can make a batch, or None if some can."""
     if path.stat().st_size == 0:
         return f"{path} is empty"

@@ -1,0 +1,58 @@
+"""The command line shared by the training recipes: `[CONFIG] [key=value ...]` and run options.
+
+`pretrain` and `finetune` take a config (a name or a YAML file), dotted overrides, and options
+that may come before or after them (`tiny --init-from X train.max_steps=5`). argparse cannot mix
+`REMAINDER` with later options, so the top-level parser collects everything after the command
+and `parse_run_args` parses it again, intermixed; a mistake there is a `UsageError` (one line,
+exit 2), as a mistake in the first parse is.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from w2vkit.config import UsageError
+
+Declare = Callable[[argparse.ArgumentParser, str], None]
+
+
+def declare_run_args(
+    parser: argparse.ArgumentParser, items_nargs: str, *, config_help: str, init_help: str
+) -> None:
+    """The arguments every training command has."""
+    parser.add_argument(
+        "items", nargs=items_nargs, metavar="[CONFIG] [key=value ...]", help=config_help
+    )
+    parser.add_argument("--init-from", metavar="SRC", help=init_help)
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    parser.add_argument(
+        "--resume-from",
+        metavar="CHECKPOINT",
+        help="resume from this checkpoint (e.g. an interval one when checkpoint_last.pt is lost)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start from update 0 in a run directory that holds an earlier run (deletes its "
+        "checkpoints and log)",
+    )
+
+
+class _LateParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]  # raises instead
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def parse_run_args(args: argparse.Namespace, declare: Declare, prog: str) -> argparse.Namespace:
+    """`args` with the options found among `args.items` taken out and merged in."""
+    late_parser = _LateParser(prog=prog)
+    declare(late_parser, "*")
+    late = late_parser.parse_intermixed_args(args.items)
+    merged = {k: getattr(args, k, None) or v for k, v in vars(late).items()}
+    return argparse.Namespace(**(vars(args) | merged | {"items": late.items}))
+
+
+__all__ = ["declare_run_args", "parse_run_args"]

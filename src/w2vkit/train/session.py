@@ -1,0 +1,173 @@
+"""A training session's life, shared by every recipe that trains (`pretrain`, `finetune`).
+
+The parts that must behave the same whatever the objective: the device a `train` section asks
+for, the run directory (locked for one run at a time, killed writes' temp files dropped,
+`config.yaml` written only once the run really starts), which checkpoint a run continues from and
+the refusal of one that belongs to another kind of run, the loss scaler, the one-line report of a
+full disk or a silent DDP rank, and the summary printed at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+
+from w2vkit.config import ConfigError
+from w2vkit.train import checkpoint, dist
+from w2vkit.train.config import TrainConfig
+from w2vkit.train.loop import TrainState
+from w2vkit.train.metrics import RunLogger
+
+KINDS = {"pretrain": "loss", "finetune": "ctc"}
+"""A run's kind, by the config section only that kind has (a checkpoint's config tells its kind)."""
+
+
+def device_for(train: TrainConfig) -> torch.device:
+    """`train.device` as a torch device (`auto`: CUDA when there is one; the local rank's GPU)."""
+    choice = train.device
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cpu" and train.precision == "fp16":
+        raise ConfigError(
+            "train.precision: 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU"
+        )
+    if choice == "cuda":
+        device = torch.device("cuda", dist.local_rank())
+        torch.cuda.set_device(device)  # nccl and the default CUDA stream follow the local rank
+        return device
+    return torch.device("cpu")
+
+
+def resume_point(
+    out_dir: Path, kind: str, *, resume_from: str | None = None, overwrite: bool = False
+) -> tuple[dict | None, Path | None]:
+    """`checkpoint.resume_point`, refusing a checkpoint of another kind of run: a fine-tuning run
+    must not continue a pretraining one that happens to share `train.out_dir`, nor the reverse."""
+    resume, path = checkpoint.resume_point(out_dir, resume_from=resume_from, overwrite=overwrite)
+    if resume is not None:
+        saved = next((k for k, key in KINDS.items() if key in resume["config"]), None)
+        if saved != kind:
+            raise ConfigError(
+                f"{path} is a checkpoint of a `w2vkit {saved}` run, not of `w2vkit {kind}`: "
+                "choose another train.out_dir"
+            )
+    return resume, path
+
+
+def prepare_dir(out_dir: Path) -> None:
+    """Rank 0 creates the run directory and drops temp files of killed checkpoint writes."""
+    if dist.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_stale_temp_files(out_dir)
+    dist.barrier()
+
+
+def start_files(out_dir: Path, config: dict, step: int, resume: dict | None) -> list[str]:
+    """The run really starts: only now write config.yaml, drop log records past the resumed
+    update and repair a checkpoint_best.pt that a crash left stale (rank 0)."""
+    notes: list[str] = []
+    if dist.is_main():
+        config_text = yaml.safe_dump(config, sort_keys=False)
+        dropped = checkpoint.start_run_files(
+            out_dir, config_text, step if resume is not None else None
+        )
+        if dropped:
+            notes.append(f"dropped {dropped} log records past update {step}")
+        repaired = checkpoint.reconcile_best(out_dir, resume) if resume is not None else None
+        notes += [repaired] if repaired else []
+    dist.barrier()
+    return notes
+
+
+def make_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule,
+    train: TrainConfig,
+    device: torch.device,
+    sampler,
+    *,
+    find_unused_parameters: bool,
+) -> TrainState:
+    """The loop's state: the model (on `device`, DDP-wrapped under torchrun) and its companions."""
+    scaler = (
+        torch.amp.GradScaler(device.type, init_scale=train.fp16_init_scale)
+        if train.precision == "fp16"
+        else None
+    )
+    return TrainState(
+        model=dist.wrap_model(model, device, find_unused_parameters=find_unused_parameters),
+        optimizer=optimizer,
+        schedule=schedule,
+        scaler=scaler,
+        generator=torch.Generator(device),
+        sampler=sampler,
+    )
+
+
+def run_locked(
+    command: str, train: TrainConfig, device: torch.device, body: Callable[[], int]
+) -> int:
+    """`body()` inside the process group and the run directory's lock. A full disk or a silent
+    rank is one line on stderr and exit code 1 (no traceback); the group is shut down either way."""
+    dist.init(device, timeout_minutes=train.dist_timeout_minutes)
+    finished = False
+    try:
+        with checkpoint.RunLock(Path(train.out_dir), enabled=dist.is_main()):
+            code = body()
+        finished = True
+        return code
+    except (OSError, RuntimeError) as err:
+        failure = _field_failure(err)
+        if failure is None:
+            raise
+        print(f"w2vkit {command}: {failure}", file=sys.stderr)
+        return 1
+    finally:
+        dist.shutdown(clean=finished)
+
+
+def _field_failure(err: BaseException) -> BaseException | None:
+    """A full disk or a silent rank, which a message explains better than a traceback."""
+    if isinstance(err, checkpoint.DiskFullError):
+        return err
+    explained = dist.explain_timeout(err, "training")
+    return explained if isinstance(explained, dist.RankTimeout) else None
+
+
+def summary(
+    logger: RunLogger, out_dir: Path, state: TrainState, reason: str, *, best: str, next_step: str
+) -> None:
+    """The end of the run: why it stopped, the best validation (`best`, e.g. "valid loss 3.2
+    bits"), the checkpoints, and what to run next (`next_step`, a command taking the model)."""
+    best_path, last = out_dir / checkpoint.BEST, out_dir / checkpoint.LAST
+    why = {"sigint": "stopped by SIGINT", "sigterm": "stopped by SIGTERM"}.get(reason, reason)
+    lines = [f"finished ({why}) at update {state.step}"]
+    if best_path.is_file():
+        lines.append(f"  best {best}: {best_path}")
+    if last.is_file():
+        lines.append(f"  last checkpoint  {last}")
+    if reason in ("sigint", "sigterm", "nonfinite") and last.is_file():
+        lines.append("  continue with the same command: it resumes from the last checkpoint")
+    elif last.is_file():
+        model = best_path if best_path.is_file() else last
+        lines.append(f"  next: {next_step.format(model=model)}")
+    for line in lines:
+        logger.message(line)
+
+
+__all__ = [
+    "device_for",
+    "make_state",
+    "prepare_dir",
+    "resume_point",
+    "run_locked",
+    "start_files",
+    "summary",
+]

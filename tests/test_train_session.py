@@ -1,0 +1,123 @@
+"""What pretraining and fine-tuning share (w2vkit.train.session, recipes/run_args): the run lock,
+the refusal of another kind of run's checkpoint or of changed data, one-line option errors, the
+end-of-run summary, and the Adam fields of both optim sections."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_letter_corpus
+
+from w2vkit import cli
+from w2vkit.config import ConfigError
+from w2vkit.finetune.config import TriStageOptimConfig
+from w2vkit.interop import Pretrained, save_w2vkit
+from w2vkit.model.config import tiny
+from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.train import checkpoint
+from w2vkit.train.config import AdamConfig, OptimConfig
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("letters")
+    make_letter_corpus(root / "data", {"train": 6, "valid": 2})
+    torch.manual_seed(0)
+    save_w2vkit(Pretrained(tiny(), Wav2Vec2Model(tiny()).state_dict()), root / "init.pt")
+    return root
+
+
+def _finetune(data: Path, init: Path, out_dir: Path, *extra: str) -> int:
+    return cli.main(
+        [
+            "finetune", "--init-from", str(init), "preset=cpu", f"data.manifest_dir={data}",
+            f"train.out_dir={out_dir}", "data.max_batch_samples=40000", "optim.total_steps=4",
+            "train.validate_interval_steps=2", "train.save_interval_steps=0", *extra,
+        ]
+    )  # fmt: skip
+
+
+def _pretrain(data: Path, out_dir: Path, *extra: str) -> int:
+    return cli.main(
+        [
+            "pretrain", "tiny", f"data.manifest_dir={data}", f"train.out_dir={out_dir}",
+            "train.max_steps=1", "train.save_interval_steps=0", *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_finetune_refuses_a_pretraining_run_directory_and_the_reverse(corpus, tmp_path, capsys):
+    data, init = corpus / "data", corpus / "init.pt"
+    assert _pretrain(data, tmp_path / "pre") == 0
+    capsys.readouterr()
+    assert _finetune(data, init, tmp_path / "pre", "train.max_steps=1") == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{tmp_path / 'pre' / checkpoint.LAST} is a checkpoint of a `w2vkit pretrain` run, "
+        "not of `w2vkit finetune`: choose another train.out_dir"
+    ) in err
+    assert _finetune(data, init, tmp_path / "ft", "train.max_steps=1") == 0
+    capsys.readouterr()
+    assert _pretrain(data, tmp_path / "ft") == 2
+    assert "is a checkpoint of a `w2vkit finetune` run, not of `w2vkit pretrain`" in (
+        capsys.readouterr().err
+    )
+
+
+def test_finetune_refuses_a_run_directory_in_use(corpus, tmp_path, capsys):
+    with checkpoint.RunLock(tmp_path / "busy"):
+        code = _finetune(
+            corpus / "data", corpus / "init.pt", tmp_path / "busy", "train.max_steps=1"
+        )
+    assert code == 2
+    assert f"{tmp_path / 'busy'} is in use by another w2vkit run" in capsys.readouterr().err
+
+
+def test_finetune_resume_on_changed_data_is_refused(corpus, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(corpus / "data", data)
+    assert _finetune(data, corpus / "init.pt", tmp_path / "run", "train.max_steps=2") == 0
+    for suffix in ("tsv", "ltr", "wrd"):  # one utterance fewer; the same letters
+        lines = (data / f"train.{suffix}").read_text().splitlines(keepends=True)
+        (data / f"train.{suffix}").write_text("".join(lines[:-1]))
+    capsys.readouterr()
+    assert _finetune(data, corpus / "init.pt", tmp_path / "run", "train.max_steps=4") == 2
+    assert "the data changed since the checkpoint" in capsys.readouterr().err
+    more = ["train.max_steps=4", "train.allow_data_change=true"]
+    assert _finetune(data, corpus / "init.pt", tmp_path / "run", *more) == 0
+    assert checkpoint.load(tmp_path / "run" / checkpoint.LAST)["progress"]["step"] == 4
+
+
+def test_finetune_ends_with_a_summary_naming_the_next_command(corpus, tmp_path, capsys):
+    assert _finetune(corpus / "data", corpus / "init.pt", tmp_path, "train.max_steps=2") == 0
+    out = capsys.readouterr().out
+    assert "finished (max_steps) at update 2" in out
+    assert "  best valid WER  " in out
+    valid = corpus / "data" / "valid.tsv"
+    assert f"  next: w2vkit transcribe {tmp_path / checkpoint.BEST} --manifest {valid}" in out
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_an_unknown_option_after_the_config_is_one_line(command, capsys):
+    assert cli.main([command, "cpu", "train.max_steps=1", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"w2vkit {command}: unrecognized arguments: --bogus (see `w2vkit {command} --help`)\n"
+    )
+
+
+def test_both_optim_sections_share_the_adam_fields_and_checks():
+    shared = {f for f in AdamConfig.__dataclass_fields__}
+    assert shared <= set(OptimConfig.__dataclass_fields__)
+    assert shared <= set(TriStageOptimConfig.__dataclass_fields__)
+    for cls in (OptimConfig, TriStageOptimConfig):
+        with pytest.raises(ConfigError, match=r"optim.betas\[1\]: must be in \[0, 1\), got 1.0"):
+            cls(betas=(0.9, 1.0))
+        with pytest.raises(ConfigError, match="optim.weight_decay: must be >= 0, got -0.1"):
+            cls(weight_decay=-0.1)
+    # fairseq's fine-tuning recipes: no weight decay, eps 1e-8, a lower peak LR.
+    assert (TriStageOptimConfig().weight_decay, TriStageOptimConfig().eps) == (0.0, 1e-8)
+    assert TriStageOptimConfig().lr == 5e-5 and OptimConfig().lr == 5e-4
