@@ -446,3 +446,30 @@ def test_a_flag_mistake_is_one_line_with_exit_2(argv, message, capsys):
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and err.startswith("w2vkit")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"hello: [unclosed\n",
+            "bad.yaml:2:1: not valid YAML: expected ',' or ']', but got '<stream end>'",
+        ),
+        (b"a: 1\n  b: 2\n", "bad.yaml:2:4: not valid YAML: mapping values are not allowed here"),
+        (b"\xff\xfe\x00", "bad.yaml: not a text file (byte 0 is not UTF-8)"),
+    ],
+)
+def test_a_broken_config_file_is_one_line_naming_line_and_column(
+    tmp_path, capsys, content, message
+):
+    (tmp_path / "bad.yaml").write_bytes(content)
+    err = _error(capsys, "pretrain", str(tmp_path / "bad.yaml"))
+    assert err == f"w2vkit pretrain: {tmp_path / message}\n"
+
+
+def test_no_recipe_prints_its_own_usage_error():
+    # The convention: raise UsageError, and cli.main prints it; a recipe that prints and returns 2
+    # bypasses --verbose and the message format.
+    recipes = sorted((REPO / "src" / "w2vkit" / "recipes").glob("*.py"))
+    offenders = [p.name for p in recipes if "return 2\n" in p.read_text()]
+    assert recipes and offenders == []

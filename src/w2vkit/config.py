@@ -107,6 +107,14 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
+def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    """One line: `file:line:column: not valid YAML: problem` (PyYAML's message spans several)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{where}: not valid YAML: {problem}"
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing file or a non-mapping top level is a ConfigError."""
     path = Path(path)
@@ -114,8 +122,10 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (byte {err.start} is not UTF-8)") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{_yaml_problem(path, err)}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
