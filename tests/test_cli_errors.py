@@ -473,3 +473,18 @@ def test_no_recipe_prints_its_own_usage_error():
     recipes = sorted((REPO / "src" / "w2vkit" / "recipes").glob("*.py"))
     offenders = [p.name for p in recipes if "return 2\n" in p.read_text()]
     assert recipes and offenders == []
+
+
+@pytest.mark.parametrize("command", ["extract", "transcribe", "convert"])
+def test_a_run_directory_given_for_a_model_names_its_checkpoint(tmp_path, capsys, command):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"placeholder": 1}, run / "checkpoint_last.pt")
+    rest = {
+        "extract": [str(tmp_path / "m.tsv"), "--out", str(tmp_path / "f")],
+        "transcribe": [str(tmp_path / "a.wav")],
+        "convert": [str(tmp_path / "hf"), "--to", "hf"],
+    }[command]
+    err = _error(capsys, command, str(run), *rest)
+    hint = f"{run} is a training run directory: give one of its checkpoints, e.g. {run / 'checkpoint_last.pt'}"
+    assert hint in err

@@ -137,11 +137,12 @@ def read_finetuned(
     """A w2vkit fine-tuning checkpoint (`.pt`), an HF `Wav2Vec2ForCTC` directory, or a fairseq
     `wav2vec_ctc` checkpoint with its `dict.ltr.txt` (`dict_path`, default: beside the file)."""
     from w2vkit.finetune import fairseq
-    from w2vkit.interop import hf
+    from w2vkit.interop import hf, refuse_run_directory
     from w2vkit.interop.safe_load import load_torch_file
 
     path = Path(source)
     if path.is_dir():
+        refuse_run_directory(path)
         return hf.load_hf_ctc(path)
     payload = load_torch_file(path)
     if fairseq.is_fairseq_ctc(payload):

@@ -70,9 +70,21 @@ def build_model(pretrained: Pretrained, *, source: str) -> Wav2Vec2Model:
     return model
 
 
+def refuse_run_directory(path: Path) -> None:
+    """A `w2vkit pretrain/finetune` run directory given where a model is expected: name the
+    checkpoint to give instead (an HF model directory has a config.json; a run directory not)."""
+    saved = [path / name for name in ("checkpoint_best.pt", "checkpoint_last.pt")]
+    choice = next((p for p in saved if p.is_file()), None)
+    if choice is not None and not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"{path} is a training run directory: give one of its checkpoints, e.g. {choice}"
+        )
+
+
 def _read(path: Path) -> tuple[str, Pretrained]:
     if path.is_dir():
         if not (path / "config.json").is_file():
+            refuse_run_directory(path)
             raise CheckpointError(
                 f"{path}: a directory without config.json is not an HF model directory"
             )
@@ -106,5 +118,6 @@ __all__ = [
     "load_pretrained",
     "load_weights",
     "read_pretrained",
+    "refuse_run_directory",
     "save_w2vkit",
 ]
