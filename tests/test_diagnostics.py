@@ -103,9 +103,12 @@ def test_accuracy_near_one_early_is_a_trivial_task():
     records = [_healthy(10), _healthy(20) | {"accuracy": 0.995}]
     assert _codes(records) == ["trivial_task"]
     assert _codes([_healthy(5000) | {"accuracy": 0.995}]) == []  # late: a converged easy corpus
-    assert _codes([_healthy(10) | {"negatives_equal_positive": 0.3}]) == [
-        "negatives_equal_positive"
-    ]
+    same = [_healthy(s) | {"negatives_equal_positive": 0.3} for s in (10, 20, 30)]
+    assert _codes(same) == ["negatives_equal_positive"]
+    # The first records of a healthy run, before the codes spread out: no finding.
+    fractions = {10: 0.13, 20: 0.06, 30: 0.3, 40: 0.3}  # never 3 log records in a row
+    early = [_healthy(s) | {"negatives_equal_positive": f} for s, f in fractions.items()]
+    assert _codes(early) == []
 
 
 def test_gradient_norm_zero_or_exploding():
@@ -144,10 +147,10 @@ def test_pretrain_prints_each_health_finding_once_on_the_console(tmp_path, capsy
     dest = make_manifest(tmp_path, num_files=6, valid_percent=0.0)
     argv = ["pretrain", TINY_YAML, f"data.manifest_dir={dest}", f"train.out_dir={tmp_path / 'run'}"]
     argv += ["train.max_steps=10", "train.log_interval=2", "data.valid_split=", "optim.lr=1e-9"]
-    argv += ["data.max_batch_samples=32000"]
+    argv += ["data.max_batch_samples=32000", "model.quantizer.num_entries=2"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     logged = diagnose_log(tmp_path / "run" / "train_log.jsonl")  # what the monitor saw, offline
     printed = [line for line in out.splitlines() if line.startswith("health [")]
     assert [f.format().splitlines()[0] for f in logged] == printed  # once each, as they appear
-    assert printed, "the tiny codebook draws negatives equal to their positive at lr 0"
+    assert printed, "2 x 2 codes draw negatives equal to their positive at lr 0"
