@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from w2vkit import cli
 from w2vkit.config import to_dict
 from w2vkit.data.audio import load_audio, normalize
 from w2vkit.data.dataset import AudioDataset
@@ -69,10 +70,8 @@ def corpus(tmp_path_factory) -> dict:
 
 
 def _run(corpus: dict, out: Path, *options: str) -> int:
-    parser = argparse.ArgumentParser()
-    recipe.add_arguments(parser)
     argv = [str(corpus["checkpoint"]), str(corpus["manifest"]), "--out", str(out), "--quiet"]
-    return recipe.run(parser.parse_args(argv + list(options)))
+    return cli.main(["extract", *argv, *options])
 
 
 def _direct(model: Wav2Vec2Model, path: Path) -> list[torch.Tensor]:
@@ -136,11 +135,9 @@ def test_existing_output_needs_force_and_bad_arguments(corpus, tmp_path, capsys)
     assert read_index(out)[0].layers == (2,)
     assert _run(corpus, tmp_path / "x", "--layers", "3") == 2
     assert "0 (encoder input) to 2" in capsys.readouterr().err
-    parser = argparse.ArgumentParser()
-    recipe.add_arguments(parser)
     missing = corpus["root"] / "missing.pt"
-    args = parser.parse_args([str(missing), str(corpus["manifest"]), "--out", str(tmp_path / "y")])
-    assert recipe.run(args) == 2
+    args = [str(missing), str(corpus["manifest"]), "--out", str(tmp_path / "y")]
+    assert cli.main(["extract", *args]) == 2
     assert "missing.pt" in capsys.readouterr().err
 
 

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from w2vkit import cli
 from w2vkit.config import to_dict
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import Manifest, write_manifest
@@ -165,12 +166,11 @@ def test_bf16_compute_is_close_to_fp32_and_recorded(corpus, tmp_path):
 
 
 def test_bad_batch_options_are_usage_errors(corpus, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    recipe.add_arguments(parser)
-    base = [str(tmp_path / "none.pt"), str(corpus / "train.tsv"), "--out", str(tmp_path / "f")]
-    assert recipe.run(parser.parse_args([*base, "--batch-size", "0"])) == 2
+    base = ["extract", str(tmp_path / "none.pt"), str(corpus / "train.tsv")]
+    base += ["--out", str(tmp_path / "f")]
+    assert cli.main([*base, "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
-    assert recipe.run(parser.parse_args([*base, "--max-batch-seconds", "-1"])) == 2
+    assert cli.main([*base, "--max-batch-seconds", "-1"]) == 2
     assert "--max-batch-seconds must be >= 0" in capsys.readouterr().err
 
 

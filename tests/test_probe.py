@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from w2vkit.embed.baselines import random_model_source
 from w2vkit.embed.extract import load_features
 from w2vkit.embed.probe import chance_scores, fit_and_score, split_items
 from w2vkit.embed.probe_data import select_frames, stack_context
-from w2vkit.recipes import probe as recipe
 
 SENTENCES = [f"s{i}" for i in range(6)]
 
@@ -43,9 +41,7 @@ def _frame_corpus(tmp_path: Path, seed: int = 0) -> tuple[Path, Path, Path]:
 
 
 def _run(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    recipe.add_arguments(parser)
-    return recipe.run(parser.parse_args(list(argv)))
+    return cli.main(["probe", *argv])
 
 
 def test_frame_probe_decodes_the_coded_layer_and_not_the_noise(tmp_path, capsys):
@@ -229,6 +225,16 @@ def test_frame_label_count_must_match_the_features(tmp_path, capsys):
     argv = [str(tmp_path / "feats"), "--task", "frame", "--labels", str(tmp_path / "f.tsv")]
     assert _run(*argv) == 2
     assert "'a.wav' has 3 frame labels but 4 feature frames" in capsys.readouterr().err
+
+
+def test_an_utterance_table_given_as_frame_labels_says_so(tmp_path, capsys):
+    write_features(tmp_path / "feats", {"a.wav": np.zeros((2, 4, 3))})
+    (tmp_path / "utt.tsv").write_text("path\tvoice\na.wav\tv1\n")
+    argv = [str(tmp_path / "feats"), "--task", "frame", "--labels", str(tmp_path / "utt.tsv")]
+    assert _run(*argv) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'utt.tsv'} starts with a 'path' header, like an utterance table" in err
+    assert "pass the table as --utterances, or use --task utterance" in err
 
 
 def test_label_readers(tmp_path):

@@ -140,6 +140,10 @@ def test_usage_errors(setup, tmp_path, capsys):
     assert "nothing to transcribe" in capsys.readouterr().err
     assert cli.main(["transcribe", str(root / "model.pt"), str(tmp_path / "nope.wav")]) == 2
     assert "no such audio file" in capsys.readouterr().err
+    assert cli.main(["transcribe", str(root / "model.pt"), str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder: give audio files, or a manifest of the folder" in (
+        capsys.readouterr().err
+    )
     assert (
         cli.main(
             [

@@ -118,6 +118,13 @@ def load_task(
         was_skipped = {line.split("\t")[0] for line in lines[1:]}
     if task == "frame":
         frame_labels = read_frame_labels(labels_path)
+        if "path" in frame_labels:  # a header line: an utterance table, not frame labels
+            raise ValueError(
+                f"{labels_path} starts with a 'path' header, like an utterance table; --task "
+                "frame needs frame labels, 'relative_path<TAB>label label ...' per line (`w2vkit "
+                "labels --phones` writes them): pass the table as --utterances, or use --task "
+                "utterance"
+            )
         labelled: dict[str, np.ndarray] = {p: v.astype(str) for p, v in frame_labels.items()}
         table = read_table(utterances_path) if utterances_path else {}
     elif task == "utterance":

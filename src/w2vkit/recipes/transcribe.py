@@ -102,6 +102,13 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
         return [manifest.root / p for p in manifest.paths], list(manifest.paths)
     if not args.audio:
         raise ConfigError("nothing to transcribe: give audio files or --manifest M.tsv")
+    folders = [p for p in args.audio if p.is_dir()]
+    if folders:
+        raise ConfigError(
+            f"{folders[0]} is a folder: give audio files, or a manifest of the folder "
+            f"(`w2vkit manifest {folders[0]} --dest DIR --valid-percent 0`, then --manifest "
+            "DIR/train.tsv)"
+        )
     missing = [str(p) for p in args.audio if not p.is_file()]
     if missing:
         raise ConfigError(f"no such audio file: {missing[0]}")
