@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
 import math
@@ -28,7 +27,7 @@ from typing import TextIO
 
 import yaml
 
-from w2vkit.config import ConfigError, UsageError
+from w2vkit.config import ConfigError
 from w2vkit.configs import PRETRAIN_DIR
 
 TINY_CONFIG = PRETRAIN_DIR / "tiny.yaml"  # shipped in the package: the demo runs from a wheel
@@ -300,17 +299,11 @@ def _claim(out_dir: Path) -> None:
 
 
 def _run_recipe(name: str, argv: list[str]) -> int:
-    """`w2vkit <name> argv`, in this process, through the recipe's own argument parser; a usage
-    error is its one line on stderr and exit code 2, as `w2vkit <name>` gives (the demo goes on
-    where a step may fail, e.g. a probe on a corpus too small for it)."""
-    recipe = importlib.import_module(f"w2vkit.recipes.{name}")
-    parser = argparse.ArgumentParser(prog=f"w2vkit {name}")
-    recipe.add_arguments(parser)
-    try:
-        return int(recipe.run(parser.parse_args(argv)) or 0)
-    except UsageError as err:
-        print(f"w2vkit {name}: {err}", file=sys.stderr)
-        return 2
+    """`w2vkit <name> argv`, in this process: a usage error is that step's one line on stderr and
+    exit code 2, and the demo goes on where a step may fail (a probe on too small a corpus)."""
+    from w2vkit import cli  # the command line's own error convention, not a copy of it
+
+    return cli.main([name, *argv])
 
 
 def _num_rows(manifest_path: Path) -> int:
