@@ -315,7 +315,9 @@ def _num_rows(manifest_path: Path) -> int:
 class _CurvePrinter:
     """Follows the trainer's JSON log from a thread and prints each record as a row of the curve."""
 
-    HEADER = "  update    loss  contrast  accuracy  prob_ppl   temp  accuracy"
+    HEADER = (
+        f"  update    loss  contrast  accuracy  prob_ppl   temp  bar: one # per {1 / BAR_WIDTH:g}"
+    )
 
     def __init__(self, log_path: Path, out: TextIO, poll_seconds: float = 0.2) -> None:
         self.log_path, self.out, self.poll_seconds = log_path, out, poll_seconds
