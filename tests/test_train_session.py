@@ -121,3 +121,35 @@ def test_both_optim_sections_share_the_adam_fields_and_checks():
     # fairseq's fine-tuning recipes: no weight decay, eps 1e-8, a lower peak LR.
     assert (TriStageOptimConfig().weight_decay, TriStageOptimConfig().eps) == (0.0, 1e-8)
     assert TriStageOptimConfig().lr == 5e-5 and OptimConfig().lr == 5e-4
+
+
+def test_an_option_given_before_and_after_the_config_with_two_values_is_refused(capsys):
+    argv = ["finetune", "--init-from", "a.pt", "cpu", "--init-from", "b.pt"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "w2vkit finetune: --init-from is given twice ('a.pt' and 'b.pt'); give it once\n"
+    )
+
+
+def test_resume_from_a_pretraining_checkpoint_points_at_init_from(corpus, tmp_path, capsys):
+    data, init = corpus / "data", corpus / "init.pt"
+    assert _pretrain(data, tmp_path / "pre") == 0
+    capsys.readouterr()
+    last = tmp_path / "pre" / checkpoint.LAST
+    code = _finetune(data, init, tmp_path / "ft", "--resume-from", str(last), "train.max_steps=1")
+    assert code == 2
+    assert "not of `w2vkit finetune`: to start from its weights, pass it as --init-from" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_stale_best_checkpoint_is_repaired_by_the_runs_own_metric(tmp_path):
+    last = {
+        "progress": {"step": 8, "best_valid_loss": 12.5},
+        "metrics": {"valid": {"loss": 3.0, "wer": 12.5}},
+    }
+    checkpoint.save_atomic(last, tmp_path / checkpoint.LAST)
+    assert checkpoint.reconcile_best(tmp_path, last) is None  # by loss: 3.0 is not the best 12.5
+    note = checkpoint.reconcile_best(tmp_path, last, "wer")
+    assert note is not None and note.endswith("it now holds update 8, validation wer 12.5")
+    assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 8

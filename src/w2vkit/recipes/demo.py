@@ -227,6 +227,8 @@ def _probes(features: Path, frame_labels: Path, utterances: Path, seed: int) -> 
         out = features / f"probe_{name}"
         with contextlib.redirect_stdout(io.StringIO()):  # the table is printed at the end
             code = _run_recipe("probe", [*argv, f"--out={out}"])
+        if code in INTERRUPTED_CODES:  # Ctrl-C: stop the demo, not just this probe
+            raise KeyboardInterrupt
         if code == 0:
             done[name] = out / "probe.json"
         else:

@@ -212,7 +212,7 @@ def _finetune(
         checkpoint.restore(state, resume)
         notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
     config = to_dict(cfg) | {"vocab": vocab.symbols}
-    notes += session.start_files(out_dir, config, state.step, resume)
+    notes += session.start_files(out_dir, config, state.step, resume, best_metric="wer")
     logger = RunLogger(
         out_dir,
         total_steps=cfg.train.max_steps,

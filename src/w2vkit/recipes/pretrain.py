@@ -151,7 +151,7 @@ def _pretrain(
     if resume is not None:
         checkpoint.restore(state, resume)
         notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
-    notes += session.start_files(out_dir, to_dict(cfg), state.step, resume)
+    notes += session.start_files(out_dir, to_dict(cfg), state.step, resume, best_metric="loss")
     if 0 < cfg.total_steps <= cfg.optim.warmup_steps:  # (0: a time budget plans the length)
         notes.append(
             f"optim.warmup_steps={cfg.optim.warmup_steps} >= the {cfg.total_steps} scheduled updates: "

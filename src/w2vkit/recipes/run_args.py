@@ -51,7 +51,14 @@ def parse_run_args(args: argparse.Namespace, declare: Declare, prog: str) -> arg
     late_parser = _LateParser(prog=prog)
     declare(late_parser, "*")
     late = late_parser.parse_intermixed_args(args.items)
-    merged = {k: getattr(args, k, None) or v for k, v in vars(late).items()}
+    early = {k: getattr(args, k, None) for k in vars(late)}
+    twice = [k for k, v in vars(late).items() if k != "items" and v and early[k] and v != early[k]]
+    if twice:
+        flag = "--" + twice[0].replace("_", "-")
+        raise UsageError(
+            f"{flag} is given twice ({early[twice[0]]!r} and {getattr(late, twice[0])!r}); give it once"
+        )
+    merged = {k: early[k] or v for k, v in vars(late).items()}
     return argparse.Namespace(**(vars(args) | merged | {"items": late.items}))
 
 

@@ -53,10 +53,13 @@ def resume_point(
     if resume is not None:
         saved = next((k for k, key in KINDS.items() if key in resume["config"]), None)
         if saved != kind:
-            raise ConfigError(
-                f"{path} is a checkpoint of a `w2vkit {saved}` run, not of `w2vkit {kind}`: "
-                "choose another train.out_dir"
+            what = f"a `w2vkit {saved}` run" if saved else "an unknown kind of run"
+            remedy = (
+                "to start from its weights, pass it as --init-from"
+                if resume_from
+                else "choose another train.out_dir"
             )
+            raise ConfigError(f"{path} is a checkpoint of {what}, not of `w2vkit {kind}`: {remedy}")
     return resume, path
 
 
@@ -68,9 +71,12 @@ def prepare_dir(out_dir: Path) -> None:
     dist.barrier()
 
 
-def start_files(out_dir: Path, config: dict, step: int, resume: dict | None) -> list[str]:
+def start_files(
+    out_dir: Path, config: dict, step: int, resume: dict | None, *, best_metric: str
+) -> list[str]:
     """The run really starts: only now write config.yaml, drop log records past the resumed
-    update and repair a checkpoint_best.pt that a crash left stale (rank 0)."""
+    update and repair a checkpoint_best.pt that a crash left stale (rank 0; `best_metric`: the
+    validation key the run's best checkpoint is chosen by)."""
     notes: list[str] = []
     if dist.is_main():
         config_text = yaml.safe_dump(config, sort_keys=False)
@@ -79,7 +85,9 @@ def start_files(out_dir: Path, config: dict, step: int, resume: dict | None) -> 
         )
         if dropped:
             notes.append(f"dropped {dropped} log records past update {step}")
-        repaired = checkpoint.reconcile_best(out_dir, resume) if resume is not None else None
+        repaired = (
+            checkpoint.reconcile_best(out_dir, resume, best_metric) if resume is not None else None
+        )
         notes += [repaired] if repaired else []
     dist.barrier()
     return notes
