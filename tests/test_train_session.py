@@ -92,6 +92,7 @@ def test_finetune_resume_on_changed_data_is_refused(corpus, tmp_path, capsys):
 
 
 def test_finetune_ends_with_a_summary_naming_the_next_command(corpus, tmp_path, capsys):
+    tmp_path = tmp_path / "run {braces}"  # a path is text in the summary, not a template
     assert _finetune(corpus / "data", corpus / "init.pt", tmp_path, "train.max_steps=2") == 0
     out = capsys.readouterr().out
     assert "finished (max_steps) at update 2" in out

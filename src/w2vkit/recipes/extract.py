@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from w2vkit.checks import device_option
 from w2vkit.config import UsageError
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import read_manifest
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-seconds and --max-batch-seconds must be >= 0 and --shard-mb > 0")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = _device(args.device)
+    device = device_option(args.device)
     try:
         model = load_model(args.checkpoint, device)
         manifest = read_manifest(args.manifest)
@@ -158,29 +158,3 @@ def run(args: argparse.Namespace) -> int:
         print("w2vkit extract: no item could be extracted", file=sys.stderr)
         return 1
     return 0
-
-
-def _device(name: str) -> torch.device:
-    """`--device` as a torch device: `auto` is CUDA when there is one; CUDA that is not there is
-    refused now rather than when the model moves."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(
-            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not count:
-            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise UsageError(
-                f"--device {name}: no CUDA device is available (torch {torch.__version__}, "
-                f"{build}); use --device cpu"
-            )
-        if device.index is not None and device.index >= count:
-            raise UsageError(
-                f"--device {name}: there are only {count} CUDA devices (0..{count - 1})"
-            )
-    return device

@@ -250,7 +250,7 @@ def _finetune(
         state,
         reason,
         best=f"valid WER  {state.best_valid_loss:.2f}%",
-        next_step=f"w2vkit transcribe {{model}} --manifest {valid}",
+        next_step=lambda model: f"w2vkit transcribe {model} --manifest {valid}",
     )
     return exit_status(reason)
 

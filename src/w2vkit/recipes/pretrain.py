@@ -195,7 +195,7 @@ def _pretrain(
         state,
         reason,
         best=f"valid loss  {state.best_valid_loss:.4f} bits",
-        next_step=f"w2vkit extract {{model}} {manifest} --out {out_dir / 'features'}",
+        next_step=lambda model: f"w2vkit extract {model} {manifest} --out {out_dir / 'features'}",
     )
     return exit_status(reason)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from w2vkit.checks import device_option
 from w2vkit.config import ConfigError
 from w2vkit.data.audio import SAMPLE_RATE, load_audio, normalize, probe_audio, resampled_length
 from w2vkit.data.manifest import read_manifest
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, OSError) as err:
         raise ConfigError(f"cannot read {args.model}: {err}") from err
     paths, names = _inputs(args)
-    device = _device(args.device)
+    device = device_option(args.device)
     model = finetuned.build().to(device).eval()
     decoder = _beam_decoder(args, finetuned.vocab)
     conv = finetuned.cfg.feature_extractor.conv_layers
@@ -113,14 +114,6 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
     if missing:
         raise ConfigError(f"no such audio file: {missing[0]}")
     return list(args.audio), [str(p) for p in args.audio]
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
 
 
 def _beam_decoder(args: argparse.Namespace, vocab) -> BeamSearchDecoder | None:

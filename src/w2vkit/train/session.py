@@ -150,10 +150,16 @@ def _field_failure(err: BaseException) -> BaseException | None:
 
 
 def summary(
-    logger: RunLogger, out_dir: Path, state: TrainState, reason: str, *, best: str, next_step: str
+    logger: RunLogger,
+    out_dir: Path,
+    state: TrainState,
+    reason: str,
+    *,
+    best: str,
+    next_step: Callable[[Path], str],
 ) -> None:
     """The end of the run: why it stopped, the best validation (`best`, e.g. "valid loss 3.2
-    bits"), the checkpoints, and what to run next (`next_step`, a command taking the model)."""
+    bits"), the checkpoints, and what to run next (`next_step(model checkpoint)`, a command)."""
     best_path, last = out_dir / checkpoint.BEST, out_dir / checkpoint.LAST
     why = {"sigint": "stopped by SIGINT", "sigterm": "stopped by SIGTERM"}.get(reason, reason)
     lines = [f"finished ({why}) at update {state.step}"]
@@ -165,7 +171,7 @@ def summary(
         lines.append("  continue with the same command: it resumes from the last checkpoint")
     elif last.is_file():
         model = best_path if best_path.is_file() else last
-        lines.append(f"  next: {next_step.format(model=model)}")
+        lines.append(f"  next: {next_step(model)}")
     for line in lines:
         logger.message(line)
 
