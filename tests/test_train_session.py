@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from w2vkit.finetune.config import TriStageOptimConfig
 from w2vkit.interop import Pretrained, save_w2vkit
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train import checkpoint
+from w2vkit.train import checkpoint, session
 from w2vkit.train.config import AdamConfig, OptimConfig
 
 
@@ -154,3 +155,56 @@ def test_a_stale_best_checkpoint_is_repaired_by_the_runs_own_metric(tmp_path):
     note = checkpoint.reconcile_best(tmp_path, last, "wer")
     assert note is not None and note.endswith("it now holds update 8, validation wer 12.5")
     assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 8
+
+
+@pytest.mark.parametrize(
+    ("resume_from", "overwrite", "expected"),
+    [
+        (None, False, "the same command"),
+        ("run/checkpoint_1_4.pt", False, "the same command without --resume-from"),
+        (None, True, "the same command without --overwrite"),
+        ("a.pt", True, "the same command without --resume-from and --overwrite"),
+    ],
+)
+def test_an_interrupted_run_is_continued_without_the_options_that_chose_its_start(
+    tmp_path, resume_from, overwrite, expected
+):
+    # Run again with --overwrite, it would start over; with --resume-from, go back to that file.
+    rerun = session.rerun_command(resume_from=resume_from, overwrite=overwrite)
+    assert rerun == expected
+    (tmp_path / checkpoint.LAST).write_bytes(b"")
+    lines: list[str] = []
+    logger = SimpleNamespace(message=lines.append)
+    state = SimpleNamespace(step=7)
+    for reason in ("sigint", "max_steps"):
+        session.summary(
+            logger,
+            tmp_path,
+            state,
+            reason,
+            best="loss",
+            next_step=str,
+            rerun=rerun,  # type: ignore[arg-type]
+        )
+    assert lines == [
+        "finished (stopped by SIGINT) at update 7",
+        f"  last checkpoint  {tmp_path / checkpoint.LAST}",
+        f"  continue with {expected}: it resumes from the last checkpoint",
+        "finished (max_steps) at update 7",
+        f"  last checkpoint  {tmp_path / checkpoint.LAST}",
+        f"  next: {tmp_path / checkpoint.LAST}",
+    ]
+
+
+def test_finetune_resumed_from_another_vocabulary_names_the_checkpoint(corpus, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(corpus / "data", data)
+    assert _finetune(data, corpus / "init.pt", tmp_path / "run", "train.max_steps=1") == 0
+    dictionary = data / "dict.ltr.txt"
+    dictionary.write_text(dictionary.read_text() + "Q 1\n")
+    capsys.readouterr()
+    assert _finetune(data, corpus / "init.pt", tmp_path / "run", "train.max_steps=2") == 2
+    assert capsys.readouterr().err == (
+        f"w2vkit finetune: {tmp_path / 'run' / checkpoint.LAST} was trained with another "
+        "dict.ltr.txt\n"
+    )

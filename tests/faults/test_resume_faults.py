@@ -132,6 +132,8 @@ def test_fault07_fresh_start_over_an_earlier_run_is_refused(corpus, tmp_path, ca
     )
     assert sorted(p.name for p in out.iterdir()) == before  # nothing overwritten or pruned
     assert runs.pretrain(corpus, out, "train.max_steps=6", "--resume-from", str(newest)) == 0
+    out_text = capsys.readouterr().out
+    assert f"resumed from {newest} at update 4" in out_text  # the file given, not checkpoint_last
     assert checkpoint.load(out / checkpoint.LAST)["progress"]["step"] == 6
     assert [r["num_updates"] for r in runs.records(out)] == [1, 2, 3, 4, 5, 6]
 
@@ -210,7 +212,7 @@ def test_fault14_resume_with_another_model_is_refused_with_what_differs(corpus, 
     assert runs.pretrain(corpus, out, "train.max_steps=4", "model.transformer.num_layers=3") == 2
     err = capsys.readouterr().err
     assert (
-        f"{out} was trained with another model: model.transformer.num_layers: 2 in the "
+        f"{out / checkpoint.LAST} was trained with another model: model.transformer.num_layers: 2 in the "
         "checkpoint, 3 now. Resume without these model.* overrides" in err
     )
     assert (out / checkpoint.LAST).read_bytes() == saved

@@ -25,7 +25,7 @@ from w2vkit.finetune.vocab import Vocabulary
 from w2vkit.interop.native import Pretrained
 from w2vkit.model.config import ModelConfig
 from w2vkit.recipes.run_args import declare_run_args, parse_run_args
-from w2vkit.train import checkpoint, dist, guard, session
+from w2vkit.train import dist, guard, session
 from w2vkit.train.config import load_layers
 from w2vkit.train.loop import TrainState, exit_status, train
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
@@ -57,14 +57,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg, notes = check_run(cfg)
     vocab = _vocabulary(cfg.data)
-    if resume is not None and resume["config"].get("vocab") != vocab.symbols:
-        raise ConfigError(
-            f"{Path(cfg.train.out_dir) / checkpoint.LAST} was trained with another "
-            f"dict.{cfg.data.labels}.txt"
-        )
+    if resume is not None and resume.config.get("vocab") != vocab.symbols:
+        raise ConfigError(f"{resume.path} was trained with another dict.{cfg.data.labels}.txt")
     device = session.device_for(cfg.train)
+    rerun = session.rerun_command(resume_from=args.resume_from, overwrite=args.overwrite)
     return session.run_locked(
-        "finetune", cfg.train, device, lambda: _finetune(cfg, device, resume, init, vocab, notes)
+        "finetune",
+        cfg.train,
+        device,
+        lambda: _finetune(cfg, device, resume, init, vocab, notes, rerun),
     )
 
 
@@ -74,7 +75,7 @@ def resolve(
     *,
     resume_from: str | None = None,
     overwrite: bool = False,
-) -> tuple[FinetuneConfig, dict | None, FineTuned | Pretrained | None]:
+) -> tuple[FinetuneConfig, session.Resume | None, FineTuned | Pretrained | None]:
     """The config, the checkpoint to resume (or None) and the initial model record."""
     files = [item for item in items if "=" not in item]
     overrides = [item for item in items if "=" in item]
@@ -86,11 +87,11 @@ def resolve(
     where = " + ".join(files + (["the command line"] if overrides else [])) or "the defaults"
     try:
         cfg = build_finetune_config(layers, init_model=ModelConfig())
-        resume, _ = session.resume_point(
+        resume = session.resume_point(
             Path(cfg.train.out_dir), "finetune", resume_from=resume_from, overwrite=overwrite
         )
         if resume is not None:
-            model = from_dict(ModelConfig, resume["config"]["model"], where="model")
+            model = from_dict(ModelConfig, resume.config["model"], where="model")
             return build_finetune_config(layers, init_model=model), resume, None
         if not cfg.train.init_from:
             raise ConfigError("--init-from is required: the pretrained model to fine-tune")
@@ -190,10 +191,11 @@ CONSOLE_COLUMNS = (
 def _finetune(
     cfg: FinetuneConfig,
     device: torch.device,
-    resume: dict | None,
+    resume: session.Resume | None,
     init: FineTuned | Pretrained | None,
     vocab: Vocabulary,
     notes: list[str],
+    rerun: str,
 ) -> int:
     out_dir = Path(cfg.train.out_dir)
     session.prepare_dir(out_dir)
@@ -201,7 +203,7 @@ def _finetune(
     train_loader = loaders[cfg.data.train_split]
     if resume is not None:
         notes += guard.check_resume_config(
-            resume["config"]["model"], cfg.model, source=str(out_dir)
+            resume.config["model"], cfg.model, source=str(resume.path)
         )
     torch.manual_seed(cfg.train.seed)  # the same initial output layer on every rank
     model = Wav2Vec2ForCTC(cfg.model, len(vocab), final_dropout_prob=cfg.ctc.final_dropout_prob)
@@ -209,8 +211,7 @@ def _finetune(
         notes.append(_initialise(model, init, vocab, cfg.train.init_from))
     state = _train_state(cfg, model, device, train_loader)
     if resume is not None:
-        checkpoint.restore(state, resume)
-        notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
+        notes.append(session.restore(state, resume))
     config = to_dict(cfg) | {"vocab": vocab.symbols}
     notes += session.start_files(out_dir, config, state.step, resume, best_metric="wer")
     logger = RunLogger(
@@ -251,6 +252,7 @@ def _finetune(
         reason,
         best=f"valid WER  {state.best_valid_loss:.2f}%",
         next_step=lambda model: f"w2vkit transcribe {model} --manifest {valid}",
+        rerun=rerun,
     )
     return exit_status(reason)
 

@@ -23,7 +23,7 @@ from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.recipes.run_args import declare_run_args, parse_run_args
-from w2vkit.train import checkpoint, dist, guard, session
+from w2vkit.train import dist, guard, session
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.diagnostics import HealthMonitor
 from w2vkit.train.fairseq_config import load_fairseq_config
@@ -61,15 +61,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg, checked = check_run(cfg)
     device = session.device_for(cfg.train)
+    rerun = session.rerun_command(resume_from=args.resume_from, overwrite=args.overwrite)
     return session.run_locked(
         "pretrain",
         cfg.train,
         device,
-        lambda: _pretrain(cfg, device, resume, init_state, notes + checked),
+        lambda: _pretrain(cfg, device, resume, init_state, notes + checked, rerun),
     )
 
 
-def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict | None, list[str]]:
+def resolve(
+    args: argparse.Namespace,
+) -> tuple[PretrainConfig, session.Resume | None, dict | None, list[str]]:
     """The run's config, the checkpoint it resumes (or None), the --init-from weights (or None), notes."""
     files = [item for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
@@ -91,7 +94,7 @@ def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict
     sources += files + (["the command line"] if overrides else [])
     try:
         cfg = build_config(layers)
-        resume, resume_path = session.resume_point(
+        resume = session.resume_point(
             Path(cfg.train.out_dir),
             "pretrain",
             resume_from=args.resume_from,
@@ -99,9 +102,8 @@ def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict
         )
         init_state = None
         if resume is not None:
-            notes.append(f"resuming from {resume_path}")
             cfg = build_config(
-                layers, init_model=from_dict(ModelConfig, resume["config"]["model"], where="model")
+                layers, init_model=from_dict(ModelConfig, resume.config["model"], where="model")
             )
         elif cfg.train.init_from:
             from w2vkit.interop import read_pretrained
@@ -122,9 +124,10 @@ def resolve(args: argparse.Namespace) -> tuple[PretrainConfig, dict | None, dict
 def _pretrain(
     cfg: PretrainConfig,
     device: torch.device,
-    resume: dict | None,
+    resume: session.Resume | None,
     init_state: dict | None,
     notes: list[str],
+    rerun: str,
 ) -> int:
     out_dir = Path(cfg.train.out_dir)
     session.prepare_dir(out_dir)
@@ -143,14 +146,11 @@ def _pretrain(
     )
     if resume is not None:
         notes += guard.check_resume_config(
-            resume["config"]["model"], cfg.model, source=str(out_dir)
+            resume.config["model"], cfg.model, source=str(resume.path)
         )
-    state = _train_state(
-        cfg, _model(cfg, resume, init_state, notes), device, loaders[data.train_split]
-    )
+    state = _train_state(cfg, _model(cfg, init_state, notes), device, loaders[data.train_split])
     if resume is not None:
-        checkpoint.restore(state, resume)
-        notes.append(f"resumed from {out_dir / checkpoint.LAST} at update {state.step}")
+        notes.append(session.restore(state, resume))
     notes += session.start_files(out_dir, to_dict(cfg), state.step, resume, best_metric="loss")
     if 0 < cfg.total_steps <= cfg.optim.warmup_steps:  # (0: a time budget plans the length)
         notes.append(
@@ -196,6 +196,7 @@ def _pretrain(
         reason,
         best=f"valid loss  {state.best_valid_loss:.4f} bits",
         next_step=lambda model: f"w2vkit extract {model} {manifest} --out {out_dir / 'features'}",
+        rerun=rerun,
     )
     return exit_status(reason)
 
@@ -222,13 +223,12 @@ CONSOLE_COLUMNS = (
 """The console table of `w2vkit pretrain` on a terminal (losses in bits per masked frame)."""
 
 
-def _model(
-    cfg: PretrainConfig, resume: dict | None, init_state: dict | None, notes: list[str]
-) -> Wav2Vec2Model:
-    """The initial model, the same on every rank: seeded init, then the --init-from weights."""
+def _model(cfg: PretrainConfig, init_state: dict | None, notes: list[str]) -> Wav2Vec2Model:
+    """The initial model, the same on every rank: seeded init, then the --init-from weights
+    (`init_state`, None when resuming: the checkpoint has the weights)."""
     torch.manual_seed(cfg.train.seed)
     model = Wav2Vec2Model.from_config(cfg.model)
-    if init_state is not None and resume is None:
+    if init_state is not None:
         from w2vkit.interop import load_weights
 
         missing = load_weights(model, init_state, source=str(cfg.train.init_from))

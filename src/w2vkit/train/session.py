@@ -9,6 +9,7 @@ full disk or a silent DDP rank, and the summary printed at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,14 +45,27 @@ def device_for(train: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """The checkpoint a run continues from, and the file it was read from (checkpoint_last.pt, or
+    the one --resume-from named)."""
+
+    payload: dict
+    path: Path
+
+    @property
+    def config(self) -> dict:
+        return self.payload["config"]
+
+
 def resume_point(
     out_dir: Path, kind: str, *, resume_from: str | None = None, overwrite: bool = False
-) -> tuple[dict | None, Path | None]:
+) -> Resume | None:
     """`checkpoint.resume_point`, refusing a checkpoint of another kind of run: a fine-tuning run
     must not continue a pretraining one that happens to share `train.out_dir`, nor the reverse."""
-    resume, path = checkpoint.resume_point(out_dir, resume_from=resume_from, overwrite=overwrite)
-    if resume is not None:
-        saved = next((k for k, key in KINDS.items() if key in resume["config"]), None)
+    payload, path = checkpoint.resume_point(out_dir, resume_from=resume_from, overwrite=overwrite)
+    if payload is not None and path is not None:
+        saved = next((k for k, key in KINDS.items() if key in payload["config"]), None)
         if saved != kind:
             what = f"a `w2vkit {saved}` run" if saved else "an unknown kind of run"
             remedy = (
@@ -60,7 +74,14 @@ def resume_point(
                 else "choose another train.out_dir"
             )
             raise ConfigError(f"{path} is a checkpoint of {what}, not of `w2vkit {kind}`: {remedy}")
-    return resume, path
+        return Resume(payload, path)
+    return None
+
+
+def restore(state: TrainState, resume: Resume) -> str:
+    """Put the checkpoint back into `state`; returns the note that says from where."""
+    checkpoint.restore(state, resume.payload)
+    return f"resumed from {resume.path} at update {state.step}"
 
 
 def prepare_dir(out_dir: Path) -> None:
@@ -72,7 +93,7 @@ def prepare_dir(out_dir: Path) -> None:
 
 
 def start_files(
-    out_dir: Path, config: dict, step: int, resume: dict | None, *, best_metric: str
+    out_dir: Path, config: dict, step: int, resume: Resume | None, *, best_metric: str
 ) -> list[str]:
     """The run really starts: only now write config.yaml, drop log records past the resumed
     update and repair a checkpoint_best.pt that a crash left stale (rank 0; `best_metric`: the
@@ -86,7 +107,9 @@ def start_files(
         if dropped:
             notes.append(f"dropped {dropped} log records past update {step}")
         repaired = (
-            checkpoint.reconcile_best(out_dir, resume, best_metric) if resume is not None else None
+            checkpoint.reconcile_best(out_dir, resume.payload, best_metric)
+            if resume is not None
+            else None
         )
         notes += [repaired] if repaired else []
     dist.barrier()
@@ -141,6 +164,17 @@ def run_locked(
         dist.shutdown(clean=finished)
 
 
+def rerun_command(*, resume_from: str | None, overwrite: bool) -> str:
+    """How to continue an interrupted run: its command less the options that chose where it
+    started (run again, --overwrite would start over, --resume-from would go back to that file)."""
+    once = [
+        flag
+        for flag, given in (("--resume-from", resume_from), ("--overwrite", overwrite))
+        if given
+    ]
+    return "the same command" + (f" without {' and '.join(once)}" if once else "")
+
+
 def _field_failure(err: BaseException) -> BaseException | None:
     """A full disk or a silent rank, which a message explains better than a traceback."""
     if isinstance(err, checkpoint.DiskFullError):
@@ -157,9 +191,11 @@ def summary(
     *,
     best: str,
     next_step: Callable[[Path], str],
+    rerun: str = "the same command",
 ) -> None:
     """The end of the run: why it stopped, the best validation (`best`, e.g. "valid loss 3.2
-    bits"), the checkpoints, and what to run next (`next_step(model checkpoint)`, a command)."""
+    bits"), the checkpoints, and what to run next (`next_step(model checkpoint)`, a command; after
+    an interruption, `rerun`, which `rerun_command` words)."""
     best_path, last = out_dir / checkpoint.BEST, out_dir / checkpoint.LAST
     why = {"sigint": "stopped by SIGINT", "sigterm": "stopped by SIGTERM"}.get(reason, reason)
     lines = [f"finished ({why}) at update {state.step}"]
@@ -168,7 +204,7 @@ def summary(
     if last.is_file():
         lines.append(f"  last checkpoint  {last}")
     if reason in ("sigint", "sigterm", "nonfinite") and last.is_file():
-        lines.append("  continue with the same command: it resumes from the last checkpoint")
+        lines.append(f"  continue with {rerun}: it resumes from the last checkpoint")
     elif last.is_file():
         model = best_path if best_path.is_file() else last
         lines.append(f"  next: {next_step(model)}")
@@ -180,7 +216,10 @@ __all__ = [
     "device_for",
     "make_state",
     "prepare_dir",
+    "Resume",
+    "restore",
     "resume_point",
+    "rerun_command",
     "run_locked",
     "start_files",
     "summary",
