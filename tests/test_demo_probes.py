@@ -35,7 +35,7 @@ def test_frame_labels_are_written_and_the_phone_probe_tests_on_unseen_voices(tmp
     save_random_tiny(tmp_path / "m.pt")
     extract = ["extract", str(tmp_path / "m.pt"), str(tmp_path / "m" / "train.tsv"), "--quiet"]
     assert cli.main([*extract, "--out", str(tmp_path / "f")]) == 0
-    probes = demo._probes(tmp_path / "f", frame_labels, utterances, seed=0)
+    probes = demo._probes(tmp_path / "f", frame_labels, utterances, seed=0, verbose=False)
     assert list(probes) == ["phone", "voice"]
     phone = json.loads(probes["phone"].read_text())
     assert phone["split"]["held_out"] == {"voice": ["en-gb-scotland", "en_f4"]}
@@ -46,3 +46,13 @@ def test_frame_labels_are_written_and_the_phone_probe_tests_on_unseen_voices(tmp
     demo._probe_table(probes)
     table = capsys.readouterr().out
     assert "phones, unseen voices" in table and "logmel ±4" in table and "chance" in table
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_failed_demo_step_shows_its_traceback_only_under_verbose(tmp_path, capsys, verbose):
+    # `w2vkit demo --verbose` runs each step with --verbose: the step's own error line either way.
+    argv = [str(tmp_path / "none"), f"--labels={tmp_path / 'labels.tsv'}"]
+    assert demo._run_recipe("probe", argv, verbose) == 2
+    err = capsys.readouterr().err
+    assert f"w2vkit probe: {tmp_path / 'none'}" in err
+    assert ("Traceback (most recent call last)" in err) == verbose

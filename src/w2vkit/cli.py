@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
         args = build_parser(command).parse_args(argv)
+        args.verbose = verbose  # taken out of argv above; a command that runs others passes it on
         code = int(_recipe(args.command).run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows up here rather than at interpreter exit
         return code

@@ -104,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
         "manifest",
         [str(corpus / "seen"), f"--dest={manifest}", f"--valid-percent={VALID_FRACTION}"]
         + manifest_args,
+        args.verbose,
     ) or _run_recipe(
-        "manifest", [str(corpus), f"--dest={manifest / 'all'}", "--valid-percent=0"] + manifest_args
+        "manifest",
+        [str(corpus), f"--dest={manifest / 'all'}", "--valid-percent=0"] + manifest_args,
+        args.verbose,
     )
     if code != 0:
         return code
@@ -121,17 +124,18 @@ def run(args: argparse.Namespace) -> int:
     code = _run_recipe(
         "extract",
         [str(checkpoint), str(manifest / "all" / "train.tsv"), f"--out={features}", "--quiet"],
+        args.verbose,
     )
     if code != 0:
         return code
 
     print(f"[5/6] linear probes, with the log-mel and random-init baselines: {features}/probe_*")
     frame_labels, utterances = _write_labels(corpus, manifest / "all" / "train.tsv", labels)
-    probes = _probes(features, frame_labels, utterances, args.seed)
+    probes = _probes(features, frame_labels, utterances, args.seed, args.verbose)
 
     print(f"[6/6] writing the report of {run_dir}")
     report_args = [str(run_dir)] + [f"--probe={p}" for p in probes.values()]
-    code = _run_recipe("report", report_args)
+    code = _run_recipe("report", report_args, args.verbose)
     if code != 0:
         return code
     _summary(_records(run_dir), run_dir, time.perf_counter() - started)
@@ -161,7 +165,9 @@ def _pretrain(args: argparse.Namespace, manifest: Path, run_dir: Path) -> int:
         open(run_dir / "stdout.log", "w", encoding="utf-8") as trainer_out,
         contextlib.redirect_stdout(trainer_out),
     ):
-        code = _run_recipe("pretrain", [str(TINY_CONFIG), *overrides, *args.overrides])
+        code = _run_recipe(
+            "pretrain", [str(TINY_CONFIG), *overrides, *args.overrides], args.verbose
+        )
     if code in INTERRUPTED_CODES:
         print(
             f"w2vkit demo: interrupted during pretraining; the run so far is saved in {run_dir} "
@@ -201,7 +207,9 @@ def _write_labels(corpus: Path, all_manifest: Path, labels: Path) -> tuple[Path,
     return labels / f"{all_manifest.stem}.phones.npz", labels / "utterances.tsv"
 
 
-def _probes(features: Path, frame_labels: Path, utterances: Path, seed: int) -> dict[str, Path]:
+def _probes(
+    features: Path, frame_labels: Path, utterances: Path, seed: int, verbose: bool
+) -> dict[str, Path]:
     """Run the phone probe (voices pretraining never heard) and the voice probe, each with both
     baselines; {name: probe.json} of those that ran."""
     common = ["--baseline=logmel", "--baseline=random", f"--seed={seed}"]
@@ -226,7 +234,7 @@ def _probes(features: Path, frame_labels: Path, utterances: Path, seed: int) -> 
     for name, argv in jobs.items():
         out = features / f"probe_{name}"
         with contextlib.redirect_stdout(io.StringIO()):  # the table is printed at the end
-            code = _run_recipe("probe", [*argv, f"--out={out}"])
+            code = _run_recipe("probe", [*argv, f"--out={out}"], verbose)
         if code in INTERRUPTED_CODES:  # Ctrl-C: stop the demo, not just this probe
             raise KeyboardInterrupt
         if code == 0:
@@ -300,12 +308,13 @@ def _claim(out_dir: Path) -> None:
     )
 
 
-def _run_recipe(name: str, argv: list[str]) -> int:
+def _run_recipe(name: str, argv: list[str], verbose: bool) -> int:
     """`w2vkit <name> argv`, in this process: a usage error is that step's one line on stderr and
-    exit code 2, and the demo goes on where a step may fail (a probe on too small a corpus)."""
+    exit code 2, and the demo goes on where a step may fail (a probe on too small a corpus).
+    `w2vkit demo --verbose` passes --verbose on, so a failed step shows its traceback."""
     from w2vkit import cli  # the command line's own error convention, not a copy of it
 
-    return cli.main([name, *argv])
+    return cli.main([name, *argv, *([cli.VERBOSE_FLAG] if verbose else [])])
 
 
 def _num_rows(manifest_path: Path) -> int:
