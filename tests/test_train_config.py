@@ -13,7 +13,7 @@ from w2vkit import cli
 from w2vkit.config import ConfigError, parse_overrides, to_dict
 from w2vkit.interop import fairseq as fairseq_model
 from w2vkit.model.config import base, large, tiny
-from w2vkit.train.config import PretrainConfig, build_config, load_layers
+from w2vkit.train.config import OptimConfig, PretrainConfig, build_config, load_layers
 from w2vkit.train.fairseq_config import FAIRSEQ_KEYS, load_fairseq_config, translate_fairseq_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -413,3 +413,70 @@ def test_overrides_parse_yaml_scalars():
         "train": {"seed": 3},
         "data": {"manifest_dir": "/x"},
     }
+
+
+# Each bound: the value at it is accepted, the first value past it is refused with this message.
+BOUNDS = [
+    ("data.sample_rate=0", "data.sample_rate=1", "data.sample_rate: must be > 0, got 0"),
+    ("data.min_samples=-1", "data.min_samples=0", "data.min_samples: must be >= 0, got -1"),
+    ("data.min_samples=100 data.max_samples=99", "data.min_samples=100 data.max_samples=100",
+     "data.max_samples: must be >= data.min_samples (100) and > 0, got 99"),
+    ("data.min_samples=0 data.max_samples=0", "data.min_samples=0 data.max_samples=1",
+     "data.max_samples: must be >= data.min_samples (0) and > 0, got 0"),
+    ("data.max_batch_samples=249999", "data.max_batch_samples=250000",
+     "data.max_batch_samples: must be >= data.max_samples (250000) so that one row fits, got 249999"),
+    ("data.max_batch_size=0", "data.max_batch_size=1", "data.max_batch_size: must be >= 1 or null, got 0"),
+    ("data.required_batch_size_multiple=0", "data.required_batch_size_multiple=1",
+     "data.required_batch_size_multiple: must be >= 1"),
+    ("data.num_workers=-1", "data.num_workers=0", "data.num_workers: must be >= 0, got -1"),
+    ("optim.lr=0", "optim.lr=1e-12", "optim.lr: must be > 0, got 0.0"),
+    ("optim.betas=[-0.1,0.9]", "optim.betas=[0.0,0.9]", "optim.betas[0]: must be in [0, 1), got -0.1"),
+    ("optim.betas=[0.9,1.0]", "optim.betas=[0.9,0.9999]", "optim.betas[1]: must be in [0, 1), got 1.0"),
+    ("optim.eps=0", "optim.eps=1e-30", "optim.eps: must be > 0, got 0.0"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay=0", "optim.weight_decay: must be >= 0, got -0.1"),
+    ("optim.clip_norm=-1", "optim.clip_norm=0", "optim.clip_norm: must be >= 0 (0 = off), got -1.0"),
+    ("optim.total_steps=-1", "optim.total_steps=0",
+     "optim.total_steps: must be >= 0 (0 = train.max_steps), got -1"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps=0", "optim.warmup_steps: must be >= 0, got -1"),
+    ("optim.end_lr=0.0006", "optim.end_lr=0.0005", "optim.end_lr: must be in [0, optim.lr], got 0.0006"),
+    ("optim.end_lr=-0.001", "optim.end_lr=0", "optim.end_lr: must be in [0, optim.lr], got -0.001"),
+    ("optim.power=0", "optim.power=1e-9", "optim.power: must be > 0, got 0.0"),
+    ("loss.diversity_weight=-0.1", "loss.diversity_weight=0", "loss.diversity_weight: must be >= 0, got -0.1"),
+    ("loss.feature_penalty_weight=-1", "loss.feature_penalty_weight=0",
+     "loss.feature_penalty_weight: must be >= 0, got -1.0"),
+    *[(f"train.{key}=-1", f"train.{key}=0 train.max_minutes=1", f"train.{key}: must be >= 0, got -1")
+      for key in ("max_steps", "max_epochs", "validate_interval_steps", "save_interval_steps",
+                  "keep_interval_checkpoints")],
+    ("train.max_minutes=-1", "train.max_minutes=0", "train.max_minutes: must be >= 0, got -1.0"),
+    ("train.max_steps=0", "train.max_steps=0 train.max_minutes=0.5",
+     "train.max_steps: set train.max_steps, train.max_epochs or train.max_minutes (all are 0, the "
+     "run would never stop)"),
+    ("train.max_steps=0 train.max_epochs=2", "train.max_steps=0 train.max_epochs=2 optim.total_steps=9",
+     "optim.total_steps: the LR schedule needs a length: set optim.total_steps when training by "
+     "train.max_epochs"),
+    ("train.update_freq=0", "train.update_freq=1", "train.update_freq: must be >= 1, got 0"),
+    ("train.log_interval=0", "train.log_interval=1", "train.log_interval: must be >= 1, got 0"),
+    ("train.fp16_init_scale=0", "train.fp16_init_scale=1e-9", "train.fp16_init_scale: must be > 0"),
+    ("train.max_consecutive_nonfinite=0", "train.max_consecutive_nonfinite=1",
+     "train.max_consecutive_nonfinite: must be >= 1"),
+    ("train.out_dir=", "train.out_dir=r", "train.out_dir: must not be empty"),
+    ("train.seed=-1", "train.seed=0", "train.seed: must be in [0, 2**32), got -1"),
+    ("train.seed=4294967296", "train.seed=4294967295", "train.seed: must be in [0, 2**32), got 4294967296"),
+    ("train.dist_timeout_minutes=0", "train.dist_timeout_minutes=0.01",
+     "train.dist_timeout_minutes: must be > 0, got 0.0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("bad", "boundary", "message"), BOUNDS, ids=[b[0] for b in BOUNDS])
+def test_every_bound_is_refused_past_it_and_accepted_at_it(bad, boundary, message):
+    with pytest.raises(ConfigError) as err:
+        _config(*bad.split())
+    assert str(err.value) == message
+    _config(*boundary.split())
+
+
+def test_the_optimizer_name_is_checked_when_built_in_python():
+    # From YAML the Literal type refuses other names first; a config built in code meets this.
+    with pytest.raises(ConfigError, match="^optim.optimizer: must be adamw or adam$"):
+        OptimConfig(optimizer="sgd")  # type: ignore[arg-type]
+    assert OptimConfig(optimizer="adam").optimizer == "adam"
