@@ -480,3 +480,25 @@ def test_the_optimizer_name_is_checked_when_built_in_python():
     with pytest.raises(ConfigError, match="^optim.optimizer: must be adamw or adam$"):
         OptimConfig(optimizer="sgd")  # type: ignore[arg-type]
     assert OptimConfig(optimizer="adam").optimizer == "adam"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model=3", "model: expected a mapping such as {preset: tiny}, got 3"),
+        ("model.preset=huge", "model.preset: 'huge' is not one of 'tiny', 'base', 'large', 'large_paper'"),
+        ("model.transformer.num_layerz=3", "unknown config key 'model.transformer.num_layerz'; valid keys here: "),
+    ],
+)  # fmt: skip
+def test_model_section_errors_name_the_full_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        _config(override)
+    assert str(err.value).startswith(message)
+
+
+def test_a_config_name_is_looked_up_among_its_commands_configs():
+    # `cpu` names a pretraining and a fine-tuning config; each command reads its own.
+    for kind in ("finetune", "pretrain"):
+        shipped = yaml.safe_load((ROOT / "configs" / kind / "cpu.yaml").read_text())
+        assert load_layers("cpu", [], kind=kind) == [shipped]
+    assert load_layers("cpu", [], kind="finetune") != load_layers("cpu", [])
