@@ -19,7 +19,7 @@ from w2vkit.interop import Pretrained, save_w2vkit
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint, session
-from w2vkit.train.config import AdamConfig, OptimConfig
+from w2vkit.train.config import AdamConfig, OptimConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +208,40 @@ def test_finetune_resumed_from_another_vocabulary_names_the_checkpoint(corpus, t
         f"w2vkit finetune: {tmp_path / 'run' / checkpoint.LAST} was trained with another "
         "dict.ltr.txt\n"
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only answers")
+def test_the_device_a_train_section_asks_for_on_a_cpu_only_machine():
+    assert session.device_for(TrainConfig(device="auto", precision="fp32")) == torch.device("cpu")
+    assert session.device_for(TrainConfig(device="cpu", precision="bf16")) == torch.device("cpu")
+    with pytest.raises(ConfigError) as err:
+        session.device_for(TrainConfig(device="cuda", precision="fp32"))
+    assert str(err.value) == "train.device: 'cuda' was asked for but no CUDA device is available"
+    for device in ("auto", "cpu"):  # auto falls back to the CPU, where fp16 cannot run
+        with pytest.raises(ConfigError) as err:
+            session.device_for(TrainConfig(device=device, precision="fp16"))
+        assert str(err.value) == (
+            "train.precision: 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU"
+        )
+
+
+def test_a_full_disk_is_one_line_and_exit_1_and_the_lock_is_released(tmp_path, capsys):
+    train = TrainConfig(out_dir=str(tmp_path / "run"), device="cpu", precision="fp32")
+    lock = tmp_path / "run" / checkpoint.LOCK
+
+    def body() -> int:
+        assert lock.is_file()  # held while the body runs
+        (tmp_path / "run" / "train_log.jsonl").write_text("")
+        raise checkpoint.DiskFullError("disk full: writing X needs about 1 MiB")
+
+    assert session.run_locked("pretrain", train, torch.device("cpu"), body) == 1
+    assert capsys.readouterr().err == "w2vkit pretrain: disk full: writing X needs about 1 MiB\n"
+    assert not lock.exists()
+    assert session.run_locked("finetune", train, torch.device("cpu"), lambda: 3) == 3
+
+    def bug() -> int:
+        raise RuntimeError("a bug, not the field")
+
+    with pytest.raises(RuntimeError, match="a bug, not the field"):  # a traceback, as it should
+        session.run_locked("pretrain", train, torch.device("cpu"), bug)
+    assert not lock.exists()
