@@ -502,3 +502,79 @@ def test_a_config_name_is_looked_up_among_its_commands_configs():
         shipped = yaml.safe_load((ROOT / "configs" / kind / "cpu.yaml").read_text())
         assert load_layers("cpu", [], kind=kind) == [shipped]
     assert load_layers("cpu", [], kind="finetune") != load_layers("cpu", [])
+
+
+_MINIMAL = {"criterion": {"infonce": True}, "optimization": {"max_update": 5}}
+
+
+def test_fairseq_unused_keys_are_listed_with_their_reasons():
+    translation = translate_fairseq_config(
+        {
+            **_MINIMAL,
+            "common": {"log_format": "json", "user_dir": "x"},
+            "lr_scheduler": {"foo": 1},
+            "model": {"_name": "wav2vec2", "max_positions": 10, "encoder_layers": 2, "bogus": 1},
+            "ema": {"store_ema": True},
+        }
+    )
+    assert translation.unused == [
+        "ema: section not used by w2vkit",
+        "common.log_format='json': w2vkit always logs JSON lines",
+        "common.user_dir='x': not used by w2vkit",
+        "lr_scheduler.foo=1: not used by w2vkit",
+        "model.bogus=1: not a fairseq wav2vec2 model field",
+        "model.max_positions=10: no effect on a transformer model with a depth-1 quantizer",
+    ]  # encoder_layers is used: not listed
+    assert translation.layer["model"]["transformer"]["num_layers"] == 2
+
+
+def test_fairseq_no_limit_keys_say_which_default_they_keep_and_a_set_one_is_used():
+    assert translate_fairseq_config(_MINIMAL).notes == [
+        "task.max_sample_size is not set (no limit in fairseq): w2vkit keeps its default "
+        "data.max_samples",
+        "dataset.max_tokens is not set (no limit in fairseq): w2vkit keeps its default "
+        "data.max_batch_samples",
+    ]
+    translation = translate_fairseq_config({**_MINIMAL, "task": {"max_sample_size": 1000}})
+    assert translation.layer["data"]["max_samples"] == 1000
+    assert [n.split(" ")[0] for n in translation.notes] == ["dataset.max_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"), [([0.5], (0.5, 0.5)), ([0.1, 10], (0.1, 10.0)), (None, (0.0, 0.0))]
+)
+def test_fairseq_loss_weights_broadcast_one_weight_as_fairseq_does(weights, expected):
+    criterion = {"infonce": True, "loss_weights": weights}
+    loss = translate_fairseq_config({**_MINIMAL, "criterion": criterion}).layer["loss"]
+    assert (loss["diversity_weight"], loss["feature_penalty_weight"]) == expected
+
+
+def test_fairseq_total_num_update_is_the_schedule_length_and_defaults_to_max_update():
+    translate = translate_fairseq_config
+    scheduler = {"lr_scheduler": {"total_num_update": 123}}
+    assert translate({**_MINIMAL, **scheduler}).layer["optim"]["total_steps"] == 123
+    assert translate(_MINIMAL).layer["optim"]["total_steps"] == 0  # 0: train.max_steps
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"criterion": {"infonce": True, "loss_weights": [1, 2, 3]}},
+         "fairseq criterion.loss_weights=[1, 2, 3]: expected [diversity, feature_penalty]"),
+        ({"task": 3}, "FILE: section 'task' must be a mapping, got 3"),
+        ({"optimizer": {"adam_betas": "(0.9,"}},
+         "fairseq optimizer.adam_betas='(0.9,' is not a tuple of numbers"),
+        ({"optimizer": {"adam_betas": 3}}, "fairseq optimizer.adam_betas=3 is not a tuple of numbers"),
+        ({"model": {"_name": "wav2vec"}},
+         "FILE: model._name='wav2vec': only wav2vec2 pretraining is supported"),
+        ({"model": {"encoder_layers": "many"}},
+         "FILE: model.transformer.num_layers: expected an integer, got 'many' (fairseq "
+         "model.encoder_layers)"),
+    ],
+)  # fmt: skip
+def test_fairseq_file_errors_name_the_file_and_key(tmp_path, data, message):
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump({**_MINIMAL, **data}))
+    with pytest.raises(ConfigError) as err:
+        load_fairseq_config(path)
+    assert str(err.value).startswith(message.replace("FILE", str(path)))

@@ -284,7 +284,13 @@ def config_from_fairseq(fields: dict[str, Any], *, where: str = "cfg.model") -> 
     start, end, decay = temp
     tree["quantizer"].update(temperature_start=start, temperature_end=end, temperature_decay=decay)
     # fairseq hard-codes min_masks=2 for time masks in wav2vec2.apply_mask (set above).
-    return from_dict(ModelConfig, tree, where=where)
+    try:
+        return from_dict(ModelConfig, tree, where=where)
+    except ConfigError as err:  # the message names w2vkit's key; the file has fairseq's
+        named = [f for f, dotted in FIELDS.items() if f"{where}.{dotted}:" in str(err)]
+        if not named:
+            raise
+        raise ConfigError(f"{err} (fairseq {where}.{named[0]})") from err
 
 
 def from_checkpoint(checkpoint: Any, *, source: str) -> Pretrained:
