@@ -176,7 +176,7 @@ def test_an_interrupted_run_is_continued_without_the_options_that_chose_its_star
     lines: list[str] = []
     logger = SimpleNamespace(message=lines.append)
     state = SimpleNamespace(step=7)
-    for reason in ("sigint", "max_steps"):
+    for reason in ("sigint", "nonfinite", "max_steps"):
         session.summary(
             logger,
             tmp_path,
@@ -188,6 +188,9 @@ def test_an_interrupted_run_is_continued_without_the_options_that_chose_its_star
         )
     assert lines == [
         "finished (stopped by SIGINT) at update 7",
+        f"  last checkpoint  {tmp_path / checkpoint.LAST}",
+        f"  continue with {expected}: it resumes from the last checkpoint",
+        "finished (nonfinite) at update 7",
         f"  last checkpoint  {tmp_path / checkpoint.LAST}",
         f"  continue with {expected}: it resumes from the last checkpoint",
         "finished (max_steps) at update 7",
@@ -245,3 +248,39 @@ def test_a_full_disk_is_one_line_and_exit_1_and_the_lock_is_released(tmp_path, c
     with pytest.raises(RuntimeError, match="a bug, not the field"):  # a traceback, as it should
         session.run_locked("pretrain", train, torch.device("cpu"), bug)
     assert not lock.exists()
+
+
+def test_a_run_starts_with_its_config_in_order_and_notes_what_it_dropped_and_repaired(tmp_path):
+    out = tmp_path / "runs" / "a"
+    session.prepare_dir(out)  # parents too
+    (out / checkpoint.LOG).write_text("".join(f'{{"num_updates": {n}}}\n' for n in (1, 2, 3, 4)))
+    (out / checkpoint.LAST).write_bytes(b"the last checkpoint")  # copied as it is, not loaded
+    payload = {
+        "metrics": {"valid": {"wer": 12.5}},
+        "progress": {"step": 2, "best_valid_loss": 12.5},
+    }
+    resume = session.Resume(payload, out / checkpoint.LAST)
+    config = {"train": {"seed": 1}, "data": {"b": 2, "a": 1}}
+    notes = session.start_files(out, config, 2, resume, best_metric="wer")
+    assert notes == [
+        "dropped 2 log records past update 2",
+        f"{out / checkpoint.BEST} was stale (a crash came between saving {checkpoint.LAST} and "
+        "copying it): it now holds update 2, validation wer 12.5",
+    ]
+    assert (out / checkpoint.BEST).read_bytes() == b"the last checkpoint"
+    assert (out / checkpoint.CONFIG).read_text() == "train:\n  seed: 1\ndata:\n  b: 2\n  a: 1\n"
+    assert session.start_files(out, config, 2, resume, best_metric="loss") == []  # no valid loss
+
+
+def test_the_loss_scaler_exists_for_fp16_only():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for precision, scale in (("fp16", 64.0), ("bf16", None), ("fp32", None)):
+        train = TrainConfig(precision=precision, fp16_init_scale=64.0)
+        state = session.make_state(
+            model, optimizer, schedule, train, torch.device("cpu"), None,
+            find_unused_parameters=False,
+        )  # fmt: skip
+        assert (state.scaler.get_scale() if state.scaler else None) == scale
+        assert state.model is model and state.generator.device == torch.device("cpu")

@@ -191,7 +191,7 @@ def summary(
     *,
     best: str,
     next_step: Callable[[Path], str],
-    rerun: str = "the same command",
+    rerun: str,
 ) -> None:
     """The end of the run: why it stopped, the best validation (`best`, e.g. "valid loss 3.2
     bits"), the checkpoints, and what to run next (`next_step(model checkpoint)`, a command; after
