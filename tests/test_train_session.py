@@ -284,3 +284,18 @@ def test_the_loss_scaler_exists_for_fp16_only():
         )  # fmt: skip
         assert (state.scaler.get_scale() if state.scaler else None) == scale
         assert state.model is model and state.generator.device == torch.device("cpu")
+
+
+def test_a_checkpoint_of_an_unknown_kind_of_run_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    checkpoint.save_atomic(
+        {"format": checkpoint.FORMAT, "config": {"data": {}}}, out / checkpoint.LAST
+    )
+    with pytest.raises(ConfigError) as err:
+        session.resume_point(out, "pretrain", resume_from=None, overwrite=False)
+    assert str(err.value) == (
+        f"{out / checkpoint.LAST} is a checkpoint of an unknown kind of run, not of `w2vkit "
+        "pretrain`: choose another train.out_dir"
+    )
+    assert session.resume_point(out, "pretrain", resume_from=None, overwrite=True) is None

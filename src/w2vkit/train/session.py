@@ -59,7 +59,7 @@ class Resume:
 
 
 def resume_point(
-    out_dir: Path, kind: str, *, resume_from: str | None = None, overwrite: bool = False
+    out_dir: Path, kind: str, *, resume_from: str | None, overwrite: bool
 ) -> Resume | None:
     """`checkpoint.resume_point`, refusing a checkpoint of another kind of run: a fine-tuning run
     must not continue a pretraining one that happens to share `train.out_dir`, nor the reverse."""
