@@ -4,6 +4,7 @@ clock is replaced by one that moves 6 s per reading (the budget reads it once pe
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    TOY,
     TemperatureRecorder,
     make_manifest,
     random_rows,
@@ -130,3 +132,19 @@ def test_a_budget_alone_is_a_valid_stop_condition_and_a_negative_one_is_not():
     assert cfg.total_steps == 0 and cfg.train.max_minutes == 30
     with pytest.raises(ConfigError, match="train.max_minutes"):
         build_config(load_layers(None, ["train.max_minutes=-1"]))
+
+
+def test_the_loop_fits_the_objective_to_the_plan(manifest_dir, tmp_path, six_seconds_per_update):
+    planned: list[int] = []
+    objective = dataclasses.replace(TOY, plan=planned.append)
+    state, _ = toy_train(manifest_dir, tmp_path, *BUDGET, objective=objective)
+    assert planned == [20] == [state.planned_steps]
+
+
+@pytest.mark.parametrize(
+    ("reason", "status"),
+    [("max_steps", 0), ("max_epochs", 0), ("max_minutes", 0), ("nonfinite", 1), ("sigint", 130),
+     ("sigterm", 143)],
+)  # fmt: skip
+def test_each_stop_reason_has_its_exit_status(reason, status):
+    assert loop.exit_status(reason) == status and type(loop.exit_status(reason)) is int

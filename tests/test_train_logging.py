@@ -80,28 +80,33 @@ def test_summarize_gives_bits_per_masked_frame_and_fairseq_accuracy():
     assert "accuracy" not in summarize(sums | {"correct": 0.0, "count": 0.0})
 
 
-def test_logged_lr_gnorm_sample_size_and_loss_are_those_of_the_updates(manifest_dir, tmp_path):
-    # Replay the run's batches update by update, then compare with its two log lines.
-    overrides = ("train.max_steps=4", "train.log_interval=2", "train.update_freq=2")
-    toy_train(manifest_dir, tmp_path / "run", *overrides, "optim.clip_norm=0.001")
+def _replay(manifest_dir: Path, out_dir: Path, *overrides: str, updates: int):
+    """Train, then replay the run's batches update by update: (log records, update results,
+    audio seconds per update)."""
+    toy_train(manifest_dir, out_dir, *overrides)
     cfg = toy_config(
         f"data.manifest_dir={manifest_dir}",
         "data.min_samples=4000",
         "data.max_samples=16000",
         "data.max_batch_samples=48000",
         *overrides,
-        "optim.clip_norm=0.001",
     )
     loader = build_loaders(cfg.data, cfg.train.seed, 0, 1)["train"]
     state = toy_state(cfg, loader.sampler)
-    groups = micro_batch_groups(loader, loader.sampler, 2, 0)
-    audio_sec = []
-    results = []
-    for _ in range(4):
+    groups = micro_batch_groups(loader, loader.sampler, cfg.train.update_freq, 0)
+    audio_sec, results = [], []
+    for _ in range(updates):
         group = next(groups)
         audio_sec.append(sum(b.num_audio_samples for b in group) / 16000)
         results.append(update(state, group, TOY, cfg))
-    logged = _records(tmp_path / "run", "train")
+    return _records(out_dir, "train"), results, audio_sec
+
+
+def test_logged_lr_gnorm_sample_size_and_loss_are_those_of_the_updates(manifest_dir, tmp_path):
+    overrides = ("train.max_steps=4", "train.log_interval=2", "train.update_freq=2")
+    logged, results, audio_sec = _replay(
+        manifest_dir, tmp_path / "run", *overrides, "optim.clip_norm=0.001", updates=4
+    )
     assert [r["num_updates"] for r in logged] == [2, 4]
     for record, (a, b) in zip(logged, [results[0:2], results[2:4]], strict=True):
         step = record["num_updates"]
@@ -113,6 +118,16 @@ def test_logged_lr_gnorm_sample_size_and_loss_are_those_of_the_updates(manifest_
         assert record["loss"] == pytest.approx(
             (a.loss + b.loss) / (a.sample_size + b.sample_size), rel=1e-5
         )
+
+
+def test_a_line_per_update_logs_that_update_and_the_nonfinite_count(manifest_dir, tmp_path):
+    overrides = ("train.max_steps=2", "train.log_interval=1")
+    logged, results, _ = _replay(manifest_dir, tmp_path / "run", *overrides, updates=2)
+    assert [r["num_updates"] for r in logged] == [1, 2]
+    for record, result in zip(logged, results, strict=True):
+        assert record["sample_size"] == pytest.approx(result.sample_size)
+        assert record["loss"] == pytest.approx(result.loss / result.sample_size, rel=1e-5)
+        assert record["num_nonfinite"] == 0
 
 
 def _scripted_validation(values: list[float], seen: list[int]) -> Objective:
