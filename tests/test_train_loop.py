@@ -212,6 +212,8 @@ def test_max_epochs_stops_after_whole_passes(manifest_dir, tmp_path):
     assert reason == "max_epochs" and state.epoch == 2
     assert state.step == 2 * math.ceil(batches_per_epoch / 2)  # an epoch's last group may be short
     assert state.sampler.state_dict()["epoch"] == 2 and state.sampler.state_dict()["position"] == 0
+    # The end of the last epoch is the end of the run: its state is saved there.
+    assert checkpoint.load(tmp_path / checkpoint.LAST)["progress"]["step"] == state.step
 
 
 def test_a_file_corrupted_after_the_manifest_is_replaced_counted_and_logged(tmp_path, caplog):
