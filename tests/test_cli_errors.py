@@ -26,6 +26,8 @@ from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.recipes import manifest as manifest_recipe
 from w2vkit.recipes.manifest import split_is_valid
 from w2vkit.train import checkpoint
+from w2vkit.train.config import build_config, load_layers
+from w2vkit.train.preflight import check_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
@@ -84,6 +86,12 @@ def test_an_empty_valid_tsv_turns_validation_off_and_says_so_once(manifest_dir, 
     assert main([*run, f"train.out_dir={tmp_path / 'run'}"]) == 0
     out = capsys.readouterr().out
     assert out.count(f"{dest / 'valid.tsv'} lists no audio files: training without validation") == 1
+    cfg, notes = check_run(build_config(load_layers(TINY, [f"data.manifest_dir={dest}"])))
+    assert cfg.data.valid_split == "" and cfg.data.train_split == "train"  # the run sees no split
+    assert notes == [
+        f"{dest / 'valid.tsv'} lists no audio files: training without validation "
+        "(data.valid_split= says so)"
+    ]
 
 
 # Pretraining: each input is checked before anything is built or written.
@@ -93,6 +101,7 @@ def test_an_empty_valid_tsv_turns_validation_off_and_says_so_once(manifest_dir, 
     ("override", "message"),
     [
         ("data.manifest_dir=MISSING", "data.manifest_dir=MISSING does not exist"),
+        ("data.manifest_dir=MISSING/train.tsv", "data.manifest_dir=MISSING/train.tsv does not exist"),
         (
             "data.manifest_dir=MANIFEST/train.tsv",
             "data.manifest_dir=MANIFEST/train.tsv is a file, not a folder; "
@@ -132,6 +141,7 @@ def test_pretrain_refuses_bad_paths_before_the_run(
     argv = ["pretrain", str(TINY), f"data.manifest_dir={manifest_dir}", f"train.out_dir={out_dir}"]
     err = _error(capsys, *argv, fill(override))
     assert err.startswith(f"w2vkit pretrain: {fill(message)}") and err.count("\n") == 1
+    assert ("did you mean" in err) == ("did you mean" in message)
     assert not out_dir.exists()
 
 
