@@ -451,7 +451,7 @@ BOUNDS = [
     ("train.max_steps=0", "train.max_steps=0 train.max_minutes=0.5",
      "train.max_steps: set train.max_steps, train.max_epochs or train.max_minutes (all are 0, the "
      "run would never stop)"),
-    ("train.max_steps=0 train.max_epochs=2", "train.max_steps=0 train.max_epochs=2 optim.total_steps=9",
+    ("train.max_steps=0 train.max_epochs=1", "train.max_steps=0 train.max_epochs=1 optim.total_steps=1",
      "optim.total_steps: the LR schedule needs a length: set optim.total_steps when training by "
      "train.max_epochs"),
     ("train.update_freq=0", "train.update_freq=1", "train.update_freq: must be >= 1, got 0"),
