@@ -54,8 +54,9 @@ def test_the_budget_plans_the_run_and_the_lr_schedule_ends_with_it(
     # 1 untimed update + 10 timed at 6 s: 66 s used, 54 s left = 9 more updates.
     assert reason == "max_minutes" and state.step == state.planned_steps == 20
     assert state.train_seconds == 120.0
-    assert "time budget 2 min: 6 s per update over 10 updates, so 20 updates in all" in (
-        capsys.readouterr().out
+    assert (
+        "time budget 2 min: 6 s per update over 10 updates, so 20 updates in all; the schedules end there"
+        in (capsys.readouterr().out)
     )
     lr = {r["num_updates"]: r["lr"] for r in _train_lines(tmp_path)}
     assert lr[5] == pytest.approx(0.01, rel=1e-6)  # no length before the plan: flat (no warmup)
