@@ -18,7 +18,7 @@ from w2vkit.finetune.config import TriStageOptimConfig
 from w2vkit.interop import Pretrained, save_w2vkit
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train import checkpoint, session
+from w2vkit.train import checkpoint, dist, session
 from w2vkit.train.config import AdamConfig, OptimConfig, TrainConfig
 
 
@@ -241,6 +241,14 @@ def test_a_full_disk_is_one_line_and_exit_1_and_the_lock_is_released(tmp_path, c
     assert capsys.readouterr().err == "w2vkit pretrain: disk full: writing X needs about 1 MiB\n"
     assert not lock.exists()
     assert session.run_locked("finetune", train, torch.device("cpu"), lambda: 3) == 3
+
+    def silent_rank() -> int:
+        raise dist.RankTimeout("rank 0: training waited 5 min for the other processes")
+
+    assert session.run_locked("pretrain", train, torch.device("cpu"), silent_rank) == 1
+    assert capsys.readouterr().err == (
+        "w2vkit pretrain: rank 0: training waited 5 min for the other processes\n"
+    )
 
     def bug() -> int:
         raise RuntimeError("a bug, not the field")
