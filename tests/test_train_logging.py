@@ -156,8 +156,22 @@ def test_the_best_checkpoint_is_the_strictly_lowest_validation(manifest_dir, tmp
     best = checkpoint.load(tmp_path / checkpoint.BEST)
     assert best["progress"]["step"] == 2  # not 3 (a tie is no new best), not 4 (higher)
     assert best["progress"]["best_valid_loss"] == 2.0 and best["metrics"]["valid"] == {"loss": 2.0}
-    assert [r["best_loss"] for r in _records(tmp_path, "valid")] == [3.0, 2.0, 2.0, 2.0]
+    valid = _records(tmp_path, "valid")
+    assert [r["best_loss"] for r in valid] == [3.0, 2.0, 2.0, 2.0]
+    assert [(r["num_updates"], r["epoch"]) for r in valid] == [(1, 1), (2, 1), (3, 1), (4, 1)]
     assert checkpoint.load(tmp_path / checkpoint.LAST)["progress"]["step"] == 4
+
+
+def test_a_validation_without_the_best_metric_names_what_it_has(manifest_dir, tmp_path):
+    def validate(model, loader, step):
+        return {"wer": 1.0, "cer": 0.5}
+
+    objective = Objective(TOY.step, mean_loss, validate=validate)
+    with pytest.raises(KeyError) as err:
+        toy_train(manifest_dir, tmp_path, "train.max_steps=1", objective=objective, validate=True)
+    assert err.value.args[0] == (
+        "the validation record has no 'loss' (Objective.best_metric); it has cer, wer"
+    )
 
 
 def test_validation_runs_every_interval_at_each_save_and_at_the_end(manifest_dir, tmp_path):
