@@ -568,8 +568,10 @@ def test_fairseq_total_num_update_is_the_schedule_length_and_defaults_to_max_upd
         ({"model": {"_name": "wav2vec"}},
          "FILE: model._name='wav2vec': only wav2vec2 pretraining is supported"),
         ({"model": {"encoder_layers": "many"}},
-         "FILE: model.transformer.num_layers: expected an integer, got 'many' (fairseq "
-         "model.encoder_layers)"),
+         "FILE: model.transformer.num_layers: expected an integer, got 'many' (fairseq field "
+         "encoder_layers)"),
+        ({"model": {"dropout": 1.5}},
+         "FILE: transformer.dropout_prob: must be in [0, 1), got 1.5 (fairseq field dropout)"),
     ],
 )  # fmt: skip
 def test_fairseq_file_errors_name_the_file_and_key(tmp_path, data, message):

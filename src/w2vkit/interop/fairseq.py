@@ -287,10 +287,11 @@ def config_from_fairseq(fields: dict[str, Any], *, where: str = "cfg.model") -> 
     try:
         return from_dict(ModelConfig, tree, where=where)
     except ConfigError as err:  # the message names w2vkit's key; the file has fairseq's
-        named = [f for f, dotted in FIELDS.items() if f"{where}.{dotted}:" in str(err)]
+        key = str(err).split(": ", 1)[0]  # `cfg.model.transformer.dropout_prob`, `mask_prob`...
+        named = [f for f, dotted in FIELDS.items() if key == dotted or key.endswith(f".{dotted}")]
         if not named:
             raise
-        raise ConfigError(f"{err} (fairseq {where}.{named[0]})") from err
+        raise ConfigError(f"{err} (fairseq field {named[0]})") from err
 
 
 def from_checkpoint(checkpoint: Any, *, source: str) -> Pretrained:
