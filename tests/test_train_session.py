@@ -151,7 +151,9 @@ def test_a_stale_best_checkpoint_is_repaired_by_the_runs_own_metric(tmp_path):
         "metrics": {"valid": {"loss": 3.0, "wer": 12.5}},
     }
     checkpoint.save_atomic(last, tmp_path / checkpoint.LAST)
-    assert checkpoint.reconcile_best(tmp_path, last) is None  # by loss: 3.0 is not the best 12.5
+    assert (
+        checkpoint.reconcile_best(tmp_path, last, "loss") is None
+    )  # by loss: 3.0 is not the best 12.5
     note = checkpoint.reconcile_best(tmp_path, last, "wer")
     assert note is not None and note.endswith("it now holds update 8, validation wer 12.5")
     assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 8

@@ -409,7 +409,7 @@ def saved_step(path: Path) -> int | None:
         return None
 
 
-def reconcile_best(out_dir: Path, last: dict, metric: str = "loss") -> str | None:
+def reconcile_best(out_dir: Path, last: dict, metric: str) -> str | None:
     """Repair `checkpoint_best.pt` after a crash between writing last and copying it to best.
 
     When last's own validation `metric` (the objective's best_metric: loss, or WER for CTC) is
