@@ -87,9 +87,12 @@ def w2vkit_update(args: argparse.Namespace, device: torch.device):
     from w2vkit.losses import pretraining_objective
     from w2vkit.model.wav2vec2 import Wav2Vec2Model
     from w2vkit.train.config import PretrainConfig
+    from w2vkit.train.host_memory import keep_freed_memory
     from w2vkit.train.loop import TrainState, run_update
     from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 
+    if device.type == "cpu" and not args.system_malloc:
+        keep_freed_memory()  # as a CPU training run does (session.device_for)
     cfg = PretrainConfig(model=model_config(args.preset))
     cfg.train.precision, cfg.optim.warmup_steps = args.dtype, 10
     torch.manual_seed(0)
@@ -191,6 +194,7 @@ def worker_command(name: str, args: argparse.Namespace) -> list[str]:
         script = str(ROOT / "bench" / "peers" / "fairseq_step.py")
         return [fairseq_python(), script, *common, f"--model-json={spec}"]
     extra = ["--compile"] if args.compile and name == "w2vkit" else []
+    extra += ["--system-malloc"] if args.system_malloc and name == "w2vkit" else []
     return [sys.executable, __file__, f"--worker={name}", *common, *extra]
 
 
@@ -304,6 +308,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile w2vkit's encoder")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is in the w2vkit worker (a CPU run keeps freed memory)",
+    )
     parser.add_argument("--compare", nargs="*", default=[], choices=["hf", "fairseq"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5, help="timed updates per round")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from w2vkit.losses import pretraining_loss
 from w2vkit.model.config import BASE_CONV_LAYERS, FeatureExtractorConfig, tiny
+from w2vkit.model.conv_matmul import conv_as_matmuls
 from w2vkit.model.feature_extractor import ConvFeatureExtractor, frame_padding_mask, output_lengths
 from w2vkit.model.negatives import sample_negatives
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -53,7 +54,8 @@ def test_frame_padding_mask_marks_frames_past_each_length():
         assert not mask[row, :length].any() and mask[row, length:].all()
 
 
-def test_group_norm_mode_normalises_first_layer_over_time_only():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_group_norm_mode_normalises_first_layer_over_time_only(channels_last):
     torch.manual_seed(0)
     extractor = ConvFeatureExtractor(
         FeatureExtractorConfig(conv_layers=TINY_CONV, norm_mode="group_norm")
@@ -67,10 +69,15 @@ def test_group_norm_mode_normalises_first_layer_over_time_only():
     conv = extractor.layers[0].conv(wav[:, None])  # (B, C, T)
     mean, var = conv.mean(-1, keepdim=True), conv.var(-1, unbiased=False, keepdim=True)
     reference = F.gelu((conv - mean) / torch.sqrt(var + 1e-5))
-    torch.testing.assert_close(extractor.layers[0](wav[:, None]), reference, atol=1e-5, rtol=1e-5)
+    if channels_last:  # the CPU path: (B, S, 1) in, (B, T, C) out
+        out = extractor.layers[0](wav[:, :, None], channels_last=True).transpose(1, 2)
+    else:
+        out = extractor.layers[0](wav[:, None], channels_last=False)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_layer_norm_mode_normalises_every_frame_of_every_layer():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layer_norm_mode_normalises_every_frame_of_every_layer(channels_last):
     torch.manual_seed(0)
     cfg = FeatureExtractorConfig(conv_layers=TINY_CONV, norm_mode="layer_norm", conv_bias=True)
     extractor = ConvFeatureExtractor(cfg)
@@ -86,17 +93,25 @@ def test_layer_norm_mode_normalises_every_frame_of_every_layer():
     normed = (conv - mean) / torch.sqrt(var + 1e-5) * layer.norm.weight[:, None] + layer.norm.bias[
         :, None
     ]
-    torch.testing.assert_close(layer(x), F.gelu(normed), atol=1e-5, rtol=1e-5)
+    if channels_last:
+        out = layer(x.transpose(1, 2).contiguous(), channels_last=True).transpose(1, 2)
+    else:
+        out = layer(x, channels_last=False)
+    torch.testing.assert_close(out, F.gelu(normed), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("norm_mode", ["group_norm", "layer_norm"])
-def test_norms_compute_in_fp32_under_bf16(norm_mode):
+def test_norms_compute_in_fp32_under_bf16(norm_mode, channels_last):
     torch.manual_seed(0)
     cfg = FeatureExtractorConfig(conv_layers=TINY_CONV, norm_mode=norm_mode)
     norm = ConvFeatureExtractor(cfg).layers[0].norm.to(torch.bfloat16)
     # A large offset with a small spread: bf16 statistics would lose the spread entirely.
     x = (300.0 + torch.randn(2, 64, 50)).to(torch.bfloat16)
-    y = norm(x)
+    if channels_last:
+        y = norm.channels_last(x.transpose(1, 2).contiguous()).transpose(1, 2)
+    else:
+        y = norm(x)
     assert y.dtype == torch.bfloat16
     reference = (
         F.group_norm(x.float(), 64)
@@ -214,3 +229,85 @@ def test_grad_scale_zero_freezes_the_extractor():
     # The rest of the model still trains, with the same gradients (the scale only acts backward).
     for name, grad in rest_unscaled.items():
         torch.testing.assert_close(rest_frozen[name], grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride"), [(10, 5), (3, 2), (2, 2), (1, 1), (4, 1), (5, 3), (7, 3), (2, 3)]
+)
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_as_matmuls_is_conv1d(kernel, stride, bias):
+    # Whole groups of `stride` taps, taps left over, a stride longer than the kernel.
+    g = torch.Generator().manual_seed(kernel * 10 + stride)
+    weight = torch.randn(6, 4, kernel, generator=g, requires_grad=True)
+    bias_t = torch.randn(6, generator=g, requires_grad=True) if bias else None
+    for frames in (kernel, kernel + stride - 1, 37, 38):
+        x = torch.randn(2, 4, frames, generator=g, requires_grad=True)  # (B, C, T)
+        reference = F.conv1d(x, weight, bias_t, stride)  # (B, O, T')
+        out = conv_as_matmuls(x.transpose(1, 2), weight, bias_t, stride).transpose(1, 2)
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+        grad = torch.randn(reference.shape, generator=g)
+        inputs = [x, weight] + ([bias_t] if bias_t is not None else [])
+        expected = torch.autograd.grad(reference, inputs, grad)
+        actual = torch.autograd.grad(out, inputs, grad)
+        for e, a in zip(expected, actual, strict=True):
+            torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 2), (5, 3), (2, 3)])
+def test_conv_as_matmuls_backward_passes_gradcheck(kernel, stride):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 11, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, kernel, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: conv_as_matmuls(*a, stride), (x, weight, bias))
+    # Only one input wanting a gradient (a waveform in, a frozen kernel).
+    assert torch.autograd.gradcheck(lambda w: conv_as_matmuls(x.detach(), w, None, stride), weight)
+    assert torch.autograd.gradcheck(lambda i: conv_as_matmuls(i, weight.detach(), None, stride), x)
+
+
+def test_conv_as_matmuls_under_autocast_runs_in_bf16_as_conv1d():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 40, 8, generator=g)
+    weight = torch.randn(6, 8, 3, generator=g, requires_grad=True)
+    bias = torch.randn(6, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = F.conv1d(x.transpose(1, 2), weight, bias, 2).transpose(1, 2)
+        out = conv_as_matmuls(x, weight, bias, 2)
+    assert out.dtype == reference.dtype == torch.bfloat16
+    torch.testing.assert_close(out, reference, atol=0.1, rtol=0.02)
+    out.float().sum().backward()
+    assert weight.grad is not None and weight.grad.dtype == torch.float32
+
+
+def test_conv_as_matmuls_without_a_complete_window_fails_as_conv1d():
+    weight = torch.randn(6, 4, 3)
+    with pytest.raises(RuntimeError) as expected:
+        F.conv1d(torch.randn(1, 4, 2), weight, None, 2)
+    with pytest.raises(RuntimeError) as actual:
+        conv_as_matmuls(torch.randn(1, 2, 4), weight, None, 2)
+    assert str(actual.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("norm_mode", ["group_norm", "layer_norm"])
+def test_cpu_matmul_path_matches_the_conv_path(norm_mode):
+    """On CPU the extractor runs `channels_last=True`; the conv path (kept on GPU) is the reference,
+    outputs and gradients, with BASE's layer shapes at a quarter of the width."""
+    torch.manual_seed(0)
+    layers = [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2
+    cfg = FeatureExtractorConfig(
+        conv_layers=layers, norm_mode=norm_mode, conv_bias=norm_mode == "layer_norm"
+    )
+    extractor = ConvFeatureExtractor(cfg)
+    wav = torch.randn(2, 6001, generator=torch.Generator().manual_seed(1))
+    x = wav[:, None]
+    for layer in extractor.layers:
+        x = layer(x, channels_last=False)
+    reference, out = x, extractor(wav)  # (B, C, T) both
+    assert out.shape == reference.shape == (2, 128, 18)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    params = list(extractor.parameters())
+    expected = torch.autograd.grad(reference, params, grad)
+    actual = torch.autograd.grad(out, params, grad)
+    for e, a in zip(expected, actual, strict=True):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)

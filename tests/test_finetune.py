@@ -272,7 +272,10 @@ def test_update_is_gradient_of_loss_per_sentence_or_letter(sentence_avg):
         if e is None:
             assert g is None
         else:
-            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)
+            # fp32 summation order (two micro-batches against one loss): relative to the
+            # tensor's scale, with a floor for the key biases, whose true gradient is 0.
+            atol = max(1e-7, 1e-6 * e.abs().max().item())
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=atol)
 
 
 @pytest.fixture(scope="module")

@@ -216,9 +216,12 @@ def test_finetune_resumed_from_another_vocabulary_names_the_checkpoint(corpus, t
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only answers")
-def test_the_device_a_train_section_asks_for_on_a_cpu_only_machine():
+def test_the_device_a_train_section_asks_for_on_a_cpu_only_machine(monkeypatch):
+    kept: list[bool] = []
+    monkeypatch.setattr(session.host_memory, "keep_freed_memory", lambda: kept.append(True))
     assert session.device_for(TrainConfig(device="auto", precision="fp32")) == torch.device("cpu")
     assert session.device_for(TrainConfig(device="cpu", precision="bf16")) == torch.device("cpu")
+    assert kept == [True, True]  # a CPU run keeps freed memory for reuse
     with pytest.raises(ConfigError) as err:
         session.device_for(TrainConfig(device="cuda", precision="fp32"))
     assert str(err.value) == "train.device: 'cuda' was asked for but no CUDA device is available"

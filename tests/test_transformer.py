@@ -16,6 +16,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
 )
 
 from w2vkit.model.config import TransformerConfig
+from w2vkit.model.dropout import keep_mask
 from w2vkit.model.transformer import ConvPositionalEmbedding, SelfAttention, TransformerEncoder
 
 SMALL = TransformerConfig(
@@ -41,23 +42,49 @@ def _encoder(seed: int = 0, **changes) -> TransformerEncoder:
     return encoder
 
 
-@pytest.mark.parametrize("padded", [False, True])
-def test_sdpa_attention_equals_explicit_softmax_reference(padded):
-    torch.manual_seed(0)
-    attention = SelfAttention(32, 4, dropout_prob=0.1).eval()
-    x = torch.randn(3, 11, 32)
-    padding = right_padding([11, 7, 2], 11) if padded else None
-    out = attention(x, padding)
+def _attention_reference(
+    attention: SelfAttention, x: torch.Tensor, padding: torch.Tensor | None, keep=None, scale=1.0
+) -> torch.Tensor:
+    """Softmax attention written out; `keep` (B, H, T, T) drops weights, the rest scaled."""
+    batch, frames, dim = x.shape
 
     def heads(t):
-        return t.view(3, 11, 4, 8).transpose(1, 2)  # (B, H, T, d)
+        return t.view(batch, frames, 4, dim // 4).transpose(1, 2)  # (B, H, T, d)
 
     q, k, v = heads(attention.q_proj(x)), heads(attention.k_proj(x)), heads(attention.v_proj(x))
-    scores = q @ k.transpose(-1, -2) / math.sqrt(8)  # (B, H, T, T)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(dim // 4)  # (B, H, T, T)
     if padding is not None:
         scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
-    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(3, 11, 32)
-    torch.testing.assert_close(out, attention.out_proj(y), rtol=0, atol=1e-5)
+    weights = scores.softmax(-1)
+    if keep is not None:
+        weights = weights * keep * scale
+    y = (weights @ v).transpose(1, 2).reshape(batch, frames, dim)
+    return attention.out_proj(y)
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_attention_equals_explicit_softmax_reference(padded, training):
+    # eval: SDPA; training on CPU: the written-out path (here without dropout).
+    torch.manual_seed(0)
+    attention = SelfAttention(32, 4, dropout_prob=0.0 if training else 0.1).train(training)
+    x = torch.randn(3, 11, 32)
+    padding = right_padding([11, 7, 2], 11) if padded else None
+    reference = _attention_reference(attention, x, padding)
+    torch.testing.assert_close(attention(x, padding), reference, rtol=0, atol=1e-5)
+
+
+def test_attention_dropout_on_cpu_drops_weights_with_the_cpu_dropout_mask():
+    torch.manual_seed(0)
+    attention = SelfAttention(32, 4, dropout_prob=0.2).train()
+    x = torch.randn(3, 11, 32)
+    padding = right_padding([11, 7, 2], 11)
+    torch.manual_seed(5)
+    out = attention(x, padding)
+    torch.manual_seed(5)
+    keep, scale = keep_mask(torch.Size([3, 4, 11, 11]), 0.2)
+    reference = _attention_reference(attention, x, padding, keep, scale)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
 
 
 def test_attention_dropout_only_in_training():

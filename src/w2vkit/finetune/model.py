@@ -24,6 +24,7 @@ from w2vkit.config import ConfigError, from_dict
 from w2vkit.finetune.vocab import Vocabulary
 from w2vkit.interop.native import PRETRAINING_HEADS, Pretrained
 from w2vkit.model.config import ModelConfig
+from w2vkit.model.dropout import Dropout
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 
@@ -52,7 +53,7 @@ class Wav2Vec2ForCTC(nn.Module):
             setattr(self.wav2vec2, head, None)  # pretraining heads: not part of the CTC model
         if cfg.feature_extractor.grad_scale == 0:
             self.wav2vec2.feature_extractor.requires_grad_(False)  # never updated
-        self.final_dropout = nn.Dropout(final_dropout_prob)
+        self.final_dropout = Dropout(final_dropout_prob)
         self.lm_head = nn.Linear(cfg.transformer.model_dim, vocab_size)
         nn.init.xavier_uniform_(self.lm_head.weight)  # as fairseq's Wav2VecEncoder.proj
         nn.init.zeros_(self.lm_head.bias)

@@ -11,6 +11,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from torch.utils.checkpoint import checkpoint
 
 from w2vkit.model.config import TransformerConfig
+from w2vkit.model.dropout import Dropout, dropout
 
 
 def _bert_init(linear: nn.Linear) -> nn.Linear:
@@ -41,6 +42,19 @@ class ConvPositionalEmbedding(nn.Module):
         return F.gelu(y).transpose(1, 2)  # (B, D, T) -> (B, T, D)
 
 
+def _explicit_attention(
+    q: Tensor, k: Tensor, v: Tensor, attend: Tensor | None, dropout_prob: float
+) -> Tensor:
+    """SDPA's math, written out for training on CPU: there SDPA has no fused kernel that drops
+    weights and falls back to this same math with `bernoulli_` masks; `dropout` draws them at half
+    the cost. Shapes: q, k, v (B, H, T, D/H), attend (B, 1, 1, T) True = attend."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
+    if attend is not None:
+        scores = scores.masked_fill(~attend, float("-inf"))
+    weights = scores.float().softmax(-1).type_as(v)  # fp32 softmax under autocast
+    return dropout(weights, dropout_prob, training=True) @ v  # (B, H, T, D/H)
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention through `scaled_dot_product_attention` (flash/efficient kernels on GPU)."""
 
@@ -62,13 +76,13 @@ class SelfAttention(nn.Module):
 
         # SDPA's boolean mask is True = attend; None keeps the flash kernel eligible.
         attend = None if padding_mask is None else ~padding_mask[:, None, None, :]  # (B, 1, 1, T)
-        y = F.scaled_dot_product_attention(
-            heads(self.q_proj(x)),
-            heads(self.k_proj(x)),
-            heads(self.v_proj(x)),
-            attn_mask=attend,
-            dropout_p=self.dropout_prob if self.training else 0.0,
-        )
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if self.training and x.device.type == "cpu":
+            y = _explicit_attention(q, k, v, attend, self.dropout_prob)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attend, dropout_p=self.dropout_prob if self.training else 0.0
+            )
         # (B, H, T, D/H) -> (B, T, D)
         return self.out_proj(y.transpose(1, 2).reshape(batch, frames, dim))
 
@@ -84,8 +98,8 @@ class EncoderLayer(nn.Module):
         self.fc1 = _bert_init(nn.Linear(cfg.model_dim, cfg.ffn_dim))
         self.fc2 = _bert_init(nn.Linear(cfg.ffn_dim, cfg.model_dim))
         self.ffn_norm = nn.LayerNorm(cfg.model_dim)
-        self.dropout = nn.Dropout(cfg.dropout_prob)
-        self.activation_dropout = nn.Dropout(cfg.activation_dropout_prob)
+        self.dropout = Dropout(cfg.dropout_prob)
+        self.activation_dropout = Dropout(cfg.activation_dropout_prob)
 
     def _ffn(self, x: Tensor) -> Tensor:
         return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x)))))
@@ -108,7 +122,7 @@ class TransformerEncoder(nn.Module):
             cfg.model_dim, cfg.pos_conv_kernel, cfg.pos_conv_groups
         )
         self.norm = nn.LayerNorm(cfg.model_dim)
-        self.dropout = nn.Dropout(cfg.dropout_prob)
+        self.dropout = Dropout(cfg.dropout_prob)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
 
     def forward(

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from w2vkit.model.config import ModelConfig, preset
+from w2vkit.model.dropout import Dropout
 from w2vkit.model.feature_extractor import ConvFeatureExtractor, frame_padding_mask, scale_grad
 from w2vkit.model.masking import SpanMasker
 from w2vkit.model.negatives import contrastive_logits, sample_negatives
@@ -70,8 +71,8 @@ class Wav2Vec2Model(nn.Module):
             self.feature_extractor = ConvFeatureExtractor(cfg.feature_extractor)
         self.feature_norm = nn.LayerNorm(conv_dim)
         self.feature_projection = nn.Linear(conv_dim, model_dim) if conv_dim != model_dim else None
-        self.input_dropout = nn.Dropout(cfg.input_dropout_prob)
-        self.features_dropout = nn.Dropout(cfg.features_dropout_prob)
+        self.input_dropout = Dropout(cfg.input_dropout_prob)
+        self.features_dropout = Dropout(cfg.features_dropout_prob)
         self.masker = SpanMasker(cfg.masking, model_dim)
         self.encoder = TransformerEncoder(cfg.transformer)
         q = cfg.quantizer

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from w2vkit.config import ConfigError
-from w2vkit.train import checkpoint, dist
+from w2vkit.train import checkpoint, dist, host_memory
 from w2vkit.train.config import TrainConfig
 from w2vkit.train.loop import TrainState
 from w2vkit.train.metrics import RunLogger
@@ -28,7 +28,10 @@ KINDS = {"pretrain": "loss", "finetune": "ctc"}
 
 
 def device_for(train: TrainConfig) -> torch.device:
-    """`train.device` as a torch device (`auto`: CUDA when there is one; the local rank's GPU)."""
+    """`train.device` as a torch device (`auto`: CUDA when there is one; the local rank's GPU).
+
+    On CPU the process keeps freed memory for reuse (`host_memory.keep_freed_memory`).
+    """
     choice = train.device
     if choice == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available")
@@ -42,6 +45,7 @@ def device_for(train: TrainConfig) -> torch.device:
         device = torch.device("cuda", dist.local_rank())
         torch.cuda.set_device(device)  # nccl and the default CUDA stream follow the local rank
         return device
+    host_memory.keep_freed_memory()
     return torch.device("cpu")
 
 
