@@ -72,14 +72,23 @@ def test_probability_one_drops_everything():
     assert torch.equal(dropout(torch.ones(50), 1.0, training=True), torch.zeros(50))
 
 
-def test_module_follows_train_and_eval_and_checks_its_probability():
+def test_module_is_an_nn_dropout_that_follows_train_and_eval():
     module = Dropout(0.5)
-    assert repr(module) == "Dropout(p=0.5)"
+    assert isinstance(module, torch.nn.Dropout) and repr(module) == repr(torch.nn.Dropout(0.5))
     x = torch.randn(4000)
     assert torch.equal(module.eval()(x), x)
     assert (module.train()(x) == 0).any()
-    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
         Dropout(1.5)
+
+
+@pytest.mark.parametrize("prob", [1e-6, 1 - 1e-6])
+def test_a_probability_that_rounds_to_0_or_1_takes_torch_dropout(prob, monkeypatch):
+    # round(p * 2^16) of 0 would never drop, of 2^16 would divide by zero keeping nothing.
+    calls = []
+    monkeypatch.setattr(F, "dropout", lambda x, p, training: calls.append(p) or x)
+    dropout(torch.ones(10), prob, training=True)
+    assert calls == [prob]
 
 
 def test_bf16_input_keeps_its_dtype():

@@ -311,3 +311,18 @@ def test_cpu_matmul_path_matches_the_conv_path(norm_mode):
     actual = torch.autograd.grad(out, params, grad)
     for e, a in zip(expected, actual, strict=True):
         torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_matmul_path_under_bf16_autocast_matches_the_conv_path():
+    torch.manual_seed(0)
+    cfg = FeatureExtractorConfig(conv_layers=TINY_CONV, norm_mode="layer_norm", conv_bias=True)
+    extractor = ConvFeatureExtractor(cfg)
+    wav = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = wav[:, None]
+        for layer in extractor.layers:
+            x = layer(x, channels_last=False)
+        reference, out = x, extractor(wav)
+    assert out.dtype == reference.dtype == torch.bfloat16
+    # Both round every layer's output to bf16 (8 bits of mantissa), in different orders.
+    torch.testing.assert_close(out.float(), reference.float(), atol=0.05, rtol=0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 
@@ -36,6 +37,9 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     took, kept = _faults("keep")
     _, default = _faults("default")
     assert took == "True"
-    # 64 MiB is 16384 pages of 4 KiB: the default allocator faults them in every round.
-    assert default > 10 * 16384 * 0.9
-    assert kept < 1000
+    # The default allocator faults the 64 MiB in every round (16384 faults with 4 KiB pages and
+    # no transparent huge pages; far fewer with them, where there is little to win).
+    pages = 10 * (64 << 20) // resource.getpagesize()
+    if default < pages // 4:
+        pytest.skip(f"{default} faults in 10 rounds: huge pages back this allocation already")
+    assert kept < default / 20

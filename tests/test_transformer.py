@@ -17,7 +17,12 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
 
 from w2vkit.model.config import TransformerConfig
 from w2vkit.model.dropout import keep_mask
-from w2vkit.model.transformer import ConvPositionalEmbedding, SelfAttention, TransformerEncoder
+from w2vkit.model.transformer import (
+    ConvPositionalEmbedding,
+    SelfAttention,
+    TransformerEncoder,
+    _explicit_attention,
+)
 
 SMALL = TransformerConfig(
     num_layers=2,
@@ -65,13 +70,25 @@ def _attention_reference(
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("padded", [False, True])
 def test_attention_equals_explicit_softmax_reference(padded, training):
-    # eval: SDPA; training on CPU: the written-out path (here without dropout).
+    # eval: SDPA; training with attention dropout on CPU: the written-out path (here dropping
+    # weights with a probability that rounds to 0: nothing dropped).
     torch.manual_seed(0)
-    attention = SelfAttention(32, 4, dropout_prob=0.0 if training else 0.1).train(training)
+    attention = SelfAttention(32, 4, dropout_prob=0.1).train(training)
+    if training:
+        attention.dropout_prob = 1e-6
     x = torch.randn(3, 11, 32)
     padding = right_padding([11, 7, 2], 11) if padded else None
     reference = _attention_reference(attention, x, padding)
     torch.testing.assert_close(attention(x, padding), reference, rtol=0, atol=1e-5)
+
+
+def test_written_out_attention_under_bf16_autocast_is_sdpa_in_fp32():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 11, 8).to(torch.bfloat16) for _ in range(3))
+    reference = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    out = _explicit_attention(q, k, v, None, dropout_prob=0.0)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, rtol=0, atol=8e-3)  # bf16 output rounding
 
 
 def test_attention_dropout_on_cpu_drops_weights_with_the_cpu_dropout_mask():
@@ -208,6 +225,15 @@ def _attention_masks(monkeypatch) -> list:
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     return masks
+
+
+def test_training_on_cpu_takes_sdpa_without_attention_dropout(monkeypatch):
+    # Only dropped attention weights are written out (SDPA's CPU kernels cannot drop them).
+    masks = _attention_masks(monkeypatch)
+    for prob, calls in ((0.0, 2), (0.1, 0)):
+        masks.clear()
+        _encoder(attention_dropout_prob=prob).train()(torch.randn(2, 13, 32))
+        assert len(masks) == calls, prob
 
 
 def test_an_unpadded_batch_of_odd_length_attends_without_a_mask(monkeypatch):

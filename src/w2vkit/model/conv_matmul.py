@@ -18,8 +18,9 @@ from torch import Tensor
 
 
 def _windows(x: Tensor, kernel: int, stride: int, num_out: int) -> list[tuple[Tensor, slice]]:
-    """Views of one utterance x (T, C), each (T', w C), and the rows of the (k C, O) tap matrix
-    each multiplies. The same views of the input's gradient receive the backward."""
+    """Views of one utterance x (T, C), each (T', w C) for the w taps it covers (s, or 1 for a
+    left-over tap), and the rows of the (k C, O) tap matrix each multiplies. The same views of
+    the input's gradient receive the backward."""
     channels = x.shape[-1]
     whole = kernel - kernel % stride  # taps in whole groups of s
     groups = [
@@ -45,8 +46,8 @@ class _ConvAsMatmuls(torch.autograd.Function):
         taps = weight.permute(2, 1, 0).reshape(kernel * channels, out_channels)  # (k C, O)
         y = x.new_empty(batch, num_out, out_channels)
         for b in range(batch):
-            (first, rows), *rest = _windows(x[b], kernel, stride, num_out)
-            torch.mm(first, taps[rows], out=y[b])
+            (view, rows), *rest = _windows(x[b], kernel, stride, num_out)
+            torch.mm(view, taps[rows], out=y[b])
             for view, rows in rest:
                 y[b].addmm_(view, taps[rows])
         ctx.save_for_backward(x, taps)
@@ -86,10 +87,14 @@ def conv_as_matmuls(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int)
     if num_out <= 0:  # no complete window: let F.conv1d say so, as the conv path does
         return F.conv1d(x.transpose(1, 2), weight, bias, stride).transpose(1, 2)
     if torch.is_autocast_enabled(x.device.type):
-        # Autocast does not reach inside an autograd.Function: cast as it would cast F.conv1d.
+        # mm(out=) and addmm_ are not autocast ops: cast as autocast casts F.conv1d's inputs
+        # (fp32 ones to the autocast dtype, others left alone).
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-    with torch.autocast(x.device.type, enabled=False):
-        y = _ConvAsMatmuls.apply(x, weight, stride)
-        return y if bias is None else y + bias
+
+        def cast(t: Tensor) -> Tensor:
+            return t.to(dtype) if t.dtype == torch.float32 else t
+
+        x, weight = cast(x), cast(weight)
+        bias = None if bias is None else cast(bias)
+    y = _ConvAsMatmuls.apply(x, weight, stride)
+    return y if bias is None else y + bias

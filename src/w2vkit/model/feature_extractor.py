@@ -101,7 +101,7 @@ class ConvBlock(nn.Module):
         nn.init.kaiming_normal_(self.conv.weight)
         self.norm = norm
 
-    def forward(self, x: Tensor, channels_last: bool) -> Tensor:
+    def forward(self, x: Tensor, *, channels_last: bool) -> Tensor:
         """(B, C, T) -> (B, C', T'), or (B, T, C) -> (B, T', C') through `conv_as_matmuls`."""
         if not channels_last:
             x = self.conv(x)
@@ -137,8 +137,8 @@ class ConvFeatureExtractor(nn.Module):
 
     def forward(self, wav: Tensor) -> Tensor:
         if wav.device.type == "cpu":
-            # Matmuls in (B, T, C) train 1.2x (BASE) and 2.2x (LARGE, a layer norm per layer)
-            # faster than oneDNN's conv on CPU (bench/results.md); cuDNN's conv is kept on GPU.
+            # Matmuls in (B, T, C) train 1.15x (BASE) and 2.2x (LARGE, a layer norm per layer)
+            # faster than oneDNN's conv on CPU, forward alike (bench/results.md); cuDNN on GPU.
             x = wav.unsqueeze(-1)  # (B, S) -> (B, S, 1)
             for layer in self.layers:
                 x = layer(x, channels_last=True)

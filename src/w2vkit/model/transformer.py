@@ -45,14 +45,17 @@ class ConvPositionalEmbedding(nn.Module):
 def _explicit_attention(
     q: Tensor, k: Tensor, v: Tensor, attend: Tensor | None, dropout_prob: float
 ) -> Tensor:
-    """SDPA's math, written out for training on CPU: there SDPA has no fused kernel that drops
-    weights and falls back to this same math with `bernoulli_` masks; `dropout` draws them at half
-    the cost. Shapes: q, k, v (B, H, T, D/H), attend (B, 1, 1, T) True = attend."""
+    """SDPA's math, written out for training with attention dropout on CPU: there SDPA has no
+    fused kernel that drops weights and falls back to this same math (in fp32, as here, also under
+    autocast) with `bernoulli_` masks; `dropout` draws them at half the cost.
+    Shapes: q, k, v (B, H, T, D/H), attend (B, 1, 1, T) True = attend."""
+    dtype = v.dtype
+    q, k, v = q.float(), k.float(), v.float()
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
     if attend is not None:
         scores = scores.masked_fill(~attend, float("-inf"))
-    weights = scores.float().softmax(-1).type_as(v)  # fp32 softmax under autocast
-    return dropout(weights, dropout_prob, training=True) @ v  # (B, H, T, D/H)
+    weights = dropout(scores.softmax(-1), dropout_prob, training=True)
+    return (weights @ v).to(dtype)  # (B, H, T, D/H)
 
 
 class SelfAttention(nn.Module):
@@ -77,7 +80,7 @@ class SelfAttention(nn.Module):
         # SDPA's boolean mask is True = attend; None keeps the flash kernel eligible.
         attend = None if padding_mask is None else ~padding_mask[:, None, None, :]  # (B, 1, 1, T)
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        if self.training and x.device.type == "cpu":
+        if self.training and self.dropout_prob > 0 and x.device.type == "cpu":
             y = _explicit_attention(q, k, v, attend, self.dropout_prob)
         else:
             y = F.scaled_dot_product_attention(

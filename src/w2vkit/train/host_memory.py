@@ -2,7 +2,7 @@
 
 glibc's malloc hands every freed block above its mmap threshold (128 KiB, raised as it goes up to
 32 MiB) back to the kernel, which zero-fills fresh pages for the next allocation of the same
-size: a BASE update on CPU allocates and frees gigabytes of activations, 150-250 thousand page
+size: a BASE update on CPU allocates and frees gigabytes of activations, 120-280 thousand page
 faults and 0.3-0.9 s of system time per update on two cores. With the thresholds raised, freed
 blocks stay in the heap for the next update; the peak RSS stays within 1% (bench/results.md).
 """
@@ -14,6 +14,7 @@ import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _THRESHOLD_BYTES = 1 << 30  # blocks below 1 GiB come from the heap and stay there once freed
+_OLDER_GLIBC_MMAP_MAX = 32 << 20  # older glibc refuses an mmap threshold above HEAP_MAX_SIZE / 2
 
 
 def keep_freed_memory() -> bool:
@@ -29,9 +30,10 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(
-        mallopt(param, _THRESHOLD_BYTES) == 1 for param in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)
-    )
+    trim = mallopt(_M_TRIM_THRESHOLD, _THRESHOLD_BYTES) == 1
+    mmap = mallopt(_M_MMAP_THRESHOLD, _THRESHOLD_BYTES) == 1
+    mmap = mmap or mallopt(_M_MMAP_THRESHOLD, _OLDER_GLIBC_MMAP_MAX) == 1
+    return trim and mmap
 
 
 __all__ = ["keep_freed_memory"]
