@@ -219,8 +219,11 @@ def test_cli_subprocess_exit_codes(tree, tmp_path):
         text=True,
         timeout=120,
     )
-    assert done.returncode == 1
-    assert "skipped 2 files" in done.stdout and "no readable audio" in done.stderr
+    assert done.returncode == 2  # the files' contents: the user's mistake, not the system's
+    assert "skipped 2 files" in done.stdout
+    assert (
+        done.stderr == f"w2vkit manifest: no readable audio (.wav, .flac, .ogg, .mp3) under {bad}\n"
+    )
 
 
 def test_read_manifest_errors_name_file_and_line(tmp_path):

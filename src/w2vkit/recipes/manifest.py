@@ -113,12 +113,8 @@ def run(args: argparse.Namespace) -> int:
         hours = sum(f / r for _, f, r, _ in rows) / 3600
         print(f"{name}.tsv: {len(rows)} files, {hours:.2f} h")
     _report(num_found, readable, skipped, scan.other_extensions, args.dest)
-    if not readable:
-        print(
-            f"w2vkit manifest: no readable audio ({', '.join(extensions)}) under {root}",
-            file=sys.stderr,
-        )
-        return 1
+    if not readable:  # a file's contents are the user's to fix: exit 2, skipped.tsv says why
+        raise UsageError(f"no readable audio ({', '.join(extensions)}) under {root}")
     for warning in _empty_split_warnings(splits, len(kept), args.valid_percent):
         print(f"w2vkit manifest: {warning}", file=sys.stderr)
     return 0
