@@ -58,6 +58,9 @@ def from_payload(payload: dict, *, source: str) -> Pretrained:
     )
     normalize = audio.get("normalize", data.get("normalize"))
     state = {k: v for k, v in payload["model"].items()}
+    if payload["config"].get("objective") == "hubert":
+        # A HuBERT run's prediction head has no wav2vec 2.0 counterpart: its encoder loads alone.
+        state = {k: v for k, v in state.items() if not k.startswith(HUBERT_HEADS)}
     # A w2vkit file converted from an HF encoder-only model has no heads: it loads, not pretrains.
     check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg, state))
     return Pretrained(cfg, state, normalize if isinstance(normalize, bool) else None)
@@ -76,6 +79,7 @@ def save_w2vkit(pretrained: Pretrained, path: str | Path) -> None:
 
 
 PRETRAINING_HEADS = ("quantizer.", "target_proj.", "context_proj.")
+HUBERT_HEADS = ("label_embeddings", "context_proj.")
 
 
 def encoder_only_prefixes(cfg: ModelConfig, state: dict[str, Tensor]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from w2vkit.losses import pretraining_objective
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.hubert import session as hubert_session
 from w2vkit.recipes.run_args import declare_run_args, parse_run_args
 from w2vkit.train import dist, guard, session
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
@@ -143,12 +144,19 @@ def _pretrain(
         pin_memory=device.type == "cuda",
         min_decoded_samples=min_input_samples(cfg.model),
         allow_data_change=cfg.train.allow_data_change,
+        label_rate=cfg.hubert.label_rate,
     )
     if resume is not None:
         notes += guard.check_resume_config(
             resume.config["model"], cfg.model, source=str(resume.path)
         )
-    state = _train_state(cfg, _model(cfg, init_state, notes), device, loaders[data.train_split])
+    hubert = cfg.objective == "hubert"
+    model = (
+        hubert_session.build_model(cfg, init_state, notes)
+        if hubert
+        else _model(cfg, init_state, notes)
+    )
+    state = _train_state(cfg, model, device, loaders[data.train_split])
     if resume is not None:
         notes.append(session.restore(state, resume))
     notes += session.start_files(out_dir, to_dict(cfg), state.step, resume, best_metric="loss")
@@ -162,7 +170,7 @@ def _pretrain(
         total_steps=cfg.train.max_steps,
         start_step=state.step,
         tensorboard=cfg.train.tensorboard,
-        columns=CONSOLE_COLUMNS,
+        columns=hubert_session.CONSOLE_COLUMNS if hubert else CONSOLE_COLUMNS,
     )
     num_params = sum(p.numel() for p in dist.unwrap(state.model).parameters())
     logger.message(
@@ -175,7 +183,9 @@ def _pretrain(
     try:
         reason = train(
             state,
-            _objective(cfg),
+            hubert_session.objective(cfg, loaders[data.train_split].dataset.labels)
+            if hubert
+            else _objective(cfg),
             cfg=cfg.train,
             clip_norm=cfg.optim.clip_norm,
             train_loader=loaders[data.train_split],
@@ -241,7 +251,7 @@ def _model(cfg: PretrainConfig, init_state: dict | None, notes: list[str]) -> Wa
 
 
 def _train_state(
-    cfg: PretrainConfig, model: Wav2Vec2Model, device: torch.device, train_loader: ResumableLoader
+    cfg: PretrainConfig, model: torch.nn.Module, device: torch.device, train_loader: ResumableLoader
 ) -> TrainState:
     """Model on the device (DDP-wrapped under torchrun), optimizer, LR schedule, loss scaler."""
     model.to(device)

@@ -15,6 +15,7 @@ from typing import Literal
 from w2vkit.config import ConfigError, check, deep_merge, from_dict, load_yaml, parse_overrides
 from w2vkit.configs import Kind, find_config
 from w2vkit.model.config import PRESETS, ModelConfig, preset
+from w2vkit.pretrain.hubert.config import HubertConfig
 
 
 @dataclass(kw_only=True)
@@ -42,6 +43,8 @@ class DataConfig:
     required_batch_size_multiple: int = 8
     num_workers: int = 6
     """DataLoader worker processes per training process; 0 loads in the main process."""
+    labels: list[str] = field(default_factory=list)
+    """Frame label files read beside each manifest, `<split>.<name>` (HuBERT: `[km]`)."""
 
     def __post_init__(self) -> None:
         check(self.sample_rate > 0, "data.sample_rate", f"must be > 0, got {self.sample_rate}")
@@ -241,8 +244,19 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: Literal["wav2vec2", "hubert"] = "wav2vec2"
+    """What the encoder learns: wav2vec 2.0's contrastive task, or HuBERT's frame labels."""
+    hubert: HubertConfig = field(default_factory=HubertConfig)
+    """The HuBERT objective (`objective: hubert`); unused otherwise."""
 
     def __post_init__(self) -> None:
+        if self.objective == "hubert":
+            check(
+                len(self.data.labels) == len(self.hubert.num_classes),
+                "data.labels",
+                f"objective hubert needs one label file name per hubert.num_classes entry "
+                f"({len(self.hubert.num_classes)}), got {self.data.labels}",
+            )
         check(
             self.optim.total_steps > 0 or self.train.max_steps > 0 or self.train.max_minutes > 0,
             "optim.total_steps",

@@ -1,0 +1,52 @@
+"""`HubertConfig`: the HuBERT objective's own section (`hubert:` in a pretraining config).
+
+Defaults are fairseq's `hubert_base_librispeech` recipe (Hsu et al., 2021, arXiv:2106.07447) with
+the `hubert` criterion: masked prediction only, the feature penalty at weight 10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from w2vkit.config import check
+
+SAMPLE_RATE = 16000
+"""The audio rate a label rate is measured against (the encoder's frame stride is in samples)."""
+
+
+@dataclass(kw_only=True)
+class HubertConfig:
+    """Frame targets, the prediction head and the loss weights of HuBERT pretraining."""
+
+    label_rate: float = 50.0
+    """Labels per second (fairseq `label_rate`): 100 for iteration 1's MFCC k-means (10 ms hop),
+    50 for labels from a model's 20 ms frames. Encoder frame t takes label int(t * ratio), ratio =
+    label_rate * frame stride / sample rate (2 at 100 Hz: every other label)."""
+    num_classes: list[int] = field(default_factory=lambda: [100])
+    """Classes of each label set (k of its k-means), one per `data.labels` file."""
+    untie_final_proj: bool = True
+    """One projection per label set (fairseq's BASE recipe); False shares one across sets."""
+    pred_masked_weight: float = 1.0
+    pred_nomask_weight: float = 0.0
+    """Weights of the prediction losses on masked and unmasked frames (fairseq criterion)."""
+    feature_penalty_weight: float = 10.0
+    """fairseq `loss_weights: [10]`: the mean squared conv feature, times the scored frames."""
+
+    def __post_init__(self) -> None:
+        check(len(self.num_classes) >= 1, "hubert.num_classes", "needs at least one label set")
+        check(
+            all(int(k) >= 2 for k in self.num_classes),
+            "hubert.num_classes",
+            f"every label set needs >= 2 classes, got {self.num_classes}",
+        )
+        check(self.label_rate > 0, "hubert.label_rate", f"must be > 0, got {self.label_rate}")
+        for name in ("pred_masked_weight", "pred_nomask_weight", "feature_penalty_weight"):
+            check(getattr(self, name) >= 0, f"hubert.{name}", "must be >= 0")
+        check(
+            self.pred_masked_weight > 0 or self.pred_nomask_weight > 0,
+            "hubert.pred_masked_weight",
+            "pred_masked_weight and pred_nomask_weight are both 0: nothing to learn",
+        )
+
+
+__all__ = ["SAMPLE_RATE", "HubertConfig"]
