@@ -102,7 +102,8 @@ def test_loss_matches_a_slow_explicit_computation():
     time_mask[0, 3:13] = time_mask[1, 20:40] = True
     out = model(wav, None, labels, time_mask=time_mask)
     terms = hubert_loss(out, hubert)
-    assert seen["conv"].shape[-1] == 49  # the frames without a label were cut
+    # The conv gives 50 frames; the 50th has no label and is dropped, penalty included.
+    assert seen["conv"].shape[-1] == 50 and out.time_mask.shape == (2, 49)
     # Slow: every frame, every label set, the softmax over classes of cosine / 0.1 written out.
     context, embeddings = seen["context"], model.label_embeddings.detach()
     heads = [embeddings[:7], embeddings[7:]]
@@ -119,7 +120,7 @@ def test_loss_matches_a_slow_explicit_computation():
                 totals[bool(time_mask[b, t])] += log_z - scores[label]
     num_masked = int(time_mask.sum())
     sample_size = num_masked + (98 - num_masked)
-    penalty = 10.0 * float(seen["conv"].detach().pow(2).mean()) * sample_size
+    penalty = 10.0 * float(seen["conv"].detach()[..., :49].pow(2).mean()) * sample_size
     assert terms.sample_size == sample_size
     assert float(terms.masked) == pytest.approx(totals[True], rel=1e-5)
     assert float(terms.unmasked) == pytest.approx(totals[False], rel=1e-5)

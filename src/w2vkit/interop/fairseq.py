@@ -298,6 +298,10 @@ def from_checkpoint(checkpoint: Any, *, source: str) -> Pretrained:
     """A loaded fairseq checkpoint dict (see `safe_load.load_torch_file`) -> `Pretrained`."""
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise CheckpointError(f"{source}: not a fairseq checkpoint (no 'model' state dict)")
+    from w2vkit.interop import fairseq_hubert  # built on this module's tables
+
+    if fairseq_hubert.is_hubert(checkpoint):
+        return fairseq_hubert.encoder_only(checkpoint, source=source)
     fields, where, normalize = model_fields(checkpoint, source=source)
     try:
         cfg = config_from_fairseq(fields, where=where)

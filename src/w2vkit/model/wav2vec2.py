@@ -197,15 +197,17 @@ class Wav2Vec2Model(nn.Module):
         return FeatureOutput(hidden_states=states, features=features, padding_mask=frame_pad)
 
     def _features(
-        self, wav: Tensor, padding_mask: Tensor | None
+        self, wav: Tensor, padding_mask: Tensor | None, num_frames: int | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(features (B, T, C) after feature_norm, frame padding mask, penalty); `num_frames`
+        keeps the first frames only (HuBERT: those with a label), before the penalty."""
         grad_scale = self.cfg.feature_extractor.grad_scale
         # grad_scale 0 freezes the extractor: skip its autograd graph entirely (fairseq).
         with torch.no_grad() if grad_scale == 0 else contextlib.nullcontext():
             conv = self.feature_extractor(wav)  # (B, C, T)
         if grad_scale > 0:
             conv = scale_grad(conv, grad_scale)
-        features = conv.transpose(1, 2)  # (B, C, T) -> (B, T, C)
+        features = conv.transpose(1, 2)[:, :num_frames]  # (B, C, T) -> (B, T, C)
         frame_pad = None
         if padding_mask is not None:
             frame_pad = frame_padding_mask(

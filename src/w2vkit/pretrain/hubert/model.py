@@ -73,9 +73,8 @@ class HubertModel(Wav2Vec2Model):
     ) -> HubertOutput:
         """Shape: wav (B, S), labels one (B, L_i) long tensor per label set -> HubertOutput.
 
-        Frames without a label (the labels end first) are dropped, as fairseq does: the wav is
-        cut to the samples of the frames kept, which leaves their conv features unchanged.
-        `time_mask` (B, T) replaces the sampled one (parity tests).
+        Frames without a label (the labels end first) are dropped after the conv features, as
+        fairseq does. `time_mask` (B, T) replaces the sampled one (parity tests).
         """
         if len(labels) != len(self.hubert.num_classes):
             raise ValueError(
@@ -87,12 +86,8 @@ class HubertModel(Wav2Vec2Model):
         num_labels = min(t.shape[1] for t in labels)
         if ratio * frames > num_labels:
             frames = int(num_labels / ratio)
-            receptive, stride = frame_geometry(conv_layers)
-            keep = receptive + (frames - 1) * stride
-            wav = wav[:, :keep]
-            padding_mask = None if padding_mask is None else padding_mask[:, :keep]
-        # 1. Conv features and their penalty; the encoder input, masked.
-        features, frame_pad, penalty = self._features(wav, padding_mask)  # (B, T, C)
+        # 1. Conv features of the labelled frames and their penalty; the encoder input, masked.
+        features, frame_pad, penalty = self._features(wav, padding_mask, frames)  # (B, T, C)
         batch, frames, _ = features.shape
         x = self.input_dropout(self._project(features))  # (B, T, D)
         if time_mask is None:
