@@ -4,6 +4,7 @@ its pretraining or compare with fairseq. (`w2vkit.load_model` reads the encoder 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from w2vkit.interop.fairseq_hubert import is_hubert, read_hubert
 from w2vkit.interop.safe_load import CheckpointError, load_torch_file
@@ -13,7 +14,7 @@ from w2vkit.pretrain.hubert.model import HubertModel
 
 def load_fairseq_hubert(path: str | os.PathLike) -> HubertModel:
     """Read without running code from the file (`safe_load`); every tensor must map."""
-    checkpoint = load_torch_file(path)
+    checkpoint = load_torch_file(Path(path))
     if not is_hubert(checkpoint):
         raise CheckpointError(f"{path}: not a fairseq HuBERT checkpoint (cfg.model._name)")
     hubert = read_hubert(checkpoint, source=str(path))
