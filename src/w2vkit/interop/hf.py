@@ -415,10 +415,10 @@ def save_hf(pretrained: Pretrained, directory: str | Path, *, heads: bool = True
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    _write_preprocessor(directory, cfg, pretrained.normalize)
+    write_preprocessor(directory, cfg, pretrained.normalize)
 
 
-def _write_preprocessor(directory: Path, cfg: ModelConfig, normalize: bool | None) -> None:
+def write_preprocessor(directory: Path, cfg: ModelConfig, normalize: bool | None) -> None:
     # HF convention: layer-norm extractors (LV-60) take attention masks and normalised input; group
     # norm ones must not be given padding masks. An explicit `normalize` from training wins.
     layer_norm = cfg.feature_extractor.norm_mode == "layer_norm"
@@ -467,7 +467,7 @@ def save_hf_ctc(finetuned: FineTuned, directory: str | Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
     save_file(out, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    _write_preprocessor(directory, cfg, finetuned.normalize)
+    write_preprocessor(directory, cfg, finetuned.normalize)
     names = list(HF_SPECIALS) + vocab.symbols[len(HF_SPECIALS) :]
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     files = {

@@ -4,7 +4,8 @@ SRC is a fairseq `.pt` checkpoint, an HF model directory (config.json + safetens
 pytorch_model.bin; or one `.safetensors` file next to its config.json) or a w2vkit checkpoint; its
 format is detected. `--to hf` writes a directory for `Wav2Vec2ForPreTraining.from_pretrained` (or,
 with `--hf-class model`, a `Wav2Vec2Model` one without the pretraining heads) with config.json,
-model.safetensors and preprocessor_config.json.
+model.safetensors and preprocessor_config.json. A HuBERT checkpoint (w2vkit or fairseq) writes an
+HF `HubertModel` directory: the encoder; its prediction head has no HF class.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from w2vkit.config import UsageError
-from w2vkit.interop import hf, read_pretrained, save_w2vkit
+from w2vkit.interop import hf, hf_hubert, read_pretrained, save_w2vkit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     pretrained = read_pretrained(args.src)  # CheckpointError: a UsageError, main reports it
     if args.normalize is not None:
         pretrained.normalize = args.normalize
-    if args.to == "hf":
+    if args.to == "hf" and hf_hubert.is_hubert_source(args.src):
+        left_out = hf_hubert.save_hf_hubert(pretrained, args.dst)
+        print(f"w2vkit convert: HuBERT -> HF HubertModel; not exported: {left_out}")
+    elif args.to == "hf":
         hf.save_hf(pretrained, args.dst, heads=args.hf_class == "pretraining")
     else:
         save_w2vkit(pretrained, args.dst)
