@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 import w2vkit
 from w2vkit.config import to_dict
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.interop import CheckpointError, Pretrained, detect_format, hf, load_weights
+from w2vkit.interop import CheckpointError, ModelRecord, detect_format, hf, load_weights
 from w2vkit.interop.native import PRETRAINING_HEADS
 from w2vkit.model.config import preset
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -65,7 +65,7 @@ def test_w2vkit_checkpoint_loads_in_eval_mode_with_every_tensor(tmp_path):
     assert loaded.keys() == saved.keys()  # the pretraining heads are kept
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     _assert_same_states(model, original)
-    again = Wav2Vec2Model.from_pretrained(tmp_path / "ckpt.pt", device="cpu")
+    again = w2vkit.load_model(tmp_path / "ckpt.pt", device="cpu")
     assert not again.training
     _assert_same_states(again, original)
 
@@ -74,7 +74,7 @@ def test_hf_directory_and_bare_safetensors_match_transformers(tmp_path):
     from transformers import Wav2Vec2Model as HFModel
 
     original = _random_model("layer_norm")
-    hf.save_hf(Pretrained(original.cfg, original.state_dict()), tmp_path / "hf")
+    hf.save_hf(ModelRecord(original.cfg, original.state_dict()), tmp_path / "hf")
     reference = HFModel.from_pretrained(tmp_path / "hf").eval()
     wav = _wav()
     with torch.no_grad():
@@ -94,7 +94,7 @@ def test_hf_directory_and_bare_safetensors_match_transformers(tmp_path):
 
 def test_bare_safetensors_with_another_name_and_without_config(tmp_path):
     original = _random_model()
-    hf.save_hf(Pretrained(original.cfg, original.state_dict()), tmp_path / "hf")
+    hf.save_hf(ModelRecord(original.cfg, original.state_dict()), tmp_path / "hf")
     (tmp_path / "hf" / "model.safetensors").rename(tmp_path / "hf" / "step_100.safetensors")
     _assert_same_states(w2vkit.load_model(tmp_path / "hf" / "step_100.safetensors"), original)
     (tmp_path / "lone").mkdir()
@@ -105,7 +105,7 @@ def test_bare_safetensors_with_another_name_and_without_config(tmp_path):
 
 def test_encoder_only_directory_gets_fresh_heads_and_the_same_states(tmp_path):
     original = _random_model()
-    hf.save_hf(Pretrained(original.cfg, original.state_dict()), tmp_path / "enc", heads=False)
+    hf.save_hf(ModelRecord(original.cfg, original.state_dict()), tmp_path / "enc", heads=False)
     torch.manual_seed(123)
     model = w2vkit.load_model(tmp_path / "enc")
     _assert_same_states(model, original)
@@ -186,7 +186,7 @@ def test_pretrain_init_from_uses_the_same_rule(tmp_path, capsys):
         tmp_path / "train.tsv", Manifest(tmp_path / "audio", [p.name for p in paths], frames)
     )
     original = _random_model()
-    hf.save_hf(Pretrained(original.cfg, original.state_dict()), tmp_path / "enc", heads=False)
+    hf.save_hf(ModelRecord(original.cfg, original.state_dict()), tmp_path / "enc", heads=False)
     common = [
         "tiny",
         f"data.manifest_dir={tmp_path}",

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from w2vkit.data.audio import DecodeError
 from w2vkit.data.dataset import AudioDataset
-from w2vkit.embed.batching import COMPUTE_DTYPES, BatchLimits, run_windows
+from w2vkit.features.batching import COMPUTE_DTYPES, BatchLimits, run_windows
 from w2vkit.model.feature_extractor import frame_geometry, output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 

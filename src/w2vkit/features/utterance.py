@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from w2vkit.data.audio import SAMPLE_RATE, load_audio, normalize, to_mono
-from w2vkit.embed.extract import extract_utterance, parse_layers
+from w2vkit.features.extract import extract_utterance, parse_layers
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 DEFAULT_MAX_SECONDS = 30.0  # as `w2vkit extract --max-seconds`
