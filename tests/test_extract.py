@@ -18,15 +18,8 @@ from w2vkit.config import to_dict
 from w2vkit.data.audio import load_audio, normalize
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.features.extract import (
-    INDEX_HEADER,
-    extract_manifest,
-    extract_utterance,
-    load_features,
-    parse_layers,
-    plan_chunks,
-    read_index,
-)
+from w2vkit.features.extract import extract_manifest, extract_utterance, parse_layers, plan_chunks
+from w2vkit.features.store import INDEX_HEADER, load_features, read_index
 from w2vkit.interop import ModelRecord, hf
 from w2vkit.model.config import preset
 from w2vkit.model.feature_extractor import output_lengths

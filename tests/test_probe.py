@@ -13,7 +13,7 @@ from helpers import VOICES, save_random_tiny, write_features
 from w2vkit import cli
 from w2vkit.data.labels import read_frame_labels, read_utterance_labels
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.features.extract import load_features
+from w2vkit.features.store import load_features
 from w2vkit.probe.baselines import random_model_source
 from w2vkit.probe.data import select_frames, stack_context
 from w2vkit.probe.linear import chance_scores, fit_and_score, split_items

@@ -20,7 +20,7 @@ import torch
 
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import read_manifest
-from w2vkit.features.extract import _relative_path, extract_utterance
+from w2vkit.features.extract import extract_utterance, relative_path
 from w2vkit.features.logmel import log_mel
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -43,7 +43,7 @@ def _audio(
     dataset = AudioDataset(read_manifest(manifest_path), normalize=normalize)
     wanted = set(paths)
     for i in range(len(dataset)):
-        relative = _relative_path(dataset, i)
+        relative = relative_path(dataset, i)
         if relative not in wanted:
             continue
         wav = dataset.load(i)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from w2vkit.data.labels import read_frame_labels, read_utterance_labels
-from w2vkit.features.extract import iter_features, read_index
+from w2vkit.features.store import iter_features, read_index
 from w2vkit.probe.linear import (
     ProbeResult,
     Score,

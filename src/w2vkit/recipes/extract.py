@@ -21,11 +21,11 @@ from w2vkit.data.manifest import read_manifest
 from w2vkit.features.batching import COMPUTE_DTYPES
 from w2vkit.features.extract import (
     POOLS,
-    STORAGE_DTYPES,
     extract_manifest,
     frame_geometry,
     parse_layers,
 )
+from w2vkit.features.store import STORAGE_DTYPES
 from w2vkit.interop import load_model
 
 
