@@ -1,4 +1,4 @@
-"""`w2vkit.load_model` / `Wav2Vec2Model.from_pretrained` on every format, and `load_weights`.
+"""`w2vkit.load_model` on every format, and `load_weights`.
 
 Each format is loaded and its hidden states compared with an independent reference: the model
 that was saved, HF transformers' own `Wav2Vec2Model` on the same directory, or the states fairseq
@@ -204,3 +204,36 @@ def test_pretrain_init_from_uses_the_same_rule(tmp_path, capsys):
         CheckpointError, match=r"enc: weights do not fit .*unexpected encoder\.layers\.1\."
     ):
         _pretrain([*common, "model.transformer.num_layers=1", f"train.out_dir={tmp_path / 'bad'}"])
+
+
+OLD_READERS = (
+    "read_pretrained",
+    "load_pretrained",
+    "build_model",
+    "read_encoder",
+    "read_finetuned",
+    "_read_source",
+    "Wav2Vec2Model.from_pretrained",
+    "def from_pretrained",
+)
+
+
+def test_one_public_reader_old_names_are_gone():
+    """`w2vkit.load_model` (over `interop.read_model` + `build`) is the only way to read a model:
+    the package, README and docs name none of the readers it replaced. HF's own
+    `transformers.Wav2Vec2Model.from_pretrained` is spelled with its package where docs name it."""
+    root = Path(__file__).resolve().parents[1]
+    files = [
+        *root.joinpath("src").rglob("*.py"),
+        root / "README.md",
+        *root.joinpath("docs").rglob("*.md"),
+    ]
+    found = [
+        f"{path.relative_to(root)}:{number}: {name}"
+        for path in files
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        for name in OLD_READERS
+        if name in line.replace("transformers.Wav2Vec2Model.from_pretrained", "")
+    ]
+    assert found == []
+    assert not hasattr(w2vkit.Wav2Vec2Model, "from_pretrained")
