@@ -99,7 +99,7 @@ def load_hf_ctc(directory: str | Path) -> ModelRecord:
     by_index = _check_ids(tokens, rows, source=directory / "vocab.json")
     tokenizer = directory / "tokenizer_config.json"
     named = read_json(tokenizer) if tokenizer.is_file() else {}
-    pad_id = _pad_id(hf, tokens, named, rows, config_path)
+    pad_id = _pad_id(hf, tokens, named, rows, config_path, tokenizer)
     # w2vkit rows 0-3: blank (HF pad), <pad> (HF bos), </s>, <unk>; then the other tokens in order.
     special_ids = [pad_id] + [
         tokens.get(_token_name(named, key, default, tokenizer))
@@ -207,15 +207,20 @@ def _token_name(named: dict[str, Any], key: str, default: str, source: Path) -> 
 
 
 def _pad_id(
-    hf: dict[str, Any], tokens: dict[str, int], named: dict[str, Any], rows: int, source: Path
+    hf: dict[str, Any],
+    tokens: dict[str, int],
+    named: dict[str, Any],
+    rows: int,
+    config_path: Path,
+    tokenizer: Path,
 ) -> int:
     """The CTC blank: config.json's `pad_token_id`, else the tokenizer's pad token, else 0."""
     if "pad_token_id" not in hf:
-        return tokens.get(_token_name(named, "pad_token", "<pad>", source), 0)
+        return tokens.get(_token_name(named, "pad_token", "<pad>", tokenizer), 0)
     value = hf["pad_token_id"]
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < rows:
         raise ConfigError(
-            f"{source}: pad_token_id={value!r:.40} is not a row of the output layer "
+            f"{config_path}: pad_token_id={value!r:.40} is not a row of the output layer "
             f"(0 to {rows - 1}); it names the CTC blank"
         )
     return value
