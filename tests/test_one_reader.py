@@ -64,6 +64,9 @@ def test_load_model_gives_the_fine_tuned_model_and_its_encoder(finetuned):
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
     record = read_model(root / "checkpoint_last.pt")
     assert record.kind == "ctc" and record.vocab == vocab and record.final_dropout_prob == 0.1
+    assert loaded.wav2vec2.normalize_input is False  # what the run recorded (data.normalize)
+    states = w2vkit.embed_file(loaded, _wav()[0].numpy(), 16000, layer=2)
+    np.testing.assert_array_equal(states, expected[2][0].numpy())
 
 
 def test_extract_reads_a_fine_tuned_checkpoint(finetuned, tmp_path):

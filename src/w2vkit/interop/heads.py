@@ -80,6 +80,8 @@ def _ctc(record: ModelRecord, source: str) -> Wav2Vec2ForCTC:
         record.cfg, len(record.vocab), final_dropout_prob=record.final_dropout_prob
     )
     model.load_state_dict(record.state_dict)
+    if record.normalize is not None:
+        model.wav2vec2.normalize_input = record.normalize
     return model
 
 
