@@ -146,3 +146,31 @@ def test_ctc_head_refuses_a_pretrained_model(tmp_path):
     with pytest.raises(ConfigError, match="pre.pt: not a fine-tuned CTC model"):
         w2vkit.load_model(tmp_path / "pre.pt", head="ctc")
     assert isinstance(w2vkit.load_model(tmp_path / "pre.pt"), Wav2Vec2Model)
+
+
+def test_hf_ctc_without_its_tokenizer_reads_as_an_encoder(finetuned, tmp_path):
+    root, _, _, model = finetuned
+    assert (
+        cli.main(
+            [
+                "convert",
+                str(root / "checkpoint_last.pt"),
+                str(tmp_path / "hf"),
+                "--to",
+                "hf",
+                "--hf-class",
+                "ctc",
+            ]
+        )
+        == 0
+    )
+    (tmp_path / "hf" / "vocab.json").unlink()
+    record = read_model(tmp_path / "hf")
+    assert record.kind == "pretraining" and record.vocab is None
+    with torch.no_grad():
+        got = build(record, "encoder").eval().extract_features(_wav()).context
+        torch.testing.assert_close(
+            got, model.wav2vec2.extract_features(_wav()).context, rtol=0, atol=1e-5
+        )
+    with pytest.raises(ConfigError, match="not a fine-tuned CTC model"):
+        build(record, "ctc")

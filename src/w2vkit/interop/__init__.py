@@ -106,7 +106,8 @@ def _read(path: Path, dict_path: Path | None) -> tuple[str, ModelRecord]:
             raise CheckpointError(
                 f"{path}: a directory without config.json is not an HF model directory"
             )
-        if _is_hf_ctc(path / "config.json"):
+        # Without its tokenizer a Wav2Vec2ForCTC is read as an encoder (the output layer left out).
+        if _is_hf_ctc(path / "config.json") and (path / "vocab.json").is_file():
             return "hf", hf_ctc.load_hf_ctc(path)
         return "hf", hf.load_hf(path)
     if path.suffix == ".safetensors" and path.is_file():
