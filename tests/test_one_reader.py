@@ -17,7 +17,7 @@ from w2vkit import cli
 from w2vkit.config import ConfigError, to_dict
 from w2vkit.data.vocab import Vocabulary
 from w2vkit.features.store import load_features
-from w2vkit.interop import HEADS, build, read_model, register_head
+from w2vkit.interop import HEADS, CheckpointError, build, read_model, register_head
 from w2vkit.model.config import tiny
 from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -174,3 +174,34 @@ def test_hf_ctc_without_its_tokenizer_reads_as_an_encoder(finetuned, tmp_path):
         )
     with pytest.raises(ConfigError, match="not a fine-tuned CTC model"):
         build(record, "ctc")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.__setitem__("vocab", ["A", "B"]), "config.vocab must list the symbols after"),
+        (lambda c: c.__setitem__("vocab", [*c["vocab"], 7]), "config.vocab must list the symbols"),
+        (
+            lambda c: c.__setitem__("vocab", [*c["vocab"], "A"]),
+            "config.vocab: the vocabulary has a duplicate",
+        ),
+        (lambda c: c.__setitem__("vocab", c["vocab"][:-1]), "lm_head.weight is shape"),
+        (
+            lambda c: c.__setitem__("ctc", {"final_dropout_prob": "x"}),
+            "config.ctc.final_dropout_prob='x'",
+        ),
+        (
+            lambda c: c.__setitem__("ctc", {"final_dropout_prob": 2}),
+            "final_dropout_prob=2 not in [0, 1)",
+        ),
+    ],
+)
+def test_a_damaged_fine_tuning_checkpoint_is_one_line(finetuned, tmp_path, change, message):
+    root, _, _, _ = finetuned
+    payload = torch.load(root / "checkpoint_last.pt", weights_only=True)
+    change(payload["config"])
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as raised:
+        read_model(tmp_path / "bad.pt")
+    assert "\n" not in str(raised.value) and message in str(raised.value)
+    assert str(raised.value).startswith(str(tmp_path / "bad.pt"))

@@ -75,13 +75,15 @@ def _finetuned(
     except ConfigError as err:
         raise CheckpointError(f"{source}: config.vocab: {err}") from err
     ctc: dict = config["ctc"] if isinstance(config.get("ctc"), dict) else {}
+    final_dropout = ctc.get("final_dropout_prob", 0.0)
+    if isinstance(final_dropout, bool) or not isinstance(final_dropout, (int, float)):
+        raise CheckpointError(f"{source}: config.ctc.final_dropout_prob={final_dropout!r:.40}")
+    if not 0 <= final_dropout < 1:
+        raise CheckpointError(
+            f"{source}: config.ctc.final_dropout_prob={final_dropout} not in [0, 1)"
+        )
     record = ModelRecord(
-        cfg,
-        state,
-        normalize,
-        vocab=vocab,
-        kind="ctc",
-        final_dropout_prob=float(ctc.get("final_dropout_prob", 0.0)),
+        cfg, state, normalize, vocab=vocab, kind="ctc", final_dropout_prob=float(final_dropout)
     )
     check_ctc_state(record, source=source)
     return record
