@@ -2,6 +2,10 @@
 
 raw audio -> conv features Z -> (mask) -> Transformer context C
           -> quantized targets Q at the masked frames -> contrastive logits against distractors.
+
+Each arrow is a public stage: `frontend` (audio -> Z and the encoder input), `contextualize` (mask,
+Transformer -> C), `contrast` (Q, distractors, logits); `encode` = frontend + contextualize, what a
+CTC head, a feature reader or another objective runs. `forward` composes them.
 """
 
 from __future__ import annotations
