@@ -13,6 +13,8 @@ from w2vkit import cli
 from w2vkit.config import ConfigError, parse_overrides, to_dict
 from w2vkit.interop import fairseq as fairseq_model
 from w2vkit.model.config import base, large, tiny
+from w2vkit.pretrain.hubert.config import HubertConfig
+from w2vkit.recipes.pretrain import config_class
 from w2vkit.train.config import OptimConfig, PretrainConfig, build_config, load_layers
 from w2vkit.train.fairseq_config import FAIRSEQ_KEYS, load_fairseq_config, translate_fairseq_config
 
@@ -135,7 +137,8 @@ def fairseq_yaml(tmp_path):
 
 
 def _config(*overrides: str, path: Path | None = None) -> PretrainConfig:
-    return build_config(load_layers(path, list(overrides)))
+    layers = load_layers(path, list(overrides))
+    return build_config(layers, config_class=config_class(layers))
 
 
 def test_defaults_are_the_fairseq_base_recipe():
@@ -232,7 +235,7 @@ def test_every_shipped_yaml_loads_and_holds_only_differences():
         raw = yaml.safe_load(path.read_text())
         assert path.read_text().startswith("#"), f"{path.name} needs a command header"
         cfg = _config(path=path)
-        defaults = to_dict(PretrainConfig())
+        defaults = {**to_dict(PretrainConfig()), "hubert": to_dict(HubertConfig())}
         for section, values in raw.items():
             if not isinstance(values, dict):  # a top-level choice such as `objective: hubert`
                 assert defaults[section] != values, f"{path.name}: {section} repeats the default"

@@ -27,7 +27,7 @@ from w2vkit.data.frame_labels import FrameLabels, label_paths
 from w2vkit.data.sampler import BatchKey, BucketBatchSampler, seeded_generator
 
 if TYPE_CHECKING:
-    from w2vkit.train.config import DataConfig
+    from w2vkit.data.config import DataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from torch import Tensor
 from w2vkit.config import ConfigError
 from w2vkit.interop.fairseq import DEFAULTS, KEYS, config_from_fairseq
 from w2vkit.interop.keymap import KeyMap
-from w2vkit.interop.native import Pretrained, check_state_dict
+from w2vkit.interop.native import check_state_dict
+from w2vkit.interop.record import ModelRecord
 from w2vkit.interop.safe_load import CheckpointError, to_plain
 from w2vkit.model.config import ModelConfig
 
@@ -102,8 +103,8 @@ def read_hubert(checkpoint: dict, *, source: str) -> FairseqHubert:
     return FairseqHubert(model_cfg, state, head, normalize if isinstance(normalize, bool) else None)
 
 
-def encoder_only(checkpoint: dict, *, source: str) -> Pretrained:
-    """The encoder of a fairseq HuBERT checkpoint as a `Pretrained` (no pretraining head)."""
+def encoder_only(checkpoint: dict, *, source: str) -> ModelRecord:
+    """The encoder of a fairseq HuBERT checkpoint as a `ModelRecord` (no pretraining head)."""
     hubert = read_hubert(checkpoint, source=source)
     state = {k: v for k, v in hubert.state_dict.items() if not k.startswith(HEAD_KEYS)}
     check_state_dict(
@@ -112,7 +113,7 @@ def encoder_only(checkpoint: dict, *, source: str) -> Pretrained:
         source=source,
         optional_prefixes=("quantizer.", "target_proj.", "context_proj."),
     )
-    return Pretrained(hubert.cfg, state, hubert.normalize)
+    return ModelRecord(hubert.cfg, state, hubert.normalize)
 
 
 __all__ = ["FairseqHubert", "HUBERT_KEYS", "encoder_only", "is_hubert", "read_hubert"]

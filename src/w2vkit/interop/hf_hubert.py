@@ -16,7 +16,8 @@ from typing import Any
 from safetensors.torch import save_file
 
 from w2vkit.interop import hf
-from w2vkit.interop.native import Pretrained, is_w2vkit_checkpoint
+from w2vkit.interop.native import is_w2vkit_checkpoint
+from w2vkit.interop.record import ModelRecord
 from w2vkit.interop.safe_load import load_torch_file
 
 WAV2VEC2_ONLY = (
@@ -48,7 +49,7 @@ def is_hubert_source(path: str | Path) -> bool:
     return is_hubert(payload)
 
 
-def hubert_config(pretrained: Pretrained) -> dict:
+def hubert_config(pretrained: ModelRecord) -> dict:
     """The `HubertConfig(**d)` dict (config.json) of an encoder."""
     out = hf.hf_config_from_w2vkit(pretrained.cfg, architecture="HubertModel")
     for name in WAV2VEC2_ONLY:
@@ -57,7 +58,7 @@ def hubert_config(pretrained: Pretrained) -> dict:
     return out
 
 
-def save_hf_hubert(pretrained: Pretrained, directory: str | Path) -> str:
+def save_hf_hubert(pretrained: ModelRecord, directory: str | Path) -> str:
     """Write config.json, model.safetensors and preprocessor_config.json for
     `transformers.HubertModel.from_pretrained`; returns what was left out."""
     config = hubert_config(pretrained)

@@ -23,6 +23,7 @@ from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.pretrain.hubert import session as hubert_session
+from w2vkit.pretrain.hubert.config import HubertPretrainConfig
 from w2vkit.recipes.run_args import declare_run_args, parse_run_args
 from w2vkit.train import dist, guard, session
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
@@ -93,8 +94,9 @@ def resolve(
         sources.append(args.fairseq_config)
     layers += load_layers(files[0] if files else None, overrides)
     sources += files + (["the command line"] if overrides else [])
+    kind = config_class(layers)
     try:
-        cfg = build_config(layers)
+        cfg = build_config(layers, config_class=kind)
         resume = session.resume_point(
             Path(cfg.train.out_dir),
             "pretrain",
@@ -104,14 +106,16 @@ def resolve(
         init_state = None
         if resume is not None:
             cfg = build_config(
-                layers, init_model=from_dict(ModelConfig, resume.config["model"], where="model")
+                layers,
+                init_model=from_dict(ModelConfig, resume.config["model"], where="model"),
+                config_class=kind,
             )
         elif cfg.train.init_from:
-            from w2vkit.interop import read_pretrained
+            from w2vkit.interop import read_model
 
-            source = read_pretrained(cfg.train.init_from)
-            init_state = source.state_dict
-            cfg = build_config(layers, init_model=source.cfg)
+            source = read_model(cfg.train.init_from)
+            init_state = source.encoder_state()
+            cfg = build_config(layers, init_model=source.cfg, config_class=kind)
             if source.normalize is not None and source.normalize != cfg.data.normalize:
                 notes.append(
                     f"warning: {cfg.train.init_from} was trained with normalize={source.normalize}, "
@@ -120,6 +124,14 @@ def resolve(
     except ConfigError as err:
         raise ConfigError(f"in {' + '.join(sources) or 'the defaults'}: {err}") from err
     return cfg, resume, init_state, notes
+
+
+def config_class(layers: list[dict]) -> type[PretrainConfig]:
+    """The run config of the objective the layers name (the last `objective:` wins)."""
+    objective = next(
+        (layer["objective"] for layer in reversed(layers) if "objective" in layer), "wav2vec2"
+    )
+    return HubertPretrainConfig if objective == "hubert" else PretrainConfig
 
 
 def _pretrain(
@@ -144,16 +156,16 @@ def _pretrain(
         pin_memory=device.type == "cuda",
         min_decoded_samples=min_input_samples(cfg.model),
         allow_data_change=cfg.train.allow_data_change,
-        label_rate=cfg.hubert.label_rate,
+        label_rate=cfg.hubert.label_rate if isinstance(cfg, HubertPretrainConfig) else 0.0,
     )
     if resume is not None:
         notes += guard.check_resume_config(
             resume.config["model"], cfg.model, source=str(resume.path)
         )
-    hubert = cfg.objective == "hubert"
+    hubert = isinstance(cfg, HubertPretrainConfig)
     model = (
         hubert_session.build_model(cfg, init_state, notes)
-        if hubert
+        if isinstance(cfg, HubertPretrainConfig)
         else _model(cfg, init_state, notes)
     )
     state = _train_state(cfg, model, device, loaders[data.train_split])
@@ -184,7 +196,7 @@ def _pretrain(
         reason = train(
             state,
             hubert_session.objective(cfg, loaders[data.train_split].dataset.labels)
-            if hubert
+            if isinstance(cfg, HubertPretrainConfig)
             else _objective(cfg),
             cfg=cfg.train,
             clip_norm=cfg.optim.clip_norm,

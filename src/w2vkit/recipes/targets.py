@@ -111,7 +111,7 @@ def _featurizer(args: argparse.Namespace) -> tuple[Featurizer, float, str, bool]
     from w2vkit.model.feature_extractor import frame_geometry
 
     try:
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, head="encoder")
     except (OSError, ValueError) as err:
         raise UsageError(str(err)) from err
     layers = model.cfg.transformer.num_layers

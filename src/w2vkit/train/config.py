@@ -14,62 +14,8 @@ from typing import Literal
 
 from w2vkit.config import ConfigError, check, deep_merge, from_dict, load_yaml, parse_overrides
 from w2vkit.configs import Kind, find_config
+from w2vkit.data.config import DataConfig
 from w2vkit.model.config import PRESETS, ModelConfig, preset
-from w2vkit.pretrain.hubert.config import HubertConfig
-
-
-@dataclass(kw_only=True)
-class DataConfig:
-    """Where the audio is and how it is batched (fairseq `task` + `dataset`)."""
-
-    manifest_dir: str = ""
-    """Folder holding `<train_split>.tsv` and `<valid_split>.tsv` (fairseq `task.data`)."""
-    train_split: str = "train"
-    valid_split: str = "valid"
-    """Validation manifest name; "" (or a missing file) disables validation."""
-    sample_rate: int = 16000
-    min_samples: int = 32000
-    """Utterances shorter than this are skipped when the manifest is read (fairseq min_sample_size)."""
-    max_samples: int = 250000
-    """Longer utterances are randomly cropped to this length (fairseq max_sample_size)."""
-    normalize: bool = False
-    """Zero mean, unit variance per utterance; must match the model (True for LARGE LV-60)."""
-    pad: bool = False
-    """Pad rows to the longest with a padding mask instead of cropping to the shortest (enable_padding)."""
-    max_batch_samples: int = 1_400_000
-    """Rows x longest row per batch and per process (fairseq max_tokens)."""
-    max_batch_size: int | None = None
-    """At most this many rows per batch (fairseq batch_size); None: no limit."""
-    required_batch_size_multiple: int = 8
-    num_workers: int = 6
-    """DataLoader worker processes per training process; 0 loads in the main process."""
-    labels: list[str] = field(default_factory=list)
-    """Frame label files read beside each manifest, `<split>.<name>` (HuBERT: `[km]`)."""
-
-    def __post_init__(self) -> None:
-        check(self.sample_rate > 0, "data.sample_rate", f"must be > 0, got {self.sample_rate}")
-        check(self.min_samples >= 0, "data.min_samples", f"must be >= 0, got {self.min_samples}")
-        check(
-            self.max_samples >= max(self.min_samples, 1),
-            "data.max_samples",
-            f"must be >= data.min_samples ({self.min_samples}) and > 0, got {self.max_samples}",
-        )
-        check(
-            self.max_batch_samples >= self.max_samples,
-            "data.max_batch_samples",
-            f"must be >= data.max_samples ({self.max_samples}) so that one row fits, got {self.max_batch_samples}",
-        )
-        check(
-            self.max_batch_size is None or self.max_batch_size >= 1,
-            "data.max_batch_size",
-            f"must be >= 1 or null, got {self.max_batch_size}",
-        )
-        check(
-            self.required_batch_size_multiple >= 1,
-            "data.required_batch_size_multiple",
-            "must be >= 1",
-        )
-        check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
 
 
 @dataclass(kw_only=True)
@@ -245,18 +191,10 @@ class PretrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: Literal["wav2vec2", "hubert"] = "wav2vec2"
-    """What the encoder learns: wav2vec 2.0's contrastive task, or HuBERT's frame labels."""
-    hubert: HubertConfig = field(default_factory=HubertConfig)
-    """The HuBERT objective (`objective: hubert`); unused otherwise."""
+    """What the encoder learns: wav2vec 2.0's contrastive task, or HuBERT's frame labels (whose
+    run config, `pretrain.hubert.config.HubertPretrainConfig`, adds its `hubert` section)."""
 
     def __post_init__(self) -> None:
-        if self.objective == "hubert":
-            check(
-                len(self.data.labels) == len(self.hubert.num_classes),
-                "data.labels",
-                f"objective hubert needs one label file name per hubert.num_classes entry "
-                f"({len(self.hubert.num_classes)}), got {self.data.labels}",
-            )
         check(
             self.optim.total_steps > 0 or self.train.max_steps > 0 or self.train.max_minutes > 0,
             "optim.total_steps",
@@ -269,12 +207,18 @@ class PretrainConfig:
         return self.optim.total_steps or self.train.max_steps
 
 
-def build_config(layers: list[dict], *, init_model: ModelConfig | None = None) -> PretrainConfig:
+def build_config(
+    layers: list[dict],
+    *,
+    init_model: ModelConfig | None = None,
+    config_class: type[PretrainConfig] = PretrainConfig,
+) -> PretrainConfig:
     """Merge raw dict layers (YAML files, then overrides) over the defaults into a PretrainConfig.
 
     `model.preset` (one of the model presets) picks the model's base before the other `model.*` keys
     apply. `init_model` (the config of an `--init-from` source) replaces the preset: the model comes
-    from the source and only explicit `model.*` keys change it.
+    from the source and only explicit `model.*` keys change it. `config_class`: the run config of
+    the layers' objective (a `PretrainConfig` with that objective's own section).
     """
     merged: dict = {}
     for layer in layers:
@@ -293,7 +237,7 @@ def build_config(layers: list[dict], *, init_model: ModelConfig | None = None) -
     else:
         model_base = preset(preset_name) if preset_name else ModelConfig()
     model = from_dict(ModelConfig, model_dict, base=model_base, where="model")
-    return from_dict(PretrainConfig, merged, base=PretrainConfig(model=model))
+    return from_dict(config_class, merged, base=config_class(model=model))
 
 
 def load_layers(

@@ -8,8 +8,11 @@ the second iteration: 50 Hz, one per encoder frame (iteration 1's MFCC labels: 1
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from w2vkit.config import check
+from w2vkit.data.config import DataConfig
+from w2vkit.train.config import PretrainConfig
 
 SAMPLE_RATE = 16000
 """The audio rate a label rate is measured against (the encoder's frame stride is in samples)."""
@@ -50,4 +53,28 @@ class HubertConfig:
         )
 
 
-__all__ = ["SAMPLE_RATE", "HubertConfig"]
+@dataclass(kw_only=True)
+class HubertPretrainConfig(PretrainConfig):
+    """A HuBERT pretraining run: the wav2vec 2.0 run's sections plus `hubert`."""
+
+    objective: Literal["wav2vec2", "hubert"] = "hubert"
+    data: DataConfig = field(default_factory=lambda: DataConfig(labels=["km"]))
+    """Labels from `<split>.km` beside each manifest by default (`w2vkit targets` writes them)."""
+    hubert: HubertConfig = field(default_factory=HubertConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
+            self.objective == "hubert",
+            "objective",
+            f"a run with a hubert section trains objective hubert, got {self.objective!r}",
+        )
+        check(
+            len(self.data.labels) == len(self.hubert.num_classes),
+            "data.labels",
+            f"objective hubert needs one label file name per hubert.num_classes entry "
+            f"({len(self.hubert.num_classes)}), got {self.data.labels}",
+        )
+
+
+__all__ = ["SAMPLE_RATE", "HubertConfig", "HubertPretrainConfig"]

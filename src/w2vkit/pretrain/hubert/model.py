@@ -86,20 +86,16 @@ class HubertModel(Wav2Vec2Model):
         num_labels = min(t.shape[1] for t in labels)
         if ratio * frames > num_labels:
             frames = int(num_labels / ratio)
-        # 1. Conv features of the labelled frames and their penalty; the encoder input, masked.
-        features, frame_pad, penalty = self._features(wav, padding_mask, frames)  # (B, T, C)
-        batch, frames, _ = features.shape
-        x = self.input_dropout(self._project(features))  # (B, T, D)
-        if time_mask is None:
-            time_mask = self.masker.time_mask(batch, frames, frame_pad, generator, wav.device)
-            if time_mask is None:
-                raise ValueError("masking.time_prob is 0: HuBERT needs masked frames")
-        else:
-            self._check_time_mask(time_mask, batch, frames, frame_pad)
-        channel_mask = self.masker.channel_mask(batch, x.shape[-1], generator, wav.device)
-        x = self.masker(x, time_mask, channel_mask)
-        # 2. Context network.
-        context = self.encoder(x, frame_pad, generator=generator)[-1]  # (B, T, D)
+        # 1. Conv features of the labelled frames and their penalty; 2. the masked encoder input
+        # through the Transformer.
+        if time_mask is None and self.masker.cfg.time_prob == 0:
+            raise ValueError("masking.time_prob is 0: HuBERT needs masked frames")
+        front = self.frontend(wav, padding_mask, num_frames=frames)
+        encoded = self.contextualize(front, mask=True, generator=generator, time_mask=time_mask)
+        context, frame_pad = encoded.context, front.padding_mask  # (B, T, D), (B, T)
+        time_mask = encoded.time_mask
+        assert time_mask is not None  # time_prob > 0 or given: checked above
+        frames = context.shape[1]
         # 3. The label of each frame: label int(t * ratio) of the (cropped) label sequence.
         index = (torch.arange(frames, device=wav.device, dtype=torch.float32) * ratio).long()
         targets = [t[:, index] for t in labels]  # (B, T) each
@@ -114,7 +110,7 @@ class HubertModel(Wav2Vec2Model):
             unmasked=unmasked,
             time_mask=time_mask,
             frame_padding_mask=frame_pad,
-            features_penalty=penalty,
+            features_penalty=front.features_penalty,
         )
 
     def _predict(

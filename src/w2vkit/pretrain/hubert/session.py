@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from w2vkit.data.frame_labels import FrameLabels
+from w2vkit.pretrain.hubert.config import HubertPretrainConfig
 from w2vkit.pretrain.hubert.health import cluster_balance
 from w2vkit.pretrain.hubert.loss import hubert_objective
 from w2vkit.pretrain.hubert.model import HubertModel
-from w2vkit.train.config import PretrainConfig
 from w2vkit.train.diagnostics import HealthMonitor
 from w2vkit.train.loop import Objective
 from w2vkit.train.metrics import LOOP_COLUMNS, Column
@@ -31,7 +31,9 @@ CONSOLE_COLUMNS = (
 """The console table of a HuBERT run (losses in bits per scored frame)."""
 
 
-def build_model(cfg: PretrainConfig, init_state: dict | None, notes: list[str]) -> HubertModel:
+def build_model(
+    cfg: HubertPretrainConfig, init_state: dict | None, notes: list[str]
+) -> HubertModel:
     """The initial model, the same on every rank; `--init-from` weights fill the encoder (the
     prediction head starts afresh unless the source is a HuBERT model of the same classes)."""
     torch.manual_seed(cfg.train.seed)
@@ -49,7 +51,7 @@ def build_model(cfg: PretrainConfig, init_state: dict | None, notes: list[str]) 
     return model
 
 
-def objective(cfg: PretrainConfig, labels: FrameLabels | None) -> Objective:
+def objective(cfg: HubertPretrainConfig, labels: FrameLabels | None) -> Objective:
     """HuBERT's Objective; its monitor adds the label balance of the training labels (`labels`)
     to the run's first log record, then the generic findings (gradients, data, loss at chance)."""
     num_classes = cfg.hubert.num_classes[0]
