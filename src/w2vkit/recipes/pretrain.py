@@ -164,7 +164,7 @@ def _pretrain(
         )
     hubert = isinstance(cfg, HubertPretrainConfig)
     model = (
-        hubert_session.build_model(cfg, init_state, notes)
+        hubert_session.hubert_model(cfg, init_state, notes)
         if isinstance(cfg, HubertPretrainConfig)
         else _model(cfg, init_state, notes)
     )

@@ -31,7 +31,7 @@ CONSOLE_COLUMNS = (
 """The console table of a HuBERT run (losses in bits per scored frame)."""
 
 
-def build_model(
+def hubert_model(
     cfg: HubertPretrainConfig, init_state: dict | None, notes: list[str]
 ) -> HubertModel:
     """The initial model, the same on every rank; `--init-from` weights fill the encoder (the
@@ -71,4 +71,4 @@ def objective(cfg: HubertPretrainConfig, labels: FrameLabels | None) -> Objectiv
     return dataclasses.replace(hubert_objective(cfg.hubert), monitor=monitor)
 
 
-__all__ = ["CONSOLE_COLUMNS", "build_model", "objective"]
+__all__ = ["CONSOLE_COLUMNS", "hubert_model", "objective"]
