@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 from helpers import TINY_YAML
 
-from w2vkit import cli
+from w2vkit import cli, load_model
 from w2vkit.data.manifest import read_manifest
 from w2vkit.pretrain.hubert import kmeans
 from w2vkit.pretrain.hubert.mfcc import mfcc_features
@@ -106,6 +106,16 @@ def test_resume_continues_exactly(labelled, tmp_path):
     assert "label_embeddings" in a["model"]
     for name, value in a["model"].items():
         assert torch.equal(value, b["model"][name]), name
+    # extract, probe and finetune --init-from read a HuBERT run's encoder through load_model.
+    encoder = load_model(straight / checkpoint.LAST, head="encoder").state_dict()
+    shared = [k for k in encoder if k in a["model"]]
+    assert {k.split(".")[0] for k in shared} == {
+        "feature_extractor",
+        "feature_norm",
+        "masker",
+        "encoder",
+    }
+    assert all(torch.equal(encoder[k], a["model"][k]) for k in shared)
     keys = ("split", "num_updates", "loss", "loss_m", "accuracy", "label_ppl", "lr", "gnorm")
     assert [[r.get(k) for k in keys] for r in _records(split)] == [
         [r.get(k) for k in keys] for r in _records(straight)
