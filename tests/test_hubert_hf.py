@@ -19,7 +19,7 @@ def test_a_hubert_checkpoint_exports_to_hf_hubert_model(pre_ln, tmp_path, capsys
     cfg = tiny()
     cfg.transformer.layer_norm_first = pre_ln
     torch.manual_seed(0)
-    model = HubertModel(cfg, HubertConfig(num_classes=[12])).eval()
+    model = HubertModel(cfg, HubertConfig(num_classes=[12]), label_rate=50).eval()
     with torch.no_grad():  # non-trivial norms and biases, so a swapped key would show
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

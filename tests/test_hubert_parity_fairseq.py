@@ -66,14 +66,13 @@ def _w2vkit_model(num_classes: list[int], nomask_weight: float) -> tuple[HubertM
     fields = {k: v for k, v in MODEL.items() if k not in ("label_rate", "untie_final_proj")}
     cfg = config_from_fairseq({**DEFAULTS, **fields, "quantize_targets": False})
     hubert = HubertConfig(
-        label_rate=100.0,
         num_classes=num_classes,
         untie_final_proj=True,
         pred_nomask_weight=nomask_weight,
         feature_penalty_weight=10.0,
     )
     torch.manual_seed(0)
-    return HubertModel(cfg, hubert).train(), hubert
+    return HubertModel(cfg, hubert, label_rate=100).train(), hubert
 
 
 @pytest.mark.parametrize(
@@ -165,7 +164,7 @@ def test_a_fairseq_hubert_checkpoint_loads_into_w2vkit(tmp_path):
     }
     torch.save(checkpoint, tmp_path / "hubert.pt")
     loaded = load_fairseq_hubert(tmp_path / "hubert.pt")
-    assert loaded.hubert == hubert
+    assert loaded.hubert == hubert and loaded.frames_per_label == 2.0
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     # `load_model` reads the encoder alone: the same hidden states.

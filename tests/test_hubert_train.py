@@ -37,7 +37,7 @@ def _hubert_args(manifest: Path, out: Path, *extra: str) -> list[str]:
         "objective=hubert",
         "data.labels=[km]",
         f"hubert.num_classes=[{CLUSTERS}]",
-        "hubert.label_rate=100",
+        "data.label_rate=100",
         "hubert.feature_penalty_weight=0",
         "model.masking.time_prob=0.8",
         f"data.manifest_dir={manifest}",

@@ -34,6 +34,9 @@ class DataConfig:
     """DataLoader worker processes per training process; 0 loads in the main process."""
     labels: list[str] = field(default_factory=list)
     """Frame label files read beside each manifest, `<split>.<name>` (HuBERT: `[km]`)."""
+    label_rate: float = 50.0
+    """Labels per second in those files (fairseq `label_rate`): 100 for HuBERT iteration 1's MFCC
+    k-means (10 ms hop), 50 for labels from a model's 20 ms frames."""
 
     def __post_init__(self) -> None:
         check(self.sample_rate > 0, "data.sample_rate", f"must be > 0, got {self.sample_rate}")
@@ -59,6 +62,7 @@ class DataConfig:
             "must be >= 1",
         )
         check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.label_rate > 0, "data.label_rate", f"must be > 0, got {self.label_rate}")
 
 
 __all__ = ["DataConfig"]

@@ -209,7 +209,6 @@ def build_loaders(
     pin_memory: bool = False,
     min_decoded_samples: int = 1,
     allow_data_change: bool = False,
-    label_rate: float = 0.0,
 ) -> dict[str, ResumableLoader]:
     """`{train_split: loader}`, plus `{valid_split: loader}` when that manifest exists and holds
     at least one usable utterance (else the run has no validation; the caller says so).
@@ -219,7 +218,7 @@ def build_loaders(
     decodes to fewer than `min_decoded_samples` samples (what the model and its masking need) is a
     decode failure. Each sampler carries its dataset's fingerprint, so a resume on changed data is
     refused unless `allow_data_change` (a new epoch on the new data). With `data_cfg.labels`,
-    batches carry those frame labels at `label_rate` per second (`w2vkit.data.frame_labels`).
+    batches carry those frame labels (`w2vkit.data.frame_labels`).
     """
     splits = {data_cfg.train_split: True}
     if data_cfg.valid_split:
@@ -252,7 +251,7 @@ def build_loaders(
                 label_paths(data_cfg.manifest_dir, split, data_cfg.labels),
                 dataset.manifest_rows,
                 dataset.num_samples,
-                label_rate=label_rate,
+                label_rate=data_cfg.label_rate,
                 sample_rate=data_cfg.sample_rate,
             )
             if data_cfg.labels

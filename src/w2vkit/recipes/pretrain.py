@@ -156,7 +156,6 @@ def _pretrain(
         pin_memory=device.type == "cuda",
         min_decoded_samples=min_input_samples(cfg.model),
         allow_data_change=cfg.train.allow_data_change,
-        label_rate=cfg.hubert.label_rate if isinstance(cfg, HubertPretrainConfig) else 0.0,
     )
     if resume is not None:
         notes += guard.check_resume_config(

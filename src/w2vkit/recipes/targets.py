@@ -1,6 +1,6 @@
 """`w2vkit targets MANIFEST_DIR --clusters K`: HuBERT's frame labels by k-means, `.km` files.
 
-Iteration 1 clusters MFCCs (39 values per 10 ms: labels at 100 Hz, `hubert.label_rate: 100`);
+Iteration 1 clusters MFCCs (39 values per 10 ms: labels at 100 Hz, `data.label_rate: 100`);
 iteration 2 (`--model CKPT --layer L`) clusters layer L of a pretrained model (one label per
 encoder frame, 50 Hz for the usual 20 ms stride). The centroids are fitted on at most
 `--max-frames` frames drawn uniformly from the first split, then every split's frames are labelled
@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from w2vkit.config import UsageError
-from w2vkit.data.audio import DecodeError
+from w2vkit.data.audio import SAMPLE_RATE, DecodeError
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import read_manifest
 from w2vkit.pretrain.hubert import kmeans
-from w2vkit.pretrain.hubert.config import SAMPLE_RATE
 from w2vkit.pretrain.hubert.health import cluster_balance
 from w2vkit.pretrain.hubert.mfcc import LABEL_RATE, WINDOW, mfcc_features
 
@@ -96,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"w2vkit targets: {args.clusters} clusters of {what} -> {', '.join(s + '.km' for s in splits)} "
         f"in {dest} ({time.perf_counter() - start:.0f} s); labels at {rate:g} Hz\n"
-        f"next: w2vkit pretrain hubert_cpu data.manifest_dir={dest} hubert.label_rate={rate:g} "
+        f"next: w2vkit pretrain hubert_cpu data.manifest_dir={dest} data.label_rate={rate:g} "
         f"hubert.num_classes=[{args.clusters}]"
     )
     return 0

@@ -14,18 +14,11 @@ from w2vkit.config import check
 from w2vkit.data.config import DataConfig
 from w2vkit.train.config import PretrainConfig
 
-SAMPLE_RATE = 16000
-"""The audio rate a label rate is measured against (the encoder's frame stride is in samples)."""
-
 
 @dataclass(kw_only=True)
 class HubertConfig:
     """Frame targets, the prediction head and the loss weights of HuBERT pretraining."""
 
-    label_rate: float = 50.0
-    """Labels per second (fairseq `label_rate`): 100 for iteration 1's MFCC k-means (10 ms hop),
-    50 for labels from a model's 20 ms frames. Encoder frame t takes label int(t * ratio), ratio =
-    label_rate * frame stride / sample rate (2 at 100 Hz: every other label)."""
     num_classes: list[int] = field(default_factory=lambda: [100])
     """Classes of each label set (k of its k-means), one per `data.labels` file."""
     untie_final_proj: bool = True
@@ -43,7 +36,6 @@ class HubertConfig:
             "hubert.num_classes",
             f"every label set needs >= 2 classes, got {self.num_classes}",
         )
-        check(self.label_rate > 0, "hubert.label_rate", f"must be > 0, got {self.label_rate}")
         for name in ("pred_masked_weight", "pred_nomask_weight", "feature_penalty_weight"):
             check(getattr(self, name) >= 0, f"hubert.{name}", "must be >= 0")
         check(
@@ -77,4 +69,4 @@ class HubertPretrainConfig(PretrainConfig):
         )
 
 
-__all__ = ["SAMPLE_RATE", "HubertConfig", "HubertPretrainConfig"]
+__all__ = ["HubertConfig", "HubertPretrainConfig"]

@@ -18,7 +18,9 @@ def load_fairseq_hubert(path: str | os.PathLike) -> HubertModel:
     if not is_hubert(checkpoint):
         raise CheckpointError(f"{path}: not a fairseq HuBERT checkpoint (cfg.model._name)")
     hubert = read_hubert(checkpoint, source=str(path))
-    model = HubertModel(hubert.cfg, HubertConfig(**hubert.head))
+    head = dict(hubert.head)
+    label_rate = head.pop("label_rate")
+    model = HubertModel(hubert.cfg, HubertConfig(**head), label_rate=label_rate)
     model.load_state_dict(hubert.state_dict, strict=True)
     if hubert.normalize is not None:
         model.normalize_input = hubert.normalize

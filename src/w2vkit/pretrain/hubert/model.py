@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from w2vkit.data.audio import SAMPLE_RATE
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.feature_extractor import frame_geometry, output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.pretrain.hubert.config import SAMPLE_RATE, HubertConfig
+from w2vkit.pretrain.hubert.config import HubertConfig
 
 
 @dataclass
@@ -41,7 +42,14 @@ class HubertModel(Wav2Vec2Model):
     """The wav2vec 2.0 encoder with HuBERT's prediction head: `context_proj` (one slice of
     `final_dim` per label set when untied) and `label_embeddings` (sum of classes, final_dim)."""
 
-    def __init__(self, cfg: ModelConfig, hubert: HubertConfig) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        hubert: HubertConfig,
+        *,
+        label_rate: float,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
         # The shared stages, built without a quantizer: HuBERT's targets come from the labels.
         encoder_cfg = replace(
             cfg, quantizer=replace(cfg.quantizer, quantize_targets=False), num_codebook_negatives=0
@@ -49,18 +57,15 @@ class HubertModel(Wav2Vec2Model):
         super().__init__(encoder_cfg)
         del self.target_proj  # wav2vec 2.0's target projection has no counterpart here
         self.hubert = hubert
+        _, stride = frame_geometry(cfg.feature_extractor.conv_layers)
+        # Labels per encoder frame (fairseq `feat2tar_ratio`): 2 for 100 Hz labels, 1 for 50 Hz.
+        self.frames_per_label = label_rate * stride / sample_rate
         heads = len(hubert.num_classes) if hubert.untie_final_proj else 1
         self.context_proj = nn.Linear(cfg.transformer.model_dim, cfg.final_dim * heads)
         # U[0, 1) as fairseq initialises `label_embs_concat`.
         self.label_embeddings = nn.Parameter(
             torch.empty(sum(hubert.num_classes), cfg.final_dim).uniform_()
         )
-
-    @property
-    def frames_per_label(self) -> float:
-        """Labels per encoder frame (fairseq `feat2tar_ratio`): 2 for 100 Hz labels, 1 for 50 Hz."""
-        _, stride = frame_geometry(self.cfg.feature_extractor.conv_layers)
-        return self.hubert.label_rate * stride / SAMPLE_RATE
 
     def forward(  # type: ignore[override]  # labels in, class logits out: not wav2vec 2.0's call
         self,

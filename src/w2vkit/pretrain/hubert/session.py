@@ -37,7 +37,9 @@ def hubert_model(
     """The initial model, the same on every rank; `--init-from` weights fill the encoder (the
     prediction head starts afresh unless the source is a HuBERT model of the same classes)."""
     torch.manual_seed(cfg.train.seed)
-    model = HubertModel(cfg.model, cfg.hubert)
+    model = HubertModel(
+        cfg.model, cfg.hubert, label_rate=cfg.data.label_rate, sample_rate=cfg.data.sample_rate
+    )
     if init_state is not None:
         own = model.state_dict()
         usable = {k: v for k, v in init_state.items() if k in own and v.shape == own[k].shape}
