@@ -136,6 +136,7 @@ def _loaders(
             sample_rate=data.sample_rate,
             min_samples=data.min_samples,
             normalize=data.normalize,
+            conv_layers=cfg.model.feature_extractor.conv_layers,
         )
         loaders[split] = build_labelled_loader(
             dataset,

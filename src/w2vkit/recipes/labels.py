@@ -36,6 +36,7 @@ from w2vkit.data.text import (
     letter_counts,
     normalize_transcript,
     read_transcript_table,
+    read_utf8,
     write_letter_dict,
 )
 from w2vkit.data.text import letters as ltr_line
@@ -289,6 +290,6 @@ def _transcript(
         return table[rel][0]
     beside = (root / rel).with_suffix(".txt")
     try:
-        return beside.read_text(encoding="utf-8")
+        return read_utf8(beside)
     except FileNotFoundError as err:
         raise ConfigError(f"{where} has no transcript: {beside} does not exist") from err
