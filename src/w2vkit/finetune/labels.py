@@ -11,6 +11,7 @@ audio away from its transcript.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -98,13 +99,22 @@ class LabelledDataset:
             for row in self.audio.manifest_rows
         ]
         self.vocab = vocab
-        _check_symbols(label_path, [lines[row] for row in self.audio.manifest_rows], vocab)
+        kept_lines = [lines[row] for row in self.audio.manifest_rows]
+        _check_symbols(label_path, kept_lines, vocab)
+        digest = hashlib.sha256(self.audio.fingerprint().encode())
+        digest.update("\n".join(kept_lines).encode("utf-8", "surrogateescape"))
+        self._fingerprint = digest.hexdigest()[:16]
         self.num_infeasible = 0
         if conv_layers is not None:
             self.num_infeasible = _count_infeasible(label_path, self, conv_layers)
 
     def __len__(self) -> int:
         return len(self.audio)
+
+    def fingerprint(self) -> str:
+        """Names the items and their transcripts (16 hex digits): a resume on changed labels
+        is refused as one on changed audio, since the batches would mean other targets."""
+        return self._fingerprint
 
     def attach(self, batch: Batch) -> LabelledBatch:
         """Add the targets of `batch.indices` to an audio batch."""
@@ -196,8 +206,8 @@ def build_labelled_loader(
 ) -> LabelledLoader:
     """Length-bucketed batches of whole utterances; longer than `max_batch_samples`: skipped.
 
-    The sampler carries the audio's fingerprint, so a resume on changed data is refused unless
-    `allow_data_change` (a new epoch on the new data), as in pretraining."""
+    The sampler carries the data's fingerprint (audio and labels), so a resume on changed data is
+    refused unless `allow_data_change` (a new epoch on the new data), as in pretraining."""
     sampler = BucketBatchSampler(
         dataset.audio.sizes,
         max_batch_samples=max_batch_samples,
@@ -208,7 +218,7 @@ def build_labelled_loader(
         world_size=world_size,
         shuffle=shuffle,
         skip_oversize=True,
-        fingerprint=dataset.audio.fingerprint(),
+        fingerprint=dataset.fingerprint(),
         allow_data_change=allow_data_change,
     )
     loader = build_dataloader(
