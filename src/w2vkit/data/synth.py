@@ -1,8 +1,9 @@
 """Real speech, synthesised offline with eSpeak NG, for demos and tests that need speech, not sines.
 
 eSpeak NG runs in-process through ctypes (`w2vkit.data.espeak`, from the `espeakng-loader` wheel:
-nothing is downloaded, no system package is needed). eSpeak also reports where each phoneme starts (`synthesize_with_phones`, the corpus's phone labels)
-and converts text to phonemes without speaking (`phonemize`, the phoneme tokenizer's g2p).
+nothing is downloaded, no system package is needed). eSpeak also reports where each phoneme starts
+(`synthesize_with_phones`, the corpus's phone labels) and converts text to phonemes without
+speaking (`phonemize`, the phoneme tokenizer's g2p).
 
 Determinism: eSpeak keeps synthesis state across utterances that no API call resets (for example
 the pitch-flutter phase, a function-local static in `wavegen.c`; `espeak_Terminate` followed by
