@@ -111,6 +111,16 @@ def test_an_unusable_output_is_refused_before_any_work(setup, tmp_path, capsys):
     )
 
 
+def test_an_output_that_is_an_input_is_refused(setup, capsys):
+    root, _, _, files = setup
+    argv = ["transcribe", str(root / "model.pt"), str(files["short"]), "-o", str(files["short"])]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"w2vkit transcribe: -o {files['short']} is one of the inputs: write elsewhere\n"
+    )
+    assert len(load_audio(files["short"])) == 4800  # untouched
+
+
 def test_bad_files_are_skipped_and_listed_and_the_good_ones_written(setup, tmp_path, capsys):
     root, _, _, files = setup
     noise = np.random.default_rng(0).normal(0, 0.1, 16000)

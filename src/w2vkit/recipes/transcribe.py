@@ -148,8 +148,9 @@ def _transcribe(args, finetuned, model, decoder, device, paths, names, out) -> i
 def _open_output(args: argparse.Namespace) -> TextIO:
     if args.output is None:
         return sys.stdout
-    if any(Path(p).resolve() == args.output.resolve() for p in args.audio):
-        raise ConfigError(f"-o {args.output} is one of the audio files: write elsewhere")
+    inputs = [*args.audio, *([args.manifest] if args.manifest is not None else [])]
+    if any(Path(p).resolve() == args.output.resolve() for p in inputs):
+        raise ConfigError(f"-o {args.output} is one of the inputs: write elsewhere")
     try:
         return open(args.output, "w", encoding="utf-8")
     except OSError as err:
