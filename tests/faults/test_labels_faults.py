@@ -63,3 +63,24 @@ def test_a_resume_on_changed_transcripts_is_refused(tmp_path):
     (corpus / "train.ltr").write_text("".join(" ".join(reversed(x.split())) + "\n" for x in lines))
     with pytest.raises(ConfigError, match="^the data changed since the checkpoint"):
         loader().sampler.load_state_dict(state)
+
+
+def test_latin1_transcripts_are_refused_not_turned_into_caf(tmp_path, capsys):
+    corpus = make_letter_corpus(tmp_path / "c", {"train": 2})
+    manifest = read_manifest(corpus / "train.tsv")
+    table = corpus / "latin1.tsv"
+    table.write_bytes("".join(f"{p}\tcafé\n" for p in manifest.paths).encode("latin-1"))
+    assert cli.main(["labels", str(corpus / "train.tsv"), "--transcripts", str(table)]) == 2
+    assert capsys.readouterr().err == (
+        f"w2vkit labels: {table}:1: not UTF-8 text (byte 0xe9): re-save it as UTF-8 (e.g. iconv "
+        "-f latin1 -t utf-8)\n"
+    )
+    beside = (manifest.root / manifest.paths[0]).with_suffix(".txt")
+    beside.write_bytes("caf\xe9\n".encode("latin-1"))
+    (manifest.root / manifest.paths[1]).with_suffix(".txt").write_text("tea\n")
+    assert (
+        cli.main(["labels", str(corpus / "train.tsv"), "--letters", "--dest", str(tmp_path)]) == 2
+    )
+    assert capsys.readouterr().err.startswith(
+        f"w2vkit labels: {beside}:1: not UTF-8 text (byte 0xe9)"
+    )
