@@ -25,8 +25,9 @@ from helpers import (
 
 from w2vkit.config import ConfigError
 from w2vkit.losses import pretraining_objective
-from w2vkit.train import checkpoint, loop
+from w2vkit.train import budget, checkpoint
 from w2vkit.train.config import build_config, load_layers
+from w2vkit.train.signals import exit_status
 
 BUDGET = ("train.max_steps=0", "train.max_minutes=2", "train.log_interval=1")
 
@@ -39,7 +40,7 @@ def manifest_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def six_seconds_per_update(monkeypatch):
     clock = itertools.count(0.0, 6.0)
-    monkeypatch.setattr(loop, "_now", lambda: next(clock))
+    monkeypatch.setattr(budget, "_now", lambda: next(clock))
 
 
 def _train_lines(out_dir: Path) -> list[dict]:
@@ -69,7 +70,7 @@ def test_the_budget_plans_the_run_and_the_lr_schedule_ends_with_it(
 def test_a_budget_stop_resumes_with_the_same_plan(manifest_dir, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     clock = itertools.count(0.0, 6.0)
-    monkeypatch.setattr(loop, "_now", lambda: next(clock))
+    monkeypatch.setattr(budget, "_now", lambda: next(clock))
     done, _ = toy_train(
         manifest_dir,
         straight,
@@ -82,7 +83,7 @@ def test_a_budget_stop_resumes_with_the_same_plan(manifest_dir, tmp_path, monkey
     (interval,) = straight.glob("checkpoint_*_15.pt")
     shutil.copy(interval, resumed / checkpoint.LAST)
     clock = itertools.count(1000.0, 6.0)  # another session: only durations count
-    monkeypatch.setattr(loop, "_now", lambda: next(clock))
+    monkeypatch.setattr(budget, "_now", lambda: next(clock))
     again, reason = toy_train(manifest_dir, resumed, *BUDGET)
     assert reason == "max_minutes" and again.step == 20 and again.schedule.total_steps == 20
     for name, value in done.model.state_dict().items():
@@ -148,4 +149,4 @@ def test_the_loop_fits_the_objective_to_the_plan(manifest_dir, tmp_path, six_sec
      ("sigterm", 143)],
 )  # fmt: skip
 def test_each_stop_reason_has_its_exit_status(reason, status):
-    assert loop.exit_status(reason) == status and type(loop.exit_status(reason)) is int
+    assert exit_status(reason) == status and type(exit_status(reason)) is int

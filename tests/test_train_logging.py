@@ -30,8 +30,9 @@ from w2vkit.losses import pretraining_objective, summarize
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint
 from w2vkit.train.config import DataConfig
-from w2vkit.train.loop import Objective, evaluate, micro_batch_groups
+from w2vkit.train.loop import evaluate, micro_batch_groups
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, ConsoleTable, MetricsWindow, RunLogger
+from w2vkit.train.state import Objective
 
 CPU = torch.device("cpu")
 

@@ -32,7 +32,7 @@ from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint
 from w2vkit.train.config import build_config, load_layers
-from w2vkit.train.loop import Objective, StepOutput
+from w2vkit.train.state import Objective, StepOutput
 
 
 def test_one_update_is_the_gradient_of_the_global_mean():

@@ -18,7 +18,8 @@ from w2vkit.finetune.config import TriStageOptimConfig
 from w2vkit.interop import Pretrained, save_w2vkit
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train import checkpoint, dist, session
+from w2vkit.train import checkpoint, dist, rundir, session
+from w2vkit.train.best import reconcile_best
 from w2vkit.train.config import AdamConfig, OptimConfig, TrainConfig
 
 
@@ -69,7 +70,7 @@ def test_finetune_refuses_a_pretraining_run_directory_and_the_reverse(corpus, tm
 
 
 def test_finetune_refuses_a_run_directory_in_use(corpus, tmp_path, capsys):
-    with checkpoint.RunLock(tmp_path / "busy"):
+    with rundir.RunLock(tmp_path / "busy"):
         code = _finetune(
             corpus / "data", corpus / "init.pt", tmp_path / "busy", "train.max_steps=1"
         )
@@ -151,10 +152,8 @@ def test_a_stale_best_checkpoint_is_repaired_by_the_runs_own_metric(tmp_path):
         "metrics": {"valid": {"loss": 3.0, "wer": 12.5}},
     }
     checkpoint.save_atomic(last, tmp_path / checkpoint.LAST)
-    assert (
-        checkpoint.reconcile_best(tmp_path, last, "loss") is None
-    )  # by loss: 3.0 is not the best 12.5
-    note = checkpoint.reconcile_best(tmp_path, last, "wer")
+    assert reconcile_best(tmp_path, last, "loss") is None  # by loss: 3.0 is not the best 12.5
+    note = reconcile_best(tmp_path, last, "wer")
     assert note is not None and note.endswith("it now holds update 8, validation wer 12.5")
     assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 8
 
@@ -235,7 +234,7 @@ def test_the_device_a_train_section_asks_for_on_a_cpu_only_machine(monkeypatch):
 
 def test_a_full_disk_is_one_line_and_exit_1_and_the_lock_is_released(tmp_path, capsys):
     train = TrainConfig(out_dir=str(tmp_path / "run"), device="cpu", precision="fp32")
-    lock = tmp_path / "run" / checkpoint.LOCK
+    lock = tmp_path / "run" / rundir.LOCK
 
     def body() -> int:
         assert lock.is_file()  # held while the body runs
@@ -266,7 +265,7 @@ def test_a_full_disk_is_one_line_and_exit_1_and_the_lock_is_released(tmp_path, c
 def test_a_run_starts_with_its_config_in_order_and_notes_what_it_dropped_and_repaired(tmp_path):
     out = tmp_path / "runs" / "a"
     session.prepare_dir(out)  # parents too
-    (out / checkpoint.LOG).write_text("".join(f'{{"num_updates": {n}}}\n' for n in (1, 2, 3, 4)))
+    (out / rundir.LOG).write_text("".join(f'{{"num_updates": {n}}}\n' for n in (1, 2, 3, 4)))
     (out / checkpoint.LAST).write_bytes(b"the last checkpoint")  # copied as it is, not loaded
     payload = {
         "metrics": {"valid": {"wer": 12.5}},
@@ -281,7 +280,7 @@ def test_a_run_starts_with_its_config_in_order_and_notes_what_it_dropped_and_rep
         "copying it): it now holds update 2, validation wer 12.5",
     ]
     assert (out / checkpoint.BEST).read_bytes() == b"the last checkpoint"
-    assert (out / checkpoint.CONFIG).read_text() == "train:\n  seed: 1\ndata:\n  b: 2\n  a: 1\n"
+    assert (out / rundir.CONFIG).read_text() == "train:\n  seed: 1\ndata:\n  b: 2\n  a: 1\n"
     assert session.start_files(out, config, 2, resume, best_metric="loss") == []  # no valid loss
 
 

@@ -30,8 +30,8 @@ from w2vkit.model.config import QuantizerConfig
 from w2vkit.model.quantizer import gumbel_temperature
 from w2vkit.model.wav2vec2 import PretrainOutput
 from w2vkit.train.config import LossConfig
-from w2vkit.train.loop import Objective, StepOutput
 from w2vkit.train.metrics import Value
+from w2vkit.train.state import Objective, StepOutput
 
 LOSS_KEYS = ("loss", "loss_0", "loss_1", "loss_2")
 """Summed losses that `summarize` reports in bits per masked frame."""

@@ -19,8 +19,8 @@ import runs
 
 from w2vkit.data.manifest import read_manifest
 from w2vkit.recipes import pretrain as recipe
-from w2vkit.train import checkpoint
-from w2vkit.train.loop import StepOutput
+from w2vkit.train import checkpoint, rundir
+from w2vkit.train.state import StepOutput
 
 
 @pytest.fixture
@@ -173,11 +173,11 @@ def test_fault08_stale_best_is_reconciled_on_start(corpus, tmp_path, capsys):
 def test_fault11_failed_start_writes_no_config_and_resume_drops_later_log(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     _two_saves(corpus, out)
-    config = (out / checkpoint.CONFIG).read_text()
+    config = (out / rundir.CONFIG).read_text()
     # A refused start (another seed than the checkpoint's) leaves config.yaml as it was.
     assert runs.pretrain(corpus, out, "train.max_steps=6", "train.seed=5") == 2
     assert "sampler state was saved with seed=1" in capsys.readouterr().err
-    assert (out / checkpoint.CONFIG).read_text() == config
+    assert (out / rundir.CONFIG).read_text() == config
     # A refused start in a new directory leaves no directory behind.
     new = tmp_path / "new"
     assert runs.pretrain(corpus, new, "--resume-from", str(out / "missing.pt")) == 2

@@ -20,7 +20,7 @@ from w2vkit.finetune.config import FinetuneConfig
 from w2vkit.finetune.decode import ErrorCounts, char_errors, greedy_decode, word_errors
 from w2vkit.finetune.vocab import BLANK, Vocabulary
 from w2vkit.train import dist
-from w2vkit.train.loop import Objective, StepOutput
+from w2vkit.train.state import Objective, StepOutput
 
 
 def ctc_loss(
