@@ -146,16 +146,33 @@ def test_resume_from_a_pretraining_checkpoint_points_at_init_from(corpus, tmp_pa
     )
 
 
-def test_a_stale_best_checkpoint_is_repaired_by_the_runs_own_metric(tmp_path):
+def test_a_stale_best_checkpoint_is_repaired_only_when_last_is_the_best_update(tmp_path):
     last = {
-        "progress": {"step": 8, "best_valid_loss": 12.5},
+        "progress": {"step": 8, "best_metric": 12.5, "best_step": 8},
         "metrics": {"valid": {"loss": 3.0, "wer": 12.5}},
     }
     checkpoint.save_atomic(last, tmp_path / checkpoint.LAST)
-    assert reconcile_best(tmp_path, last, "loss") is None  # by loss: 3.0 is not the best 12.5
     note = reconcile_best(tmp_path, last, "wer")
     assert note is not None and note.endswith("it now holds update 8, validation wer 12.5")
     assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 8
+    assert reconcile_best(tmp_path, last, "wer") is None  # best holds update 8 now
+
+
+def test_a_later_checkpoint_carrying_the_best_metric_never_replaces_the_best(tmp_path):
+    # Update 10 was validated best; update 17 was saved by a SIGTERM (no validation): its last
+    # validation record and its best metric are update 10's, but its weights are not.
+    checkpoint.save_atomic({"progress": {"step": 10}}, tmp_path / checkpoint.BEST)
+    later = {
+        "progress": {"step": 17, "best_metric": 12.5, "best_step": 10},
+        "metrics": {"valid": {"wer": 12.5}},
+    }
+    checkpoint.save_atomic(later, tmp_path / checkpoint.LAST)
+    assert reconcile_best(tmp_path, later, "wer") is None
+    assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 10
+    # A checkpoint from before best_step was recorded cannot tell: best is left alone.
+    older = {"progress": {"step": 17, "best_valid_loss": 12.5}, "metrics": later["metrics"]}
+    assert reconcile_best(tmp_path, older, "wer") is None
+    assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 10
 
 
 @pytest.mark.parametrize(
@@ -269,7 +286,7 @@ def test_a_run_starts_with_its_config_in_order_and_notes_what_it_dropped_and_rep
     (out / checkpoint.LAST).write_bytes(b"the last checkpoint")  # copied as it is, not loaded
     payload = {
         "metrics": {"valid": {"wer": 12.5}},
-        "progress": {"step": 2, "best_valid_loss": 12.5},
+        "progress": {"step": 2, "best_metric": 12.5, "best_step": 2},
     }
     resume = session.Resume(payload, out / checkpoint.LAST)
     config = {"train": {"seed": 1}, "data": {"b": 2, "a": 1}}
@@ -281,7 +298,11 @@ def test_a_run_starts_with_its_config_in_order_and_notes_what_it_dropped_and_rep
     ]
     assert (out / checkpoint.BEST).read_bytes() == b"the last checkpoint"
     assert (out / rundir.CONFIG).read_text() == "train:\n  seed: 1\ndata:\n  b: 2\n  a: 1\n"
-    assert session.start_files(out, config, 2, resume, best_metric="loss") == []  # no valid loss
+    # Last's weights are not the best's (update 1's): nothing to repair, whatever its metric.
+    not_best = session.Resume(
+        {**payload, "progress": {**payload["progress"], "best_step": 1}}, resume.path
+    )
+    assert session.start_files(out, config, 2, not_best, best_metric="wer") == []
 
 
 def test_the_loss_scaler_exists_for_fp16_only():

@@ -112,7 +112,13 @@ def make_objective(cfg: FinetuneConfig, vocab: Vocabulary) -> Objective:
             "cer": 100 * c_err / max(c_len, 1.0),
         }
 
-    return Objective(step=step, summarize=summarize, validate=validate, best_metric="wer")
+    return Objective(
+        step=step,
+        summarize=summarize,
+        validate=validate,
+        best_metric="wer",
+        tie_breaks=("cer", "loss"),
+    )
 
 
 __all__ = ["ctc_loss", "make_objective", "summarize"]

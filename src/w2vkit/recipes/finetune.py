@@ -252,7 +252,7 @@ def _finetune(
         out_dir,
         state,
         reason,
-        best=f"valid WER  {state.best_valid_loss:.2f}%",
+        best=f"valid WER  {state.best_metric:.2f}%",
         next_step=lambda model: f"w2vkit transcribe {model} --manifest {valid}",
         rerun=rerun,
     )

@@ -196,7 +196,7 @@ def _pretrain(
         out_dir,
         state,
         reason,
-        best=f"valid loss  {state.best_valid_loss:.4f} bits",
+        best=f"valid loss  {state.best_metric:.4f} bits",
         next_step=lambda model: f"w2vkit extract {model} {manifest} --out {out_dir / 'features'}",
         rerun=rerun,
     )

@@ -3,14 +3,17 @@
 A checkpoint (`payload(state, ...)`, read back by `restore`) is a dict of plain types and tensors,
 so `torch.load(..., weights_only=True)` reads it without unpickling code:
 
-    format      "w2vkit.pretrain/1" (the name predates fine-tuning; every run writes it)
+    format      "w2vkit.pretrain/1" or "w2vkit.finetune/1" (`FORMATS`, by the run's kind)
     config      the run's resolved config as a dict (`config["model"]` rebuilds the model)
     model       model state_dict (unwrapped from DDP)
     optimizer   optimizer state_dict            schedule   the schedule's state_dict
     scaler      GradScaler state_dict or None   sampler    training batch sampler state_dict
     rng         {"torch", "cuda", "generator", "numpy", "python"} states (of rank 0)
-    progress    {"step", "epoch", "best_valid_loss", "num_nonfinite", "consecutive_nonfinite",
-                 "train_seconds", "planned_steps" (a time budget's plan, 0: none)}
+    progress    {"step", "epoch", "best_metric" (the best validation's `Objective.best_metric`;
+                 older checkpoints: "best_valid_loss"), "best_rank" (it and its tie-breaks),
+                 "best_step" (the update checkpoint_best.pt holds), "num_nonfinite",
+                 "consecutive_nonfinite", "train_seconds", "planned_steps" (a time budget's plan,
+                 0: none), "plan" (the budget's plan history, `w2vkit.train.budget`)}
                 (the files that failed to decode are in the sampler state, `failures`)
     metrics     {"window": the unlogged training sums of all ranks together (`MetricsWindow`
                  state; rank 0 restores it, the other ranks start from zeros),
@@ -26,6 +29,7 @@ continues from `w2vkit.train.resume`, checkpoint_best.pt's bookkeeping `w2vkit.t
 from __future__ import annotations
 
 import errno
+import math
 import os
 import pickle
 import random
@@ -42,7 +46,10 @@ from w2vkit.train import dist
 from w2vkit.train.metrics import MetricsWindow
 from w2vkit.train.state import TrainState
 
-FORMAT = "w2vkit.pretrain/1"
+FORMATS = {"pretrain": "w2vkit.pretrain/1", "finetune": "w2vkit.finetune/1"}
+"""The format string of each kind of run's checkpoints (`run_kind`). Fine-tuning checkpoints
+written before it had its own say "w2vkit.pretrain/1" too; `load` reads every one of these."""
+FORMAT = FORMATS["pretrain"]
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 _INTERVAL = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
@@ -65,7 +72,7 @@ def payload(
     """The checkpoint of `state` (see the module docstring); `window` is
     `state.window.all_reduced(device)`, the unlogged sums of every rank (a collective)."""
     return {
-        "format": FORMAT,
+        "format": FORMATS[run_kind(config)],
         "config": config,
         "model": dist.unwrap(state.model).state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -76,7 +83,9 @@ def payload(
         "progress": {
             "step": state.step,
             "epoch": state.epoch,
-            "best_valid_loss": state.best_valid_loss,
+            "best_metric": state.best_metric,
+            "best_rank": list(state.best_rank),
+            "best_step": state.best_step,
             "num_nonfinite": state.num_nonfinite,
             "consecutive_nonfinite": state.consecutive_nonfinite,
             "train_seconds": state.train_seconds,
@@ -84,6 +93,11 @@ def payload(
         },
         "metrics": {"window": window.state_dict(), "valid": last_valid},
     }
+
+
+def run_kind(config: dict) -> str:
+    """ "finetune" for a config with a `ctc` section (fine-tuning's own), else "pretrain"."""
+    return "finetune" if "ctc" in config else "pretrain"
 
 
 def restore(state: TrainState, payload: dict) -> None:
@@ -107,7 +121,12 @@ def restore(state: TrainState, payload: dict) -> None:
     state.window.load_state_dict(window)
     progress = payload["progress"]
     state.step, state.epoch = int(progress["step"]), int(progress["epoch"])
-    state.best_valid_loss = float(progress["best_valid_loss"])
+    # Checkpoints written before the rename and the tie-breaks hold `best_valid_loss` alone.
+    state.best_metric = float(
+        progress.get("best_metric", progress.get("best_valid_loss", math.inf))
+    )
+    state.best_rank = tuple(map(float, progress.get("best_rank", [state.best_metric])))
+    state.best_step = int(progress.get("best_step", 0))
     state.num_nonfinite = int(progress["num_nonfinite"])
     state.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
     state.train_seconds = float(progress.get("train_seconds", 0.0))
@@ -228,9 +247,10 @@ def load(path: str | Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, corrupt, or a pickle that needs code: all unreadable here
         raise CheckpointUnreadable(f"checkpoint {path} cannot be read: {_why(err)}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in FORMATS.values():
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointUnreadable(f"checkpoint {path} has format {found!r}, expected {FORMAT!r}")
+        expected = " or ".join(map(repr, FORMATS.values()))
+        raise CheckpointUnreadable(f"checkpoint {path} has format {found!r}, expected {expected}")
     return payload
 
 
@@ -344,6 +364,7 @@ def _to_lists(value):
 __all__ = [
     "BEST",
     "FORMAT",
+    "FORMATS",
     "LAST",
     "FAILED",
     "CheckpointUnreadable",
@@ -360,6 +381,7 @@ __all__ = [
     "remove_stale_temp_files",
     "restore",
     "restore_rng",
+    "run_kind",
     "save_atomic",
     "write_checkpoints",
 ]

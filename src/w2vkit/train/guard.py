@@ -2,7 +2,7 @@
 
 Each is one call in the loop or the recipe:
 - `strict_record`: a log record with NaN/Inf replaced by null and the keys listed, so that
-  `train_log.jsonl` stays strict JSON; `improves` ignores a non-finite validation loss.
+  `train_log.jsonl` stays strict JSON.
 - `warn_nonfinite_valid`: names what may have caused a NaN validation loss.
 - `check_resume_config`: a run directory resumed with a model of other shapes is refused with
   what differs, before `load_state_dict` fails on it.
@@ -25,11 +25,6 @@ def strict_record(record: dict) -> dict:
         return record
     flagged = [*record.get("nonfinite", []), *bad]
     return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": flagged}
-
-
-def improves(valid_loss: float | None, best: float) -> bool:
-    """Whether a validation loss is a new best; NaN/Inf/None never is."""
-    return valid_loss is not None and math.isfinite(valid_loss) and valid_loss < best
 
 
 def warn_nonfinite_valid(record: dict, step: int, loader: object) -> str | None:
@@ -79,7 +74,6 @@ def _shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 __all__ = [
     "check_resume_config",
-    "improves",
     "strict_record",
     "warn_nonfinite_valid",
 ]

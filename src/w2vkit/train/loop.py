@@ -23,6 +23,8 @@ from torch import nn
 
 from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.train import checkpoint, dist, guard
+from w2vkit.train.best import improves
+from w2vkit.train.best import rank as best_rank
 from w2vkit.train.budget import CALIBRATION_UPDATES, TimeBudget
 from w2vkit.train.config import TrainConfig
 from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, gpu_memory_gb
@@ -151,7 +153,8 @@ class _Run(Generic[BatchT]):
         dist.barrier()
 
     def validate(self) -> bool:
-        """Evaluate and log; True on a new best `objective.best_metric` (strictly lower)."""
+        """Evaluate and log; True on a new best (`w2vkit.train.best`: `objective.best_metric`,
+        then its tie-breaks; equal or lower wins)."""
         state, metric = self.state, self.objective.best_metric
         if self.valid_loader is None:
             return False
@@ -169,8 +172,10 @@ class _Run(Generic[BatchT]):
                 f"the validation record has no {metric!r} (Objective.best_metric); it has "
                 f"{', '.join(sorted(record))}"
             )
-        best = guard.improves(record[metric], state.best_valid_loss)
-        state.best_valid_loss = record[metric] if best else state.best_valid_loss
+        ranked = best_rank(record, (metric, *self.objective.tie_breaks))
+        best = improves(ranked, state.best_rank)
+        if best and ranked is not None:
+            state.best_metric, state.best_rank, state.best_step = ranked[0], ranked, state.step
         warning = guard.warn_nonfinite_valid(record, state.step, self.valid_loader)
         if warning:
             self.logger.message(warning)
@@ -182,7 +187,7 @@ class _Run(Generic[BatchT]):
                     "epoch": state.epoch,
                     "num_updates": state.step,
                     **record,
-                    f"best_{metric}": state.best_valid_loss,
+                    f"best_{metric}": state.best_metric,
                 }
             )
         )

@@ -74,6 +74,8 @@ class Objective(Generic[BatchT]):
     fixed-seed generator and `summarize`s the sums of the whole split."""
     best_metric: str = "loss"
     """Key of the validation record that picks checkpoint_best.pt; lower is better."""
+    tie_breaks: tuple[str, ...] = ()
+    """Keys that rank validations equal in `best_metric`, in order, lower first (`train.best`)."""
     plan: Callable[[int], None] | None = None
     """Told the planned number of updates when a time budget (`train.max_minutes`) fixes it, and
     again when such a run resumes: pretraining fits its Gumbel temperature schedule to it."""
@@ -118,8 +120,12 @@ class TrainState:
     window: MetricsWindow = field(default_factory=MetricsWindow)
     step: int = 0
     epoch: int = 1
-    best_valid_loss: float = math.inf
-    """Lowest `Objective.best_metric` of validation so far (the name stays for old checkpoints)."""
+    best_metric: float = math.inf
+    """The best validation's `Objective.best_metric` (a loss, or a WER for CTC); inf: none yet."""
+    best_rank: tuple[float, ...] = ()
+    """The best validation's `best_metric` and tie-breaks (`w2vkit.train.best.rank`)."""
+    best_step: int = 0
+    """The update checkpoint_best.pt holds (0: none yet)."""
     num_nonfinite: int = 0
     consecutive_nonfinite: int = 0
     train_seconds: float = 0.0
