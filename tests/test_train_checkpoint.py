@@ -17,6 +17,7 @@ from helpers import toy_config, toy_state
 
 from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.train import checkpoint, dist
+from w2vkit.train.state import Plan
 
 CPU = torch.device("cpu")
 
@@ -139,7 +140,8 @@ def test_the_payload_round_trips_the_state_and_other_ranks_restore_zero_sums(mon
     saved = state()
     saved.step, saved.epoch, saved.best_metric = 7, 2, 1.25
     saved.best_rank, saved.best_step = (1.25, 3.0), 6
-    saved.train_seconds, saved.planned_steps = 90.5, 20
+    saved.train_seconds = 90.5
+    saved.plan = Plan(24, [(11, 11 / 24, 20), (16, 0.7, 22)], [6.0, 6.5])
     saved.window.add({"loss": torch.tensor(4.0), "sample_size": 8}, {"temp": 2.0})
     saved.window.num_updates, saved.window.audio_samples = 1, 32000.0
     payload = checkpoint.payload(saved, {"a": 1}, None, window=saved.window.all_reduced(CPU))
@@ -148,7 +150,8 @@ def test_the_payload_round_trips_the_state_and_other_ranks_restore_zero_sums(mon
     checkpoint.restore(main, payload)
     assert (main.step, main.epoch, main.best_metric) == (7, 2, 1.25)
     assert (main.best_rank, main.best_step) == ((1.25, 3.0), 6)
-    assert (main.train_seconds, main.planned_steps) == (90.5, 20)
+    assert (main.train_seconds, main.planned_steps) == (90.5, 22)
+    assert main.plan == saved.plan and main.plan is not saved.plan
     assert main.window.state_dict() == saved.window.state_dict()
     # The window holds every rank's sums: rank 0 restores them, the others zeros (same keys, so
     # the next all-reduce lines up), or the first log line after a resume counts them N times.

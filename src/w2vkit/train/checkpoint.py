@@ -44,7 +44,7 @@ from w2vkit.config import ConfigError
 from w2vkit.interop.safe_load import needs_code, unpickling_reason
 from w2vkit.train import dist
 from w2vkit.train.metrics import MetricsWindow
-from w2vkit.train.state import TrainState
+from w2vkit.train.state import Plan, TrainState
 
 FORMATS = {"pretrain": "w2vkit.pretrain/1", "finetune": "w2vkit.finetune/1"}
 """The format string of each kind of run's checkpoints (`run_kind`). Fine-tuning checkpoints
@@ -90,6 +90,7 @@ def payload(
             "consecutive_nonfinite": state.consecutive_nonfinite,
             "train_seconds": state.train_seconds,
             "planned_steps": state.planned_steps,
+            "plan": state.plan.state_dict() if state.plan is not None else None,
         },
         "metrics": {"window": window.state_dict(), "valid": last_valid},
     }
@@ -130,7 +131,15 @@ def restore(state: TrainState, payload: dict) -> None:
     state.num_nonfinite = int(progress["num_nonfinite"])
     state.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
     state.train_seconds = float(progress.get("train_seconds", 0.0))
-    state.planned_steps = int(progress.get("planned_steps", 0))
+    state.plan = _plan(progress)
+
+
+def _plan(progress: dict) -> Plan | None:
+    """The time budget's plan; a checkpoint from before re-planning has only its end."""
+    if progress.get("plan") is not None:
+        return Plan.from_state_dict(progress["plan"])
+    planned = int(progress.get("planned_steps", 0))
+    return Plan(planned, [(0, 0.0, planned)]) if planned else None
 
 
 def interval_name(epoch: int, step: int) -> str:

@@ -8,6 +8,7 @@ all through `w2vkit.config.from_dict`, so an unknown key or a wrong type fails w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -208,6 +209,11 @@ class TrainConfig:
                 f"train.{name}",
                 f"must be >= 0, got {getattr(self, name)}",
             )
+        check(
+            math.isfinite(self.max_minutes),
+            "train.max_minutes",
+            f"must be a finite number of minutes (0: no budget), got {self.max_minutes}",
+        )
         check(self.max_minutes >= 0, "train.max_minutes", f"must be >= 0, got {self.max_minutes}")
         check(
             self.max_steps > 0 or self.max_epochs > 0 or self.max_minutes > 0,

@@ -25,7 +25,7 @@ from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.train import checkpoint, dist, guard
 from w2vkit.train.best import improves
 from w2vkit.train.best import rank as best_rank
-from w2vkit.train.budget import CALIBRATION_UPDATES, TimeBudget
+from w2vkit.train.budget import TimeBudget
 from w2vkit.train.config import TrainConfig
 from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, gpu_memory_gb
 from w2vkit.train.signals import STOP_SIGNALS, StopSignals
@@ -113,28 +113,27 @@ class _Run(Generic[BatchT]):
     window_start: float = field(default_factory=time.perf_counter)
 
     def apply_plan(self) -> None:
-        """Fit the LR schedule (if it can) and the objective (`plan`) to `state.planned_steps`."""
-        planned = self.state.planned_steps
+        """Fit the LR schedule (if it can) and the objective (`plan`) to `state.plan`."""
+        plan = self.state.plan
+        if plan is None:
+            return
         if isinstance(self.state.schedule, PlannableSchedule):
-            self.state.schedule.set_total_steps(planned)
+            self.state.schedule.set_total_steps(plan.length, plan.schedule_step)
         if self.objective.plan is not None:
-            self.objective.plan(planned)
+            self.objective.plan(plan.progress)
+        self.logger.set_total(plan.end)
 
     def check_budget(self) -> None:
-        """After an update: advance the budget's clock; plan the run once it is timed."""
+        """After an update: advance the budget's clock; make or move the plan when it is due."""
         if self.budget is None:
             return
         self.budget.tick(self.state)
-        planned = self.budget.plan(self.state, self.device)
-        if planned is not None:
-            self.state.planned_steps, per_update = planned
+        schedule = self.state.schedule
+        warmup = schedule.warmup_steps if isinstance(schedule, PlannableSchedule) else 0
+        said = self.budget.replan(self.state, self.device, warmup)
+        if said is not None:
             self.apply_plan()
-            self.logger.set_total(self.state.planned_steps)
-            self.logger.message(
-                f"time budget {self.cfg.max_minutes:g} min: {per_update:.3g} s per update over "
-                f"{CALIBRATION_UPDATES} updates, so {self.state.planned_steps} updates in all; the "
-                "schedules end there"
-            )
+            self.logger.message(said)
 
     def save(self, *, interval: bool, best: bool = False) -> None:
         state = self.state
@@ -300,9 +299,7 @@ def train(
     )
     if cfg.max_minutes > 0:
         run.budget = TimeBudget(state, cfg.max_minutes, cfg.max_steps)
-        if state.planned_steps:  # resumed: the plan of the first session holds
-            run.apply_plan()
-            logger.set_total(state.planned_steps)
+        run.apply_plan()  # resumed: the plan goes on as it was
     start_step = state.step
     with StopSignals() as signals:
         reason = _updates(run, train_loader, clip_norm, signals)
@@ -339,6 +336,9 @@ def _updates(
         )
         if not result.finite and run.skipped(result):
             return "nonfinite"
+        # Before any save: a checkpoint holds this update's time and the plan made after it, so
+        # that a run resumed from it plans as the uninterrupted one.
+        run.check_budget()
         run.logger.progress(state.step)
         if result.finite and state.step % cfg.log_interval == 0:
             run.log_train(result)
@@ -347,7 +347,6 @@ def _updates(
             return result.stop
         if result.finite:
             run.after_update()
-        run.check_budget()
         if result.stop is not None:
             return result.stop
     return "max_steps"

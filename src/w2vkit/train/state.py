@@ -76,9 +76,10 @@ class Objective(Generic[BatchT]):
     """Key of the validation record that picks checkpoint_best.pt; lower is better."""
     tie_breaks: tuple[str, ...] = ()
     """Keys that rank validations equal in `best_metric`, in order, lower first (`train.best`)."""
-    plan: Callable[[int], None] | None = None
-    """Told the planned number of updates when a time budget (`train.max_minutes`) fixes it, and
-    again when such a run resumes: pretraining fits its Gumbel temperature schedule to it."""
+    plan: Callable[[Callable[[int], float]], None] | None = None
+    """Told a time budget's plan (`train.max_minutes`) as the run's progress after k updates (0 at
+    the start, 1 at the planned end), once it is made and when such a run resumes; the map follows
+    every re-plan without a jump. Pretraining fits its Gumbel temperature schedule to it."""
     monitor: Callable[[dict[str, Any]], list[str]] | None = None
     """Told every train log record; returns messages to print and log (pretraining: the health
     findings of `w2vkit.train.diagnostics`)."""
@@ -98,9 +99,57 @@ class Schedule(Protocol):
 
 @runtime_checkable
 class PlannableSchedule(Schedule, Protocol):
-    """A schedule whose length a time budget's plan can set (polynomial decay can)."""
+    """A schedule that a time budget's plan can fit (polynomial decay can)."""
 
-    def set_total_steps(self, total_steps: int) -> None: ...
+    warmup_steps: int
+    """Updates of LR warm-up the schedule was configured with."""
+
+    def set_total_steps(self, total_steps: int, at: Callable[[int], float] | None = None) -> None:
+        """A new length, and where on it update k stands (`at(k)`; None: at k)."""
+
+
+@dataclass
+class Plan:
+    """A time budget's plan (`w2vkit.train.budget`): where the run ends, and where each update
+    stands on the LR and temperature schedules. Every re-plan starts a new segment at the current
+    update and progress, so that the schedules bend there but never jump."""
+
+    length: int
+    """Updates the schedules are fitted to (the first plan's length, or longer so that the LR
+    warm-up fits in the plan); update k stands at `progress(k) * length` on the LR schedule."""
+    segments: list[tuple[int, float, int]]
+    """(from update, progress there, planned end) of the first plan and of each re-plan: the plan
+    history. Progress goes linearly from a segment's start to 1 at its planned end."""
+    update_seconds: list[float] = field(default_factory=list)
+    """The latest updates' durations, which the next re-plan averages (a resumed run goes on with
+    them, as an uninterrupted one would)."""
+
+    @property
+    def end(self) -> int:
+        return self.segments[-1][2]
+
+    def progress(self, step: int) -> float:
+        start, at, end = next(
+            (s for s in reversed(self.segments) if s[0] <= step), self.segments[0]
+        )
+        if end <= start:
+            return 1.0
+        return min(at + (1.0 - at) * (step - start) / (end - start), 1.0)
+
+    def schedule_step(self, step: int) -> float:
+        return self.progress(step) * self.length
+
+    def state_dict(self) -> dict:
+        return {
+            "length": self.length,
+            "segments": [list(s) for s in self.segments],
+            "update_seconds": list(self.update_seconds),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Plan:
+        segments = [(int(s), float(p), int(e)) for s, p, e in state["segments"]]
+        return cls(int(state["length"]), segments, [float(t) for t in state["update_seconds"]])
 
 
 @dataclass
@@ -130,8 +179,13 @@ class TrainState:
     consecutive_nonfinite: int = 0
     train_seconds: float = 0.0
     """Wall-clock seconds of the update loop so far, over every session of the run."""
-    planned_steps: int = 0
-    """Updates a time budget planned for (0: no plan yet, or no budget)."""
+    plan: Plan | None = None
+    """A time budget's plan (None: no plan yet, or no budget)."""
+
+    @property
+    def planned_steps(self) -> int:
+        """Updates a time budget planned for (0: no plan yet, or no budget)."""
+        return self.plan.end if self.plan is not None else 0
 
 
 def reseed(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
