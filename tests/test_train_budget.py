@@ -278,3 +278,14 @@ def test_a_non_finite_budget_is_refused_in_one_line():
     assert str(err.value) == (
         "train.max_minutes: must be a finite number of minutes (0: no budget), got inf"
     )
+
+
+def test_a_run_that_ends_inside_its_warm_up_says_so(manifest_dir, tmp_path, capsys):
+    state, reason = toy_train(manifest_dir, tmp_path, "train.max_steps=4", "optim.warmup_steps=10")
+    assert reason == "max_steps" and state.step == 4
+    assert (
+        "note: the run ended inside its LR warm-up (at update 4 of optim.warmup_steps=10): the LR "
+        "never reached optim.lr. Train longer, or lower optim.warmup_steps"
+    ) in capsys.readouterr().out
+    toy_train(manifest_dir, tmp_path / "long", "train.max_steps=4", "optim.warmup_steps=4")
+    assert "inside its LR warm-up" not in capsys.readouterr().out

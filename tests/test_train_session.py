@@ -285,6 +285,7 @@ def test_a_run_starts_with_its_config_in_order_and_notes_what_it_dropped_and_rep
     (out / rundir.LOG).write_text("".join(f'{{"num_updates": {n}}}\n' for n in (1, 2, 3, 4)))
     (out / checkpoint.LAST).write_bytes(b"the last checkpoint")  # copied as it is, not loaded
     payload = {
+        "config": {"train": {"seed": 1}},
         "metrics": {"valid": {"wer": 12.5}},
         "progress": {"step": 2, "best_metric": 12.5, "best_step": 2},
     }
@@ -332,3 +333,21 @@ def test_a_checkpoint_of_an_unknown_kind_of_run_is_refused(tmp_path):
         "pretrain`: choose another train.out_dir"
     )
     assert session.resume_point(out, "pretrain", resume_from=None, overwrite=True) is None
+
+
+def test_a_resume_with_other_optimisation_settings_names_them(tmp_path):
+    out = tmp_path / "run"
+    session.prepare_dir(out)
+    saved = {
+        "optim": {"lr": 0.0005, "clip_norm": 0.0},
+        "train": {"update_freq": 1, "max_steps": 10},
+    }
+    resume = session.Resume({"config": saved, "progress": {"step": 10}}, out / checkpoint.LAST)
+    now = {"optim": {"lr": 0.001, "clip_norm": 0.0}, "train": {"update_freq": 2, "max_steps": 20}}
+    assert session.start_files(out, now, 10, resume, best_metric="loss") == [
+        "optim.lr changed on resume: 0.0005 in the checkpoint, 0.001 now (the run goes on with "
+        "the new value)",
+        "train.update_freq changed on resume: 1 in the checkpoint, 2 now (the run goes on with the "
+        "new value)",
+    ]  # a longer run (train.max_steps) is what resuming is for: no note
+    assert session.start_files(out, saved, 10, resume, best_metric="loss") == []

@@ -6,6 +6,8 @@ Each is one call in the loop or the recipe:
 - `warn_nonfinite_valid`: names what may have caused a NaN validation loss.
 - `check_resume_config`: a run directory resumed with a model of other shapes is refused with
   what differs, before `load_state_dict` fails on it.
+- `optimisation_changes`: a resume with other optimisation settings (`optim.*`,
+  `train.update_freq`) goes on with them, and says which.
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ def check_resume_config(saved: dict, now: ModelConfig, *, source: str) -> list[s
     return [f"model changed on resume: {c}" for c in changed]
 
 
+OPTIMISATION = ("optim.", "train.update_freq")
+"""Config keys (prefixes) of the optimisation, which a resumed run may change but must name."""
+
+
+def optimisation_changes(saved: dict, now: dict) -> list[str]:
+    """Notes naming each optimisation setting of config `now` that differs from the checkpoint's
+    config `saved` (both resolved config dicts); the resumed run goes on with the new values."""
+    old, new = flatten(saved), flatten(now)
+    keys = sorted(k for k in set(old) | set(new) if k.startswith(OPTIMISATION))
+    return [
+        f"{k} changed on resume: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now (the run "
+        "goes on with the new value)"
+        for k in keys
+        if old.get(k) != new.get(k)
+    ]
+
+
 def _shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
@@ -74,6 +93,7 @@ def _shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 __all__ = [
     "check_resume_config",
+    "optimisation_changes",
     "strict_record",
     "warn_nonfinite_valid",
 ]

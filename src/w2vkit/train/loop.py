@@ -306,7 +306,26 @@ def train(
         # Still under the handler: a SIGTERM during the final validation must not lose the save.
         if reason in ("max_steps", "max_epochs", "max_minutes") and state.step > start_step:
             run.finish()
+    if reason in ("max_steps", "max_epochs", "max_minutes"):
+        note = _inside_warmup(state)
+        if note:
+            logger.message(note)
     return reason
+
+
+def _inside_warmup(state: TrainState) -> str | None:
+    """A note when the run ended before its LR schedule's warm-up did: the LR never peaked."""
+    schedule = state.schedule
+    if not isinstance(schedule, PlannableSchedule) or schedule.warmup_steps <= 0:
+        return None
+    at = state.plan.schedule_step(state.step) if state.plan is not None else state.step
+    if at >= schedule.warmup_steps:
+        return None
+    return (
+        f"note: the run ended inside its LR warm-up (at update {at:.0f} of "
+        f"optim.warmup_steps={schedule.warmup_steps}): the LR never reached optim.lr. Train "
+        "longer, or lower optim.warmup_steps"
+    )
 
 
 def _updates(

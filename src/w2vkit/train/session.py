@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from w2vkit.config import ConfigError
-from w2vkit.train import checkpoint, dist, host_memory
+from w2vkit.train import checkpoint, dist, guard, host_memory
 from w2vkit.train.best import reconcile_best
 from w2vkit.train.config import TrainConfig
 from w2vkit.train.metrics import RunLogger
@@ -115,6 +115,7 @@ def start_files(
             reconcile_best(out_dir, resume.payload, best_metric) if resume is not None else None
         )
         notes += [repaired] if repaired else []
+        notes += guard.optimisation_changes(resume.config, config) if resume is not None else []
     dist.barrier()
     return notes
 

@@ -9,6 +9,7 @@ DataLoader iterators).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
@@ -189,9 +190,13 @@ class TrainState:
 
 
 def reseed(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
-    """Global torch RNG (dropout) and the model generator from (seed, rank, step)."""
-    torch_seed, generator_seed = np.random.SeedSequence([seed, rank, step]).generate_state(
-        2, dtype=np.uint32
-    )
+    """Global torch RNG (dropout), the model generator, and numpy's and Python's global RNGs
+    (whatever draws from them) from (seed, rank, step): a resumed run's states equal an
+    uninterrupted run's at every update, whatever drew from them in between."""
+    torch_seed, generator_seed, numpy_seed, python_seed = np.random.SeedSequence(
+        [seed, rank, step]
+    ).generate_state(4, dtype=np.uint32)
     torch.manual_seed(int(torch_seed))
     generator.manual_seed(int(generator_seed))
+    np.random.seed(int(numpy_seed))
+    random.seed(int(python_seed))
