@@ -78,11 +78,16 @@ def run_update(
     if scaler is not None:
         scaler.unscale_(optimizer)
     gnorm, factor = _normalise_and_clip_factor(optimizer, totals[0], clip_norm)
-    # The one host sync of the update: the step is skipped when the loss or the norm is not finite.
+    fused = scaler is None and bool(optimizer.defaults.get("fused"))
+    if fused:  # stepped before the host knows: the kernel itself skips a non-finite update
+        found_inf = (~(torch.isfinite(totals[1]) & torch.isfinite(gnorm))).float()
+        _fused_step(optimizer, factor, found_inf)
+    # The one host sync of the update: the loop counts a non-finite update, and stops when asked.
     total_size, total_loss, *stops, norm = torch.cat([totals, gnorm[None]]).tolist()
     finite = math.isfinite(total_loss) and math.isfinite(norm)
     if finite:
-        _scaled_step(optimizer, scaler, factor)
+        if not fused:
+            _scaled_step(optimizer, scaler, factor)
         for sums, means in per_batch:
             state.window.add(sums, means)
         state.window.num_updates += 1
@@ -158,20 +163,25 @@ def _normalise_and_clip_factor(
     return norm.to(torch.float64), factor
 
 
+def _fused_step(optimizer: torch.optim.Optimizer, factor: Tensor, found_inf: Tensor) -> None:
+    """Step the fused Adam(W) with the gradients multiplied by `factor`, unless `found_inf` is 1.
+
+    The kernel divides each gradient by `grad_scale` (AMP's protocol) in its one pass over the
+    parameters (no separate pass over 95M gradients for BASE), and with `found_inf` 1 it leaves
+    the parameters, the moments and the step count as they were: no host sync for the decision.
+    """
+    optimizer.grad_scale = 1.0 / factor  # type: ignore[attr-defined]
+    optimizer.found_inf = found_inf  # type: ignore[attr-defined]
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
+
+
 def _scaled_step(
     optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, factor: Tensor
 ) -> None:
-    """Multiply the gradients by `factor`, then step."""
-    if scaler is None and optimizer.defaults.get("fused"):
-        # The fused Adam(W) kernel divides each gradient by `grad_scale` (AMP's protocol) in its
-        # one pass over the parameters: no separate pass over 95M gradients for BASE.
-        optimizer.grad_scale = 1.0 / factor  # type: ignore[attr-defined]
-        optimizer.found_inf = None  # type: ignore[attr-defined]
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
-        return
+    """Multiply the gradients by `factor`, then step (the optimizers that are not fused)."""
     grads = _gradients(optimizer)
     if grads:
         torch._foreach_mul_(grads, factor.to(grads[0].dtype))
