@@ -164,8 +164,8 @@ class TrainConfig:
     """Stop after this many passes over the data (fairseq max_epoch); 0: no limit."""
     max_minutes: float = 0.0
     """Wall-clock budget of the update loop (resumed sessions add up); 0: none. The loop times its
-    first updates, plans how many fit and fits the LR and Gumbel temperature schedules to that
-    plan (docs/training.md, "A time budget")."""
+    first updates, plans how many fit, re-plans as the pace changes and fits the LR and Gumbel
+    temperature schedules to the plan (docs/training.md, "A time budget")."""
     update_freq: int = 1
     """Micro-batches accumulated per update; fairseq's README: 64 / number of GPUs for BASE."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp16"
