@@ -28,10 +28,12 @@ from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.recipes.run_args import declare_run_args, parse_run_args
 from w2vkit.train import dist, guard, session
 from w2vkit.train.config import load_layers
-from w2vkit.train.loop import TrainState, exit_status, train
+from w2vkit.train.loop import train
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import build_optimizer
 from w2vkit.train.preflight import check_run
+from w2vkit.train.signals import exit_status
+from w2vkit.train.state import TrainState
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -247,7 +249,7 @@ def _finetune(
         out_dir,
         state,
         reason,
-        best=f"valid WER  {state.best_valid_loss:.2f}%",
+        best=f"valid WER  {state.best_metric:.2f}%",
         next_step=lambda model: f"w2vkit transcribe {model} --manifest {valid}",
         rerun=rerun,
     )

@@ -29,10 +29,12 @@ from w2vkit.train import dist, guard, session
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.diagnostics import HealthMonitor
 from w2vkit.train.fairseq_config import load_fairseq_config
-from w2vkit.train.loop import Objective, TrainState, exit_status, train
+from w2vkit.train.loop import train
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 from w2vkit.train.preflight import check_run
+from w2vkit.train.signals import exit_status
+from w2vkit.train.state import Objective, TrainState
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -215,7 +217,7 @@ def _pretrain(
         out_dir,
         state,
         reason,
-        best=f"valid loss  {state.best_valid_loss:.4f} bits",
+        best=f"valid loss  {state.best_metric:.4f} bits",
         next_step=lambda model: f"w2vkit extract {model} {manifest} --out {out_dir / 'features'}",
         rerun=rerun,
     )
