@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from w2vkit.pretrain.hubert.config import HubertConfig
 from w2vkit.pretrain.hubert.model import HubertOutput
-from w2vkit.train.loop import Objective, StepOutput
+from w2vkit.train.state import Objective, StepOutput
 from w2vkit.train.metrics import Value
 
 LOSS_KEYS = ("loss", "loss_m", "loss_u", "loss_pen")
