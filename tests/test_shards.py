@@ -168,7 +168,7 @@ def test_a_resumed_loader_hands_out_the_batches_of_an_uninterrupted_one(corpus, 
         (b.epoch, b.position, b.indices.tolist(), b.wav) for _ in range(2) for b in straight
     ]
     first = _loader(shards, num_workers=workers)
-    got, stop = [], len(straight.sampler) + 2  # mid-way through the second epoch
+    got, stop = [], len(straight.sampler) + 3  # mid-way through epoch 2, odd: worker 1 next
     for _ in range(2):
         for b in first:
             got.append((b.epoch, b.position, b.indices.tolist(), b.wav))

@@ -109,7 +109,8 @@ def _read(location: str, timeout: float) -> bytes:
 
         options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=timeout)}
     chunks = []
-    with fsspec.open(location, "rb", block_size=READ_BLOCK, **options) as f:
+    fs, path = fsspec.core.url_to_fs(location, **options)
+    with fs.open(path, "rb", block_size=READ_BLOCK) as f:
         while chunk := f.read(READ_BLOCK):
             chunks.append(chunk)
     return b"".join(chunks)

@@ -118,6 +118,11 @@ class ShardLoader(ResumableLoader):
         for batch in DataLoader.__iter__(self):
             if isinstance(batch, ShardFault):
                 raise batch.error
+            if (batch.epoch, batch.position) != (sampler.epoch, sampler.position):
+                raise RuntimeError(
+                    f"shard readers out of order: got batch {batch.position} of epoch "
+                    f"{batch.epoch}, expected {sampler.position} of epoch {sampler.epoch}"
+                )
             sampler.mark_consumed(batch.epoch, batch.position)
             sampler.failures.record(batch.failures, batch.num_failed, self.path_of)
             yield batch

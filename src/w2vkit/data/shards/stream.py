@@ -104,9 +104,10 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[ShardBatch | ShardFault]:
         info = get_worker_info()
-        reader = 0 if info is None else info.id
         epoch, position = self.start
         spec = self.spec
+        # The DataLoader asks its workers in turn, worker 0 first: worker 0 must hold position.
+        reader = 0 if info is None else (info.id + position) % spec.num_readers
         plan = spec.plan(epoch, [reader])[reader]
         first = first_index(position, reader, spec.num_readers)
         members = _Members(spec, plan[first:])
