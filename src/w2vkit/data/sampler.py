@@ -326,10 +326,19 @@ def split_largest(batches: list[np.ndarray], multiple: int) -> int | None:
         return None
     rows = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
     largest = int(rows.argmax())  # the first of the largest
-    num_rows = int(rows[largest])
+    halves = split_rows(batches[largest], multiple)
+    if halves is None:
+        return None
+    batches[largest : largest + 1] = halves
+    return largest
+
+
+def split_rows(batch: np.ndarray, multiple: int) -> list[np.ndarray] | None:
+    """Two halves that both keep the row rule (below the multiple, or a multiple of it); None
+    for a batch of one row."""
+    num_rows = len(batch)
     if num_rows < 2:
         return None
     whole = num_rows // multiple
     cut = (whole // 2) * multiple if num_rows % multiple == 0 and whole >= 2 else num_rows // 2
-    batches[largest : largest + 1] = [batches[largest][:cut], batches[largest][cut:]]
-    return largest
+    return [batch[:cut], batch[cut:]]

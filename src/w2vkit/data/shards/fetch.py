@@ -104,13 +104,15 @@ def _read(location: str, timeout: float) -> bytes:
     if path is not None:
         return path.read_bytes()
     options: dict = {}
+    block_size = READ_BLOCK
     if urlparse(location).scheme in ("http", "https"):
         import aiohttp  # fsspec's HTTP backend runs on it
 
         options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=timeout)}
+        block_size = 0  # one streamed GET: no range requests, which plain servers refuse
     chunks = []
     fs, path = fsspec.core.url_to_fs(location, **options)
-    with fs.open(path, "rb", block_size=READ_BLOCK) as f:
+    with fs.open(path, "rb", block_size=block_size) as f:
         while chunk := f.read(READ_BLOCK):
             chunks.append(chunk)
     return b"".join(chunks)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from w2vkit.config import UsageError
-from w2vkit.data.shards.fetch import fetch_bytes, is_url
+from w2vkit.data.shards.fetch import fetch_bytes, is_url, local_path
 
 FORMAT = "w2vkit-shards"
 VERSION = 1
@@ -47,8 +47,8 @@ class ShardIndex:
     num_bytes: np.ndarray  # (S,) int64
     shard_items: np.ndarray  # (S,) int64, items per shard
     num_frames: np.ndarray  # (N,) int64, at each file's rate
-    sample_rates: np.ndarray  # (N,) int64
-    num_channels: np.ndarray  # (N,) int64
+    sample_rates: np.ndarray  # (N,) int32
+    num_channels: np.ndarray  # (N,) int16
     labels: list[str]
 
     @property
@@ -113,10 +113,14 @@ def _read_one(folder: str, **fetch_options) -> ShardIndex:
     if document.get("version") != VERSION:
         raise UsageError(f"{where}: index version {document.get('version')}, expected {VERSION}")
     shards = document["shards"]
-    with np.load(io.BytesIO(fetch_bytes(f"{folder}/{ITEMS_NAME}", **fetch_options))) as items:
-        num_frames = items["num_frames"].astype(np.int64)
-        sample_rates = items["sample_rate"].astype(np.int64)
-        num_channels = items["num_channels"].astype(np.int64)
+    items_at = f"{folder}/{ITEMS_NAME}"
+    path = local_path(items_at)
+    source = path if path is not None else io.BytesIO(fetch_bytes(items_at, **fetch_options))
+    with np.load(source, allow_pickle=False) as items:
+        # As stored (int64, int32, int16): 7M items would copy 100 MB to widen them.
+        num_frames = np.asarray(items["num_frames"], dtype=np.int64)
+        sample_rates = items["sample_rate"]
+        num_channels = items["num_channels"]
     shard_items = np.array([s["items"] for s in shards], dtype=np.int64)
     if int(shard_items.sum()) != len(num_frames):
         raise UsageError(

@@ -11,8 +11,8 @@ talking to the others, and a resumed run recomputes exactly the plan it was kill
    each shard goes to the stream with the fewest batches so far, so shards are read by one
    process only and the streams end up within one shard's batches of each other.
 3. Every stream gets the same number of batches (DDP needs it on every rank, and the DataLoader's
-   round robin over workers then gives a fixed order): a short stream splits its largest batch in
-   two; one that has none to split (fewer shards than streams) takes the last batch of the longest
+   round robin over workers then gives a fixed order): a short stream splits its largest batches
+   in two; one that has none to split (fewer shards than streams) takes the last batch of the longest
    stream, and reads that shard too. No item is repeated or dropped: each is seen once an epoch
    (unless there are fewer items than streams: then some batches are repeated, with a warning).
 4. Each stream's batches pass a shuffle buffer seeded from (seed, epoch, stream): a batch is
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from w2vkit.data.sampler import batch_starts, split_largest
+from w2vkit.data.sampler import batch_starts, split_rows
 
 logger = logging.getLogger(__name__)
 
@@ -120,25 +120,58 @@ def _balance(streams: list[tuple[list[int], list[np.ndarray]]], multiple: int) -
     """Give every stream as many batches as the longest: split, else move (see the module)."""
     while True:
         counts = [len(s[1]) for s in streams]
-        low, high = int(np.argmin(counts)), int(np.argmax(counts))
-        if counts[low] == counts[high]:
+        target = max(counts)
+        short = [s for s, n in enumerate(counts) if n < target]
+        if not short:
             return
-        shards, items = streams[low]
-        split = split_largest(items, multiple)
-        if split is not None:
-            shards.insert(split, shards[split])
-        elif counts[high] >= 2:
-            shards.append(streams[high][0].pop())
-            items.append(streams[high][1].pop())
-        else:  # fewer items than streams: as BucketBatchSampler does, some repeat this epoch
-            logger.warning(
-                "%d items cannot give each of the %d readers (ranks x data.num_workers) its "
-                "own batch: repeating one",
-                sum(counts),
-                len(streams),
-            )
-            shards.append(streams[high][0][-1])
-            items.append(streams[high][1][-1])
+        for s in short:
+            _split_to(streams[s], target, multiple)
+        for s in short:
+            if len(streams[s][1]) < target:
+                _move_one(streams, s)
+
+
+def _split_to(stream: tuple[list[int], list[np.ndarray]], target: int, multiple: int) -> None:
+    """Split the stream's largest batches (the first among equals) until it has `target` or
+    nothing splits; each half stays where its batch was, in order."""
+    shards, batches = stream
+    # Pieces keyed (batch, path): the path of 0/1 halves sorts them back into batch order.
+    pieces = {(i, ()): b for i, b in enumerate(batches)}
+    heap = [(-len(b), i, ()) for i, b in enumerate(batches)]
+    heapq.heapify(heap)
+    count = len(batches)
+    while count < target and heap:
+        _, i, path = heapq.heappop(heap)
+        halves = split_rows(pieces[(i, path)], multiple)
+        if halves is None:
+            break  # the largest has one row: so has every batch
+        del pieces[(i, path)]
+        for half, piece in enumerate(halves):
+            pieces[(i, (*path, half))] = piece
+            heapq.heappush(heap, (-len(piece), i, (*path, half)))
+        count += 1
+    keys = sorted(pieces)
+    shards[:] = [shards[i] for i, _ in keys]
+    batches[:] = [pieces[k] for k in keys]
+
+
+def _move_one(streams: list[tuple[list[int], list[np.ndarray]]], to: int) -> None:
+    """The last batch of the longest stream to stream `to` (which reads that shard too); with
+    no stream of 2 batches to take from, a copy (fewer items than streams)."""
+    longest = max(range(len(streams)), key=lambda s: len(streams[s][1]))
+    shards, items = streams[longest]
+    if len(items) >= 2:
+        streams[to][0].append(shards.pop())
+        streams[to][1].append(items.pop())
+        return
+    logger.warning(
+        "%d items cannot give each of the %d readers (ranks x data.num_workers) its own batch: "
+        "repeating one",
+        sum(len(s[1]) for s in streams),
+        len(streams),
+    )
+    streams[to][0].append(shards[-1])
+    streams[to][1].append(items[-1])
 
 
 def _shuffle_buffer(

@@ -213,18 +213,19 @@ class _Members:
         url = self.spec.index.urls[shard]
         audio: dict[int, tuple[str, bytes]] = {}
         metas: dict[int, dict] = {}
+        view = memoryview(data)
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                 for member in tar:
                     key, _, ext = member.name.partition(".")
                     if not key.isdigit() or int(key) not in wanted:
                         continue
-                    content = tar.extractfile(member)
-                    payload = b"" if content is None else content.read()
-                    if ext == "json":
-                        metas[int(key)] = json.loads(payload)
-                    else:
-                        audio[int(key)] = (ext, payload)
+                    # The member's bytes in place: no copy through a tar file object.
+                    payload = view[member.offset_data : member.offset_data + member.size]
+                    if ext != "json":
+                        audio[int(key)] = (ext, bytes(payload))
+                    elif self.spec.label:  # the JSON is only read for the labels
+                        metas[int(key)] = json.loads(bytes(payload))
         except (tarfile.TarError, EOFError, json.JSONDecodeError) as err:
             raise ShardMismatch(f"{url}: not a readable tar shard ({err})") from err
         for index, (ext, payload) in audio.items():
