@@ -136,8 +136,10 @@ def _split_to(stream: tuple[list[int], list[np.ndarray]], target: int, multiple:
     nothing splits; each half stays where its batch was, in order."""
     shards, batches = stream
     # Pieces keyed (batch, path): the path of 0/1 halves sorts them back into batch order.
-    pieces = {(i, ()): b for i, b in enumerate(batches)}
-    heap = [(-len(b), i, ()) for i, b in enumerate(batches)]
+    pieces: dict[tuple[int, tuple[int, ...]], np.ndarray] = {
+        (i, ()): b for i, b in enumerate(batches)
+    }
+    heap: list[tuple[int, int, tuple[int, ...]]] = [(-len(b), i, ()) for i, b in enumerate(batches)]
     heapq.heapify(heap)
     count = len(batches)
     while count < target and heap:

@@ -221,11 +221,11 @@ class _Members:
                     if not key.isdigit() or int(key) not in wanted:
                         continue
                     # The member's bytes in place: no copy through a tar file object.
-                    payload = view[member.offset_data : member.offset_data + member.size]
+                    member_bytes = view[member.offset_data : member.offset_data + member.size]
                     if ext != "json":
-                        audio[int(key)] = (ext, bytes(payload))
+                        audio[int(key)] = (ext, bytes(member_bytes))
                     elif self.spec.label:  # the JSON is only read for the labels
-                        metas[int(key)] = json.loads(bytes(payload))
+                        metas[int(key)] = json.loads(bytes(member_bytes))
         except (tarfile.TarError, EOFError, json.JSONDecodeError) as err:
             raise ShardMismatch(f"{url}: not a readable tar shard ({err})") from err
         for index, (ext, payload) in audio.items():
