@@ -1,6 +1,7 @@
 """`w2vkit pretrain` from shards: served by a real HTTP server and by an S3-compatible one (moto),
 a run SIGKILLed mid-epoch and resumed ends with the weights of an uninterrupted run (1 and 2
-DataLoader workers), and two torchrun "nodes" read disjoint shards and resume exactly."""
+DataLoader workers), two torchrun "nodes" read disjoint shards and resume exactly, and CTC
+fine-tuning reads its transcripts from the shards."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_YAML, make_manifest
+from helpers import TINY_YAML, make_letter_corpus, make_manifest
 from shard_servers import serve_http
 
 from w2vkit import cli
+from w2vkit.interop import Pretrained, save_w2vkit
+from w2vkit.model.config import tiny
+from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint
 
 SMALL = [
@@ -197,3 +201,34 @@ def test_two_nodes_read_disjoint_shards_over_http_and_resume_exactly_after_one_i
         assert checkpoint.load(killed / checkpoint.LAST)["progress"]["step"] < steps
         assert [p.wait(timeout=280) for p in _nodes([url_a, url_b], killed, steps)] == [0, 0]
     _same_weights(straight, killed)
+
+
+@pytest.mark.slow
+def test_finetuning_streams_labelled_shards_and_resumes_exactly(tmp_path):
+    make_letter_corpus(tmp_path / "data", {"train": 8, "valid": 3})
+    torch.manual_seed(0)
+    save_w2vkit(Pretrained(tiny(), Wav2Vec2Model(tiny()).state_dict()), tmp_path / "init.pt")
+    shards = tmp_path / "shards"
+    assert (
+        cli.main(["shard", str(tmp_path / "data"), "--out", str(shards), "--shard-size", "2s"]) == 0
+    )
+    assert (shards / "dict.ltr.txt").read_text() == (tmp_path / "data" / "dict.ltr.txt").read_text()
+
+    def finetune(out: str, steps: int) -> int:
+        return cli.main(
+            [
+                "finetune", "--init-from", str(tmp_path / "init.pt"), "preset=cpu",
+                f"data.shards={shards}", f"train.out_dir={tmp_path / out}",
+                "data.max_batch_samples=40000", "ctc.freeze_encoder_steps=2", "optim.total_steps=6",
+                "train.validate_interval_steps=3", "train.save_interval_steps=0",
+                "train.log_interval=1", f"train.max_steps={steps}",
+            ]
+        )  # fmt: skip
+
+    assert finetune("whole", 6) == 0
+    assert finetune("split", 4) == 0
+    assert finetune("split", 6) == 0  # resumes at 4
+    records = (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines()
+    valid = [json.loads(r) for r in records if '"valid"' in r]
+    assert valid and all("wer" in r for r in valid)
+    _same_weights(tmp_path / "whole", tmp_path / "split")

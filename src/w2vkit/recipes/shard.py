@@ -3,7 +3,8 @@
 Each split (`train.tsv`, `valid.tsv`, ... in MANIFEST_DIR) becomes `DEST/<split>/shard-*.tar`,
 `index.json` and `items.npz` (`w2vkit.data.shards.write`, `.index`). Labels that sit beside the
 manifest go into each item's JSON: `.ltr`/`.wrd` lines, and the frame labels of
-`.phones.npz`/`.pitch.npz` (as `phones`/`pitch` lists). Shards are written by parallel
+`.phones.npz`/`.pitch.npz` (as `phones`/`pitch` lists); the `dict.*.txt` dictionaries are copied
+to DEST, where fine-tuning from local shards finds them. Shards are written by parallel
 processes; a killed run, started again, keeps the shards it finished. `--verify` then re-reads
 every shard and checks it against the index (size, sha256, items); a finished split (its index
 exists) is not written again, only verified.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -66,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if not splits:
         raise UsageError(f"{source} has none of the manifests --splits={args.splits} names")
     writable_folder(args.out, "--out")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for dictionary in sorted(source.glob("dict.*.txt")):  # fine-tuning reads it beside the shards
+        shutil.copyfile(dictionary, args.out / dictionary.name)
     problems = []
     for split in splits:
         problems += _shard_split(source, split.strip(), args.out / split.strip(), size, args)

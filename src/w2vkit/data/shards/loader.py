@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 import numpy as np
 from torch.utils.data import DataLoader
@@ -29,10 +29,29 @@ from w2vkit.data.shards.index import ShardIndex, item_key, read_index
 from w2vkit.data.shards.plan import first_index, shard_batches
 from w2vkit.data.shards.stream import ShardBatch, ShardFault, ShardStream, StreamSpec
 
-if TYPE_CHECKING:
-    from w2vkit.train.config import DataConfig
-
 logger = logging.getLogger(__name__)
+
+
+class ShardData(Protocol):
+    """The `data` fields streaming reads (pretraining's `DataConfig`, fine-tuning's too)."""
+
+    shards: str
+    train_split: str
+    valid_split: str
+    sample_rate: int
+    min_samples: int
+    normalize: bool
+    max_batch_samples: int
+    max_batch_size: int | None
+    required_batch_size_multiple: int
+    num_workers: int
+    shard_prefetch: int
+    shard_cache: str
+    shuffle_buffer: int
+    shard_retries: int
+    shard_retry_wait: float
+    shard_timeout: float
+    shard_errors: Literal["stop", "skip"]
 
 
 class ShardSampler(BucketBatchSampler):
@@ -133,7 +152,7 @@ def _as_is(batch: ShardBatch) -> ShardBatch:
 
 
 def build_shard_loaders(
-    data_cfg: DataConfig,
+    data_cfg: ShardData,
     seed: int,
     rank: int,
     world_size: int,
@@ -147,9 +166,14 @@ def build_shard_loaders(
 ) -> dict[str, ShardLoader]:
     """`{train_split: loader}` (+ valid when its index exists) from `data_cfg.shards`.
 
-    Pretraining takes `pad`/`max_samples` from `data_cfg`; fine-tuning passes pad=True,
-    max_samples=None (whole utterances; longer than the batch budget: skipped) and `label`.
+    Pretraining takes `pad`/`max_samples` from `data_cfg` (None / -1: its `pad`, `max_samples`);
+    fine-tuning passes pad=True, max_samples=None (whole utterances; longer than the batch
+    budget: skipped) and `label`.
     """
+    if pad is None:
+        pad = bool(getattr(data_cfg, "pad"))  # noqa: B009 (not a ShardData field)
+    if max_samples == -1:
+        max_samples = getattr(data_cfg, "max_samples")  # noqa: B009
     loaders = {}
     for split, is_train in ((data_cfg.train_split, True), (data_cfg.valid_split, False)):
         if not split:
@@ -180,7 +204,7 @@ def build_shard_loaders(
     return loaders
 
 
-def _fetch_options(data_cfg: DataConfig) -> dict:
+def _fetch_options(data_cfg: ShardData) -> dict:
     return {
         "retries": data_cfg.shard_retries,
         "retry_wait": data_cfg.shard_retry_wait,
@@ -190,14 +214,14 @@ def _fetch_options(data_cfg: DataConfig) -> dict:
 
 
 def _spec(
-    data_cfg: DataConfig,
+    data_cfg: ShardData,
     index: ShardIndex,
     seed: int,
     rank: int,
     world_size: int,
     is_train: bool,
     min_decoded_samples: int,
-    pad: bool | None,
+    pad: bool,
     max_samples: int | None,
     label: str,
 ) -> StreamSpec | None:
@@ -208,8 +232,7 @@ def _spec(
         resampled_length(index.num_frames, np.where(known, rates, 1), data_cfg.sample_rate),
         index.num_frames,
     )
-    limit = data_cfg.max_samples if max_samples == -1 else max_samples
-    sizes = num_samples if limit is None else np.minimum(num_samples, limit)
+    sizes = num_samples if max_samples is None else np.minimum(num_samples, max_samples)
     usable = (num_samples >= max(data_cfg.min_samples, 1)) & (sizes <= data_cfg.max_batch_samples)
     if label and label not in index.labels:
         raise ConfigError(
@@ -234,7 +257,7 @@ def _spec(
         num_samples=num_samples,
         sizes=sizes,
         sample_rate=data_cfg.sample_rate,
-        pad=data_cfg.pad if pad is None else pad,
+        pad=pad,
         normalize=data_cfg.normalize,
         random_crop=is_train,
         min_decoded_samples=min_decoded_samples,
