@@ -292,3 +292,21 @@ def test_an_unreachable_server_is_retried_then_named_or_skipped(corpus, tmp_path
         )
         for r in reasons.values()
     )
+
+
+def test_bad_shard_input_is_one_line_and_exit_2(corpus, tmp_path, capsys):
+    manifest = str(corpus / "manifest")
+    assert cli.main(["shard", manifest, "--out", str(tmp_path), "--shard-size", "big"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "w2vkit shard: --shard-size 'big': expected a positive size in bytes (256MB, 1GB) or in "
+        "audio time (2h, 30min, 600s)"
+    )
+    args = ["pretrain", "tiny", f"train.out_dir={tmp_path / 'run'}"]
+    assert cli.main([*args, f"data.shards={tmp_path / 'none'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"w2vkit pretrain: {tmp_path / 'none' / 'train' / 'index.json'} does not exist: write the "
+        "shards with `w2vkit shard`"
+    ]
+    assert cli.main([*args, "data.shards=foo://bucket/shards"]) == 2
+    assert "cannot read foo:// URLs" in capsys.readouterr().err

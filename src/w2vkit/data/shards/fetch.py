@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 
 import fsspec
 
+from w2vkit.config import UsageError
+
 logger = logging.getLogger(__name__)
 
 READ_BLOCK = 8 << 20  # bytes per sequential read
@@ -65,6 +67,7 @@ def fetch_bytes(
         data = cached.read_bytes()
         if hashlib.sha256(data).hexdigest() == sha256:
             return data
+    _check_backend(location)
     for attempt in range(retries + 1):
         try:
             data = _read(location, timeout)
@@ -97,6 +100,24 @@ def fetch_bytes(
         tmp.write_bytes(data)
         os.replace(tmp, cached)
     return data
+
+
+EXTRAS = {"http": "http", "https": "http", "s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
+def _check_backend(location: str) -> None:
+    """A missing fsspec backend is a usage error, not a shard to retry."""
+    if local_path(location) is not None:
+        return
+    scheme = urlparse(location).scheme
+    try:
+        fsspec.get_filesystem_class(scheme)
+        if scheme in ("http", "https"):
+            import aiohttp  # noqa: F401  (fsspec imports it only when it opens the URL)
+    except (ImportError, ValueError) as err:
+        extra = EXTRAS.get(scheme)
+        hint = f"pip install 'w2vkit[{extra}]'" if extra else "install its fsspec backend"
+        raise UsageError(f"{location}: cannot read {scheme}:// URLs ({err}); {hint}") from err
 
 
 def _read(location: str, timeout: float) -> bytes:

@@ -105,7 +105,7 @@ class ShardSampler(BucketBatchSampler):
     def load_state_dict(self, state: dict) -> None:
         for key in ("num_readers", "shuffle_buffer"):
             mine = getattr(self.spec, key)
-            if key in state and state[key] != mine and not self.allow_data_change:
+            if key in state and state[key] != mine:
                 raise ConfigError(
                     f"sampler state was saved with {key}={state[key]}, this run has {mine} "
                     "(data.num_workers / data.shuffle_buffer): every reader streams its own "
