@@ -29,7 +29,7 @@ class ShardUnavailable(OSError):
     """A shard (or index) that could not be read after every retry."""
 
 
-class ShardMismatch(ValueError):
+class ShardMismatch(UsageError):
     """A shard whose bytes do not hash to the index's sha256."""
 
 
