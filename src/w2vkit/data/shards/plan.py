@@ -20,6 +20,7 @@ talking to the others, and a resumed run recomputes exactly the plan it was kill
    different shards without ever holding more than that many batches in memory.
 
 Position p of rank r is batch p // W of stream r * W + p % W (W workers, 1 for none).
+Departure from fairseq: docs/fairseq_differences.md#fd-shard-batches.
 """
 
 from __future__ import annotations
