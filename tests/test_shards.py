@@ -310,3 +310,20 @@ def test_bad_shard_input_is_one_line_and_exit_2(corpus, tmp_path, capsys):
     ]
     assert cli.main([*args, "data.shards=foo://bucket/shards"]) == 2
     assert "cannot read foo:// URLs" in capsys.readouterr().err
+
+
+def test_a_remote_shard_is_fetched_once_into_the_cache_and_read_from_it_after(corpus, tmp_path):
+    cache = tmp_path / "cache"
+    with serve_http(corpus / "out") as (url, sent):
+        loader = _loader(url, shard_cache=str(cache))
+        first = [b.indices.tolist() for b in loader]
+        after_one = {p: n for p, n in sent.items() if "shard-" in p}
+        second = [b.indices.tolist() for b in loader]  # epoch 1, from the cache
+        after_two = {p: n for p, n in sent.items() if "shard-" in p}
+    index = json.loads((corpus / "out" / "train" / "index.json").read_text())
+    assert after_one == after_two == {f"/train/{s['name']}": s["bytes"] for s in index["shards"]}
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"{s['sha256']}.tar" for s in index["shards"]
+    )
+    assert sorted(i for b in first for i in b) == sorted(i for b in second for i in b)
+    assert first != second  # another epoch, another order
