@@ -327,3 +327,20 @@ def test_a_remote_shard_is_fetched_once_into_the_cache_and_read_from_it_after(co
     )
     assert sorted(i for b in first for i in b) == sorted(i for b in second for i in b)
     assert first != second  # another epoch, another order
+
+
+def test_a_glob_reads_several_shard_sets_as_one_corpus_and_file_urls_work(corpus, tmp_path):
+    for disk in ("disk1", "disk2"):
+        shutil.copytree(corpus / "out", tmp_path / disk)
+    one = read_index(str(corpus / "out"), "train")
+    both = read_index(str(tmp_path / "disk*"), "train")
+    assert len(both) == 2 * len(one) and len(both.urls) == 2 * len(one.urls)
+    assert both.urls[0].startswith(str(tmp_path / "disk1")) and both.urls[-1].startswith(
+        str(tmp_path / "disk2")
+    )
+    loader = _loader(str(tmp_path / "disk*"))
+    seen = sorted(i for b in loader for i in b.indices.tolist())
+    assert seen == list(range(len(both)))
+    via_url = _loader(f"file://{corpus / 'out'}")
+    local = _loader(str(corpus / "out"))
+    assert [b.indices.tolist() for b in via_url] == [b.indices.tolist() for b in local]

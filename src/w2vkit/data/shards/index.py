@@ -9,7 +9,8 @@ A split's folder (`DEST/train/`) holds the shards `shard-000000.tar`, ... and tw
   `num_channels` (int16). An uncompressed NPZ: 7M items are ~100 MB and load in well under a
   second, where a JSON or TSV of them would take tens of seconds.
 
-Item i of the split is member key `f"{i:09d}"` of its shard, so a member names its item.
+Item i of the split is member key `f"{i:09d}"` of its shard, so a member names its item (in a
+glob of several shard sets, keys are shifted by the items of the sets before: `key_offset`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ShardIndex:
     sample_rates: np.ndarray  # (N,) int32
     num_channels: np.ndarray  # (N,) int16
     labels: list[str]
+    key_offset: np.ndarray  # (S,) int64: item index = member key + key_offset[shard]
 
     @property
     def first_item(self) -> np.ndarray:
@@ -86,6 +88,9 @@ def read_index(location: str, split: str, **fetch_options) -> ShardIndex:
         if not roots:
             raise UsageError(f"data.shards={location} matches no folder")
     parts = [_read_one(f"{root}/{split}", **fetch_options) for root in roots]
+    # Keys restart at 0 in every shard set: shift each set's keys past the sets before it.
+    before = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    offsets = [p.key_offset + b for p, b in zip(parts, before, strict=True)]
     if len({tuple(p.labels) for p in parts}) > 1:
         raise UsageError(f"data.shards={location}: the shard sets carry different labels")
     return ShardIndex(
@@ -97,6 +102,7 @@ def read_index(location: str, split: str, **fetch_options) -> ShardIndex:
         sample_rates=np.concatenate([p.sample_rates for p in parts]),
         num_channels=np.concatenate([p.num_channels for p in parts]),
         labels=parts[0].labels,
+        key_offset=np.concatenate(offsets),
     )
 
 
@@ -135,4 +141,5 @@ def _read_one(folder: str, **fetch_options) -> ShardIndex:
         sample_rates=sample_rates,
         num_channels=num_channels,
         labels=list(document.get("labels", [])),
+        key_offset=np.zeros(len(shards), dtype=np.int64),
     )

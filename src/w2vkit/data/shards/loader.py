@@ -129,7 +129,7 @@ class ShardLoader(ResumableLoader):
         """Where item `index` lives: its shard's location and member key, `SHARD#KEY`."""
         shards = self.dataset.spec.index
         shard = int(np.searchsorted(shards.first_item, index, side="right") - 1)
-        return f"{shards.urls[shard]}#{item_key(index)}"
+        return f"{shards.urls[shard]}#{item_key(index - int(shards.key_offset[shard]))}"
 
     def __iter__(self) -> Iterator[ShardBatch]:  # type: ignore[override]
         sampler = self.sampler

@@ -211,6 +211,7 @@ class _Members:
     def _unpack(self, shard: int, data: bytes) -> None:
         wanted = self.needed[shard]
         url = self.spec.index.urls[shard]
+        offset = int(self.spec.index.key_offset[shard])
         audio: dict[int, tuple[str, bytes]] = {}
         metas: dict[int, dict] = {}
         view = memoryview(data)
@@ -218,14 +219,15 @@ class _Members:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                 for member in tar:
                     key, _, ext = member.name.partition(".")
-                    if not key.isdigit() or int(key) not in wanted:
+                    if not key.isdigit() or int(key) + offset not in wanted:
                         continue
+                    index = int(key) + offset
                     # The member's bytes in place: no copy through a tar file object.
                     member_bytes = view[member.offset_data : member.offset_data + member.size]
                     if ext != "json":
-                        audio[int(key)] = (ext, bytes(member_bytes))
+                        audio[index] = (ext, bytes(member_bytes))
                     elif self.spec.label:  # the JSON is only read for the labels
-                        metas[int(key)] = json.loads(bytes(member_bytes))
+                        metas[index] = json.loads(bytes(member_bytes))
         except (tarfile.TarError, EOFError, json.JSONDecodeError) as err:
             raise ShardMismatch(f"{url}: not a readable tar shard ({err})") from err
         for index, (ext, payload) in audio.items():
