@@ -61,7 +61,6 @@ def _trained(out: Path, steps: int) -> None:
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train)
 
 
-@pytest.mark.slow
 def test_pretraining_streams_shards_from_a_local_http_server(shards, tmp_path):
     with serve_http(shards) as (url, sent):
         args = ["pretrain", TINY_YAML, f"data.shards={url}", *SMALL, "data.num_workers=2"]
@@ -204,7 +203,6 @@ def test_two_nodes_read_disjoint_shards_over_http_and_resume_exactly_after_one_i
     _same_weights(straight, killed)
 
 
-@pytest.mark.slow
 def test_finetuning_streams_labelled_shards_and_resumes_exactly(tmp_path):
     make_letter_corpus(tmp_path / "data", {"train": 8, "valid": 3})
     torch.manual_seed(0)
