@@ -18,6 +18,7 @@ import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.data.loader import ResumableLoader, build_loaders
+from w2vkit.data.shards.loader import build_shard_loaders
 from w2vkit.losses import pretraining_objective
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
@@ -150,7 +151,7 @@ def _pretrain(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     data = cfg.data
-    loaders = build_loaders(
+    loaders = (build_shard_loaders if data.shards else build_loaders)(
         data,
         cfg.train.seed,
         dist.rank(),

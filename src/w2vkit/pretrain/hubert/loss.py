@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from w2vkit.pretrain.hubert.config import HubertConfig
 from w2vkit.pretrain.hubert.model import HubertOutput
-from w2vkit.train.state import Objective, StepOutput
 from w2vkit.train.metrics import Value
+from w2vkit.train.state import Objective, StepOutput
 
 LOSS_KEYS = ("loss", "loss_m", "loss_u", "loss_pen")
 """Summed losses that `summarize` reports in bits per scored frame."""

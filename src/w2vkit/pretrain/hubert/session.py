@@ -15,8 +15,8 @@ from w2vkit.pretrain.hubert.health import cluster_balance
 from w2vkit.pretrain.hubert.loss import hubert_objective
 from w2vkit.pretrain.hubert.model import HubertModel
 from w2vkit.train.diagnostics import HealthMonitor
-from w2vkit.train.state import Objective
 from w2vkit.train.metrics import LOOP_COLUMNS, Column
+from w2vkit.train.state import Objective
 
 CONSOLE_COLUMNS = (
     Column("loss", "loss", ".3f"),
