@@ -16,10 +16,10 @@ from w2vkit.config import ConfigError
 from w2vkit.interop import hf as hf_interop
 from w2vkit.interop import load_pretrained, read_pretrained
 from w2vkit.interop.native import Pretrained, save_w2vkit
-from w2vkit.losses import contrastive_loss
 from w2vkit.model.config import base, large, tiny
 from w2vkit.model.negatives import sample_negatives
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.wav2vec2 import contrastive_loss
 
 transformers = pytest.importorskip("transformers")
 HFPreTraining, HFModel = transformers.Wav2Vec2ForPreTraining, transformers.Wav2Vec2Model

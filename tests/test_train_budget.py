@@ -24,9 +24,10 @@ from helpers import (
 )
 
 from w2vkit.config import ConfigError
-from w2vkit.losses import pretraining_objective
+from w2vkit.pretrain.registry import build_config
+from w2vkit.pretrain.wav2vec2 import pretraining_objective
 from w2vkit.train import checkpoint, loop
-from w2vkit.train.config import build_config, load_layers
+from w2vkit.train.config import load_layers
 
 BUDGET = ("train.max_steps=0", "train.max_minutes=2", "train.log_interval=1")
 

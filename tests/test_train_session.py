@@ -18,8 +18,9 @@ from w2vkit.finetune.config import TriStageOptimConfig
 from w2vkit.interop import Pretrained, save_w2vkit
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.config import OptimConfig
 from w2vkit.train import checkpoint, dist, session
-from w2vkit.train.config import AdamConfig, OptimConfig, TrainConfig
+from w2vkit.train.config import AdamConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")

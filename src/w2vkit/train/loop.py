@@ -104,6 +104,9 @@ class Objective(Generic[BatchT]):
     monitor: Callable[[dict[str, Any]], list[str]] | None = None
     """Told every train log record; returns messages to print and log (pretraining: the health
     findings of `w2vkit.train.diagnostics`)."""
+    after_update: Callable[[nn.Module, int], None] | None = None
+    """(unwrapped model, completed updates) after each optimizer step that was taken, e.g. an EMA
+    teacher following the student; what it changes must live in the model to be checkpointed."""
 
 
 class Schedule(Protocol):
@@ -232,6 +235,8 @@ def run_update(
         state.window.audio_samples += sum(b.num_audio_samples for b in micro_batches)
         state.step += 1
         state.schedule.set_step(state.step)
+        if objective.after_update is not None:
+            objective.after_update(dist.unwrap(model), state.step)
         state.consecutive_nonfinite = 0
     else:
         optimizer.zero_grad(set_to_none=True)
