@@ -24,7 +24,7 @@ from w2vkit.finetune.schedule import TriStageSchedule
 from w2vkit.finetune.vocab import Vocabulary
 from w2vkit.interop.native import Pretrained
 from w2vkit.model.config import ModelConfig
-from w2vkit.recipes.run_args import declare_run_args, parse_run_args
+from w2vkit.recipes.run_args import config_items, declare_run_args, parse_run_args
 from w2vkit.train import dist, session
 from w2vkit.train.config import load_layers
 from w2vkit.train.preflight import check_run
@@ -54,27 +54,24 @@ def run(args: argparse.Namespace) -> int:
         print_config=args.print_config,
     )
     if args.print_config:
+        if not cfg.train.init_from:
+            print(
+                "# without --init-from, `model` is the default encoder: a run takes the "
+                "--init-from model's, under the fine-tuning keys shown"
+            )
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     cfg, notes = check_run(cfg)
     vocab = _vocabulary(cfg.data)
     if resume is not None and resume.config.get("vocab") != vocab.symbols:
         raise ConfigError(f"{resume.path} was trained with another dict.{cfg.data.labels}.txt")
-    device = session.device_for(cfg.train)
-    rerun = session.rerun_command(resume_from=args.resume_from, overwrite=args.overwrite)
-    return session.run_locked(
+    return session.run(
         "finetune",
         cfg.train,
-        device,
-        lambda: session.run(
-            "finetune",
-            cfg.train,
-            device,
-            lambda: _plan(cfg, device, init, vocab),
-            resume=resume,
-            notes=notes,
-            rerun=rerun,
-        ),
+        lambda device: _plan(cfg, device, init, vocab),
+        resume=resume,
+        notes=notes,
+        rerun=session.rerun_command(resume_from=args.resume_from, overwrite=args.overwrite),
     )
 
 
@@ -90,14 +87,10 @@ def resolve(
 
     `print_config` without `--init-from`: the config over the default encoder (what the presets
     and overrides give), and no model is read."""
-    files = [item for item in items if "=" not in item]
-    overrides = [item for item in items if "=" in item]
-    if len(files) > 1:
-        raise ConfigError(f"give at most one config file, got {', '.join(files)}")
-    if init_from:
-        overrides.append(f"train.init_from={init_from}")
-    layers = load_layers(files[0] if files else None, overrides, kind="finetune")
-    where = " + ".join(files + (["the command line"] if overrides else [])) or "the defaults"
+    config, overrides = config_items(items, init_from)
+    layers = load_layers(config, overrides, kind="finetune")
+    sources = ([config] if config else []) + (["the command line"] if overrides else [])
+    where = " + ".join(sources) or "the defaults"
     try:
         cfg = build_finetune_config(layers, init_model=ModelConfig())
         resume = session.resume_point(

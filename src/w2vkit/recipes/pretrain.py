@@ -22,7 +22,7 @@ from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.pretrain.config import PretrainConfig
 from w2vkit.pretrain.registry import build_config, lookup
-from w2vkit.recipes.run_args import declare_run_args, parse_run_args
+from w2vkit.recipes.run_args import config_items, declare_run_args, parse_run_args
 from w2vkit.train import dist, session
 from w2vkit.train.config import load_layers
 from w2vkit.train.fairseq_config import load_fairseq_config
@@ -56,21 +56,13 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     cfg, checked = check_run(cfg)
-    device = session.device_for(cfg.train)
-    rerun = session.rerun_command(resume_from=args.resume_from, overwrite=args.overwrite)
-    return session.run_locked(
+    return session.run(
         "pretrain",
         cfg.train,
-        device,
-        lambda: session.run(
-            "pretrain",
-            cfg.train,
-            device,
-            lambda: _plan(cfg, device, init_state),
-            resume=resume,
-            notes=notes + checked,
-            rerun=rerun,
-        ),
+        lambda device: _plan(cfg, device, init_state),
+        resume=resume,
+        notes=notes + checked,
+        rerun=session.rerun_command(resume_from=args.resume_from, overwrite=args.overwrite),
     )
 
 
@@ -78,14 +70,7 @@ def resolve(
     args: argparse.Namespace,
 ) -> tuple[PretrainConfig, session.Resume | None, dict | None, list[str]]:
     """The run's config, the checkpoint it resumes (or None), the --init-from weights (or None), notes."""
-    files = [item for item in args.items if "=" not in item]
-    overrides = [item for item in args.items if "=" in item]
-    if len(files) > 1:
-        raise ConfigError(
-            f"give at most one config file, got {', '.join(files)} (overrides need key=value)"
-        )
-    if args.init_from:
-        overrides.append(f"train.init_from={args.init_from}")
+    config, overrides = config_items(args.items, args.init_from)
     layers, notes, sources = [], [], []
     if args.fairseq_config:
         translation = load_fairseq_config(args.fairseq_config)
@@ -94,8 +79,8 @@ def resolve(
             f"fairseq key not used: {line}" for line in translation.unused
         ] + translation.notes
         sources.append(args.fairseq_config)
-    layers += load_layers(files[0] if files else None, overrides)
-    sources += files + (["the command line"] if overrides else [])
+    layers += load_layers(config, overrides)
+    sources += ([config] if config else []) + (["the command line"] if overrides else [])
     try:
         cfg = build_config(layers)
         resume = session.resume_point(
@@ -109,6 +94,13 @@ def resolve(
             cfg = build_config(
                 layers, init_model=from_dict(ModelConfig, resume.config["model"], where="model")
             )
+            saved = resume.config.get("objective", "wav2vec2")  # older runs: wav2vec 2.0
+            if saved != cfg.objective:
+                raise ConfigError(
+                    f"objective: {resume.path} was trained with objective {saved!r}, not "
+                    f"{cfg.objective!r}; to start from its weights, pass it as --init-from "
+                    "with another train.out_dir"
+                )
         elif cfg.train.init_from:
             from w2vkit.interop import read_pretrained
 

@@ -264,22 +264,43 @@ class Plan:
 def run(
     command: str,
     train_cfg: TrainConfig,
-    device: torch.device,
-    build: Callable[[], Plan],
+    build: Callable[[torch.device], Plan],
     *,
     resume: Resume | None,
     notes: list[str],
     rerun: str,
 ) -> int:
-    """One training session of `w2vkit {command}`, inside `run_locked`: the run directory, `build()`
+    """One training session of `w2vkit {command}` on the device `train_cfg` asks for, inside the
+    process group and the run directory's lock (`run_locked`): the run directory, `build(device)`
     (the recipe's loaders, model and objective), the state (restored from `resume`), the console,
     the loop, the summary. Returns the exit status."""
+    device = device_for(train_cfg)
+    return run_locked(
+        command,
+        train_cfg,
+        device,
+        lambda: _session(
+            command, train_cfg, device, build, resume=resume, notes=notes, rerun=rerun
+        ),
+    )
+
+
+def _session(
+    command: str,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    build: Callable[[torch.device], Plan],
+    *,
+    resume: Resume | None,
+    notes: list[str],
+    rerun: str,
+) -> int:
     out_dir = Path(train_cfg.out_dir)
     prepare_dir(out_dir)
     if device.type == "cuda" and train_cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    plan = build()
+    plan = build(device)
     if resume is not None:
         notes = notes + guard.check_resume_config(
             resume.config["model"], plan.model_config, source=str(resume.path)
