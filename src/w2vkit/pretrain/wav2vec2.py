@@ -36,7 +36,7 @@ from w2vkit.model.wav2vec2 import PretrainOutput, Wav2Vec2Model
 from w2vkit.pretrain.config import PretrainConfig
 from w2vkit.pretrain.objective import PretrainObjective
 from w2vkit.pretrain.schedule import gumbel_temperature
-from w2vkit.train.diagnostics import HealthMonitor
+from w2vkit.pretrain.wav2vec2_health import HealthMonitor
 from w2vkit.train.loop import Objective, StepOutput
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, Value
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from w2vkit.pretrain.wav2vec2_health import diagnose_log, negatives_from_config
 from w2vkit.report import plots
-from w2vkit.train.diagnostics import Finding, diagnose_log, negatives_from_config, read_log
+from w2vkit.train.diagnostics import Finding, read_log
 
 CHECKPOINTS = ("checkpoint_best.pt", "checkpoint_last.pt")
 

@@ -103,7 +103,7 @@ class Objective(Generic[BatchT]):
     again when such a run resumes: pretraining fits its Gumbel temperature schedule to it."""
     monitor: Callable[[dict[str, Any]], list[str]] | None = None
     """Told every train log record; returns messages to print and log (pretraining: the health
-    findings of `w2vkit.train.diagnostics`)."""
+    findings of `w2vkit.pretrain.wav2vec2_health`)."""
     after_update: Callable[[nn.Module, int], None] | None = None
     """(unwrapped model, completed updates) after each optimizer step that was taken, e.g. an EMA
     teacher following the student; what it changes must live in the model to be checkpointed."""
