@@ -154,17 +154,19 @@ class HealthMonitor(Monitor):
         )
 
     def _negatives_equal(self, record: dict) -> str | None:
-        fraction = record.get(NEGATIVES_EQUAL_KEY)
-        if fraction is None:
-            return None
         # A streak, not one record: in the first updates, before the codes spread out, many
         # frames share a code and so equal their negatives; a healthy run is past it within ~20
         # updates (the `cpu` recipe: 12.6% at update 10, 2.7% at update 30).
-        count = self._streak("negatives_equal", fraction > self.negatives_equal_limit)
-        if count < self.negatives_equal_records:
+        seen = self._sustained(
+            record,
+            NEGATIVES_EQUAL_KEY,
+            lambda fraction: fraction > self.negatives_equal_limit,
+            self.negatives_equal_records,
+        )
+        if seen is None:
             return None
         return (
-            f"{100 * fraction:.1f}% of the negatives equal their positive for {count} log records"
+            f"{100 * seen[0]:.1f}% of the negatives equal their positive for {seen[1]} log records"
         )
 
 

@@ -16,6 +16,7 @@ import math
 import os
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -128,14 +129,25 @@ class Monitor:
         self._streaks[key] = self._streaks.get(key, 0) + 1 if condition else 0
         return self._streaks[key]
 
+    def _sustained(
+        self, record: dict, key: str, crossed: Callable[[float], bool], records: int
+    ) -> tuple[float, int] | None:
+        """(value, streak) when logged `key` has `crossed` its threshold in the last `records`
+        log records in a row, else None (also when the record does not log it)."""
+        value = record.get(key)
+        if value is None:
+            return None
+        count = self._streak(key, crossed(value))
+        return (value, count) if count >= records else None
+
     def _zero_gradient(self, record: dict) -> str | None:
-        gnorm = record.get("gnorm")
-        if gnorm is None:
-            return None
-        count = self._streak("zero_gnorm", math.isfinite(gnorm) and gnorm <= self.zero_gnorm)
-        if count < self.zero_gnorm_records:
-            return None
-        return f"gradient norm {gnorm:.3g} for {count} log records"
+        seen = self._sustained(
+            record,
+            "gnorm",
+            lambda gnorm: math.isfinite(gnorm) and gnorm <= self.zero_gnorm,
+            self.zero_gnorm_records,
+        )
+        return None if seen is None else f"gradient norm {seen[0]:.3g} for {seen[1]} log records"
 
     def _exploding(self, record: dict) -> str | None:
         gnorm = record.get("gnorm")
@@ -168,13 +180,12 @@ class Monitor:
         )
 
     def _data_wait(self, record: dict) -> str | None:
-        wait = record.get(DATA_WAIT_KEY)
-        if wait is None:
+        seen = self._sustained(
+            record, DATA_WAIT_KEY, lambda wait: wait >= self.data_wait_limit, self.data_wait_records
+        )
+        if seen is None:
             return None
-        count = self._streak("data_wait", wait >= self.data_wait_limit)
-        if count < self.data_wait_records:
-            return None
-        return f"{100 * wait:.0f}% of the time per update goes to waiting for data"
+        return f"{100 * seen[0]:.0f}% of the time per update goes to waiting for data"
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
