@@ -20,6 +20,7 @@ from w2vkit.pretrain import registry
 from w2vkit.pretrain.config import PretrainConfig
 from w2vkit.pretrain.objective import PretrainObjective
 from w2vkit.train import checkpoint
+from w2vkit.train.diagnostics import Monitor, read_log
 from w2vkit.train.loop import Objective, StepOutput
 from w2vkit.train.metrics import LOOP_COLUMNS, Column
 
@@ -75,6 +76,21 @@ def toy_objective(cfg: ToyConfig) -> Objective:
     return Objective(step=step, summarize=summarize, after_update=after_update)
 
 
+class ToyMonitor(Monitor):
+    """The shared signatures plus one of the toy's own: too few frames kept for the loss."""
+
+    ADVICE = Monitor.ADVICE | {"few_kept": ("the toy keeps half the frames", "nothing")}
+
+    def __init__(self, least: float) -> None:
+        super().__init__()
+        self.least = least
+
+    def conditions(self, record: dict, step: int) -> dict[str, str | None]:
+        kept = record.get("kept", self.least)
+        few = f"{kept:.0f} frames kept" if kept < self.least else None
+        return {"few_kept": few} | super().conditions(record, step)
+
+
 TOY = PretrainObjective(
     name="toy",
     config=ToyConfig,
@@ -83,6 +99,7 @@ TOY = PretrainObjective(
     columns=(Column("loss", "toy-loss", ".4f"), Column("kept", "kept", ".0f"), *LOOP_COLUMNS),
     next_command=lambda cfg, model, out_dir: f"toy-next {model}",
     find_unused_parameters=lambda cfg: False,
+    health=lambda config: ToyMonitor(least=1e9),  # every record: a finding at the first
 )
 
 
@@ -131,6 +148,16 @@ def test_a_registered_objective_trains_checkpoints_and_resumes_exactly(
     train = [r for r in records if r["split"] == "train"]
     assert [r["num_updates"] for r in train] == [2, 4, 6, 8]
     assert all(0 < r["kept"] and 0 < r["loss"] for r in train)
+
+
+def test_its_health_signatures_watch_the_run_and_the_report(toy, manifest_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _pretrain(manifest_dir, out, "train.max_steps=4") == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if "health [" in line]
+    assert len(printed) == 1 and printed[0].startswith("health [few_kept] at update 2: ")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    found = registry.findings(read_log(out / "train_log.jsonl"), config)
+    assert [(f.code, f.step) for f in found] == [("few_kept", 2)]
 
 
 def test_the_teacher_follows_the_student_by_the_configured_decay(toy, manifest_dir, tmp_path):

@@ -6,8 +6,10 @@ An objective is a sibling module of `wav2vec2.py` that builds one of these, plus
 - `build_model`: the initial model from that config, holding every module the objective owns (an
   EMA teacher, a frozen quantizer or codebook as buffers or parameters without gradient), so that
   the device, DDP, checkpoints and exact resume take them along with nothing more to do;
-- `objective`: the loop's `Objective` (step, summarize, and optionally validate, plan, monitor
-  for health findings, and `after_update`, run after each optimizer step, e.g. an EMA update);
+- `objective`: the loop's `Objective` (step, summarize, and optionally validate, plan, and
+  `after_update`, run after each optimizer step, e.g. an EMA update);
+- `health`: the monitor of its health signatures (`w2vkit.train.diagnostics.Monitor` extended
+  with the objective's own), which reads every train log line of a run and `w2vkit report`;
 - `encoder`: the `Wav2Vec2Model` inside the model, which `--init-from` weights go into;
 - `schedule`: the learning-rate schedule (default: polynomial decay after a linear warmup);
 - `columns`: the console table; `best`: how the end summary words the best validation of
@@ -28,6 +30,7 @@ from torch import nn
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.pretrain.config import PretrainConfig
 from w2vkit.pretrain.schedule import PolynomialDecaySchedule
+from w2vkit.train.diagnostics import Monitor
 from w2vkit.train.loop import Objective, Schedule
 from w2vkit.train.metrics import Column
 
@@ -71,6 +74,9 @@ class PretrainObjective:
     """Called after `torch.manual_seed(train.seed)`, the same on every rank."""
     objective: Callable[[Any], Objective]
     columns: tuple[Column, ...]
+    health: Callable[[dict], Monitor | None] | None = None
+    """(the run's config as config.yaml holds it) -> a fresh monitor of its health signatures
+    (None: the config cannot say, e.g. it lacks the model)."""
     best: str = "valid loss  {:.4f} bits"
     """The summary's wording of the best `Objective.best_metric`, a format string."""
     next_command: Callable[[Any, Path, Path], str] = extract_next

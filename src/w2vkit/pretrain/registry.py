@@ -11,6 +11,7 @@ from w2vkit.model.config import PRESETS, ModelConfig, preset
 from w2vkit.pretrain.config import PretrainConfig
 from w2vkit.pretrain.objective import PretrainObjective
 from w2vkit.pretrain.wav2vec2 import WAV2VEC2
+from w2vkit.train.diagnostics import Finding
 
 OBJECTIVES: dict[str, PretrainObjective] = {WAV2VEC2.name: WAV2VEC2}
 """Every objective `w2vkit pretrain` can train, by the name `objective:` gives."""
@@ -26,6 +27,16 @@ def lookup(name: object) -> PretrainObjective:
     if not isinstance(name, str) or name not in OBJECTIVES:
         raise ConfigError(f"objective: {name!r} is not one of {', '.join(map(repr, OBJECTIVES))}")
     return OBJECTIVES[name]
+
+
+def findings(records: list[dict], config: dict) -> list[Finding]:
+    """The health findings over a run's log records, by the signatures of the objective its
+    config (config.yaml's dict; older runs name none: wav2vec 2.0) names."""
+    entry = lookup(config.get("objective", PretrainConfig.objective))
+    monitor = entry.health(config) if entry.health is not None else None
+    if monitor is None:
+        return []
+    return [finding for record in records for finding in monitor.observe(record)]
 
 
 def build_config(layers: list[dict], *, init_model: ModelConfig | None = None) -> PretrainConfig:
@@ -57,4 +68,4 @@ def build_config(layers: list[dict], *, init_model: ModelConfig | None = None) -
     return from_dict(config_class, merged, base=config_class(model=model))
 
 
-__all__ = ["OBJECTIVES", "build_config", "lookup", "register"]
+__all__ = ["OBJECTIVES", "build_config", "findings", "lookup", "register"]

@@ -36,7 +36,7 @@ from w2vkit.model.wav2vec2 import PretrainOutput, Wav2Vec2Model
 from w2vkit.pretrain.config import PretrainConfig
 from w2vkit.pretrain.objective import PretrainObjective
 from w2vkit.pretrain.schedule import gumbel_temperature
-from w2vkit.pretrain.wav2vec2_health import HealthMonitor
+from w2vkit.pretrain.wav2vec2_health import monitor_for
 from w2vkit.train.loop import Objective, StepOutput
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, Value
 
@@ -247,11 +247,8 @@ def pretraining_objective(
 
 
 def _objective(cfg: Wav2Vec2PretrainConfig) -> Objective:
-    """The criterion with its temperature fitted to the run, and the health monitor reading every
-    train log line."""
-    health = HealthMonitor.for_model(cfg.model)
-    objective = pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=cfg.total_steps)
-    return replace(objective, monitor=lambda record: [f.format() for f in health.observe(record)])
+    """The criterion with its temperature fitted to the run's length."""
+    return pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=cfg.total_steps)
 
 
 def _model(cfg: Any) -> Wav2Vec2Model:
@@ -276,6 +273,7 @@ WAV2VEC2 = PretrainObjective(
     build_model=_model,
     objective=_objective,
     columns=CONSOLE_COLUMNS,
+    health=monitor_for,
 )
 
 __all__ = [

@@ -181,6 +181,13 @@ def negatives_from_config(model: dict) -> tuple[int, int]:
     return negatives, groups
 
 
+def monitor_for(config: dict) -> HealthMonitor | None:
+    """The monitor of a run's config (config.yaml's dict); None when it names no negatives (a
+    config without its `model`)."""
+    negatives, groups = negatives_from_config(config.get("model") or {})
+    return HealthMonitor(negatives, groups) if negatives else None
+
+
 def diagnose_log(
     path: str | os.PathLike,
     *,
@@ -208,5 +215,6 @@ __all__ = [
     "NEGATIVES_EQUAL_KEY",
     "HealthMonitor",
     "diagnose_log",
+    "monitor_for",
     "negatives_from_config",
 ]

@@ -11,6 +11,7 @@ order of precedence, from that checkpoint, from `--init-from SRC`, or from `mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -151,17 +152,25 @@ def _plan(cfg: PretrainConfig, device: torch.device, init_state: dict | None) ->
         )
     train_loader = loaders[data.train_split]
     out_dir = Path(cfg.train.out_dir)
+    config = to_dict(cfg)
+    objective = entry.objective(cfg)
+    health = entry.health(config) if entry.health is not None else None
+    if health is not None:  # its findings as they happen, in the console and the log
+        monitor = health  # (a name mypy keeps narrowed inside the lambda)
+        objective = dataclasses.replace(
+            objective, monitor=lambda record: [f.format() for f in monitor.observe(record)]
+        )
     return session.Plan(
         model=model,
         model_config=cfg.model,
-        objective=entry.objective(cfg),
+        objective=objective,
         optim=cfg.optim,
         schedule=lambda optimizer: entry.schedule(optimizer, cfg),
         train_loader=train_loader,
         valid_loader=loaders.get(data.valid_split),
         num_utterances=len(train_loader.sampler.sizes),
         sample_rate=data.sample_rate,
-        config=to_dict(cfg),
+        config=config,
         columns=entry.columns,
         best=entry.best,
         next_step=lambda checkpoint: entry.next_command(cfg, checkpoint, out_dir),
