@@ -11,7 +11,6 @@ order of precedence, from that checkpoint, from `--init-from SRC`, or from `mode
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -153,17 +152,10 @@ def _plan(cfg: PretrainConfig, device: torch.device, init_state: dict | None) ->
     train_loader = loaders[data.train_split]
     out_dir = Path(cfg.train.out_dir)
     config = to_dict(cfg)
-    objective = entry.objective(cfg)
-    health = entry.health(config) if entry.health is not None else None
-    if health is not None:  # its findings as they happen, in the console and the log
-        monitor = health  # (a name mypy keeps narrowed inside the lambda)
-        objective = dataclasses.replace(
-            objective, monitor=lambda record: [f.format() for f in monitor.observe(record)]
-        )
     return session.Plan(
         model=model,
         model_config=cfg.model,
-        objective=objective,
+        objective=entry.objective(cfg),
         optim=cfg.optim,
         schedule=lambda optimizer: entry.schedule(optimizer, cfg),
         train_loader=train_loader,
@@ -175,6 +167,7 @@ def _plan(cfg: PretrainConfig, device: torch.device, init_state: dict | None) ->
         best=entry.best,
         next_step=lambda checkpoint: entry.next_command(cfg, checkpoint, out_dir),
         find_unused_parameters=entry.find_unused_parameters(cfg),
+        health=entry.health(config) if entry.health is not None else None,
         notes=notes,
     )
 

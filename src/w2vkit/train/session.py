@@ -25,6 +25,7 @@ from w2vkit.config import ConfigError
 from w2vkit.model.config import ModelConfig
 from w2vkit.train import checkpoint, dist, guard, host_memory
 from w2vkit.train.config import AdamConfig, TrainConfig
+from w2vkit.train.diagnostics import Monitor
 from w2vkit.train.loop import Objective, Schedule, TrainState, exit_status, train
 from w2vkit.train.metrics import Column, RunLogger
 from w2vkit.train.optim import build_optimizer
@@ -255,6 +256,8 @@ class Plan:
     """(the model checkpoint to use) -> the command the summary suggests next."""
     find_unused_parameters: bool
     """Some parameters get no gradient in an update (LayerDrop, a frozen part): DDP must know."""
+    health: Monitor | None = None
+    """The objective's health signatures: their findings are printed and logged as they happen."""
     about: str = ""
     """What the header says of the model besides its size, e.g. "32 output symbols, "."""
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -301,6 +304,11 @@ def _session(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     plan = build(device)
+    objective, health = plan.objective, plan.health
+    if health is not None:
+        objective = dataclasses.replace(
+            objective, monitor=lambda record: [f.format() for f in health.observe(record)]
+        )
     if resume is not None:
         notes = notes + guard.check_resume_config(
             resume.config["model"], plan.model_config, source=str(resume.path)
@@ -320,7 +328,7 @@ def _session(
     if resume is not None:
         notes.append(restore(state, resume))
     notes += start_files(
-        out_dir, plan.config, state.step, resume, best_metric=plan.objective.best_metric
+        out_dir, plan.config, state.step, resume, best_metric=objective.best_metric
     )
     logger = RunLogger(
         out_dir,
@@ -340,7 +348,7 @@ def _session(
     try:
         reason = train(
             state,
-            plan.objective,
+            objective,
             cfg=train_cfg,
             clip_norm=plan.optim.clip_norm,
             train_loader=plan.train_loader,
