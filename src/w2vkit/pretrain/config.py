@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from w2vkit.config import check
+from w2vkit.data.config import DataConfig
 from w2vkit.model.config import ModelConfig
-from w2vkit.train.config import AdamConfig, DataConfig, TrainConfig
+from w2vkit.train.config import AdamConfig, TrainConfig
 
 
 @dataclass(kw_only=True)
