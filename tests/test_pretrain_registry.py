@@ -94,7 +94,7 @@ class ToyMonitor(Monitor):
 TOY = PretrainObjective(
     name="toy",
     config=ToyConfig,
-    build_model=lambda cfg: ToyModel(),
+    new_model=lambda cfg: ToyModel(),
     objective=toy_objective,
     columns=(Column("loss", "toy-loss", ".4f"), Column("kept", "kept", ".0f"), *LOOP_COLUMNS),
     next_command=lambda cfg, model, out_dir: f"toy-next {model}",

@@ -3,7 +3,7 @@
 An objective is a sibling module of `wav2vec2.py` that builds one of these, plus its entry in
 `registry.OBJECTIVES`. The session (`w2vkit.train.session.run`) needs nothing else of it:
 - `config`: the run's config class, `PretrainConfig`'s sections plus the objective's own;
-- `build_model`: the initial model from that config, holding every module the objective owns (an
+- `new_model`: the initial model from that config, holding every module the objective owns (an
   EMA teacher, a frozen quantizer or codebook as buffers or parameters without gradient), so that
   the device, DDP, checkpoints and exact resume take them along with nothing more to do;
 - `objective`: the loop's `Objective` (step, summarize, and optionally validate, plan, and
@@ -70,7 +70,7 @@ class PretrainObjective:
     name: str
     """The `objective:` value that selects it."""
     config: type[PretrainConfig]
-    build_model: Callable[[Any], nn.Module]
+    new_model: Callable[[Any], nn.Module]
     """Called after `torch.manual_seed(train.seed)`, the same on every rank."""
     objective: Callable[[Any], Objective]
     columns: tuple[Column, ...]
@@ -82,7 +82,7 @@ class PretrainObjective:
     next_command: Callable[[Any, Path, Path], str] = extract_next
     """(config, model checkpoint, run directory) -> the command to run next."""
     encoder: Callable[[nn.Module], Wav2Vec2Model] = the_model
-    """The encoder in the model that `build_model` made (where `--init-from` weights go)."""
+    """The encoder in the model that `new_model` made (where `--init-from` weights go)."""
     schedule: Callable[[torch.optim.Optimizer, Any], Schedule] = polynomial_decay
     find_unused_parameters: Callable[[Any], bool] = layerdrop_or_frozen_extractor
     """Whether some parameters get no gradient in an update (DDP must be told)."""

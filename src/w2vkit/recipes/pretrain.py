@@ -134,7 +134,7 @@ def _plan(cfg: PretrainConfig, device: torch.device, init_state: dict | None) ->
     # The same initial model on every rank: seeded init, then the --init-from weights
     # (`init_state`, None when resuming: the checkpoint has the weights).
     torch.manual_seed(cfg.train.seed)
-    model = entry.build_model(cfg)
+    model = entry.new_model(cfg)
     if init_state is not None:
         from w2vkit.interop import load_weights
 
