@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import fault_runs as runs
 import pytest
-import runs
 import torch
 
 from w2vkit.train import checkpoint

@@ -13,9 +13,9 @@ import math
 import shutil
 from pathlib import Path
 
+import fault_runs as runs
 import numpy as np
 import pytest
-import runs
 
 from w2vkit.data.manifest import read_manifest
 from w2vkit.pretrain import wav2vec2

@@ -1,5 +1,5 @@
 """Fault 16: SIGTERM to the whole process group (SLURM `scancel`, systemd stop) with DataLoader
-workers. The workers ignore it, the training process saves and exits 0; nothing is lost."""
+workers. The workers ignore it, the training process saves and exits 143; nothing is lost."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import fault_runs as runs
 import pytest
-import runs
 
 from w2vkit.train import checkpoint, loop
 

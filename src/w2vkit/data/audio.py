@@ -17,6 +17,8 @@ import soxr
 SAMPLE_RATE = 16_000  # Hz, the rate of every wav2vec 2.0 checkpoint
 LAYER_NORM_EPS = 1e-5  # fairseq's `F.layer_norm(wav, wav.shape)` default
 RESAMPLE_QUALITY = "HQ"  # soxr's default; "VHQ" costs ~1.5x for no audible gain at 16 kHz
+SAMPLE_RATES = (4_000, 768_000)
+"""Header rates taken as audio (Hz). Below, a 40 KB file declaring 1 Hz resamples to hours."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,15 @@ class AudioInfo:
 def probe_audio(path: str | os.PathLike) -> AudioInfo:
     """Read only the header of `path`. Raises `soundfile.LibsndfileError` if it is not audio."""
     with sf.SoundFile(path) as f:
+        check_sample_rate(f.samplerate)
         return AudioInfo(num_frames=f.frames, sample_rate=f.samplerate, num_channels=f.channels)
+
+
+def check_sample_rate(rate: int) -> None:
+    """ValueError for a header rate outside `SAMPLE_RATES` (a damaged or crafted header)."""
+    low, high = SAMPLE_RATES
+    if not low <= rate <= high:
+        raise ValueError(f"its header declares {rate} Hz, outside {low}-{high} Hz")
 
 
 def resampled_length(num_frames, from_rate, to_rate: int = SAMPLE_RATE):
@@ -100,6 +110,7 @@ def _decode(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, int]
     if wav.shape[0] == 0:
         raise ValueError(f"{os.fspath(path)}: no audio frames")
     file_frames = wav.shape[0]
+    check_sample_rate(file_rate)
     return to_mono(wav, file_rate, sample_rate), file_frames
 
 

@@ -119,7 +119,8 @@ def _vocabulary(data: LabelledDataConfig) -> Vocabulary:
     if not dictionary.is_file():
         raise ConfigError(
             f"data.manifest_dir={data.manifest_dir} has no {dictionary.name}: write the labels with "
-            f"`w2vkit labels {Path(data.manifest_dir) / (data.train_split + '.tsv')} --letters` "
+            f"`w2vkit labels {Path(data.manifest_dir) / (data.train_split + '.tsv')} "
+            f"{'--phonemes' if data.labels == 'phn' else '--letters'}` "
             "(transcripts in a .txt beside each audio file, or --transcripts TSV)"
         )
     return Vocabulary.load(dictionary)
@@ -139,6 +140,7 @@ def _loaders(
             sample_rate=data.sample_rate,
             min_samples=data.min_samples,
             normalize=data.normalize,
+            conv_layers=cfg.model.feature_extractor.conv_layers,
         )
         loaders[split] = build_labelled_loader(
             dataset,
