@@ -35,9 +35,11 @@ from w2vkit.pretrain.registry import build_config
 from w2vkit.pretrain.schedule import PolynomialDecaySchedule
 from w2vkit.train import checkpoint, dist
 from w2vkit.train.config import load_layers
-from w2vkit.train.loop import Objective, StepOutput, TrainState, run_update, train
+from w2vkit.train.loop import train
 from w2vkit.train.metrics import RunLogger
 from w2vkit.train.optim import build_optimizer
+from w2vkit.train.state import Objective, StepOutput, TrainState
+from w2vkit.train.update import run_update
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = str(ROOT / "configs" / "pretrain" / "tiny.yaml")

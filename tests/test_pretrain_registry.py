@@ -21,8 +21,8 @@ from w2vkit.pretrain.config import PretrainConfig
 from w2vkit.pretrain.objective import PretrainObjective
 from w2vkit.train import checkpoint
 from w2vkit.train.diagnostics import Monitor, read_log
-from w2vkit.train.loop import Objective, StepOutput
 from w2vkit.train.metrics import LOOP_COLUMNS, Column
+from w2vkit.train.state import Objective, StepOutput
 
 
 @dataclass(kw_only=True)

@@ -31,8 +31,8 @@ from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.pretrain.config import PretrainConfig
 from w2vkit.pretrain.schedule import PolynomialDecaySchedule
 from w2vkit.train.diagnostics import Monitor
-from w2vkit.train.loop import Objective, Schedule
 from w2vkit.train.metrics import Column
+from w2vkit.train.state import Objective, Schedule
 
 
 def polynomial_decay(optimizer: torch.optim.Optimizer, cfg: Any) -> Schedule:

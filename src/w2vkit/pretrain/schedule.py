@@ -5,6 +5,8 @@ completed optimizer updates, so gradient accumulation and resuming do not change
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from w2vkit.model.config import QuantizerConfig
@@ -12,7 +14,7 @@ from w2vkit.pretrain.config import OptimConfig
 from w2vkit.train.optim import StepSchedule
 
 
-def gumbel_temperature(step: int, cfg: QuantizerConfig) -> float:
+def gumbel_temperature(step: float, cfg: QuantizerConfig) -> float:
     """Temperature after `step` optimizer updates: max(start * decay**step, end).
 
     Tied to the optimizer step, not to forward calls, so gradient accumulation does not make it
@@ -22,7 +24,7 @@ def gumbel_temperature(step: int, cfg: QuantizerConfig) -> float:
 
 
 def polynomial_decay_lr(
-    step: int,
+    step: float,
     *,
     lr: float,
     warmup_steps: int,
@@ -54,12 +56,13 @@ class PolynomialDecaySchedule(StepSchedule):
         self.optimizer = optimizer
         self.cfg = cfg
         self.total_steps = total_steps
+        self.at: Callable[[int], float] | None = None
         self.set_step(0)
 
     def lr_at(self, step: int) -> float:
         cfg = self.cfg
         return polynomial_decay_lr(
-            step,
+            self.at(step) if self.at is not None else step,
             lr=cfg.lr,
             warmup_steps=cfg.warmup_steps,
             total_steps=self.total_steps,
@@ -67,9 +70,14 @@ class PolynomialDecaySchedule(StepSchedule):
             power=cfg.power,
         )
 
-    def set_total_steps(self, total_steps: int) -> None:
-        """A new length of the decay (a time budget's plan); the LR of the current step follows."""
-        self.total_steps = total_steps
+    @property
+    def warmup_steps(self) -> int:
+        return self.cfg.warmup_steps
+
+    def set_total_steps(self, total_steps: int, at: Callable[[int], float] | None = None) -> None:
+        """A new length of the decay, and where on it update k stands (`at(k)`, None: at k): a
+        time budget's plan, whose re-plans move `at` without a jump. The current LR follows."""
+        self.total_steps, self.at = total_steps, at
         self.set_step(self.step_count)
 
 
