@@ -16,9 +16,15 @@ import torch
 import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
+from w2vkit.data.shards.loader import build_shard_loaders
 from w2vkit.data.vocab import Vocabulary
 from w2vkit.finetune.config import FinetuneConfig, LabelledDataConfig, build_finetune_config
-from w2vkit.finetune.labels import LabelledDataset, LabelledLoader, build_labelled_loader
+from w2vkit.finetune.labels import (
+    LabelledDataset,
+    LabelledLoader,
+    StreamedTargets,
+    build_labelled_loader,
+)
 from w2vkit.finetune.objective import console_columns, make_objective
 from w2vkit.finetune.schedule import TriStageSchedule
 from w2vkit.interop import ModelRecord, read_model
@@ -115,7 +121,8 @@ def resolve(
 
 
 def _vocabulary(data: LabelledDataConfig) -> Vocabulary:
-    dictionary = Path(data.manifest_dir) / f"dict.{data.labels}.txt"
+    # `w2vkit shard` copies the dictionary beside the shards; a remote set needs manifest_dir.
+    dictionary = Path(data.manifest_dir or data.shards) / f"dict.{data.labels}.txt"
     if not dictionary.is_file():
         raise ConfigError(
             f"data.manifest_dir={data.manifest_dir} has no {dictionary.name}: write the labels with "
@@ -131,6 +138,16 @@ def _loaders(
 ) -> dict[str, LabelledLoader]:
     """The train loader, and the valid one unless check_run switched validation off."""
     data = cfg.data
+    if data.shards:
+        streamed = build_shard_loaders(
+            data, cfg.train.seed, dist.rank(), dist.world_size(), pin_memory=device.type == "cuda",
+            allow_data_change=cfg.train.allow_data_change, pad=True, max_samples=None,
+            label=data.labels,
+        )  # fmt: skip
+        return {
+            split: LabelledLoader(StreamedTargets(vocab, len(loader.sampler.sizes)), loader)
+            for split, loader in streamed.items()
+        }
     loaders = {}
     for split in filter(None, (data.train_split, data.valid_split)):
         dataset = LabelledDataset(

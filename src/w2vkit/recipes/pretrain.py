@@ -18,6 +18,7 @@ import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.data.loader import build_loaders
+from w2vkit.data.shards.loader import build_shard_loaders
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.pretrain.config import PretrainConfig
@@ -121,7 +122,7 @@ def _plan(cfg: PretrainConfig, device: torch.device, init_state: dict | None) ->
     """The objective's model, loop objective, schedule and console, on the raw-audio loaders."""
     entry = lookup(cfg.objective)
     data = cfg.data
-    loaders = build_loaders(
+    loaders = (build_shard_loaders if data.shards else build_loaders)(
         data,
         cfg.train.seed,
         dist.rank(),
