@@ -15,7 +15,7 @@ from w2vkit.data.frame_labels import FrameLabels
 from w2vkit.model.config import tiny
 from w2vkit.pretrain.hubert import kmeans
 from w2vkit.pretrain.hubert.config import HubertConfig
-from w2vkit.pretrain.hubert.health import cluster_balance, top_share
+from w2vkit.pretrain.hubert.health import HubertMonitor, cluster_balance, monitor_for, top_share
 from w2vkit.pretrain.hubert.loss import hubert_loss, label_perplexity, summarize
 from w2vkit.pretrain.hubert.mfcc import deltas, mfcc_features
 from w2vkit.pretrain.hubert.model import HubertModel
@@ -204,3 +204,32 @@ def test_hubert_without_label_files_is_a_usage_error(capsys, tmp_path):
         "data.labels: objective hubert needs one label file name per hubert.num_classes entry (1), got []"
         in capsys.readouterr().err
     )
+
+
+def test_a_run_reports_its_unbalanced_training_labels_once(tmp_path):
+    # 20 classes, class 0 holds 90% of the frames.
+    (tmp_path / "train.km").write_text(
+        " ".join(["0"] * 171 + [str(k) for k in range(1, 20)]) + "\n"
+    )
+    config = {
+        "data": {"manifest_dir": str(tmp_path), "labels": ["km"]},
+        "hubert": {"num_classes": [20]},
+    }
+    monitor = monitor_for(config)
+    first = monitor.observe({"split": "train", "num_updates": 10, "gnorm": 1.0})
+    assert [f.code for f in first] == ["clusters_unbalanced"]
+    assert "the 2 most frequent of 20 classes hold 91% of the frames" in first[0].message
+    assert monitor.observe({"split": "train", "num_updates": 20, "gnorm": 1.0}) == []
+
+
+def test_a_low_label_perplexity_in_the_log_is_the_same_finding():
+    monitor = HubertMonitor(None, "train.km", num_classes=100)
+    records = [{"split": "train", "num_updates": k, "label_ppl": 4.0} for k in (10, 20, 30)]
+    assert monitor.observe(records[0]) == monitor.observe(records[1]) == []
+    (finding,) = monitor.observe(records[2])
+    assert finding.code == "clusters_unbalanced"
+    assert (
+        finding.message
+        == "the labels of the scored frames use 4.0 of 100 classes (perplexity) for 3 log records"
+    )
+    assert monitor.observe({"split": "train", "num_updates": 40, "label_ppl": 60.0}) == []

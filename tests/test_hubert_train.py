@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import TINY_YAML
 
 from w2vkit import cli, load_model
 from w2vkit.data.manifest import read_manifest
@@ -29,17 +28,24 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTERS = 8
 
 
+TINY_HUBERT = f"""# the tiny model as a HuBERT run on 100 Hz MFCC labels of {CLUSTERS} clusters
+objective: hubert
+model: {{preset: tiny, masking: {{time_prob: 0.8}}}}
+hubert: {{num_classes: [{CLUSTERS}], feature_penalty_weight: 0.0}}
+data: {{label_rate: 100, num_workers: 0, required_batch_size_multiple: 1}}
+optim: {{lr: 3.0e-3, warmup_steps: 30}}
+train: {{precision: fp32, log_interval: 10}}
+"""
+
+
 def _hubert_args(manifest: Path, out: Path, *extra: str) -> list[str]:
-    """The tiny recipe as a HuBERT run on `manifest`'s 100 Hz MFCC labels."""
+    """The tiny HuBERT recipe (`TINY_HUBERT`, written beside the manifests) on `manifest`."""
+    recipe = manifest / "tiny_hubert.yaml"
+    if not recipe.exists():
+        recipe.write_text(TINY_HUBERT)
     return [
         "pretrain",
-        TINY_YAML,
-        "objective=hubert",
-        "data.labels=[km]",
-        f"hubert.num_classes=[{CLUSTERS}]",
-        "data.label_rate=100",
-        "hubert.feature_penalty_weight=0",
-        "model.masking.time_prob=0.8",
+        str(recipe),
         f"data.manifest_dir={manifest}",
         "data.min_samples=4000",
         "data.max_samples=8000",

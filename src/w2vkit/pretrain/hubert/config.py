@@ -8,11 +8,10 @@ the second iteration: 50 Hz, one per encoder frame (iteration 1's MFCC labels: 1
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from w2vkit.config import check
 from w2vkit.data.config import DataConfig
-from w2vkit.train.config import PretrainConfig
+from w2vkit.pretrain.config import PretrainConfig
 
 
 @dataclass(kw_only=True)
@@ -49,7 +48,7 @@ class HubertConfig:
 class HubertPretrainConfig(PretrainConfig):
     """A HuBERT pretraining run: the wav2vec 2.0 run's sections plus `hubert`."""
 
-    objective: Literal["wav2vec2", "hubert"] = "hubert"
+    objective: str = "hubert"
     data: DataConfig = field(default_factory=lambda: DataConfig(labels=["km"]))
     """Labels from `<split>.km` beside each manifest by default (`w2vkit targets` writes them)."""
     hubert: HubertConfig = field(default_factory=HubertConfig)
