@@ -235,8 +235,10 @@ def test_every_shipped_yaml_loads_and_holds_only_differences():
         raw = yaml.safe_load(path.read_text())
         assert path.read_text().startswith("#"), f"{path.name} needs a command header"
         cfg = _config(path=path)
-        defaults = to_dict(Wav2Vec2PretrainConfig())
+        defaults = to_dict(type(cfg)())  # the objective's config class (`objective:`)
         for section, values in raw.items():
+            if section == "objective":  # picks the config class whose defaults these are
+                continue
             for key, value in values.items():
                 if key != "preset":
                     assert defaults[section][key] != value, (

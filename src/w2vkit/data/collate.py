@@ -30,6 +30,7 @@ class Batch:
     wav: torch.Tensor  # (B, S) float32
     padding_mask: torch.Tensor | None  # (B, S) bool, True = padded; None when nothing is padded
     indices: torch.Tensor  # (B,) long, dataset index of each row
+    offsets: torch.Tensor | None = None  # (B,) long, sample where each row's crop starts
     num_failed: int = 0  # decode failures while building it (replaced or dropped rows)
     failures: dict[int, str] = field(default_factory=dict)  # failed dataset index -> reason
     epoch: int = -1
@@ -87,6 +88,7 @@ def collate(
         lengths = [min(n, int(m)) for n, m in zip(lengths, max_samples, strict=True)]
     target = max(lengths) if pad else min(lengths)
     rows = []  # views, copied once by stack/pad_sequence: no zero-filled buffer to write into
+    starts = []
     for wav, length in zip(wavs, lengths, strict=True):
         keep = min(length, target)
         excess = len(wav) - keep
@@ -94,6 +96,7 @@ def collate(
         if excess > 0 and random_crop:
             start = int(torch.randint(0, excess + 1, (1,), generator=generator))
         rows.append(wav[start : start + keep].to(torch.float32))
+        starts.append(start)
     if not pad:
         out = torch.stack(rows)  # (B, S)
         padding_mask = None
@@ -107,5 +110,6 @@ def collate(
         wav=out,
         padding_mask=padding_mask,
         indices=torch.as_tensor(list(indices), dtype=torch.long),
+        offsets=torch.tensor(starts, dtype=torch.long),
         num_failed=num_failed,
     )

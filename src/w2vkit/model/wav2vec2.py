@@ -178,16 +178,19 @@ class Wav2Vec2Model(nn.Module):
             num_layers=num_layers,
         )
 
-    def frontend(self, wav: Tensor, padding_mask: Tensor | None = None) -> FrontendOutput:
+    def frontend(
+        self, wav: Tensor, padding_mask: Tensor | None = None, *, num_frames: int | None = None
+    ) -> FrontendOutput:
         """Raw audio -> conv features z (layer-normed) and the encoder input (projected, dropped
-        out). Shape: wav (B, S), padding_mask (B, S) -> (B, T, C) and (B, T, D)."""
+        out). Shape: wav (B, S), padding_mask (B, S) -> (B, T, C) and (B, T, D). `num_frames`
+        keeps the first conv frames only, penalty included (HuBERT: the frames with a label)."""
         grad_scale = self.cfg.feature_extractor.grad_scale
         # grad_scale 0 freezes the extractor: skip its autograd graph entirely (fairseq).
         with torch.no_grad() if grad_scale == 0 else contextlib.nullcontext():
             conv = self.feature_extractor(wav)  # (B, C, T)
         if grad_scale > 0:
             conv = scale_grad(conv, grad_scale)
-        features = conv.transpose(1, 2)  # (B, C, T) -> (B, T, C)
+        features = conv.transpose(1, 2)[:, :num_frames]  # (B, C, T) -> (B, T, C)
         frame_pad = None
         if padding_mask is not None:
             frame_pad = frame_padding_mask(
