@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from w2vkit.model.config import TransformerConfig
 from w2vkit.model.dropout import Dropout, dropout
+from w2vkit.model.host_rng import host_generator
 
 
 def _bert_init(linear: nn.Linear) -> nn.Linear:
@@ -153,7 +154,7 @@ class TransformerEncoder(nn.Module):
         x, padding_mask = self._pad_to_multiple(x, padding_mask)
         x = self.dropout(x)
         states = [x]
-        drop = self._layers_to_drop(x.device, generator)
+        drop = self._layers_to_drop(generator)
         for i, layer in enumerate(self.layers[:num_layers]):
             if drop is not None and drop[i]:
                 continue
@@ -181,13 +182,10 @@ class TransformerEncoder(nn.Module):
         padding_mask = F.pad(padding_mask, (0, extra), value=True)  # (B, T) -> (B, T + extra)
         return F.pad(x, (0, 0, 0, extra)), padding_mask
 
-    def _layers_to_drop(
-        self, device: torch.device, generator: torch.Generator | None
-    ) -> list[bool] | None:
+    def _layers_to_drop(self, generator: torch.Generator | None) -> list[bool] | None:
         if not self.training or self.cfg.layerdrop_prob == 0.0:
             return None
-        device = generator.device if generator is not None else device
-        return (
-            torch.rand(len(self.layers), generator=generator, device=device)
-            < self.cfg.layerdrop_prob
-        ).tolist()
+        # Drawn on the host: which layers run is a host decision, and a device draw read here
+        # would be a sync per step on GPU.
+        draws = torch.rand(len(self.layers), generator=host_generator(generator))
+        return (draws < self.cfg.layerdrop_prob).tolist()

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from w2vkit.model.config import ModelConfig, preset
 from w2vkit.model.dropout import Dropout
 from w2vkit.model.feature_extractor import ConvFeatureExtractor, frame_padding_mask, scale_grad
+from w2vkit.model.host_rng import to_device
 from w2vkit.model.masking import SpanMasker
 from w2vkit.model.negatives import contrastive_logits, sample_negatives
 from w2vkit.model.quantizer import GumbelVectorQuantizer
@@ -126,24 +127,21 @@ class Wav2Vec2Model(nn.Module):
         # 2. Encoder input, masked; the quantizer sees the unmasked features.
         x = self.input_dropout(self._project(features))  # (B, T, D)
         unmasked = self.features_dropout(features)  # (B, T, C)
-        if time_mask is None:
-            time_mask = self.masker.time_mask(batch, frames, frame_pad, generator, wav.device)
-            if time_mask is None:
-                raise ValueError("masking.time_prob is 0: pretraining needs masked frames")
-        else:
+        if time_mask is not None:
             self._check_time_mask(time_mask, batch, frames, frame_pad)
-        channel_mask = self.masker.channel_mask(batch, x.shape[-1], generator, wav.device)
-        x = self.masker(x, time_mask, channel_mask)
+        masks = self.masker.draw(x.shape, frame_pad, generator, wav.device, time_mask)
+        x = self.masker(x, masks.time_mask, masks.channel_mask)
         # 3. Context network; only the masked frames are scored.
         context = self.encoder(x, frame_pad, generator=generator)[-1]  # (B, T, D)
-        context = self.context_proj(context[time_mask])  # (N, D) -> (N, F)
+        context = self.context_proj(context.flatten(0, 1).index_select(0, masks.positions))
+        unmasked = unmasked.flatten(0, 1).index_select(0, masks.positions)  # (N, C)
         # 4. Targets: quantized unmasked features at the masked frames (fairseq quantizes only these).
         temperature = float(temperature)
         target_ids = extra = extra_ids = None
         prob_ppl = code_ppl = None
         if self.quantizer is not None:
             # (N, C) -> (N, code_dim)
-            quantized = self.quantizer(unmasked[time_mask], temperature, generator)
+            quantized = self.quantizer(unmasked, temperature, generator)
             targets = self.target_proj(quantized.quantized)  # (N, F)
             target_ids, prob_ppl, code_ppl = (
                 quantized.codes,
@@ -153,20 +151,24 @@ class Wav2Vec2Model(nn.Module):
             if self.cfg.num_codebook_negatives > 0:
                 extra_ids, extra = self._codebook_negatives(targets.shape[0], generator, wav.device)
         else:
-            targets = self.target_proj(unmasked[time_mask])  # (N, C) -> (N, F)
+            targets = self.target_proj(unmasked)  # (N, C) -> (N, F)
         # 5. Distractors and logits.
         if negative_indices is None:
-            negative_indices = sample_negatives(
-                time_mask.sum(1),
+            negatives = sample_negatives(
+                masks.masked_per_row,
                 self.cfg.num_negatives,
                 self.cfg.num_cross_sample_negatives,
-                generator=generator,
-                num_masked=targets.shape[0],
-            )
+                generator=masks.generator,
+                num_masked=masks.num_masked,
+                fewest_masked=masks.fewest_masked,
+            )  # drawn on the host with the masks
+            negative_indices = to_device(negatives, wav.device)
         logits = contrastive_logits(
             context,
             targets,
             negative_indices,
+            time_mask=masks.time_mask,
+            num_within=self.cfg.num_negatives,
             target_ids=target_ids,
             extra_negatives=extra,
             extra_ids=extra_ids,
@@ -174,7 +176,7 @@ class Wav2Vec2Model(nn.Module):
         )
         return PretrainOutput(
             logits=logits,
-            time_mask=time_mask,
+            time_mask=masks.time_mask,
             frame_padding_mask=frame_pad,
             features_penalty=features_penalty,
             prob_perplexity=prob_ppl,
