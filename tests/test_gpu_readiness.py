@@ -284,3 +284,38 @@ def test_gpu_activation_checkpointing_lowers_peak_memory():
         return torch.cuda.max_memory_allocated()
 
     assert peak(True) < 0.6 * peak(False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("norm_mode", ["group_norm", "layer_norm"])
+def test_gpu_bf16_conv_norms_take_bf16_input_and_match_fp32(norm_mode):
+    from w2vkit.model.feature_extractor import ConvFeatureExtractor
+
+    cfg = replace(preset("base").feature_extractor, norm_mode=norm_mode)
+    torch.manual_seed(0)
+    extractor = ConvFeatureExtractor(cfg).cuda()
+    wav = torch.randn(2, 32000, device="cuda")
+    with torch.no_grad():
+        reference = extractor(wav)
+        with _OpRecorder() as ops, torch.autocast("cuda", dtype=torch.bfloat16):
+            low = extractor(wav)
+    # no fp32 copy of the activation: CUDA's kernel accumulates the statistics in fp32 itself
+    assert ops.dtypes_of(f"native_{norm_mode}") == {torch.bfloat16}
+    cosine = torch.cosine_similarity(low.float().flatten(1), reference.flatten(1), dim=1)
+    assert bool((cosine > 0.999).all()), cosine
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_host_draws_follow_the_cuda_generator_seed():
+    from w2vkit.model.host_rng import host_generator
+
+    def draws(seed: int) -> list[list[float]]:
+        generator = torch.Generator("cuda").manual_seed(seed)
+        host = [torch.rand(4, generator=host_generator(generator)).tolist() for _ in range(2)]
+        assert generator.device.type == "cuda"
+        return host
+
+    assert draws(1) == draws(1)  # the same seed, the same draws
+    assert draws(1)[0] != draws(1)[1] and draws(1) != draws(2)  # the generator moves on

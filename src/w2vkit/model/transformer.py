@@ -80,7 +80,13 @@ class SelfAttention(nn.Module):
 
         # SDPA's boolean mask is True = attend; None keeps the flash kernel eligible.
         attend = None if padding_mask is None else ~padding_mask[:, None, None, :]  # (B, 1, 1, T)
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        # One GEMM for q, k and v (one weight cast under autocast, one kernel) from the three
+        # projections, which stay separate parameters: state-dict keys, HF and fairseq names and
+        # per-matrix init are unchanged, and concatenating 3 D^2 weights per call costs little
+        # next to the (B, T, D) activations.
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        q, k, v = (heads(t) for t in F.linear(x, weight, bias).chunk(3, dim=-1))  # (B, T, 3D)
         if self.training and self.dropout_prob > 0 and x.device.type == "cpu":
             y = _explicit_attention(q, k, v, attend, self.dropout_prob)
         else:
