@@ -37,8 +37,17 @@ REPLACEMENT_WINDOW = 64  # a replacement is drawn from the 64 items just shorter
 class _BatchMaker(Dataset):
     """Map-style dataset over `BatchKey`s (DataLoader with `batch_size=None`)."""
 
-    def __init__(self, dataset: AudioDataset, *, seed: int, rank: int, max_batch_samples: int):
+    def __init__(
+        self,
+        dataset: AudioDataset,
+        *,
+        seed: int,
+        rank: int,
+        max_batch_samples: int,
+        length_multiple: int = 1,
+    ):
         self.dataset = dataset
+        self.length_multiple = length_multiple
         self.seed = seed
         self.rank = rank
         self.max_batch_samples = max_batch_samples
@@ -74,6 +83,7 @@ class _BatchMaker(Dataset):
             random_crop=self.dataset.random_crop,
             generator=generator,
             num_failed=num_failed,
+            length_multiple=self.length_multiple,
         )
         batch.failures = failures
         batch.epoch, batch.position = key.epoch, key.position
@@ -162,15 +172,22 @@ def build_dataloader(
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool = False,
+    length_multiple: int = 1,
 ) -> ResumableLoader:
-    """A DataLoader yielding `Batch`es in `sampler` order. See the module docstring."""
+    """A DataLoader yielding `Batch`es in `sampler` order. See the module docstring.
+
+    `length_multiple`: unpadded crops are rounded down to a multiple of it (`collate`)."""
     if len(sampler.sizes) != len(dataset):
         raise ValueError(
             f"sampler has {len(sampler.sizes)} sizes but the dataset {len(dataset)} items: "
             "build the sampler from dataset.sizes"
         )
     maker = _BatchMaker(
-        dataset, seed=seed, rank=sampler.rank, max_batch_samples=sampler.max_batch_samples
+        dataset,
+        seed=seed,
+        rank=sampler.rank,
+        max_batch_samples=sampler.max_batch_samples,
+        length_multiple=length_multiple,
     )
     return ResumableLoader(
         maker,
@@ -193,6 +210,7 @@ def build_loaders(
     pin_memory: bool = False,
     min_decoded_samples: int = 1,
     allow_data_change: bool = False,
+    length_multiple: int = 1,
 ) -> dict[str, ResumableLoader]:
     """`{train_split: loader}`, plus `{valid_split: loader}` when that manifest exists and holds
     at least one usable utterance (else the run has no validation; the caller says so).
@@ -230,6 +248,7 @@ def build_loaders(
             num_workers=data_cfg.num_workers,
             pin_memory=pin_memory,
             persistent_workers=data_cfg.num_workers > 0,
+            length_multiple=length_multiple,
         )
     return loaders
 

@@ -87,7 +87,8 @@ class SelfAttention(nn.Module):
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         q, k, v = (heads(t) for t in F.linear(x, weight, bias).chunk(3, dim=-1))  # (B, T, 3D)
-        if self.training and self.dropout_prob > 0 and x.device.type == "cpu":
+        cpu_dropout = self.training and self.dropout_prob > 0 and x.device.type == "cpu"
+        if cpu_dropout and not torch.compiler.is_compiling():
             y = _explicit_attention(q, k, v, attend, self.dropout_prob)
         else:
             y = F.scaled_dot_product_attention(

@@ -19,6 +19,7 @@ import yaml
 from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.data.loader import ResumableLoader, build_loaders
 from w2vkit.losses import pretraining_objective
+from w2vkit.model.compiled import compile_stages, length_multiple
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -134,6 +135,8 @@ def _pretrain(
     if device.type == "cuda" and cfg.train.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the conv stack sees a few crop lengths, many times
     data = cfg.data
     loaders = build_loaders(
         data,
@@ -143,6 +146,7 @@ def _pretrain(
         pin_memory=device.type == "cuda",
         min_decoded_samples=min_input_samples(cfg.model),
         allow_data_change=cfg.train.allow_data_change,
+        length_multiple=length_multiple(cfg.model) if cfg.train.compile else 1,
     )
     if resume is not None:
         notes += guard.check_resume_config(
@@ -245,6 +249,8 @@ def _train_state(
 ) -> TrainState:
     """Model on the device (DDP-wrapped under torchrun), optimizer, LR schedule, loss scaler."""
     model.to(device)
+    if cfg.train.compile:
+        compile_stages(model)
     optimizer = build_optimizer(model, cfg.optim)
     return session.make_state(
         model,

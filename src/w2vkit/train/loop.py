@@ -162,6 +162,8 @@ def reseed(generator: torch.Generator, seed: int, rank: int, step: int) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "auto":  # TrainConfig.precision
+        precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
