@@ -69,7 +69,9 @@ class Wav2Vec2Model(nn.Module):
         if cfg.feature_extractor.kind == "spectrogram":
             self.feature_extractor = SpectrogramFeatureExtractor(cfg.feature_extractor)
         else:
-            self.feature_extractor = ConvFeatureExtractor(cfg.feature_extractor)
+            self.feature_extractor = ConvFeatureExtractor(
+                cfg.feature_extractor, checkpointing=cfg.transformer.activation_checkpointing
+            )
         self.feature_norm = nn.LayerNorm(conv_dim)
         self.feature_projection = nn.Linear(conv_dim, model_dim) if conv_dim != model_dim else None
         self.input_dropout = Dropout(cfg.input_dropout_prob)
