@@ -95,7 +95,7 @@ def w2vkit_update(args: argparse.Namespace, device: torch.device):
 
     if device.type == "cpu" and not args.system_malloc:
         keep_freed_memory()  # as a CPU training run does (session.device_for)
-    from w2vkit.model.compiled import compile_stages
+    from w2vkit.model import compiled
 
     cfg = PretrainConfig(model=model_config(args.preset))
     cfg.train.precision, cfg.optim.warmup_steps = args.dtype, 10
@@ -103,7 +103,8 @@ def w2vkit_update(args: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
     model = Wav2Vec2Model.from_config(cfg.model).to(device)
     if args.compile:  # as train.compile=true: each layer and the conv stack, static shapes
-        compile_stages(model)
+        compiled.BACKEND = args.compile_backend
+        compiled.compile_stages(model)
     optimizer = build_optimizer(model, cfg.optim)
     state = TrainState(
         model=model,
@@ -249,7 +250,8 @@ def worker_command(name: str, args: argparse.Namespace) -> list[str]:
         spec = json.dumps(fairseq_fields(model_config(args.preset)))
         script = str(ROOT / "bench" / "peers" / "fairseq_step.py")
         return [fairseq_python(), script, *common, f"--model-json={spec}"]
-    extra = ["--compile"] if args.compile and name == "w2vkit" else []
+    compile_args = ["--compile", f"--compile-backend={args.compile_backend}"]
+    extra = compile_args if args.compile and name == "w2vkit" else []
     extra += ["--checkpointing"] if args.checkpointing and name == "w2vkit" else []
     extra += [f"--profile={args.profile}"] if args.profile and name == "w2vkit" else []
     extra += ["--system-malloc"] if args.system_malloc and name == "w2vkit" else []
@@ -371,6 +373,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile w2vkit's layers (train.compile)"
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (aot_eager: no codegen)",
     )
     parser.add_argument(
         "--checkpointing", action="store_true", help="w2vkit with activation checkpointing"

@@ -1,6 +1,6 @@
 """What the GPU step relies on, checked on the CPU where it can be (bf16 fp32 islands, device
 syncs), and `pytest -m gpu` tests for the CUDA paths (flash SDPA, syncs, bf16 update, activation
-checkpointing memory), skipped without a GPU. `bench/gpu_check.sh` runs the latter and the benchmark."""
+checkpointing memory), skipped without a GPU. `bench/gpu_window.sh` runs the latter and the benchmarks."""
 
 from __future__ import annotations
 

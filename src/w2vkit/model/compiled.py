@@ -34,7 +34,8 @@ def length_multiple(cfg: ModelConfig) -> int:
 def compile_stages(model: nn.Module) -> int:
     """Compile every `EncoderLayer` and `ConvFeatureExtractor` of `model` in place; how many."""
     dynamo_config = torch._dynamo.config
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, MAX_LENGTHS)
+    # `cache_size_limit`: torch 2.6's name; later ones keep it as an alias of `recompile_limit`.
+    dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, MAX_LENGTHS)
     stages = [m for m in model.modules() if isinstance(m, (EncoderLayer, ConvFeatureExtractor))]
     for stage in stages:
         stage.compile(fullgraph=True, dynamic=False, backend=BACKEND)
