@@ -20,8 +20,9 @@ from w2vkit.model.config import preset, tiny
 from w2vkit.model.transformer import TransformerEncoder
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train.config import PretrainConfig
-from w2vkit.train.loop import TrainState, run_update
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+from w2vkit.train.state import TrainState
+from w2vkit.train.update import run_update
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "w2vkit"
 
@@ -189,7 +190,7 @@ def test_one_update_reads_the_device_once(update_freq):
             )
         assert result.finite
         # The loop's one read of the update's loss, norm and stop requests; nothing per micro-batch.
-        assert syncs.sites == Counter({"loop.py:run_update Tensor.tolist": 1}), syncs.sites
+        assert syncs.sites == Counter({"update.py:run_update Tensor.tolist": 1}), syncs.sites
         drawn.add(tuple(p.grad is None for p in model.encoder.layers.parameters()))
     assert len(drawn) > 1
 

@@ -26,7 +26,7 @@ from w2vkit.data.dataset import AudioDataset, describe
 from w2vkit.data.sampler import BatchKey, BucketBatchSampler, seeded_generator
 
 if TYPE_CHECKING:
-    from w2vkit.train.config import DataConfig
+    from w2vkit.data.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +37,11 @@ REPLACEMENT_WINDOW = 64  # a replacement is drawn from the 64 items just shorter
 class _BatchMaker(Dataset):
     """Map-style dataset over `BatchKey`s (DataLoader with `batch_size=None`)."""
 
-    def __init__(
-        self,
-        dataset: AudioDataset,
-        *,
-        seed: int,
-        rank: int,
-        max_batch_samples: int,
-        length_multiple: int = 1,
-    ):
+    def __init__(self, dataset: AudioDataset, *, seed: int, rank: int, max_batch_samples: int):
         self.dataset = dataset
-        self.length_multiple = length_multiple
+        self.length_multiple = 1
+        """Unpadded crops are rounded down to a multiple of this (`collate`; train.compile sets it
+        before the first batch)."""
         self.seed = seed
         self.rank = rank
         self.max_batch_samples = max_batch_samples
@@ -140,8 +134,8 @@ class ResumableLoader(DataLoader[Batch]):
     sampler: BucketBatchSampler
     dataset: _BatchMaker
 
-    def path_of(self, index: int) -> Path:
-        """The audio file of dataset item `index`."""
+    def path_of(self, index: int) -> Path | str:
+        """The audio file of dataset item `index` (a URL for a streamed one)."""
         return self.dataset.dataset.path(index)
 
     # A generator rather than an iterator object: mypy would want a _BaseDataLoaderIter.
@@ -157,7 +151,7 @@ def _as_is(batch: Batch) -> Batch:  # collate_fn: the maker returns whole batche
     return batch
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
+def ignore_stop_signals(_worker_id: int) -> None:
     """Workers leave SIGTERM/SIGINT to the training process: SLURM `scancel` and systemd signal
     the whole process group, and a worker killed by it would kill the run before it saves."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -172,11 +166,8 @@ def build_dataloader(
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool = False,
-    length_multiple: int = 1,
 ) -> ResumableLoader:
-    """A DataLoader yielding `Batch`es in `sampler` order. See the module docstring.
-
-    `length_multiple`: unpadded crops are rounded down to a multiple of it (`collate`)."""
+    """A DataLoader yielding `Batch`es in `sampler` order. See the module docstring."""
     if len(sampler.sizes) != len(dataset):
         raise ValueError(
             f"sampler has {len(sampler.sizes)} sizes but the dataset {len(dataset)} items: "
@@ -187,7 +178,6 @@ def build_dataloader(
         seed=seed,
         rank=sampler.rank,
         max_batch_samples=sampler.max_batch_samples,
-        length_multiple=length_multiple,
     )
     return ResumableLoader(
         maker,
@@ -197,7 +187,7 @@ def build_dataloader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
-        worker_init_fn=_ignore_stop_signals,
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -210,7 +200,6 @@ def build_loaders(
     pin_memory: bool = False,
     min_decoded_samples: int = 1,
     allow_data_change: bool = False,
-    length_multiple: int = 1,
 ) -> dict[str, ResumableLoader]:
     """`{train_split: loader}`, plus `{valid_split: loader}` when that manifest exists and holds
     at least one usable utterance (else the run has no validation; the caller says so).
@@ -248,7 +237,6 @@ def build_loaders(
             num_workers=data_cfg.num_workers,
             pin_memory=pin_memory,
             persistent_workers=data_cfg.num_workers > 0,
-            length_multiple=length_multiple,
         )
     return loaders
 

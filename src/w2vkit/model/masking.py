@@ -243,13 +243,13 @@ class MaskDraw:
     """One step's masks, drawn on the host (model/host_rng.py) and copied to the model's device:
     the masked counts size every later tensor, and reading them costs no device sync."""
 
-    time_mask: Tensor
-    """(B, T) bool on the device, True = masked."""
+    time_mask: Tensor | None
+    """(B, T) bool on the device, True = masked; None when `time_prob` is 0."""
     channel_mask: Tensor | None
     """(B, D) bool on the device."""
-    positions: Tensor
+    positions: Tensor | None
     """(N,) flat positions b * T + t of the masked frames in row-major order, on the device."""
-    masked_per_row: Tensor
+    masked_per_row: Tensor | None
     """(B,) on the host."""
     num_masked: int
     fewest_masked: int
@@ -349,14 +349,15 @@ class SpanMasker(nn.Module):
         pad = None if frame_padding_mask is None else frame_padding_mask.cpu()
         if time_mask is None:
             time_mask = self.time_mask(batch, frames, pad, host, "cpu", check=False)
-            if time_mask is None:
-                raise ValueError("masking.time_prob is 0: pretraining needs masked frames")
-        time_mask = time_mask.cpu()
         channel_mask = self.channel_mask(batch, dim, host, "cpu")
+        channels = None if channel_mask is None else to_device(channel_mask, device)
+        if time_mask is None:
+            return MaskDraw(None, channels, None, None, 0, 0, host)
+        time_mask = time_mask.cpu()
         positions, num_masked, fewest_masked = masked_positions(time_mask, pad)
         return MaskDraw(
             time_mask=to_device(time_mask, device),
-            channel_mask=None if channel_mask is None else to_device(channel_mask, device),
+            channel_mask=channels,
             positions=to_device(positions, device),
             masked_per_row=time_mask.sum(1),
             num_masked=num_masked,

@@ -2,12 +2,15 @@
 
 raw audio -> conv features Z -> (mask) -> Transformer context C
           -> quantized targets Q at the masked frames -> contrastive logits against distractors.
+
+Each arrow is a public stage: `frontend` (audio -> Z and the encoder input), `contextualize` (mask,
+Transformer -> C), `contrast` (Q, distractors, logits); `encode` = frontend + contextualize, what a
+CTC head, a feature reader or another objective runs. `forward` composes them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +20,7 @@ from w2vkit.model.config import ModelConfig, preset
 from w2vkit.model.dropout import Dropout
 from w2vkit.model.feature_extractor import ConvFeatureExtractor, frame_padding_mask, scale_grad
 from w2vkit.model.host_rng import to_device
-from w2vkit.model.masking import SpanMasker
+from w2vkit.model.masking import MaskDraw, SpanMasker
 from w2vkit.model.negatives import contrastive_logits, sample_negatives
 from w2vkit.model.quantizer import GumbelVectorQuantizer
 from w2vkit.model.spectrogram import SpectrogramFeatureExtractor
@@ -44,6 +47,38 @@ class PretrainOutput:
 
 
 @dataclass
+class FrontendOutput:
+    features: Tensor
+    """(B, T, C) conv features z after `feature_norm`, unmasked."""
+    encoder_input: Tensor
+    """(B, T, D) the features projected to the model width, after input dropout."""
+    padding_mask: Tensor | None
+    """(B, T) True = padded."""
+    features_penalty: Tensor
+    """Mean squared conv feature over unpadded frames (fp32 scalar)."""
+
+
+@dataclass
+class EncoderOutput:
+    hidden_states: list[Tensor]
+    """[encoder input (masked), output of layer 1, ...], each (B, T, D)."""
+    frontend: FrontendOutput
+    time_mask: Tensor | None
+    """(B, T) True = masked; None when nothing was masked in time."""
+    masks: MaskDraw | None = None
+    """The masks as drawn (on the host, copied to the device); None without masking."""
+
+    @property
+    def context(self) -> Tensor:
+        """(B, T, D) the last layer's output: the context c of Figure 1."""
+        return self.hidden_states[-1]
+
+    @property
+    def padding_mask(self) -> Tensor | None:
+        return self.frontend.padding_mask
+
+
+@dataclass
 class FeatureOutput:
     hidden_states: list[Tensor]
     """[encoder input, output of layer 1, ...], each (B, T, D)."""
@@ -62,7 +97,7 @@ class Wav2Vec2Model(nn.Module):
         super().__init__()
         self.cfg = cfg
         # Per-utterance input normalisation this model expects; HF's default, until a loaded
-        # checkpoint says what it was trained with (`from_pretrained`).
+        # checkpoint says what it was trained with (`w2vkit.load_model`).
         self.normalize_input = cfg.feature_extractor.norm_mode == "layer_norm"
         conv_dim, model_dim = cfg.conv_dim, cfg.transformer.model_dim
         self.feature_extractor: nn.Module
@@ -99,16 +134,6 @@ class Wav2Vec2Model(nn.Module):
         """`tiny`, `base` (fairseq LibriSpeech BASE), `large` (LV-60 LARGE) or `large_paper`."""
         return cls(preset(name))
 
-    @classmethod
-    def from_pretrained(
-        cls, path: str | os.PathLike, device: str | torch.device | None = None
-    ) -> Wav2Vec2Model:
-        """A fairseq `.pt`, HF directory (or `model.safetensors` beside its `config.json`) or
-        w2vkit checkpoint, in eval mode: `w2vkit.interop.load_model`."""
-        from w2vkit.interop import load_model  # interop builds on this module: import on use
-
-        return load_model(path, device)
-
     def forward(
         self,
         wav: Tensor,
@@ -124,85 +149,43 @@ class Wav2Vec2Model(nn.Module):
         `time_mask` (B, T) and `negative_indices` (N, K) replace the sampled ones (parity tests).
         """
         # 1. Conv features z and the penalty on their scale.
-        features, frame_pad, features_penalty = self._features(wav, padding_mask)  # (B, T, C)
-        batch, frames, _ = features.shape
-        # 2. Encoder input, masked; the quantizer sees the unmasked features.
-        x = self.input_dropout(self._project(features))  # (B, T, D)
-        unmasked = self.features_dropout(features)  # (B, T, C)
-        if time_mask is not None:
-            self._check_time_mask(time_mask, batch, frames, frame_pad)
-        masks = self.masker.draw(x.shape, frame_pad, generator, wav.device, time_mask)
-        x = self.masker(x, masks.time_mask, masks.channel_mask)
-        # 3. Context network; only the masked frames are scored.
-        context = self.encoder(x, frame_pad, generator=generator)[-1]  # (B, T, D)
-        context = self.context_proj(context.flatten(0, 1).index_select(0, masks.positions))
-        unmasked = unmasked.flatten(0, 1).index_select(0, masks.positions)  # (N, C)
-        # 4. Targets: quantized unmasked features at the masked frames (fairseq quantizes only these).
-        temperature = float(temperature)
-        target_ids = extra = extra_ids = None
-        prob_ppl = code_ppl = None
-        if self.quantizer is not None:
-            # (N, C) -> (N, code_dim)
-            quantized = self.quantizer(unmasked, temperature, generator)
-            targets = self.target_proj(quantized.quantized)  # (N, F)
-            target_ids, prob_ppl, code_ppl = (
-                quantized.codes,
-                quantized.prob_perplexity,
-                quantized.code_perplexity,
-            )
-            if self.cfg.num_codebook_negatives > 0:
-                extra_ids, extra = self._codebook_negatives(targets.shape[0], generator, wav.device)
-        else:
-            targets = self.target_proj(unmasked)  # (N, C) -> (N, F)
-        # 5. Distractors and logits.
-        if negative_indices is None:
-            negatives = sample_negatives(
-                masks.masked_per_row,
-                self.cfg.num_negatives,
-                self.cfg.num_cross_sample_negatives,
-                generator=masks.generator,
-                num_masked=masks.num_masked,
-                fewest_masked=masks.fewest_masked,
-            )  # drawn on the host with the masks
-            negative_indices = to_device(negatives, wav.device)
-        logits = contrastive_logits(
-            context,
-            targets,
-            negative_indices,
-            time_mask=masks.time_mask,
-            num_within=self.cfg.num_negatives,
-            target_ids=target_ids,
-            extra_negatives=extra,
-            extra_ids=extra_ids,
-            logit_temperature=self.cfg.logit_temperature,
-        )
-        return PretrainOutput(
-            logits=logits,
-            time_mask=masks.time_mask,
-            frame_padding_mask=frame_pad,
-            features_penalty=features_penalty,
-            prob_perplexity=prob_ppl,
-            code_perplexity=code_ppl,
-            num_vars=self.quantizer.num_vars if self.quantizer is not None else 0,
+        front = self.frontend(wav, padding_mask)
+        # 2. The quantizer sees the unmasked features (dropped out before the masks are drawn).
+        unmasked = self.features_dropout(front.features)  # (B, T, C)
+        # 3. Masked encoder input -> Transformer context c.
+        encoded = self.contextualize(front, mask=True, generator=generator, time_mask=time_mask)
+        # 4-5. Quantized targets at the masked frames, distractors, logits.
+        return self.contrast(
+            encoded,
+            unmasked,
             temperature=temperature,
             negative_indices=negative_indices,
+            generator=generator,
         )
 
-    def extract_features(
-        self, wav: Tensor, padding_mask: Tensor | None = None, layer: int | None = None
-    ) -> FeatureOutput:
-        """Per-layer hidden states for downstream use: no masking, no quantizer.
+    def encode(
+        self,
+        wav: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        mask: bool,
+        generator: torch.Generator | None = None,
+        time_mask: Tensor | None = None,
+        num_layers: int | None = None,
+    ) -> EncoderOutput:
+        """Raw audio -> context: `frontend` then `contextualize` (what a CTC head or a feature
+        reader runs). Shape: wav (B, S) -> hidden states (B, T, D)."""
+        return self.contextualize(
+            self.frontend(wav, padding_mask),
+            mask=mask,
+            generator=generator,
+            time_mask=time_mask,
+            num_layers=num_layers,
+        )
 
-        `layer=k` runs only the first k Transformer layers. Shape: wav (B, S) -> states (B, T, D).
-        """
-        features, frame_pad, _ = self._features(wav, padding_mask)
-        x = self.input_dropout(self._project(features))
-        states = self.encoder(x, frame_pad, num_layers=layer)
-        return FeatureOutput(hidden_states=states, features=features, padding_mask=frame_pad)
-
-    def _features(
-        self, wav: Tensor, padding_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
+    def frontend(self, wav: Tensor, padding_mask: Tensor | None = None) -> FrontendOutput:
+        """Raw audio -> conv features z (layer-normed) and the encoder input (projected, dropped
+        out). Shape: wav (B, S), padding_mask (B, S) -> (B, T, C) and (B, T, D)."""
         grad_scale = self.cfg.feature_extractor.grad_scale
         # grad_scale 0 freezes the extractor: skip its autograd graph entirely (fairseq).
         with torch.no_grad() if grad_scale == 0 else contextlib.nullcontext():
@@ -223,10 +206,127 @@ class Wav2Vec2Model(nn.Module):
             # (docs/fairseq_differences.md#fd-feature-penalty-padding).
             valid = (~frame_pad).float()
             penalty = (squared * valid).sum() / valid.sum().clamp(min=1.0)
-        return self.feature_norm(features), frame_pad, penalty
+        features = self.feature_norm(features)
+        projected = (
+            features if self.feature_projection is None else self.feature_projection(features)
+        )
+        return FrontendOutput(features, self.input_dropout(projected), frame_pad, penalty)
 
-    def _project(self, features: Tensor) -> Tensor:
-        return features if self.feature_projection is None else self.feature_projection(features)
+    def contextualize(
+        self,
+        front: FrontendOutput,
+        *,
+        mask: bool,
+        generator: torch.Generator | None = None,
+        time_mask: Tensor | None = None,
+        num_layers: int | None = None,
+    ) -> EncoderOutput:
+        """Span-mask the encoder input in time and channels (when `mask`; `time_mask` (B, T)
+        replaces the sampled one) and run the first `num_layers` Transformer layers (all: None)."""
+        x, frame_pad = front.encoder_input, front.padding_mask  # (B, T, D)
+        masks = None
+        if mask:
+            batch, frames, dim = x.shape
+            if time_mask is not None:
+                self._check_time_mask(time_mask, batch, frames, frame_pad)
+            # Drawn on the host (model/host_rng.py): the masked counts size what follows, and
+            # reading them costs no device sync.
+            masks = self.masker.draw(
+                (batch, frames, dim), frame_pad, generator, x.device, time_mask
+            )
+            x = self.masker(x, masks.time_mask, masks.channel_mask)
+        elif time_mask is not None:
+            raise ValueError("time_mask given with mask=False")
+        states = self.encoder(x, frame_pad, num_layers=num_layers, generator=generator)
+        return EncoderOutput(states, front, None if masks is None else masks.time_mask, masks)
+
+    def contrast(
+        self,
+        encoded: EncoderOutput,
+        unmasked: Tensor,
+        *,
+        temperature: float,
+        negative_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PretrainOutput:
+        """Context at the masked frames against their quantized targets (from `unmasked`, (B, T, C))
+        and distractors: the contrastive logits of the paper's loss."""
+        masks = encoded.masks
+        if (
+            masks is None
+            or masks.time_mask is None
+            or masks.positions is None
+            or masks.masked_per_row is None
+        ):
+            raise ValueError("masking.time_prob is 0: pretraining needs masked frames")
+        device = unmasked.device
+        # The masked frames by position (a boolean index would read the device for N).
+        context = encoded.context.flatten(0, 1).index_select(0, masks.positions)  # (N, D)
+        context = self.context_proj(context)  # (N, F)
+        unmasked = unmasked.flatten(0, 1).index_select(0, masks.positions)  # (N, C)
+        # Targets: quantized unmasked features at the masked frames (fairseq quantizes only these).
+        temperature = float(temperature)
+        target_ids = extra = extra_ids = None
+        prob_ppl = code_ppl = None
+        if self.quantizer is not None:
+            # (N, C) -> (N, code_dim)
+            quantized = self.quantizer(unmasked, temperature, generator)
+            targets = self.target_proj(quantized.quantized)  # (N, F)
+            target_ids, prob_ppl, code_ppl = (
+                quantized.codes,
+                quantized.prob_perplexity,
+                quantized.code_perplexity,
+            )
+            if self.cfg.num_codebook_negatives > 0:
+                extra_ids, extra = self._codebook_negatives(targets.shape[0], generator, device)
+        else:
+            targets = self.target_proj(unmasked)  # (N, C) -> (N, F)
+        if negative_indices is None:
+            negatives = sample_negatives(
+                masks.masked_per_row,
+                self.cfg.num_negatives,
+                self.cfg.num_cross_sample_negatives,
+                generator=masks.generator,
+                num_masked=masks.num_masked,
+                fewest_masked=masks.fewest_masked,
+            )  # drawn on the host with the masks
+            negative_indices = to_device(negatives, device)
+        logits = contrastive_logits(
+            context,
+            targets,
+            negative_indices,
+            time_mask=masks.time_mask,
+            num_within=self.cfg.num_negatives,
+            target_ids=target_ids,
+            extra_negatives=extra,
+            extra_ids=extra_ids,
+            logit_temperature=self.cfg.logit_temperature,
+        )
+        return PretrainOutput(
+            logits=logits,
+            time_mask=masks.time_mask,
+            frame_padding_mask=encoded.padding_mask,
+            features_penalty=encoded.frontend.features_penalty,
+            prob_perplexity=prob_ppl,
+            code_perplexity=code_ppl,
+            num_vars=self.quantizer.num_vars if self.quantizer is not None else 0,
+            temperature=temperature,
+            negative_indices=negative_indices,
+        )
+
+    def extract_features(
+        self, wav: Tensor, padding_mask: Tensor | None = None, layer: int | None = None
+    ) -> FeatureOutput:
+        """Per-layer hidden states for downstream use: no masking, no quantizer.
+
+        `layer=k` runs only the first k Transformer layers. Shape: wav (B, S) -> states (B, T, D).
+        """
+        encoded = self.encode(wav, padding_mask, mask=False, num_layers=layer)
+        return FeatureOutput(
+            hidden_states=encoded.hidden_states,
+            features=encoded.frontend.features,
+            padding_mask=encoded.padding_mask,
+        )
 
     def _codebook_negatives(
         self, num_frames: int, generator: torch.Generator | None, device: torch.device

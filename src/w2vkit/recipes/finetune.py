@@ -16,21 +16,30 @@ import torch
 import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
+from w2vkit.data.shards.loader import build_shard_loaders
+from w2vkit.data.vocab import Vocabulary
 from w2vkit.finetune.config import FinetuneConfig, LabelledDataConfig, build_finetune_config
-from w2vkit.finetune.labels import LabelledDataset, LabelledLoader, build_labelled_loader
-from w2vkit.finetune.model import FineTuned, Wav2Vec2ForCTC, read_encoder, read_finetuned
+from w2vkit.finetune.labels import (
+    LabelledDataset,
+    LabelledLoader,
+    StreamedTargets,
+    build_labelled_loader,
+)
 from w2vkit.finetune.objective import make_objective
 from w2vkit.finetune.schedule import TriStageSchedule
-from w2vkit.finetune.vocab import Vocabulary
-from w2vkit.interop.native import Pretrained
+from w2vkit.interop import ModelRecord, read_model
+from w2vkit.interop.heads import load_encoder
 from w2vkit.model.config import ModelConfig
+from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.recipes.run_args import declare_run_args, parse_run_args
 from w2vkit.train import dist, guard, session
 from w2vkit.train.config import load_layers
-from w2vkit.train.loop import TrainState, exit_status, train
+from w2vkit.train.loop import train
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import build_optimizer
 from w2vkit.train.preflight import check_run
+from w2vkit.train.signals import exit_status
+from w2vkit.train.state import TrainState
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +84,7 @@ def resolve(
     *,
     resume_from: str | None = None,
     overwrite: bool = False,
-) -> tuple[FinetuneConfig, session.Resume | None, FineTuned | Pretrained | None]:
+) -> tuple[FinetuneConfig, session.Resume | None, ModelRecord | None]:
     """The config, the checkpoint to resume (or None) and the initial model record."""
     files = [item for item in items if "=" not in item]
     overrides = [item for item in items if "=" in item]
@@ -95,28 +104,24 @@ def resolve(
             return build_finetune_config(layers, init_model=model), resume, None
         if not cfg.train.init_from:
             raise ConfigError("--init-from is required: the pretrained model to fine-tune")
-        init = _read_source(
-            cfg.train.init_from, Path(cfg.data.manifest_dir) / f"dict.{cfg.data.labels}.txt"
+        # A fine-tuned model (its output layer kept when the vocabulary matches) or an encoder.
+        init = read_model(
+            cfg.train.init_from,
+            dict_path=Path(cfg.data.manifest_dir) / f"dict.{cfg.data.labels}.txt",
         )
         return build_finetune_config(layers, init_model=init.cfg), None, init
     except ConfigError as err:
         raise ConfigError(f"in {where}: {err}") from err
 
 
-def _read_source(source: str, dict_path: Path) -> FineTuned | Pretrained:
-    """A fine-tuned CTC model if `source` is one, else a pretrained encoder."""
-    try:
-        return read_finetuned(source, dict_path)
-    except ConfigError:
-        return read_encoder(source)
-
-
 def _vocabulary(data: LabelledDataConfig) -> Vocabulary:
-    dictionary = Path(data.manifest_dir) / f"dict.{data.labels}.txt"
+    # `w2vkit shard` copies the dictionary beside the shards; a remote set needs manifest_dir.
+    dictionary = Path(data.manifest_dir or data.shards) / f"dict.{data.labels}.txt"
     if not dictionary.is_file():
         raise ConfigError(
             f"data.manifest_dir={data.manifest_dir} has no {dictionary.name}: write the labels with "
-            f"`w2vkit labels {Path(data.manifest_dir) / (data.train_split + '.tsv')} --letters` "
+            f"`w2vkit labels {Path(data.manifest_dir) / (data.train_split + '.tsv')} "
+            f"{'--phonemes' if data.labels == 'phn' else '--letters'}` "
             "(transcripts in a .txt beside each audio file, or --transcripts TSV)"
         )
     return Vocabulary.load(dictionary)
@@ -127,6 +132,16 @@ def _loaders(
 ) -> dict[str, LabelledLoader]:
     """The train loader, and the valid one unless check_run switched validation off."""
     data = cfg.data
+    if data.shards:
+        streamed = build_shard_loaders(
+            data, cfg.train.seed, dist.rank(), dist.world_size(), pin_memory=device.type == "cuda",
+            allow_data_change=cfg.train.allow_data_change, pad=True, max_samples=None,
+            label=data.labels,
+        )  # fmt: skip
+        return {
+            split: LabelledLoader(StreamedTargets(vocab, len(loader.sampler.sizes)), loader)
+            for split, loader in streamed.items()
+        }
     loaders = {}
     for split in filter(None, (data.train_split, data.valid_split)):
         dataset = LabelledDataset(
@@ -136,6 +151,7 @@ def _loaders(
             sample_rate=data.sample_rate,
             min_samples=data.min_samples,
             normalize=data.normalize,
+            conv_layers=cfg.model.feature_extractor.conv_layers,
         )
         loaders[split] = build_labelled_loader(
             dataset,
@@ -192,7 +208,7 @@ def _finetune(
     cfg: FinetuneConfig,
     device: torch.device,
     resume: session.Resume | None,
-    init: FineTuned | Pretrained | None,
+    init: ModelRecord | None,
     vocab: Vocabulary,
     notes: list[str],
     rerun: str,
@@ -250,24 +266,17 @@ def _finetune(
         out_dir,
         state,
         reason,
-        best=f"valid WER  {state.best_valid_loss:.2f}%",
+        best=f"valid WER  {state.best_metric:.2f}%",
         next_step=lambda model: f"w2vkit transcribe {model} --manifest {valid}",
         rerun=rerun,
     )
     return exit_status(reason)
 
 
-def _initialise(
-    model: Wav2Vec2ForCTC, init: FineTuned | Pretrained, vocab: Vocabulary, source: str
-) -> str:
+def _initialise(model: Wav2Vec2ForCTC, init: ModelRecord, vocab: Vocabulary, source: str) -> str:
     """Encoder weights from `init`; its output layer too when it is a CTC model with `vocab`."""
-    if isinstance(init, FineTuned):
-        encoder = {
-            k.removeprefix("wav2vec2."): v
-            for k, v in init.state_dict.items()
-            if k.startswith("wav2vec2.")
-        }
-        model.load_encoder(encoder, source=source)
+    load_encoder(model.wav2vec2, init, source=source)
+    if init.kind == "ctc":
         if init.vocab == vocab:
             model.lm_head.load_state_dict(
                 {
@@ -278,7 +287,6 @@ def _initialise(
             )
             return f"initialised from the fine-tuned model {source}, output layer included"
         return f"initialised the encoder from {source}; its vocabulary differs: new output layer"
-    model.load_encoder(init.state_dict, source=source)
     return f"initialised the encoder from {source}"
 
 

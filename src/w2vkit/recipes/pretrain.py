@@ -18,6 +18,7 @@ import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.data.loader import ResumableLoader, build_loaders
+from w2vkit.data.shards.loader import build_shard_loaders
 from w2vkit.losses import pretraining_objective
 from w2vkit.model.compiled import compile_stages, length_multiple
 from w2vkit.model.config import ModelConfig
@@ -28,10 +29,12 @@ from w2vkit.train import dist, guard, session
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.diagnostics import HealthMonitor
 from w2vkit.train.fairseq_config import load_fairseq_config
-from w2vkit.train.loop import Objective, TrainState, exit_status, train
+from w2vkit.train.loop import train
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 from w2vkit.train.preflight import check_run
+from w2vkit.train.signals import exit_status
+from w2vkit.train.state import Objective, TrainState
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,10 +110,10 @@ def resolve(
                 layers, init_model=from_dict(ModelConfig, resume.config["model"], where="model")
             )
         elif cfg.train.init_from:
-            from w2vkit.interop import read_pretrained
+            from w2vkit.interop import read_model
 
-            source = read_pretrained(cfg.train.init_from)
-            init_state = source.state_dict
+            source = read_model(cfg.train.init_from)
+            init_state = source.encoder_state()
             cfg = build_config(layers, init_model=source.cfg)
             if source.normalize is not None and source.normalize != cfg.data.normalize:
                 notes.append(
@@ -138,7 +141,7 @@ def _pretrain(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the conv stack sees a few crop lengths, many times
     data = cfg.data
-    loaders = build_loaders(
+    loaders = (build_shard_loaders if data.shards else build_loaders)(
         data,
         cfg.train.seed,
         dist.rank(),
@@ -146,8 +149,10 @@ def _pretrain(
         pin_memory=device.type == "cuda",
         min_decoded_samples=min_input_samples(cfg.model),
         allow_data_change=cfg.train.allow_data_change,
-        length_multiple=length_multiple(cfg.model) if cfg.train.compile else 1,
     )
+    if cfg.train.compile and not data.shards:  # static shapes: crops in whole length buckets
+        for loader in loaders.values():
+            loader.dataset.length_multiple = length_multiple(cfg.model)
     if resume is not None:
         notes += guard.check_resume_config(
             resume.config["model"], cfg.model, source=str(resume.path)
@@ -198,7 +203,7 @@ def _pretrain(
         out_dir,
         state,
         reason,
-        best=f"valid loss  {state.best_valid_loss:.4f} bits",
+        best=f"valid loss  {state.best_metric:.4f} bits",
         next_step=lambda model: f"w2vkit extract {model} {manifest} --out {out_dir / 'features'}",
         rerun=rerun,
     )
