@@ -72,6 +72,7 @@ def collate(
     random_crop: bool = True,
     generator: torch.Generator | None = None,
     num_failed: int = 0,
+    length_multiple: int = 1,
 ) -> Batch:
     """Stack `wavs` (each (S_i,)) into a Batch. Shape: B x (S_i,) -> wav (B, S).
 
@@ -80,6 +81,8 @@ def collate(
         random_crop: crop offsets uniform in [0, excess] (fairseq `np.random.randint(0, diff+1)`);
             False keeps the start of each row.
         generator: draws the crop offsets, so a batch is reproducible from its seed.
+        length_multiple: `pad=False` crops to the shortest row rounded down to a multiple of this
+            (rows shorter than one multiple are kept whole): a few static shapes for compiled code.
     """
     if len(wavs) == 0 or len(wavs) != len(indices):
         raise ValueError(f"need as many wavs as indices (> 0), got {len(wavs)} and {len(indices)}")
@@ -87,6 +90,8 @@ def collate(
     if max_samples is not None:
         lengths = [min(n, int(m)) for n, m in zip(lengths, max_samples, strict=True)]
     target = max(lengths) if pad else min(lengths)
+    if not pad and target >= length_multiple:
+        target -= target % length_multiple
     rows = []  # views, copied once by stack/pad_sequence: no zero-filled buffer to write into
     starts = []
     for wav, length in zip(wavs, lengths, strict=True):

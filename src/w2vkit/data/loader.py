@@ -49,6 +49,9 @@ class _BatchMaker(Dataset):
     ):
         self.dataset = dataset
         self.labels = labels
+        self.length_multiple = 1
+        """Unpadded crops are rounded down to a multiple of this (`collate`; train.compile sets it
+        before the first batch)."""
         self.seed = seed
         self.rank = rank
         self.max_batch_samples = max_batch_samples
@@ -84,6 +87,7 @@ class _BatchMaker(Dataset):
             random_crop=self.dataset.random_crop,
             generator=generator,
             num_failed=num_failed,
+            length_multiple=self.length_multiple,
         )
         batch.failures = failures
         batch.epoch, batch.position = key.epoch, key.position
