@@ -15,6 +15,7 @@ import pytest
 import w2vkit
 from w2vkit.cli import main
 from w2vkit.data import espeak
+from w2vkit.recipes import demo_asr
 from w2vkit.recipes.demo import MARKER
 from w2vkit.recipes.demo_console import CurvePrinter
 
@@ -131,3 +132,20 @@ def test_curve_printer_reads_only_complete_lines(tmp_path):
     assert rows[1].split()[:4] == ["20", "4.000", "2.500", "0.300"]
     # The bar is the accuracy, 40 characters for 1.0.
     assert rows[0].count("#") == 4 and rows[1].count("#") == 12
+
+
+@pytest.mark.parametrize(("code", "raised"), [(2, demo_asr.StepFailed), (130, KeyboardInterrupt)])
+def test_a_failed_recogniser_step_stops_the_demo_cleanly(tmp_path, code, raised):
+    # A failing command is one line and its exit code; Ctrl-C in a command stops the whole demo.
+    calls = []
+
+    def run(name: str, argv: list[str]) -> int:
+        calls.append(name)
+        return code
+
+    with pytest.raises(raised) as caught:
+        demo_asr.label_splits(tmp_path / "corpus", tmp_path / "manifest", 0, run)
+    assert calls == ["labels"]  # nothing runs after the failed command
+    if raised is demo_asr.StepFailed:
+        assert str(caught.value) == "writing the labels or the LM failed (exit code 2)"
+        assert caught.value.code == 2

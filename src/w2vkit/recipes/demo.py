@@ -30,6 +30,7 @@ from pathlib import Path
 from w2vkit.config import ConfigError
 from w2vkit.configs import PRETRAIN_DIR
 from w2vkit.recipes import demo_asr
+from w2vkit.recipes.demo_asr import INTERRUPTED_CODES
 from w2vkit.recipes.demo_console import CurvePrinter, print_summary, read_records
 
 TINY_CONFIG = PRETRAIN_DIR / "tiny.yaml"  # shipped in the package: the demo runs from a wheel
@@ -40,7 +41,6 @@ STEP_FOLDERS = ("corpus", "manifest", "pretrain", "features", "labels", "asr")
 UNSEEN_VOICES = ("en+f4", "en-gb-scotland")  # held out from pretraining; the phone probe's test
 UNSEEN_SHARE = 0.25  # of --minutes
 VALID_FRACTION = 0.1
-INTERRUPTED_CODES = (130, 143)  # what `w2vkit pretrain` returns after saving on SIGINT / SIGTERM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,14 +143,18 @@ def run(args: argparse.Namespace) -> int:
 
     run = functools.partial(_run_recipe, verbose=args.verbose)
     print(f"[6/8] letters of the seen voices' transcripts and a word 3-gram LM: {manifest}")
-    test, valid_split = demo_asr.label_splits(corpus, manifest, args.seed, run)
-    print(f"[7/8] fine-tuning three recognisers on the seen voices into {asr}")
-    models = demo_asr.finetune_all(
-        checkpoint, manifest, asr, steps=args.finetune_steps, seed=args.seed,
-        valid_split=valid_split, run=run,
-    )  # fmt: skip
-    print(f"      transcribing the unseen voices ({test}), greedy and with the LM")
-    asr_scores = demo_asr.score(models, test, manifest / "words.arpa", run)
+    try:
+        test, valid_split = demo_asr.label_splits(corpus, manifest, args.seed, run)
+        print(f"[7/8] fine-tuning three recognisers on the seen voices into {asr}")
+        models = demo_asr.finetune_all(
+            checkpoint, manifest, asr, steps=args.finetune_steps, seed=args.seed,
+            valid_split=valid_split, run=run,
+        )  # fmt: skip
+        print(f"      transcribing the unseen voices ({test}), greedy and with the LM")
+        asr_scores = demo_asr.score(models, test, manifest / "words.arpa", run)
+    except demo_asr.StepFailed as err:
+        print(f"w2vkit demo: {err}", file=sys.stderr)
+        return err.code
 
     print(f"[8/8] writing the report of {run_dir}")
     report_args = [str(run_dir)] + [f"--probe={p}" for p in probes.values()]

@@ -19,8 +19,24 @@ FINETUNE_CONFIG = "cpu"  # the shipped fine-tuning recipe, for the pretrained mo
 BASELINE_CONFIG = "logmel_cpu"  # the supervised baseline: the same recipe from random init
 RECOGNISERS = ("pretrained", "random", "logmel")  # the probe table's row names
 
+INTERRUPTED_CODES = (130, 143)  # what a w2vkit command returns after SIGINT / SIGTERM
 RunRecipe = Callable[[str, list[str]], int]
 """`w2vkit NAME argv` in this process, returning its exit code (the demo's `_run_recipe`)."""
+
+
+class StepFailed(Exception):
+    """A step of the demo failed: its one line for stderr, and the exit code to return."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _check(code: int, what: str) -> None:
+    if code in INTERRUPTED_CODES:  # Ctrl-C: stop the demo, as the command line reports it
+        raise KeyboardInterrupt
+    if code != 0:
+        raise StepFailed(f"{what} failed (exit code {code})", code)
 
 
 def label_splits(corpus: Path, manifest: Path, seed: int, run: RunRecipe) -> tuple[Path, str]:
@@ -41,8 +57,7 @@ def label_splits(corpus: Path, manifest: Path, seed: int, run: RunRecipe) -> tup
             or run("lm", ["build", str(manifest / "train.wrd"), "--order=3",
                           f"--output={manifest / 'words.arpa'}"])
         )  # fmt: skip
-    if code != 0:
-        raise RuntimeError(f"writing the labels or the LM failed (exit code {code}, see above)")
+    _check(code, "writing the labels or the LM")
     return test, valid_split
 
 
@@ -93,10 +108,7 @@ def finetune_all(
             contextlib.redirect_stdout(log),
         ):
             code = run("finetune", argv)
-        if code != 0:
-            raise RuntimeError(
-                f"fine-tuning {name} failed (exit code {code}); see {out}/stdout.log"
-            )
+        _check(code, f"fine-tuning {name} (see {out}/stdout.log)")
         print(f"      ... done in {time.perf_counter() - started:.0f} s")
         done[name] = out / "checkpoint_last.pt"
     return done
@@ -118,8 +130,7 @@ def score(models: dict[str, Path], test: Path, lm: Path, run: RunRecipe) -> dict
                 contextlib.redirect_stderr(io.StringIO()),
             ):
                 code = run("transcribe", argv)
-            if code != 0:
-                raise RuntimeError(f"transcribing with {name} failed (exit code {code})")
+            _check(code, f"transcribing with {name}")
             lines = hyp.read_text(encoding="utf-8").splitlines()
             hyps = [line.partition("\t")[2] for line in lines]
             scores[name]["cer" + suffix] = 100 * char_errors(refs, hyps).rate
@@ -128,6 +139,8 @@ def score(models: dict[str, Path], test: Path, lm: Path, run: RunRecipe) -> dict
 
 
 __all__ = [
+    "INTERRUPTED_CODES",
+    "StepFailed",
     "BASELINE_CONFIG",
     "FINETUNE_CONFIG",
     "RECOGNISERS",
