@@ -320,7 +320,7 @@ def test_a_real_sigint_during_the_demo_exits_130_without_a_traceback(tmp_path):
         env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, preexec_fn=_default_sigint,
     )  # fmt: skip
-    assert demo.stdout.readline().startswith("[1/6] synthesising")  # 30 minutes take a while
+    assert demo.stdout.readline().startswith("[1/8] synthesising")  # 30 minutes take a while
     time.sleep(0.3)
     demo.send_signal(signal.SIGINT)
     out, err = demo.communicate(timeout=60)

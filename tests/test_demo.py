@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import w2vkit
 from w2vkit.cli import main
 from w2vkit.data import espeak
+from w2vkit.recipes import demo_asr
 from w2vkit.recipes.demo import MARKER
 from w2vkit.recipes.demo_console import CurvePrinter
 
@@ -25,10 +27,17 @@ def test_demo_runs_end_to_end(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(w2vkit.__file__).parents[1]))
     done = subprocess.run(
         [sys.executable, "-m", "w2vkit", "demo", "--out-dir", str(out_dir), "--minutes", "0.25",
-         "--steps", "4", "--seed", "1"],
+         "--steps", "4", "--finetune-steps", "2", "--seed", "1"],
         check=False, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # The closing table: every row, phones for all four, CER/WER for the three recognisers.
+    table = demo_table(done.stdout)
+    assert list(table) == ["pretrained", "random", "logmel", "logmel ±4", "chance"]
+    for source in ("pretrained", "random", "logmel"):
+        assert len(table[source]) == 2 + 4 and all(v >= 0 for v in table[source][2:]), source
+        assert (out_dir / "asr" / source / "checkpoint_last.pt").is_file()
+    assert table["logmel ±4"][2:] == [] and 0 < table["logmel ±4"][0] <= 1
     run_dir = out_dir / "pretrain"
     records = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
@@ -49,6 +58,39 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (
         f"report: {run_dir / 'report.html'}" in done.stdout and "w2vkit probe feats/" in done.stdout
     )
+
+
+def demo_table(stdout: str) -> dict[str, list[float]]:
+    """The closing table's rows: {source: [phone accuracy, voice accuracy, CER, WER, +LM...]}."""
+    rows = stdout[stdout.index("probe test accuracy, best layer") :].splitlines()[2:7]
+    table = {}
+    for row in rows:
+        name, _, cells = row.strip().partition("  ")
+        cells = re.sub(r"\(layer +[-\d]+\)", "", cells)
+        table[name.strip()] = [float(c) for c in cells.split() if c != "-"]
+    return table
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="the demo's pretraining recipe (tiny.yaml) does not win yet; enable when the lead "
+    "switches demo.PRETRAIN_CONFIG to the winning recipe of issues 27 and 29",
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_demo_pretrained_wins_every_row(tmp_path, seed):
+    # Issue 32's claim at a reduced size: pretrained phones beat log-mel ±4, and the pretrained
+    # recogniser's CER beats both the random-init twin's and the supervised log-mel baseline's.
+    env = dict(os.environ, PYTHONPATH=str(Path(w2vkit.__file__).parents[1]))
+    done = subprocess.run(
+        [sys.executable, "-m", "w2vkit", "demo", "--out-dir", str(tmp_path), "--minutes", "1.5",
+         "--steps", "150", "--finetune-steps", "100", "--seed", str(seed)],
+        check=False, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = demo_table(done.stdout)
+    assert table["pretrained"][0] > table["logmel ±4"][0]
+    assert table["pretrained"][2] < min(table["random"][2], table["logmel"][2])
 
 
 def test_demo_refuses_folders_it_did_not_make(tmp_path, capsys):
@@ -90,3 +132,20 @@ def test_curve_printer_reads_only_complete_lines(tmp_path):
     assert rows[1].split()[:4] == ["20", "4.000", "2.500", "0.300"]
     # The bar is the accuracy, 40 characters for 1.0.
     assert rows[0].count("#") == 4 and rows[1].count("#") == 12
+
+
+@pytest.mark.parametrize(("code", "raised"), [(2, demo_asr.StepFailed), (130, KeyboardInterrupt)])
+def test_a_failed_recogniser_step_stops_the_demo_cleanly(tmp_path, code, raised):
+    # A failing command is one line and its exit code; Ctrl-C in a command stops the whole demo.
+    calls = []
+
+    def run(name: str, argv: list[str]) -> int:
+        calls.append(name)
+        return code
+
+    with pytest.raises(raised) as caught:
+        demo_asr.label_splits(tmp_path / "corpus", tmp_path / "manifest", 0, run)
+    assert calls == ["labels"]  # nothing runs after the failed command
+    if raised is demo_asr.StepFailed:
+        assert str(caught.value) == "writing the labels or the LM failed (exit code 2)"
+        assert caught.value.code == 2

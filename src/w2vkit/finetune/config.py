@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 from w2vkit.config import ConfigError, check, deep_merge, from_dict
 from w2vkit.data.config import ShardStreamConfig
+from w2vkit.model.config import PRESETS as MODEL_PRESETS
 from w2vkit.model.config import ModelConfig
+from w2vkit.model.config import preset as model_preset
 from w2vkit.train.config import AdamConfig, TrainConfig
 
 
@@ -198,11 +200,26 @@ PRESETS = {
 }
 
 
-def build_finetune_config(layers: list[dict], *, init_model: ModelConfig) -> FinetuneConfig:
-    """Merge `preset` (a top-level key, default base_10h), then the layers, over `init_model`."""
+def _merge(layers: list[dict]) -> dict:
     merged: dict = {}
     for layer in layers:
         merged = deep_merge(merged, layer)
+    return merged
+
+
+def scratch_preset(layers: list[dict]) -> str | None:
+    """The `model.preset` the layers name (training from random init), or None."""
+    model_dict = _merge(layers).get("model")
+    return model_dict.get("preset") if isinstance(model_dict, dict) else None
+
+
+def build_finetune_config(layers: list[dict], *, init_model: ModelConfig | None) -> FinetuneConfig:
+    """Merge `preset` (a top-level key, default base_10h), then the layers, over the model base.
+
+    The base is `init_model` (the `--init-from` source or the checkpoint resumed), else the model
+    preset `model.preset` names: a randomly initialised encoder, the supervised baseline.
+    """
+    merged = _merge(layers)
     name = merged.pop("preset", "base_10h")
     if name not in PRESETS:
         raise ConfigError(f"preset: {name!r} is not one of {', '.join(map(repr, PRESETS))}")
@@ -210,6 +227,13 @@ def build_finetune_config(layers: list[dict], *, init_model: ModelConfig) -> Fin
     model_dict = merged.pop("model", None) or {}
     if not isinstance(model_dict, dict):
         raise ConfigError(f"model: expected a mapping of encoder fields, got {model_dict!r}")
+    model_name = model_dict.pop("preset", None)
+    if init_model is None:
+        if model_name not in MODEL_PRESETS:
+            raise ConfigError(
+                f"model.preset: {model_name!r} is not one of {', '.join(map(repr, MODEL_PRESETS))}"
+            )
+        init_model = model_preset(model_name)
     model = from_dict(ModelConfig, model_dict, base=init_model, where="model")
     return from_dict(FinetuneConfig, merged, base=FinetuneConfig(model=model))
 
@@ -221,4 +245,5 @@ __all__ = [
     "PRESETS",
     "TriStageOptimConfig",
     "build_finetune_config",
+    "scratch_preset",
 ]

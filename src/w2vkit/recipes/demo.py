@@ -8,13 +8,18 @@
 4. Features of every file, all layers (`features/`).
 5. Probes with both baselines (log-mel, random init): phones per frame on the unseen voices
    (trained on the seen ones), when frame labels exist; voice identity per utterance.
-6. The report (`pretrain/report.html`), then the table and the next commands.
+6. Letters for the seen voices' transcripts and a word 3-gram LM built from them (`asr/`).
+7. Three recognisers fine-tuned with the same budget (`recipes/demo_asr.py`): the pretrained
+   model, its random-init twin and the supervised log-mel baseline; each transcribes the unseen
+   voices greedily and with the LM.
+8. The report (`pretrain/report.html`), then one table (phones, CER/WER) and the next commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import shutil
@@ -24,15 +29,18 @@ from pathlib import Path
 
 from w2vkit.config import ConfigError
 from w2vkit.configs import PRETRAIN_DIR
+from w2vkit.recipes import demo_asr
+from w2vkit.recipes.demo_asr import INTERRUPTED_CODES
 from w2vkit.recipes.demo_console import CurvePrinter, print_summary, read_records
 
 TINY_CONFIG = PRETRAIN_DIR / "tiny.yaml"  # shipped in the package: the demo runs from a wheel
+# The pretraining recipe the demo shows: one named config, to switch to the recipe that wins.
+PRETRAIN_CONFIG = TINY_CONFIG
 MARKER = ".w2vkit-demo"  # marks an out-dir as the demo's own, so a re-run may replace its folders
-STEP_FOLDERS = ("corpus", "manifest", "pretrain", "features", "labels")
+STEP_FOLDERS = ("corpus", "manifest", "pretrain", "features", "labels", "asr")
 UNSEEN_VOICES = ("en+f4", "en-gb-scotland")  # held out from pretraining; the phone probe's test
 UNSEEN_SHARE = 0.25  # of --minutes
 VALID_FRACTION = 0.1
-INTERRUPTED_CODES = (130, 143)  # what `w2vkit pretrain` returns after saving on SIGINT / SIGTERM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,13 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out-dir",
         type=Path,
         default=Path("runs/demo"),
-        help="run folder; its corpus/, manifest/, pretrain/, features/ and labels/ are replaced "
-        "on a re-run",
+        help="run folder; its corpus/, manifest/, pretrain/, features/, labels/ and asr/ are "
+        "replaced on a re-run",
     )
     parser.add_argument(
         "--minutes", type=float, default=3.0, help="minutes of speech to synthesise"
     )
     parser.add_argument("--steps", type=int, default=300, help="pretraining updates")
+    parser.add_argument(
+        "--finetune-steps", type=int, default=200, help="fine-tuning updates of each recogniser"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the corpus, the split and training"
     )
@@ -54,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="key=value",
-        help=f"pretraining overrides over {TINY_CONFIG.name}, e.g. train.device=cuda",
+        help=f"pretraining overrides over {PRETRAIN_CONFIG.name}, e.g. train.device=cuda",
     )
 
 
@@ -62,18 +73,19 @@ def run(args: argparse.Namespace) -> int:
     from w2vkit.data.espeak import SynthesisUnavailable
     from w2vkit.data.synth import DEFAULT_VOICES, make_speech_corpus
 
-    if args.minutes <= 0 or args.steps < 1:
+    if args.minutes <= 0 or args.steps < 1 or args.finetune_steps < 1:
         raise ConfigError(
-            f"--minutes must be > 0 and --steps >= 1, got {args.minutes}, {args.steps}"
+            f"--minutes must be > 0, --steps and --finetune-steps >= 1, got {args.minutes}, "
+            f"{args.steps}, {args.finetune_steps}"
         )
     started = time.perf_counter()
     out_dir: Path = args.out_dir
-    corpus, manifest, run_dir, features, labels = (out_dir / name for name in STEP_FOLDERS)
+    corpus, manifest, run_dir, features, labels, asr = (out_dir / name for name in STEP_FOLDERS)
     _claim(out_dir)
 
     seen_voices = [v for v in DEFAULT_VOICES if v not in UNSEEN_VOICES]
     print(
-        f"[1/6] synthesising {args.minutes:g} min of speech with eSpeak NG into {corpus}: "
+        f"[1/8] synthesising {args.minutes:g} min of speech with eSpeak NG into {corpus}: "
         f"{', '.join(seen_voices)} for pretraining, {', '.join(UNSEEN_VOICES)} held out"
     )
     try:
@@ -94,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"      {len(seen)} + {len(unseen)} FLAC files")
 
-    print(f"[2/6] writing the manifests into {manifest} (seen voices) and {manifest / 'all'}")
+    print(f"[2/8] writing the manifests into {manifest} (seen voices) and {manifest / 'all'}")
     manifest_args = [f"--seed={args.seed}", "--workers=1"]
     code = _run_recipe(
         "manifest",
@@ -116,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     checkpoint = next(run_dir / name for name in CHECKPOINTS if (run_dir / name).is_file())
 
-    print(f"[4/6] extracting every layer of {checkpoint.name} for all files into {features}")
+    print(f"[4/8] extracting every layer of {checkpoint.name} for all files into {features}")
     code = _run_recipe(
         "extract",
         [str(checkpoint), str(manifest / "all" / "train.tsv"), f"--out={features}", "--quiet"],
@@ -125,17 +137,32 @@ def run(args: argparse.Namespace) -> int:
     if code != 0:
         return code
 
-    print(f"[5/6] linear probes, with the log-mel and random-init baselines: {features}/probe_*")
+    print(f"[5/8] linear probes, with the log-mel and random-init baselines: {features}/probe_*")
     frame_labels, utterances = _write_labels(corpus, manifest / "all" / "train.tsv", labels)
     probes = _probes(features, frame_labels, utterances, args.seed, args.verbose)
 
-    print(f"[6/6] writing the report of {run_dir}")
+    run = functools.partial(_run_recipe, verbose=args.verbose)
+    print(f"[6/8] letters of the seen voices' transcripts and a word 3-gram LM: {manifest}")
+    try:
+        test, valid_split = demo_asr.label_splits(corpus, manifest, args.seed, run)
+        print(f"[7/8] fine-tuning three recognisers on the seen voices into {asr}")
+        models = demo_asr.finetune_all(
+            checkpoint, manifest, asr, steps=args.finetune_steps, seed=args.seed,
+            valid_split=valid_split, run=run,
+        )  # fmt: skip
+        print(f"      transcribing the unseen voices ({test}), greedy and with the LM")
+        asr_scores = demo_asr.score(models, test, manifest / "words.arpa", run)
+    except demo_asr.StepFailed as err:
+        print(f"w2vkit demo: {err}", file=sys.stderr)
+        return err.code
+
+    print(f"[8/8] writing the report of {run_dir}")
     report_args = [str(run_dir)] + [f"--probe={p}" for p in probes.values()]
     code = _run_recipe("report", report_args, args.verbose)
     if code != 0:
         return code
     print_summary(read_records(run_dir), run_dir, time.perf_counter() - started)
-    _probe_table(probes)
+    _probe_table(probes, asr_scores)
     _next_steps(run_dir)
     return 0
 
@@ -152,7 +179,7 @@ def _pretrain(args: argparse.Namespace, manifest: Path, run_dir: Path) -> int:
     if _num_rows(manifest / "valid.tsv") == 0:  # a tiny corpus may put no file in valid
         overrides.append("data.valid_split=")
     print(
-        f"[3/6] pretraining the tiny model for {args.steps} updates ({TINY_CONFIG.name}); "
+        f"[3/8] pretraining for {args.steps} updates ({PRETRAIN_CONFIG.name}); "
         f"trainer output: {run_dir / 'stdout.log'}"
     )
     run_dir.mkdir(parents=True)
@@ -162,7 +189,7 @@ def _pretrain(args: argparse.Namespace, manifest: Path, run_dir: Path) -> int:
         contextlib.redirect_stdout(trainer_out),
     ):
         code = _run_recipe(
-            "pretrain", [str(TINY_CONFIG), *overrides, *args.overrides], args.verbose
+            "pretrain", [str(PRETRAIN_CONFIG), *overrides, *args.overrides], args.verbose
         )
     if code in INTERRUPTED_CODES:
         print(
@@ -234,19 +261,20 @@ def _probes(
     return done
 
 
-def _probe_table(probes: dict[str, Path]) -> None:
-    """The best layer per source for each probe, side by side, against chance."""
+def _probe_table(probes: dict[str, Path], asr: dict[str, dict]) -> None:
+    """One table: the best layer per source for each probe against chance, and the CER/WER of the
+    recogniser fine-tuned from that source (the log-mel row: the supervised baseline)."""
     from w2vkit.report.build import best_rows
 
-    if not probes:
-        return
     results = {name: json.loads(path.read_text(encoding="utf-8")) for name, path in probes.items()}
     titles = {"phone": "phones, unseen voices", "voice": "voice identity"}
+    metrics = {"cer": "CER%", "wer": "WER%", "cer_lm": "CER% +LM", "wer_lm": "WER% +LM"}
     header = "  " + f"{'features':<14}" + "".join(f"{titles[n]:>24}" for n in results)
     lines = [
         "",
-        "probe test accuracy, best layer per source (macro-F1, per-class F1: probe.json):",
-        header,
+        "probe test accuracy, best layer per source (macro-F1, per-class F1: probe.json), and the "
+        "unseen voices' error rates of each source fine-tuned with the same budget:",
+        header + "".join(f"{title:>10}" for title in metrics.values()),
     ]
     sources = ["pretrained", "random", "logmel", "logmel ±4"]
     table = {n: {row[0]: row for row in best_rows(r)} for n, r in results.items()}
@@ -257,6 +285,8 @@ def _probe_table(probes: dict[str, Path]) -> None:
             cells.append(
                 f"{'-':>24}" if row is None else f"{row[2]:>14.3f} (layer {row[1]:>2})".rjust(24)
             )
+        scores = asr.get(source)
+        cells += [f"{'-':>10}" if scores is None else f"{scores[m]:>10.1f}" for m in metrics]
         lines.append(f"  {source:<14}" + "".join(cells))
     lines.append(
         f"  {'chance':<14}" + "".join(f"{r['chance_accuracy']:>24.3f}" for r in results.values())
@@ -276,7 +306,12 @@ next, on your own audio:
   w2vkit extract runs/mine/checkpoint_best.pt data/valid.tsv --out feats/
   w2vkit probe feats/ --labels speakers.tsv --baseline logmel --baseline random
   w2vkit report runs/mine --probe feats/probe_speakers/probe.json
-  (speakers.tsv: one line per file of data/valid.tsv, relative_path<TAB>speaker)"""
+  (speakers.tsv: one line per file of data/valid.tsv, relative_path<TAB>speaker)
+then a recogniser, from transcripts (X.txt beside each X.flac):
+  w2vkit labels data/train.tsv data/valid.tsv --letters
+  w2vkit finetune cpu --init-from runs/mine/checkpoint_best.pt data.manifest_dir=data/
+  w2vkit lm build data/train.wrd --order 3 -o data/words.arpa
+  w2vkit transcribe runs/finetune/checkpoint_best.pt a.wav --lm data/words.arpa"""
     )
 
 

@@ -4,6 +4,8 @@ Fine-tunes a pretrained encoder (fairseq `.pt`, HF directory or w2vkit checkpoin
 fine-tuned model, whose output layer is kept when the vocabulary is the same) on labelled audio in
 fairseq's layout (docs/finetune.md), on the same loop, checkpoints, resume, DDP (torchrun) and
 logging as pretraining. A run directory holding `checkpoint_last.pt` is resumed from it.
+Without `--init-from`, `model.preset: NAME` trains that model from random init with the same
+recipe: the supervised baseline (the `logmel_cpu` config: log-mel front-end, tiny Transformer).
 Validation decodes greedily and reports WER and CER; `checkpoint_best.pt` has the lowest WER.
 """
 
@@ -18,7 +20,12 @@ import yaml
 from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.data.shards.loader import build_shard_loaders
 from w2vkit.data.vocab import Vocabulary
-from w2vkit.finetune.config import FinetuneConfig, LabelledDataConfig, build_finetune_config
+from w2vkit.finetune.config import (
+    FinetuneConfig,
+    LabelledDataConfig,
+    build_finetune_config,
+    scratch_preset,
+)
 from w2vkit.finetune.labels import (
     LabelledDataset,
     LabelledLoader,
@@ -45,7 +52,8 @@ def _declare(parser: argparse.ArgumentParser, items_nargs: str) -> None:
     declare_run_args(
         parser,
         items_nargs,
-        config_help="a config name (cpu, base_10m, base_1h, base_10h, base_100h) or YAML file, "
+        config_help="a config name (cpu, logmel_cpu, base_10m, base_1h, base_10h, base_100h) or "
+        "YAML file, "
         "then dotted overrides such as data.manifest_dir=DIR preset=cpu train.max_steps=1000",
         init_help="the pretrained model: fairseq .pt, HF directory or w2vkit checkpoint",
     )
@@ -69,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     cfg, notes = check_run(cfg)
+    if init is None and resume is None:  # model.preset: the supervised baseline
+        notes.append(f"random initialisation (seed {cfg.train.seed}): no pretrained weights")
     vocab = _vocabulary(cfg.data)
     if resume is not None and resume.config.get("vocab") != vocab.symbols:
         raise ConfigError(f"{resume.path} was trained with another dict.{cfg.data.labels}.txt")
@@ -106,10 +116,21 @@ def resolve(
         if resume is not None:
             model = from_dict(ModelConfig, resume.config["model"], where="model")
             return build_finetune_config(layers, init_model=model), resume, None
+        scratch = scratch_preset(layers)
+        if cfg.train.init_from and scratch:
+            raise ConfigError(
+                f"--init-from {cfg.train.init_from} and model.preset={scratch} both pick the "
+                "model: give --init-from to fine-tune it, or model.preset to train from random init"
+            )
+        if scratch:  # the supervised baseline: the same recipe on a randomly initialised model
+            return build_finetune_config(layers, init_model=None), None, None
         if print_config and not cfg.train.init_from:
             return cfg, None, None
         if not cfg.train.init_from:
-            raise ConfigError("--init-from is required: the pretrained model to fine-tune")
+            raise ConfigError(
+                "--init-from is required: the pretrained model to fine-tune (or model.preset=NAME "
+                "to train one from random init, e.g. the logmel_cpu config)"
+            )
         # A fine-tuned model (its output layer kept when the vocabulary matches) or an encoder.
         init = read_model(
             cfg.train.init_from,
