@@ -71,7 +71,7 @@ def demo_table(stdout: str) -> dict[str, list[float]]:
     return table
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.xfail(
     strict=False,
     reason="the demo's pretraining recipe (tiny.yaml) does not win yet; enable when the lead "

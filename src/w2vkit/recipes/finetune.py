@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         if not cfg.train.init_from:
             print(
-                "# without --init-from, `model` is the default encoder: a run takes the "
-                "--init-from model's, under the fine-tuning keys shown"
+                "# without --init-from, `model` is the config's model.preset (random init) or "
+                "else the default encoder: an --init-from run takes that model's, under the "
+                "fine-tuning keys shown"
             )
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
