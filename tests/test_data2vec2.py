@@ -57,14 +57,17 @@ def test_teacher_copies_first_then_steps_once_per_update_and_saves_its_count():
         for p in student.parameters():
             p.add_(1.0)
     teacher.follow(student, 0, 0.5)  # first call: a copy of the student as it is now
-    assert all(torch.equal(a, b) for a, b in zip(teacher.encoder.parameters(), student.parameters()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(teacher.encoder.parameters(), student.parameters(), strict=True)
+    )
     before = [p.clone() for p in teacher.encoder.parameters()]
     with torch.no_grad():
         for p in student.parameters():
             p.add_(2.0)
     teacher.follow(student, 1, 0.5)
     teacher.follow(student, 1, 0.5)  # a second micro-batch of the same update: no second step
-    for old, new in zip(before, teacher.encoder.parameters()):
+    for old, new in zip(before, teacher.encoder.parameters(), strict=True):
         torch.testing.assert_close(new, old + 1.0)  # halfway towards old + 2
     assert teacher.updates == 1
     restored = EMATeacher(student)
@@ -99,7 +102,9 @@ def _slow_ffn_outputs(encoder: TransformerEncoder, x: torch.Tensor) -> list[torc
             for proj in (layer.attention.q_proj, layer.attention.k_proj, layer.attention.v_proj)
         )
         weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(dim // heads), -1)
-        attended = layer.attention.out_proj((weights @ v).transpose(1, 2).reshape(batch, frames, dim))
+        attended = layer.attention.out_proj(
+            (weights @ v).transpose(1, 2).reshape(batch, frames, dim)
+        )
         a = layer.attention_norm(x + attended)
         ffn = layer.fc2(F.gelu(layer.fc1(a)))
         outputs.append(ffn)
@@ -142,7 +147,9 @@ def test_decoder_keeps_shape_and_adds_a_residual_where_widths_match(kernel):
         c = block.conv(h)[..., : h.shape[-1]]
         h = F.gelu(F.layer_norm(c.transpose(1, 2), (16,)).transpose(1, 2)) + h
     torch.testing.assert_close(y, decoder.proj(h.transpose(1, 2)))
-    wide = ConvDecoder(16, decoder_dim=8, kernel=kernel, groups=4, num_layers=3, input_dropout_prob=0)
+    wide = ConvDecoder(
+        16, decoder_dim=8, kernel=kernel, groups=4, num_layers=3, input_dropout_prob=0
+    )
     assert wide(x).shape == (3, 9, 16)
 
 
@@ -187,7 +194,9 @@ def test_model_loss_against_a_slow_assembly_of_clones_masks_and_teacher():
 
 def test_objective_steps_the_teacher_once_per_update_and_plans_the_anneal():
     torch.manual_seed(0)
-    model = Data2Vec2Model(tiny(), _tiny_d2v(ema_decay=0.5, ema_end_decay=1.0, ema_anneal_end_step=4))
+    model = Data2Vec2Model(
+        tiny(), _tiny_d2v(ema_decay=0.5, ema_end_decay=1.0, ema_anneal_end_step=4)
+    )
     objective = data2vec2_objective(model.d2v, nominal_steps=8)
     objective.plan(16)  # twice the updates: the anneal ends at update 8 instead of 4
 

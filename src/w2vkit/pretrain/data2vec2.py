@@ -39,7 +39,10 @@ def spread(x: Tensor) -> Tensor:
 
 def summarize(sums: dict[str, float]) -> dict[str, float]:
     sample_size = max(sums.get("sample_size", 0.0), 1.0)
-    return {"loss": sums.get("loss", 0.0) / sample_size, "sample_size": sums.get("sample_size", 0.0)}
+    return {
+        "loss": sums.get("loss", 0.0) / sample_size,
+        "sample_size": sums.get("sample_size", 0.0),
+    }
 
 
 def data2vec2_objective(cfg: Data2Vec2Config, *, nominal_steps: int = 0) -> Objective[Batch]:
