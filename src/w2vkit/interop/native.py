@@ -57,7 +57,8 @@ def from_payload(payload: dict, *, source: str) -> Pretrained:
         payload["config"]["data"] if isinstance(payload["config"].get("data"), dict) else {}
     )
     normalize = audio.get("normalize", data.get("normalize"))
-    state = {k: v for k, v in payload["model"].items()}
+    # The heads of other objectives (data2vec 2.0, BEST-RQ) around the same encoder: not read.
+    state = {k: v for k, v in payload["model"].items() if not k.startswith(OBJECTIVE_HEADS)}
     # A w2vkit file converted from an HF encoder-only model has no heads: it loads, not pretrains.
     check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg, state))
     return Pretrained(cfg, state, normalize if isinstance(normalize, bool) else None)
@@ -76,6 +77,8 @@ def save_w2vkit(pretrained: Pretrained, path: str | Path) -> None:
 
 
 PRETRAINING_HEADS = ("quantizer.", "target_proj.", "context_proj.")
+OBJECTIVE_HEADS = ("teacher.", "decoder.", "rq.", "rq_head.")
+"""What `Data2Vec2Model` and `BestRQModel` add to the wav2vec 2.0 encoder's names."""
 
 
 def encoder_only_prefixes(cfg: ModelConfig, state: dict[str, Tensor]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from w2vkit.losses import pretraining_objective
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain import objectives
 from w2vkit.recipes.run_args import declare_run_args, parse_run_args
 from w2vkit.train import dist, guard, session
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
@@ -162,7 +163,7 @@ def _pretrain(
         total_steps=cfg.train.max_steps,
         start_step=state.step,
         tensorboard=cfg.train.tensorboard,
-        columns=CONSOLE_COLUMNS,
+        columns=objectives.COLUMNS.get(cfg.objective, CONSOLE_COLUMNS),
     )
     num_params = sum(p.numel() for p in dist.unwrap(state.model).parameters())
     logger.message(
@@ -194,7 +195,7 @@ def _pretrain(
         out_dir,
         state,
         reason,
-        best=f"valid loss  {state.best_valid_loss:.4f} bits",
+        best=f"valid loss  {state.best_valid_loss:.4f} {objectives.LOSS_UNIT[cfg.objective]}",
         next_step=lambda model: f"w2vkit extract {model} {manifest} --out {out_dir / 'features'}",
         rerun=rerun,
     )
@@ -202,7 +203,9 @@ def _pretrain(
 
 
 def _objective(cfg: PretrainConfig) -> Objective:
-    """The wav2vec 2.0 objective, with the health monitor reading every train log line."""
+    """The run's objective, with the health monitor reading every train log line."""
+    if cfg.objective != "wav2vec2":
+        return objectives.build_objective(cfg)
     health = HealthMonitor.for_model(cfg.model)
     objective = pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=cfg.total_steps)
     return dataclasses.replace(
@@ -227,7 +230,7 @@ def _model(cfg: PretrainConfig, init_state: dict | None, notes: list[str]) -> Wa
     """The initial model, the same on every rank: seeded init, then the --init-from weights
     (`init_state`, None when resuming: the checkpoint has the weights)."""
     torch.manual_seed(cfg.train.seed)
-    model = Wav2Vec2Model.from_config(cfg.model)
+    model = objectives.build_model(cfg)
     if init_state is not None:
         from w2vkit.interop import load_weights
 

@@ -14,7 +14,9 @@ from typing import Literal
 
 from w2vkit.config import ConfigError, check, deep_merge, from_dict, load_yaml, parse_overrides
 from w2vkit.configs import Kind, find_config
+from w2vkit.model.best_rq import BestRQConfig
 from w2vkit.model.config import PRESETS, ModelConfig, preset
+from w2vkit.model.data2vec2 import Data2Vec2Config
 
 
 @dataclass(kw_only=True)
@@ -241,6 +243,10 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: Literal["wav2vec2", "data2vec2", "best_rq"] = "wav2vec2"
+    """What the encoder is trained to do; `data2vec2` and `best_rq` read their own section."""
+    data2vec2: Data2Vec2Config = field(default_factory=Data2Vec2Config)
+    best_rq: BestRQConfig = field(default_factory=BestRQConfig)
 
     def __post_init__(self) -> None:
         check(
