@@ -26,7 +26,7 @@ from w2vkit.model.config import ModelConfig
 from w2vkit.model.decoder import ConvDecoder
 from w2vkit.model.ema import ema_update_
 from w2vkit.model.normalize import instance_norm_over_time
-from w2vkit.model.transformer import TransformerEncoder
+from w2vkit.model.transformer import EncoderLayer, TransformerEncoder
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 
@@ -122,11 +122,11 @@ def teacher_targets(
 ) -> Tensor:
     """Mean of the FFN outputs (before the last residual) of the top `top_k` layers, each first
     normalised over time per utterance and channel. Shape: x (B, T, D) -> (B, T, D) fp32."""
-    layers = teacher.layers[-top_k:]
     outputs: list[Tensor] = []
-    handles = [
-        layer.fc2.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for layer in layers
-    ]
+    handles = []
+    for layer in teacher.layers[-top_k:]:
+        assert isinstance(layer, EncoderLayer)
+        handles.append(layer.fc2.register_forward_hook(lambda _m, _i, out: outputs.append(out)))
     try:
         teacher(x, padding_mask)
     finally:

@@ -1,5 +1,6 @@
 """data2vec 2.0's light decoder (fairseq `Decoder1d`): a few grouped 1-D convs over time, then a
-linear map back to the encoder width, predicting the teacher's targets at every frame.
+linear map back to the encoder width, predicting the teacher's targets at every frame. Its block
+(`ConvBlock`) is also the layer of data2vec 2.0's positional encoder (`model/transformer.py`).
 
     x (B, T, D) -> [Conv1d(k, groups) -> LayerNorm over channels (no affine) -> GELU] x L
                    (a residual around each block whose input and output widths match)
@@ -14,7 +15,9 @@ from torch import Tensor, nn
 from w2vkit.model.dropout import Dropout
 
 
-class _DecoderBlock(nn.Module):
+class ConvBlock(nn.Module):
+    """Grouped same-padded Conv1d -> LayerNorm over channels (no affine) -> GELU. (B, C, T) -> (B, C', T)."""
+
     def __init__(self, in_dim: int, dim: int, kernel: int, groups: int) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_dim, dim, kernel, padding=kernel // 2, groups=groups)
@@ -45,7 +48,7 @@ class ConvDecoder(nn.Module):
         super().__init__()
         self.input_dropout = Dropout(input_dropout_prob)
         self.blocks = nn.ModuleList(
-            _DecoderBlock(dim if i == 0 else decoder_dim, decoder_dim, kernel, groups)
+            ConvBlock(dim if i == 0 else decoder_dim, decoder_dim, kernel, groups)
             for i in range(num_layers)
         )
         self.proj = nn.Linear(decoder_dim, dim)
@@ -58,4 +61,4 @@ class ConvDecoder(nn.Module):
         return self.proj(x.transpose(1, 2))  # (B, T, decoder_dim) -> (B, T, D)
 
 
-__all__ = ["ConvDecoder"]
+__all__ = ["ConvBlock", "ConvDecoder"]

@@ -136,7 +136,7 @@ class BestRQHealth(_ObjectiveHealth):
         def dominates(record: dict, step: int) -> str | None:
             share = record.get("top_code_frac")
             count = self.streak("dominant", share is not None and share > dominant_share)
-            if count < records:
+            if share is None or count < records:
                 return None
             return (
                 f"one code labels {100 * share:.1f}% of the masked frames (code perplexity "

@@ -4,7 +4,8 @@ SRC is a fairseq `.pt` checkpoint, an HF model directory (config.json + safetens
 pytorch_model.bin; or one `.safetensors` file next to its config.json) or a w2vkit checkpoint; its
 format is detected. `--to hf` writes a directory for `Wav2Vec2ForPreTraining.from_pretrained` (or,
 with `--hf-class model`, a `Wav2Vec2Model` one without the pretraining heads) with config.json,
-model.safetensors and preprocessor_config.json.
+model.safetensors and preprocessor_config.json; a model with data2vec 2.0's positional encoder
+(`transformer.pos_conv_depth` > 1) is written as a `Data2VecAudioModel` directory.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from w2vkit.config import UsageError
-from w2vkit.interop import hf, read_pretrained, save_w2vkit
+from w2vkit.interop import hf, hf_data2vec, read_pretrained, save_w2vkit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     pretrained = read_pretrained(args.src)  # CheckpointError: a UsageError, main reports it
     if args.normalize is not None:
         pretrained.normalize = args.normalize
-    if args.to == "hf":
+    if args.to == "hf" and pretrained.cfg.transformer.pos_conv_depth > 1:
+        hf_data2vec.save_hf_data2vec(pretrained, args.dst)  # data2vec 2.0's positional encoder
+    elif args.to == "hf":
         hf.save_hf(pretrained, args.dst, heads=args.hf_class == "pretraining")
     else:
         save_w2vkit(pretrained, args.dst)

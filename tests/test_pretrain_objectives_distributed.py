@@ -1,0 +1,101 @@
+"""torchrun with 2 gloo processes: `w2vkit pretrain` with `objective: data2vec2` and `best_rq`
+under DDP (frozen teacher and quantizer: no unused-parameter stall, the EMA stepped once per
+update, rank-0-only log and checkpoint).
+
+The file is also the worker script: `python -m torch.distributed.run ... THIS_FILE MANIFEST OUT`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_manifest
+
+from w2vkit import cli
+from w2vkit.train import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECTIVES = {
+    "data2vec2": [
+        "data2vec2.num_clones=2",
+        "data2vec2.average_top_k_layers=2",
+        "data2vec2.decoder_dim=32",
+        "data2vec2.decoder_groups=4",
+        "data2vec2.decoder_layers=2",
+    ],
+    "best_rq": ["best_rq.codebook_size=64", "best_rq.num_mels=40"],
+}
+
+
+def _worker(manifest: Path, out: Path) -> None:
+    code = 0
+    for objective, overrides in OBJECTIVES.items():
+        code = code or cli.main(
+            [
+                "pretrain",
+                "tiny",
+                f"objective={objective}",
+                *overrides,
+                f"data.manifest_dir={manifest}",
+                "data.min_samples=4000",
+                "data.max_samples=8000",
+                "data.max_batch_samples=16000",
+                "train.max_steps=3",
+                "train.log_interval=1",
+                "train.validate_interval_steps=0",
+                "model.transformer.layerdrop_prob=0.0",
+                f"train.out_dir={out / objective}",
+            ]
+        )
+    raise SystemExit(code)
+
+
+@pytest.mark.distributed
+def test_two_processes_train_both_objectives(tmp_path):
+    manifest = make_manifest(tmp_path, num_files=16, valid_percent=0.0)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+        ),
+        OMP_NUM_THREADS="1",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        str(manifest),
+        str(tmp_path),
+    ]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("world size 2") == 2  # rank 0 only, once per run
+    for objective in OBJECTIVES:
+        log = (tmp_path / objective / "train_log.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in log]
+        assert [r["num_updates"] for r in records] == [1, 2, 3]
+        assert all(r["gnorm"] > 0 for r in records)
+        saved = checkpoint.load(tmp_path / objective / checkpoint.LAST)
+        assert saved["progress"]["step"] == 3
+        if objective == "data2vec2":
+            state = saved["model"]
+            assert int(state["teacher._extra_state"]) == 2
+            assert not torch.equal(
+                state["teacher.encoder.layers.0.fc1.weight"], state["encoder.layers.0.fc1.weight"]
+            )
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]), Path(sys.argv[2]))
