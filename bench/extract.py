@@ -32,8 +32,9 @@ import torch
 
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.embed.batching import COMPUTE_DTYPES
-from w2vkit.embed.extract import extract_manifest, load_features, parse_layers
+from w2vkit.features.batching import COMPUTE_DTYPES
+from w2vkit.features.extract import extract_manifest, parse_layers
+from w2vkit.features.store import load_features
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 SAMPLE_RATE = 16_000

@@ -26,9 +26,9 @@ import torch
 from w2vkit import cli
 from w2vkit.data.manifest import Manifest, write_manifest
 from w2vkit.data.synth import DEFAULT_VOICES, make_speech_corpus, random_sentence, synthesize
+from w2vkit.data.vocab import letters_from_words
 from w2vkit.finetune.decode import char_errors, word_errors
-from w2vkit.finetune.vocab import letters_from_words
-from w2vkit.interop import Pretrained, save_w2vkit
+from w2vkit.interop import ModelRecord, save_w2vkit
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
@@ -123,7 +123,7 @@ def main() -> None:
         pretrain += [f"train.max_steps={args.pretrain_steps}", "train.log_interval=50"]
         assert cli.main(pretrain) == 0
     torch.manual_seed(0)
-    save_w2vkit(Pretrained(tiny(), Wav2Vec2Model(tiny()).state_dict()), out / "random_init.pt")
+    save_w2vkit(ModelRecord(tiny(), Wav2Vec2Model(tiny()).state_dict()), out / "random_init.pt")
     assert (
         cli.main(
             ["lm", "build", str(data / "train.wrd"), "--order", "3", "-o", str(out / "words.arpa")]

@@ -26,8 +26,8 @@ from w2vkit.config import to_dict
 from w2vkit.data.collate import Batch
 from w2vkit.data.loader import build_loaders
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.embed.extract import INDEX_HEADER
-from w2vkit.finetune.vocab import letters_from_words
+from w2vkit.data.vocab import letters_from_words
+from w2vkit.features.store import INDEX_HEADER
 from w2vkit.model.config import ModelConfig, tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint, dist

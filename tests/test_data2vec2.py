@@ -175,8 +175,7 @@ def test_model_loss_against_a_slow_assembly_of_clones_masks_and_teacher():
     with torch.no_grad():
         out = model(wav, time_mask=time_mask)
         loss = regression_loss(out.prediction, out.target).item()
-        features, _, _ = model._features(wav, None)
-        x = model._project(features)
+        x = model.frontend(wav).encoder_input
         target = teacher_targets(model.teacher.encoder, x, None, 2, True)
         slow = 0.0
         for row in range(4):  # clone m of utterance b is row 2b + m

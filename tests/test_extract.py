@@ -18,16 +18,9 @@ from w2vkit.config import to_dict
 from w2vkit.data.audio import load_audio, normalize
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.embed.extract import (
-    INDEX_HEADER,
-    extract_manifest,
-    extract_utterance,
-    load_features,
-    parse_layers,
-    plan_chunks,
-    read_index,
-)
-from w2vkit.interop import Pretrained, hf
+from w2vkit.features.extract import extract_manifest, extract_utterance, parse_layers, plan_chunks
+from w2vkit.features.store import INDEX_HEADER, load_features, read_index
+from w2vkit.interop import ModelRecord, hf
 from w2vkit.model.config import preset
 from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -202,7 +195,7 @@ def test_hf_directory_without_heads_and_recorded_normalisation(corpus, tmp_path)
     the features are those of the same weights on per-utterance normalised audio."""
     model = corpus["model"]
     state = {k: v for k, v in model.state_dict().items()}
-    hf.save_hf(Pretrained(model.cfg, state, normalize=True), tmp_path / "hf", heads=False)
+    hf.save_hf(ModelRecord(model.cfg, state, normalize=True), tmp_path / "hf", heads=False)
     parser = argparse.ArgumentParser()
     recipe.add_arguments(parser)
     argv = [str(tmp_path / "hf"), str(corpus["manifest"]), "--out", str(tmp_path / "f"), "--quiet"]

@@ -17,8 +17,9 @@ from w2vkit import cli
 from w2vkit.config import to_dict
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.embed.batching import BatchLimits, group_windows, padding_invariant, run_batch
-from w2vkit.embed.extract import extract_manifest, extract_utterance, load_features, read_index
+from w2vkit.features.batching import BatchLimits, group_windows, padding_invariant, run_batch
+from w2vkit.features.extract import extract_manifest, extract_utterance
+from w2vkit.features.store import load_features, read_index
 from w2vkit.model.config import preset
 from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model

@@ -16,15 +16,15 @@ from helpers import make_letter_corpus
 
 from w2vkit import cli
 from w2vkit.config import ConfigError
+from w2vkit.data.vocab import Vocabulary
 from w2vkit.finetune.config import FinetuneConfig, build_finetune_config
 from w2vkit.finetune.decode import greedy_decode, word_times
 from w2vkit.finetune.labels import LabelledBatch
-from w2vkit.finetune.model import Wav2Vec2ForCTC
 from w2vkit.finetune.objective import ctc_loss, make_objective
 from w2vkit.finetune.schedule import TriStageSchedule, tri_stage_lr
-from w2vkit.finetune.vocab import Vocabulary
-from w2vkit.interop import Pretrained, save_w2vkit
+from w2vkit.interop import ModelRecord, save_w2vkit
 from w2vkit.model.config import tiny
+from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint
 from w2vkit.train.loop import TrainState, reseed, run_update
@@ -283,7 +283,7 @@ def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("letters")
     make_letter_corpus(root / "data", {"train": 8, "valid": 3})
     torch.manual_seed(0)
-    save_w2vkit(Pretrained(tiny(), Wav2Vec2Model(tiny()).state_dict()), root / "init.pt")
+    save_w2vkit(ModelRecord(tiny(), Wav2Vec2Model(tiny()).state_dict()), root / "init.pt")
     return root
 
 

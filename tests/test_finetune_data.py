@@ -11,8 +11,8 @@ import torch
 from helpers import make_letter_corpus
 
 from w2vkit.config import ConfigError
+from w2vkit.data.vocab import BLANK, PAD, UNK, Vocabulary, letters_from_words
 from w2vkit.finetune.labels import LabelledDataset, build_labelled_loader
-from w2vkit.finetune.vocab import BLANK, PAD, UNK, Vocabulary, letters_from_words
 
 
 def test_vocabulary_has_fairseq_layout_and_round_trips(tmp_path):

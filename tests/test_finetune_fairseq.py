@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from w2vkit.config import ConfigError
-from w2vkit.finetune.model import read_finetuned
-from w2vkit.interop import load_pretrained
+from w2vkit.interop import build, read_model
 from w2vkit.interop.safe_load import load_torch_file, to_plain
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
@@ -47,7 +46,7 @@ def _fairseq_ctc(path: Path, num_symbols: int) -> torch.Tensor:
 def test_fairseq_ctc_logits_and_overrides(tmp_path):
     (tmp_path / "dict.ltr.txt").write_text("| 5\nE 3\nT 2\n")
     proj = _fairseq_ctc(tmp_path / "ctc.pt", 3)
-    finetuned = read_finetuned(tmp_path / "ctc.pt")  # dict.ltr.txt found beside it
+    finetuned = read_model(tmp_path / "ctc.pt")  # dict.ltr.txt found beside it
     assert finetuned.vocab.symbols[4:] == ["|", "E", "T"] and finetuned.final_dropout_prob == 0.1
     cfg = finetuned.cfg
     assert (cfg.masking.time_prob, cfg.masking.channel_prob, cfg.masking.channel_span_channels) == (
@@ -58,20 +57,21 @@ def test_fairseq_ctc_logits_and_overrides(tmp_path):
     assert (cfg.transformer.layerdrop_prob, cfg.feature_extractor.grad_scale) == (0.05, 0.0)
     # Logits = fairseq encoder output (the pretraining fixture through w2vkit, already checked
     # against fairseq) times the proj rows, in the dictionary's order.
-    encoder_cfg, state = load_pretrained(FIXTURE)
+    record = read_model(FIXTURE)
+    encoder_cfg, state = record.cfg, record.state_dict
     encoder = Wav2Vec2Model(encoder_cfg)
     encoder.load_state_dict(state)
     wav = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = encoder.eval().extract_features(wav).context @ proj[:, :-1].T + proj[:, -1]
-        got = finetuned.build().eval()(wav).logits
+        got = build(finetuned, "ctc").eval()(wav).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_fairseq_ctc_needs_its_dictionary(tmp_path):
     _fairseq_ctc(tmp_path / "ctc.pt", 3)
     with pytest.raises(ConfigError, match="does not store its dictionary"):
-        read_finetuned(tmp_path / "ctc.pt")
+        read_model(tmp_path / "ctc.pt")
     (tmp_path / "other.txt").write_text("| 5\nE 3\n")
     with pytest.raises(ConfigError, match="the output layer has 7 rows, the dictionary 6 symbols"):
-        read_finetuned(tmp_path / "ctc.pt", tmp_path / "other.txt")
+        read_model(tmp_path / "ctc.pt", dict_path=tmp_path / "other.txt")

@@ -22,7 +22,7 @@ import torch
 
 from w2vkit.cli import main as cli_main
 from w2vkit.config import ConfigError
-from w2vkit.interop import detect_format, load_pretrained, read_pretrained
+from w2vkit.interop import detect_format, read_model
 from w2vkit.interop.fairseq import DEFAULTS, config_from_fairseq, parse_conv_layers
 from w2vkit.interop.safe_load import CheckpointError
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -32,7 +32,8 @@ CHECKPOINTS = {"base_omegaconf.pt": "base", "large_dict.pt": "large", "base_args
 
 
 def _model(path: Path) -> Wav2Vec2Model:
-    cfg, state = load_pretrained(path)
+    record = read_model(path)
+    cfg, state = record.cfg, record.state_dict
     model = Wav2Vec2Model(cfg)
     model.load_state_dict(state)  # strict: every key present, none extra
     return model.eval()
@@ -79,9 +80,9 @@ def test_committed_fixture_matches_fairseq_outputs():
 
 
 def test_fixture_configs_translate_every_field():
-    base = read_pretrained(FIXTURE / "base_omegaconf.pt")
-    args = read_pretrained(FIXTURE / "base_args.pt")
-    large = read_pretrained(FIXTURE / "large_dict.pt")
+    base = read_model(FIXTURE / "base_omegaconf.pt")
+    args = read_model(FIXTURE / "base_args.pt")
+    large = read_model(FIXTURE / "large_dict.pt")
     assert detect_format(FIXTURE / "base_args.pt") == "fairseq"
     assert base.cfg == args.cfg  # the omegaconf cfg and the argparse Namespace describe one model
     assert base.normalize is False and large.normalize is False
@@ -131,8 +132,9 @@ def test_fairseq_to_hf_keeps_fairseq_outputs(tmp_path):
         )
         == 0
     )
-    cfg, state = load_pretrained(tmp_path / "w.pt")
-    assert cfg == read_pretrained(FIXTURE / "base_args.pt").cfg
+    record = read_model(tmp_path / "w.pt")
+    cfg, state = record.cfg, record.state_dict
+    assert cfg == read_model(FIXTURE / "base_args.pt").cfg
 
 
 @pytest.mark.parametrize(
@@ -191,19 +193,19 @@ def test_unknown_fairseq_field_and_finetuned_model_are_errors(tmp_path):
     state["cfg"]["model"]["brand_new_option"] = 3
     torch.save(state, tmp_path / "unknown.pt")
     with pytest.raises(ConfigError, match="brand_new_option"):
-        load_pretrained(tmp_path / "unknown.pt")
+        read_model(tmp_path / "unknown.pt")
     del state["cfg"]["model"]["brand_new_option"]
     state["cfg"]["model"]["_name"] = "wav2vec_ctc"
     torch.save(state, tmp_path / "ctc.pt")
     with pytest.raises(ConfigError, match="wav2vec_ctc"):
-        load_pretrained(tmp_path / "ctc.pt")
+        read_model(tmp_path / "ctc.pt")
 
 
 def test_truncated_fixture_is_a_clear_error(tmp_path):
     data = (FIXTURE / "base_omegaconf.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_pretrained(tmp_path / "cut.pt")
+        read_model(tmp_path / "cut.pt")
 
 
 @pytest.mark.parity_fairseq

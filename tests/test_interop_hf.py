@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from w2vkit.config import ConfigError
+from w2vkit.interop import ModelRecord, read_model, save_w2vkit
 from w2vkit.interop import hf as hf_interop
-from w2vkit.interop import load_pretrained, read_pretrained
-from w2vkit.interop.native import Pretrained, save_w2vkit
 from w2vkit.losses import contrastive_loss
 from w2vkit.model.config import base, large, tiny
 from w2vkit.model.negatives import sample_negatives
@@ -71,7 +70,7 @@ def _random_model(cfg, seed: int = 0) -> Wav2Vec2Model:
 
 
 def _to_hf(model: Wav2Vec2Model, tmp_path, **kwargs):
-    hf_interop.save_hf(Pretrained(model.cfg, model.state_dict()), tmp_path / "hf", **kwargs)
+    hf_interop.save_hf(ModelRecord(model.cfg, model.state_dict()), tmp_path / "hf", **kwargs)
     hf_model, info = HFPreTraining.from_pretrained(tmp_path / "hf", output_loading_info=True)
     return hf_model.eval(), info
 
@@ -214,8 +213,9 @@ def _exotic(cfg):
 )
 def test_round_trip_w2vkit_hf_w2vkit_is_bit_exact(cfg, tmp_path):
     model = _random_model(cfg)
-    hf_interop.save_hf(Pretrained(cfg, model.state_dict()), tmp_path / "hf")
-    back_cfg, back_state = load_pretrained(tmp_path / "hf")
+    hf_interop.save_hf(ModelRecord(cfg, model.state_dict()), tmp_path / "hf")
+    record = read_model(tmp_path / "hf")
+    back_cfg, back_state = record.cfg, record.state_dict
     assert back_cfg == cfg
     state = model.state_dict()
     assert set(back_state) == set(state)
@@ -227,16 +227,17 @@ def test_bare_wav2vec2model_directory(tmp_path):
     """HF reports the pretraining heads as unexpected when a Wav2Vec2Model loads a ForPreTraining
     directory (as for any base model from a head checkpoint); --hf-class model writes none."""
     model = _random_model(CONFIGS["tiny-layer-preln"])
-    hf_interop.save_hf(Pretrained(model.cfg, model.state_dict()), tmp_path / "full")
+    hf_interop.save_hf(ModelRecord(model.cfg, model.state_dict()), tmp_path / "full")
     _, info = HFModel.from_pretrained(tmp_path / "full", output_loading_info=True)
     assert not info["missing_keys"]
     assert all(
         k.startswith(("quantizer.", "project_q.", "project_hid.")) for k in info["unexpected_keys"]
     )
-    hf_interop.save_hf(Pretrained(model.cfg, model.state_dict()), tmp_path / "bare", heads=False)
+    hf_interop.save_hf(ModelRecord(model.cfg, model.state_dict()), tmp_path / "bare", heads=False)
     hf_bare, info = HFModel.from_pretrained(tmp_path / "bare", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    cfg, state = load_pretrained(tmp_path / "bare")
+    record = read_model(tmp_path / "bare")
+    cfg, state = record.cfg, record.state_dict
     fresh = Wav2Vec2Model(cfg)
     result = fresh.load_state_dict(state, strict=False)
     assert not result.unexpected_keys
@@ -284,7 +285,8 @@ def test_hf_native_checkpoint_with_legacy_weight_norm_bin(tmp_path):
         for k, v in hf_model.state_dict().items()
     }
     torch.save(legacy, tmp_path / "hfnative" / "pytorch_model.bin")
-    cfg, state = load_pretrained(tmp_path / "hfnative")
+    record = read_model(tmp_path / "hfnative")
+    cfg, state = record.cfg, record.state_dict
     assert cfg.feature_extractor.norm_mode == "layer_norm" and cfg.transformer.layer_norm_first
     model = Wav2Vec2Model(cfg)
     model.load_state_dict(state)
@@ -301,26 +303,26 @@ def test_hf_native_checkpoint_with_legacy_weight_norm_bin(tmp_path):
 def test_non_identity_projection_with_equal_widths_is_an_error(tmp_path):
     """HF always has feature_projection; w2vkit has none when C == D, so it must be the identity."""
     model = _random_model(_exotic(tiny()))
-    hf_interop.save_hf(Pretrained(model.cfg, model.state_dict()), tmp_path / "hf")
+    hf_interop.save_hf(ModelRecord(model.cfg, model.state_dict()), tmp_path / "hf")
     hf_model = HFPreTraining.from_pretrained(tmp_path / "hf")
     with torch.no_grad():
         hf_model.wav2vec2.feature_projection.projection.weight.mul_(2.0)
     hf_model.save_pretrained(tmp_path / "hf")
     with pytest.raises(ConfigError, match="feature_projection.projection is not the identity"):
-        load_pretrained(tmp_path / "hf")
+        read_model(tmp_path / "hf")
 
 
 def test_preprocessor_config_matches_the_model(tmp_path):
     for name, attention in [("tiny-group-postln", False), ("tiny-layer-preln", True)]:
         model = _random_model(CONFIGS[name])
         hf_interop.save_hf(
-            Pretrained(model.cfg, model.state_dict(), normalize=None), tmp_path / name
+            ModelRecord(model.cfg, model.state_dict(), normalize=None), tmp_path / name
         )
         extractor = transformers.Wav2Vec2FeatureExtractor.from_pretrained(tmp_path / name)
         assert extractor.sampling_rate == 16000 and extractor.feature_size == 1
         assert extractor.return_attention_mask is attention and extractor.do_normalize is attention
     hf_interop.save_hf(
-        Pretrained(model.cfg, model.state_dict(), normalize=False), tmp_path / "explicit"
+        ModelRecord(model.cfg, model.state_dict(), normalize=False), tmp_path / "explicit"
     )
     assert (
         json.loads((tmp_path / "explicit" / "preprocessor_config.json").read_text())["do_normalize"]
@@ -409,7 +411,8 @@ def test_hf_model_that_never_masks_has_no_mask_embedding(tmp_path):
         mask_time_prob=0.0,
     )  # fmt: skip
     HFModel(hf_cfg).save_pretrained(tmp_path / "m")
-    cfg, state = load_pretrained(tmp_path / "m")
+    record = read_model(tmp_path / "m")
+    cfg, state = record.cfg, record.state_dict
     assert cfg.masking.time_prob == 0 and "masker.mask_embedding" not in state
     with pytest.raises(ConfigError, match="time_prob"):
         hf_interop.hf_config_from_w2vkit(cfg)
@@ -427,7 +430,7 @@ def test_encoder_only_hf_model_round_trips_through_w2vkit_and_back(tmp_path):
     transformers.Wav2Vec2ForCTC(hf_cfg).save_pretrained(tmp_path / "ctc")
     source = hf_interop.load_hf(tmp_path / "ctc")
     save_w2vkit(source, tmp_path / "ctc.pt")
-    again = read_pretrained(tmp_path / "ctc.pt")  # used to fail: missing quantizer.codevectors ...
+    again = read_model(tmp_path / "ctc.pt")  # used to fail: missing quantizer.codevectors ...
     assert again.state_dict.keys() == source.state_dict.keys()
     assert all(torch.equal(again.state_dict[k], v) for k, v in source.state_dict.items())
     # A bare encoder exports even though the settings of the missing heads are not HF's.
@@ -440,7 +443,7 @@ def test_encoder_only_hf_model_round_trips_through_w2vkit_and_back(tmp_path):
 def test_bare_encoder_export_ignores_head_only_settings(tmp_path):
     cfg = dataclasses.replace(tiny(), num_cross_sample_negatives=3)
     model = _random_model(cfg)
-    pretrained = Pretrained(cfg, model.state_dict(), None)
+    pretrained = ModelRecord(cfg, model.state_dict(), None)
     with pytest.raises(ConfigError, match="num_cross_sample_negatives"):
         hf_interop.save_hf(pretrained, tmp_path / "full", heads=True)
     hf_interop.save_hf(pretrained, tmp_path / "enc", heads=False)

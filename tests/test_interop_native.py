@@ -10,7 +10,7 @@ import torch
 
 from w2vkit.cli import main as cli_main
 from w2vkit.config import ConfigError, to_dict
-from w2vkit.interop import CheckpointError, detect_format, load_pretrained, read_pretrained
+from w2vkit.interop import CheckpointError, detect_format, read_model
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
@@ -43,11 +43,12 @@ def test_trainer_checkpoint_and_bare_dict_load(tmp_path):
     )
     for name in ("step.pt", "bare.pt"):
         assert detect_format(tmp_path / name) == "w2vkit"
-        loaded_cfg, state = load_pretrained(tmp_path / name)
+        record = read_model(tmp_path / name)
+        loaded_cfg, state = record.cfg, record.state_dict
         assert loaded_cfg == cfg
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    assert read_pretrained(tmp_path / "step.pt").normalize is True
-    assert read_pretrained(tmp_path / "bare.pt").normalize is None
+    assert read_model(tmp_path / "step.pt").normalize is True
+    assert read_model(tmp_path / "bare.pt").normalize is None
 
 
 def test_weights_that_do_not_fit_the_config_are_errors_naming_the_key(tmp_path):
@@ -56,19 +57,19 @@ def test_weights_that_do_not_fit_the_config_are_errors_naming_the_key(tmp_path):
     state["context_proj.weight"] = torch.zeros(3, 3)
     torch.save({"model": state, "config": {"model": to_dict(cfg)}}, tmp_path / "shape.pt")
     with pytest.raises(CheckpointError, match=r"context_proj\.weight"):
-        load_pretrained(tmp_path / "shape.pt")
+        read_model(tmp_path / "shape.pt")
     del state["context_proj.weight"]
     torch.save({"model": state, "config": {"model": to_dict(cfg)}}, tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match=r"missing context_proj\.weight"):
-        load_pretrained(tmp_path / "missing.pt")
+        read_model(tmp_path / "missing.pt")
     bad_cfg = to_dict(cfg)
     bad_cfg["transformer"]["num_layer"] = 3
     torch.save({"model": state, "config": {"model": bad_cfg}}, tmp_path / "cfg.pt")
     with pytest.raises(ConfigError, match="transformer.num_layer"):
-        load_pretrained(tmp_path / "cfg.pt")
+        read_model(tmp_path / "cfg.pt")
     torch.save({"weights": state}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="neither a w2vkit checkpoint"):
-        load_pretrained(tmp_path / "other.pt")
+        read_model(tmp_path / "other.pt")
 
 
 def test_cli_round_trip_w2vkit_hf_w2vkit_is_bit_exact(tmp_path):

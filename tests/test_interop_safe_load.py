@@ -13,7 +13,7 @@ import zipfile
 import pytest
 import torch
 
-from w2vkit.interop import load_pretrained
+from w2vkit.interop import read_model
 from w2vkit.interop.safe_load import (
     CheckpointError,
     Record,
@@ -56,7 +56,7 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(
     }
     torch.save(checkpoint, tmp_path / "evil.pt", _use_new_zipfile_serialization=zip_format)
     with pytest.raises(CheckpointError, match=f"refusing to load: .*{refused}"):
-        load_pretrained(tmp_path / "evil.pt")
+        read_model(tmp_path / "evil.pt")
     assert not marker.exists()
 
 
@@ -70,7 +70,7 @@ def test_malicious_pytorch_model_bin_in_hf_directory_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(hf_config_from_w2vkit(tiny())))
     torch.save({"wav2vec2.masked_spec_embed": _RunsShell(marker)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="refusing to load"):
-        load_pretrained(tmp_path)
+        read_model(tmp_path)
     assert not marker.exists()
 
 
@@ -135,7 +135,7 @@ def test_enum_members_become_their_values(tmp_path, monkeypatch):
 def test_not_a_checkpoint_is_a_clear_error(tmp_path, content, message):
     (tmp_path / "x.pt").write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
-        load_pretrained(tmp_path / "x.pt")
+        read_model(tmp_path / "x.pt")
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
@@ -148,14 +148,14 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, zip_format):
     data = (tmp_path / "full.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) - 1500])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_pretrained(tmp_path / "cut.pt")
+        read_model(tmp_path / "cut.pt")
 
 
 def test_missing_file_and_bare_directory(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
-        load_pretrained(tmp_path / "nope.pt")
+        read_model(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="without config.json"):
-        load_pretrained(tmp_path)
+        read_model(tmp_path)
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from w2vkit import cli
+from w2vkit.data.vocab import Vocabulary, letters_from_words
 from w2vkit.finetune.beam import BeamOptions, BeamSearchDecoder, lexicon_from_arpa
 from w2vkit.finetune.decode import greedy_decode
 from w2vkit.finetune.ngram import KneserNeyModel
-from w2vkit.finetune.vocab import Vocabulary, letters_from_words
 
 kenlm = pytest.importorskip("kenlm")
 pytest.importorskip("flashlight.lib.text")

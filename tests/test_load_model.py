@@ -1,4 +1,4 @@
-"""`w2vkit.load_model` / `Wav2Vec2Model.from_pretrained` on every format, and `load_weights`.
+"""`w2vkit.load_model` on every format, and `load_weights`.
 
 Each format is loaded and its hidden states compared with an independent reference: the model
 that was saved, HF transformers' own `Wav2Vec2Model` on the same directory, or the states fairseq
@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 import w2vkit
 from w2vkit.config import to_dict
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.interop import CheckpointError, Pretrained, detect_format, hf, load_weights
+from w2vkit.interop import CheckpointError, ModelRecord, detect_format, hf, load_weights
 from w2vkit.interop.native import PRETRAINING_HEADS
 from w2vkit.model.config import preset
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -65,7 +65,7 @@ def test_w2vkit_checkpoint_loads_in_eval_mode_with_every_tensor(tmp_path):
     assert loaded.keys() == saved.keys()  # the pretraining heads are kept
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     _assert_same_states(model, original)
-    again = Wav2Vec2Model.from_pretrained(tmp_path / "ckpt.pt", device="cpu")
+    again = w2vkit.load_model(tmp_path / "ckpt.pt", device="cpu")
     assert not again.training
     _assert_same_states(again, original)
 
@@ -74,7 +74,7 @@ def test_hf_directory_and_bare_safetensors_match_transformers(tmp_path):
     from transformers import Wav2Vec2Model as HFModel
 
     original = _random_model("layer_norm")
-    hf.save_hf(Pretrained(original.cfg, original.state_dict()), tmp_path / "hf")
+    hf.save_hf(ModelRecord(original.cfg, original.state_dict()), tmp_path / "hf")
     reference = HFModel.from_pretrained(tmp_path / "hf").eval()
     wav = _wav()
     with torch.no_grad():
@@ -94,7 +94,7 @@ def test_hf_directory_and_bare_safetensors_match_transformers(tmp_path):
 
 def test_bare_safetensors_with_another_name_and_without_config(tmp_path):
     original = _random_model()
-    hf.save_hf(Pretrained(original.cfg, original.state_dict()), tmp_path / "hf")
+    hf.save_hf(ModelRecord(original.cfg, original.state_dict()), tmp_path / "hf")
     (tmp_path / "hf" / "model.safetensors").rename(tmp_path / "hf" / "step_100.safetensors")
     _assert_same_states(w2vkit.load_model(tmp_path / "hf" / "step_100.safetensors"), original)
     (tmp_path / "lone").mkdir()
@@ -105,7 +105,7 @@ def test_bare_safetensors_with_another_name_and_without_config(tmp_path):
 
 def test_encoder_only_directory_gets_fresh_heads_and_the_same_states(tmp_path):
     original = _random_model()
-    hf.save_hf(Pretrained(original.cfg, original.state_dict()), tmp_path / "enc", heads=False)
+    hf.save_hf(ModelRecord(original.cfg, original.state_dict()), tmp_path / "enc", heads=False)
     torch.manual_seed(123)
     model = w2vkit.load_model(tmp_path / "enc")
     _assert_same_states(model, original)
@@ -186,7 +186,7 @@ def test_pretrain_init_from_uses_the_same_rule(tmp_path, capsys):
         tmp_path / "train.tsv", Manifest(tmp_path / "audio", [p.name for p in paths], frames)
     )
     original = _random_model()
-    hf.save_hf(Pretrained(original.cfg, original.state_dict()), tmp_path / "enc", heads=False)
+    hf.save_hf(ModelRecord(original.cfg, original.state_dict()), tmp_path / "enc", heads=False)
     common = [
         "tiny",
         f"data.manifest_dir={tmp_path}",
@@ -204,3 +204,36 @@ def test_pretrain_init_from_uses_the_same_rule(tmp_path, capsys):
         CheckpointError, match=r"enc: weights do not fit .*unexpected encoder\.layers\.1\."
     ):
         _pretrain([*common, "model.transformer.num_layers=1", f"train.out_dir={tmp_path / 'bad'}"])
+
+
+OLD_READERS = (
+    "read_pretrained",
+    "load_pretrained",
+    "build_model",
+    "read_encoder",
+    "read_finetuned",
+    "_read_source",
+    "Wav2Vec2Model.from_pretrained",
+    "def from_pretrained",
+)
+
+
+def test_one_public_reader_old_names_are_gone():
+    """`w2vkit.load_model` (over `interop.read_model` + `build`) is the only way to read a model:
+    the package, README and docs name none of the readers it replaced. HF's own
+    `transformers.Wav2Vec2Model.from_pretrained` is spelled with its package where docs name it."""
+    root = Path(__file__).resolve().parents[1]
+    files = [
+        *root.joinpath("src").rglob("*.py"),
+        root / "README.md",
+        *root.joinpath("docs").rglob("*.md"),
+    ]
+    found = [
+        f"{path.relative_to(root)}:{number}: {name}"
+        for path in files
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        for name in OLD_READERS
+        if name in line.replace("transformers.Wav2Vec2Model.from_pretrained", "")
+    ]
+    assert found == []
+    assert not hasattr(w2vkit.Wav2Vec2Model, "from_pretrained")

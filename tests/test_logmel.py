@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from w2vkit.embed.logmel import log_mel
+from w2vkit.features.logmel import log_mel
 from w2vkit.model.config import BASE_CONV_LAYERS, tiny
 from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model

@@ -379,3 +379,39 @@ def test_tiny_model_overfits_one_fixed_batch():
         (terms.loss / terms.sample_size).backward()
         optimizer.step()
     assert per_frame[0] < first[0] / 2 and per_frame[1] < first[1] / 2, (step, first, per_frame)
+
+
+def test_public_stages_compose_forward_with_the_same_random_draws():
+    """forward = frontend -> features_dropout -> contextualize(mask=True) -> contrast, drawing
+    dropout (global RNG) and masks, negatives, codes (generator) in the same order."""
+    model = _model(_tiny(input_dropout_prob=0.2, features_dropout_prob=0.3)).train()
+    wav = _wav(2, 16000)
+    torch.manual_seed(5)
+    whole = model(wav, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(5)
+    generator = torch.Generator().manual_seed(0)
+    front = model.frontend(wav)
+    unmasked = model.features_dropout(front.features)
+    encoded = model.contextualize(front, mask=True, generator=generator)
+    staged = model.contrast(encoded, unmasked, temperature=2.0, generator=generator)
+    assert torch.equal(whole.logits, staged.logits)
+    assert torch.equal(whole.time_mask, encoded.time_mask)
+    assert front.features.shape == (2, 49, 64) and front.encoder_input.shape == (2, 49, 64)
+
+
+def test_encode_masks_only_when_asked():
+    model = _model().eval()
+    wav = _wav(1, 16000)
+    plain = model.encode(wav, mask=False)
+    assert plain.time_mask is None
+    assert torch.equal(plain.context, model.extract_features(wav).context)
+    time_mask = torch.zeros(1, 49, dtype=torch.bool)
+    time_mask[0, 10:20] = True
+    masked = model.encode(wav, mask=True, time_mask=time_mask)
+    assert masked.time_mask is time_mask
+    # The masked frames enter the encoder as the mask embedding: the context changes.
+    assert not torch.equal(masked.context, plain.context)
+    with pytest.raises(ValueError, match="time_mask given with mask=False"):
+        model.encode(wav, mask=False, time_mask=time_mask)
+    with pytest.raises(ValueError, match="pretraining needs masked frames"):
+        model.contrast(plain, plain.frontend.features, temperature=2.0)

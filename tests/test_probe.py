@@ -13,10 +13,10 @@ from helpers import VOICES, save_random_tiny, write_features
 from w2vkit import cli
 from w2vkit.data.labels import read_frame_labels, read_utterance_labels
 from w2vkit.data.manifest import Manifest, write_manifest
-from w2vkit.embed.baselines import random_model_source
-from w2vkit.embed.extract import load_features
-from w2vkit.embed.probe import chance_scores, fit_and_score, split_items
-from w2vkit.embed.probe_data import select_frames, stack_context
+from w2vkit.features.store import load_features
+from w2vkit.probe.baselines import random_model_source
+from w2vkit.probe.data import select_frames, stack_context
+from w2vkit.probe.linear import chance_scores, fit_and_score, split_items
 
 SENTENCES = [f"s{i}" for i in range(6)]
 
@@ -144,7 +144,7 @@ def test_stack_context_repeats_edge_frames():
 
 def test_frame_subsampling_is_seeded_and_within_items(tmp_path):
     feats, frames, utterances = _frame_corpus(tmp_path)
-    from w2vkit.embed.probe_data import load_task
+    from w2vkit.probe.data import load_task
 
     task = load_task(feats, frames, task="frame", utterances_path=utterances)
     items = np.arange(10)

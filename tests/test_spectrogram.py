@@ -12,7 +12,7 @@ import torch
 
 from w2vkit import cli
 from w2vkit.config import ConfigError
-from w2vkit.interop import Pretrained, read_pretrained
+from w2vkit.interop import ModelRecord, read_model
 from w2vkit.interop.hf import hf_config_from_w2vkit
 from w2vkit.interop.native import save_w2vkit
 from w2vkit.losses import pretraining_loss
@@ -127,8 +127,8 @@ def test_w2vkit_checkpoint_round_trip_and_hf_export_is_refused(tmp_path, capsys)
     cfg = spectrogram_config(spectrogram="stft")
     model = Wav2Vec2Model(cfg).eval()
     path = tmp_path / "spec.pt"
-    save_w2vkit(Pretrained(cfg=cfg, state_dict=model.state_dict(), normalize=False), path)
-    loaded = read_pretrained(path)
+    save_w2vkit(ModelRecord(cfg=cfg, state_dict=model.state_dict(), normalize=False), path)
+    loaded = read_model(path)
     assert loaded.cfg.feature_extractor.kind == "spectrogram"
     assert loaded.cfg.feature_extractor.spectrogram == "stft"
     again = Wav2Vec2Model(loaded.cfg).eval()

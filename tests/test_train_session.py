@@ -15,7 +15,7 @@ from helpers import make_letter_corpus
 from w2vkit import cli
 from w2vkit.config import ConfigError
 from w2vkit.finetune.config import TriStageOptimConfig
-from w2vkit.interop import Pretrained, save_w2vkit
+from w2vkit.interop import ModelRecord, save_w2vkit
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint, dist, session
@@ -27,7 +27,7 @@ def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("letters")
     make_letter_corpus(root / "data", {"train": 6, "valid": 2})
     torch.manual_seed(0)
-    save_w2vkit(Pretrained(tiny(), Wav2Vec2Model(tiny()).state_dict()), root / "init.pt")
+    save_w2vkit(ModelRecord(tiny(), Wav2Vec2Model(tiny()).state_dict()), root / "init.pt")
     return root
 
 

@@ -13,11 +13,11 @@ from w2vkit import cli
 from w2vkit.config import from_dict, to_dict
 from w2vkit.data.audio import load_audio
 from w2vkit.data.manifest import read_manifest
+from w2vkit.data.vocab import Vocabulary
 from w2vkit.finetune.decode import greedy_decode, word_times
-from w2vkit.finetune.model import Wav2Vec2ForCTC, read_finetuned
-from w2vkit.finetune.vocab import Vocabulary
-from w2vkit.interop import hf
+from w2vkit.interop import hf_ctc, read_model
 from w2vkit.model.config import ModelConfig, tiny
+from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.train import checkpoint
 
 
@@ -92,7 +92,7 @@ def test_jsonl_has_word_times_and_tsv_follows_the_manifest(setup, capsys):
 
 def test_hf_directory_transcribes_the_same(setup, tmp_path, capsys):
     root, corpus, vocab, model = setup
-    hf.save_hf_ctc(read_finetuned(root / "model.pt"), tmp_path / "hf")
+    hf_ctc.save_hf_ctc(read_model(root / "model.pt"), tmp_path / "hf")
     args = ["--manifest", str(corpus / "test.tsv")]
     assert cli.main(["transcribe", str(root / "model.pt"), *args]) == 0
     ours = capsys.readouterr().out

@@ -20,8 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from w2vkit.config import ConfigError
-from w2vkit.interop import hf, read_pretrained
-from w2vkit.interop.native import Pretrained
+from w2vkit.interop import ModelRecord, hf, read_model
 from w2vkit.interop.safe_load import CheckpointError, load_torch_file
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
@@ -91,7 +90,7 @@ def test_fault19_plain_numpy_scalars_still_load(tmp_path):
 def hf_dir(tmp_path) -> Path:
     torch.manual_seed(0)
     model = Wav2Vec2Model(tiny())
-    hf.save_hf(Pretrained(model.cfg, model.state_dict()), tmp_path / "hf")
+    hf.save_hf(ModelRecord(model.cfg, model.state_dict()), tmp_path / "hf")
     return tmp_path / "hf"
 
 
@@ -121,16 +120,16 @@ def _edit_config(directory: Path, **changes) -> Path:
 def test_fault20_oversized_config_is_refused_before_building(hf_dir, changes, message):
     config = _edit_config(hf_dir, **changes)
     with pytest.raises(ConfigError) as caught:
-        read_pretrained(hf_dir)
+        read_model(hf_dir)
     assert str(caught.value).startswith(f"{config}: {message}")
 
 
 SHAPE_CHECK = """
 import resource, sys
-from w2vkit.interop import read_pretrained
+from w2vkit.interop import read_model
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
-    read_pretrained(sys.argv[1])
+    read_model(sys.argv[1])
 except Exception as err:
     print(type(err).__name__, err)
 print("grew_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
@@ -175,19 +174,19 @@ def test_fault21_malformed_or_escaping_weight_index_is_refused(hf_dir, index, me
     weights.rename(hf_dir / "model-00001-of-00001.safetensors")
     (hf_dir / "model.safetensors.index.json").write_text(index)
     with pytest.raises(CheckpointError) as caught:
-        read_pretrained(hf_dir)
+        read_model(hf_dir)
     text = str(caught.value)
     assert text.startswith(f"{hf_dir / 'model.safetensors.index.json'}: ") and message in text
     assert "\n" not in text
 
 
 def test_fault21_a_valid_sharded_index_still_loads(hf_dir):
-    reference = read_pretrained(hf_dir).state_dict
+    reference = read_model(hf_dir).state_dict
     weights = hf_dir / "model.safetensors"
     weights.rename(hf_dir / "model-00001-of-00001.safetensors")
     names = json.loads(json.dumps(list(hf.to_hf_state(tiny(), reference))))
     index = {"weight_map": dict.fromkeys(names, "model-00001-of-00001.safetensors")}
     (hf_dir / "model.safetensors.index.json").write_text(json.dumps(index))
-    loaded = read_pretrained(hf_dir).state_dict
+    loaded = read_model(hf_dir).state_dict
     assert loaded.keys() == reference.keys()
     assert all(torch.equal(loaded[k], reference[k]) for k in reference)

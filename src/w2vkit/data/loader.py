@@ -26,7 +26,7 @@ from w2vkit.data.dataset import AudioDataset, describe
 from w2vkit.data.sampler import BatchKey, BucketBatchSampler, seeded_generator
 
 if TYPE_CHECKING:
-    from w2vkit.train.config import DataConfig
+    from w2vkit.data.config import DataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from w2vkit.config import ConfigError
+from w2vkit.data.vocab import BLANK, WORD_SEPARATOR, Vocabulary
 from w2vkit.finetune.decode import Hypothesis, collapse
 from w2vkit.finetune.ngram import BOS, EOS, UNK
-from w2vkit.finetune.vocab import BLANK, WORD_SEPARATOR, Vocabulary
 
 
 @dataclass(kw_only=True)

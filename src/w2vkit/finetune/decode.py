@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import jiwer
 from torch import Tensor
 
-from w2vkit.finetune.vocab import BLANK, SPECIALS, UNK, WORD_SEPARATOR, Vocabulary
+from w2vkit.data.vocab import BLANK, SPECIALS, UNK, WORD_SEPARATOR, Vocabulary
 
 
 @dataclass

@@ -25,7 +25,7 @@ from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.loader import build_dataloader
 from w2vkit.data.manifest import read_manifest
 from w2vkit.data.sampler import BucketBatchSampler
-from w2vkit.finetune.vocab import PAD, Vocabulary
+from w2vkit.data.vocab import PAD, Vocabulary
 
 
 @dataclass(kw_only=True)

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from w2vkit.data.vocab import BLANK, Vocabulary
 from w2vkit.finetune.config import FinetuneConfig
 from w2vkit.finetune.decode import ErrorCounts, char_errors, greedy_decode, word_errors
-from w2vkit.finetune.vocab import BLANK, Vocabulary
 from w2vkit.train import dist
 from w2vkit.train.loop import Objective, StepOutput
 

@@ -1,29 +1,31 @@
-"""Checkpoint interop: fairseq `.pt`, HF transformers directories and w2vkit checkpoints.
+"""Checkpoint interop: the one place that turns a file into weights.
 
-`load_model(path)` gives a ready `Wav2Vec2Model` from any of them (format auto-detected);
-`read_pretrained(path)` the config, state dict (w2vkit names) and input normalisation it is built
-from; `save_w2vkit` / `save_hf` write them. Nothing is ever unpickled without an allowlist (see
-`safe_load`).
+`read_model(path)` reads any supported format into a `ModelRecord` (config, w2vkit state dict,
+input normalisation, vocabulary, kind): w2vkit pretraining and fine-tuning checkpoints, fairseq
+pretraining `.pt` and `wav2vec_ctc` `.pt` (+ its `dict.ltr.txt`), HF `Wav2Vec2ForPreTraining` /
+`Wav2Vec2Model` / `Wav2Vec2ForCTC` directories. `build(record, head=...)` makes the module;
+`load_model(path)` (`w2vkit.load_model`) does both. `save_w2vkit` / `hf.save_hf` /
+`hf_ctc.save_hf_ctc` write records. Nothing is ever unpickled without an allowlist (`safe_load`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Literal, overload
 
 import torch
-from torch import Tensor
+from torch import nn
 
-from w2vkit.interop import fairseq, hf
-from w2vkit.interop.native import (
-    Pretrained,
-    from_payload,
-    is_w2vkit_checkpoint,
-    load_weights,
-    save_w2vkit,
-)
+from w2vkit.config import ConfigError
+from w2vkit.data.vocab import Vocabulary
+from w2vkit.interop import fairseq, fairseq_ctc, hf, hf_ctc
+from w2vkit.interop.heads import HEADS, build, register_head
+from w2vkit.interop.native import from_payload, is_w2vkit_checkpoint, load_weights, save_w2vkit
+from w2vkit.interop.record import ModelRecord
 from w2vkit.interop.safe_load import CheckpointError, load_torch_file
-from w2vkit.model.config import ModelConfig
+from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 FORMATS = ("w2vkit", "fairseq", "hf")
@@ -32,42 +34,58 @@ FORMATS = ("w2vkit", "fairseq", "hf")
 def detect_format(path: str | os.PathLike) -> str:
     """'hf' for a directory or a `.safetensors` file, else 'w2vkit' or 'fairseq' from the
     checkpoint's top-level keys."""
-    return _read(Path(path))[0]
+    return _read(Path(path), None)[0]
 
 
-def read_pretrained(path: str | os.PathLike) -> Pretrained:
-    """Any supported checkpoint -> `Pretrained` (config, w2vkit state dict, input normalisation)."""
-    return _read(Path(path))[1]
+def read_model(
+    path: str | os.PathLike, *, dict_path: str | os.PathLike | None = None
+) -> ModelRecord:
+    """Any supported checkpoint -> `ModelRecord`. `dict_path`: the `dict.ltr.txt` of a fairseq
+    fine-tuned model (default: beside the file); no other format uses it."""
+    return _read(Path(path), Path(dict_path) if dict_path else None)[1]
 
 
-def load_pretrained(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Config and state dict from any format, keys and shapes checked against the config.
+@overload
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    *,
+    head: Literal["pretraining", "encoder"],
+    dict_path: str | os.PathLike | None = None,
+) -> Wav2Vec2Model: ...
+@overload
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    *,
+    head: Literal["ctc"],
+    dict_path: str | os.PathLike | None = None,
+) -> Wav2Vec2ForCTC: ...
+@overload
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    *,
+    head: str | None = None,
+    dict_path: str | os.PathLike | None = None,
+) -> nn.Module: ...
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    *,
+    head: str | None = None,
+    dict_path: str | os.PathLike | None = None,
+) -> nn.Module:
+    """The model in `path` (any format `read_model` reads), in eval mode, on `device`.
 
-    An encoder-only checkpoint (HF `Wav2Vec2Model`) lacks the pretraining heads: `load_weights`
-    (or `load_model`) puts such a state dict into a model and says which tensors it lacked.
+    `head`: "pretraining" (`Wav2Vec2Model` with quantizer and projections, fresh ones for an
+    encoder-only checkpoint), "encoder" (`Wav2Vec2Model` without them) or "ctc"
+    (`Wav2Vec2ForCTC`); default: what the file holds ("ctc" for a fine-tuned model, else
+    "pretraining"). `model.normalize_input` is the input normalisation the checkpoint records,
+    else True for layer-norm extractors (HF's rule).
     """
-    pretrained = read_pretrained(path)
-    return pretrained.cfg, pretrained.state_dict
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> Wav2Vec2Model:
-    """A `Wav2Vec2Model` in eval mode from any format `read_pretrained` reads, on `device`.
-
-    Pretraining heads are loaded when the checkpoint has them; an encoder-only checkpoint gets
-    freshly initialised ones (unused by `extract_features`). `model.normalize_input` is the
-    input normalisation the checkpoint records, else True for layer-norm extractors (HF's rule).
-    """
-    model = build_model(read_pretrained(path), source=str(path))
+    model = build(read_model(path, dict_path=dict_path), head, source=str(path))
     return model.to(device).eval() if device is not None else model.eval()
-
-
-def build_model(pretrained: Pretrained, *, source: str) -> Wav2Vec2Model:
-    """`Wav2Vec2Model(pretrained.cfg)` holding `pretrained`'s weights (see `load_weights`)."""
-    model = Wav2Vec2Model(pretrained.cfg)
-    load_weights(model, pretrained.state_dict, source=source)
-    if pretrained.normalize is not None:
-        model.normalize_input = pretrained.normalize
-    return model
 
 
 def refuse_run_directory(path: Path) -> None:
@@ -81,13 +99,16 @@ def refuse_run_directory(path: Path) -> None:
         )
 
 
-def _read(path: Path) -> tuple[str, Pretrained]:
+def _read(path: Path, dict_path: Path | None) -> tuple[str, ModelRecord]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             refuse_run_directory(path)
             raise CheckpointError(
                 f"{path}: a directory without config.json is not an HF model directory"
             )
+        # Without its tokenizer a Wav2Vec2ForCTC is read as an encoder (the output layer left out).
+        if _is_hf_ctc(path / "config.json") and (path / "vocab.json").is_file():
+            return "hf", hf_ctc.load_hf_ctc(path)
         return "hf", hf.load_hf(path)
     if path.suffix == ".safetensors" and path.is_file():
         if not (path.parent / "config.json").is_file():
@@ -99,6 +120,15 @@ def _read(path: Path) -> tuple[str, Pretrained]:
     payload = load_torch_file(path)
     if is_w2vkit_checkpoint(payload):
         return "w2vkit", from_payload(payload, source=str(path))
+    if fairseq_ctc.is_fairseq_ctc(payload):
+        dict_path = dict_path or path.with_name("dict.ltr.txt")
+        if not dict_path.is_file():
+            raise ConfigError(
+                f"{path} is a fairseq fine-tuned model (wav2vec_ctc), which does not store its "
+                f"dictionary: pass its dict.ltr.txt (--dict), {dict_path} does not exist"
+            )
+        vocab = Vocabulary.load(dict_path)
+        return "fairseq", fairseq_ctc.from_fairseq_ctc(payload, vocab, source=str(path))
     if isinstance(payload, dict) and "model" in payload and ("cfg" in payload or "args" in payload):
         return "fairseq", fairseq.from_checkpoint(payload, source=str(path))
     keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
@@ -108,16 +138,26 @@ def _read(path: Path) -> tuple[str, Pretrained]:
     )
 
 
+def _is_hf_ctc(config_path: Path) -> bool:
+    """config.json names `Wav2Vec2ForCTC` (an unreadable one: False, the reader says why)."""
+    try:
+        architectures = json.loads(config_path.read_text()).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(architectures, list) and "Wav2Vec2ForCTC" in architectures
+
+
 __all__ = [
-    "CheckpointError",
     "FORMATS",
-    "Pretrained",
-    "build_model",
+    "HEADS",
+    "CheckpointError",
+    "ModelRecord",
+    "build",
     "detect_format",
     "load_model",
-    "load_pretrained",
     "load_weights",
-    "read_pretrained",
+    "read_model",
     "refuse_run_directory",
+    "register_head",
     "save_w2vkit",
 ]

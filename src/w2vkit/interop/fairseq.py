@@ -14,7 +14,8 @@ from typing import Any
 
 from w2vkit.config import ConfigError, from_dict
 from w2vkit.interop.keymap import KeyMap
-from w2vkit.interop.native import Pretrained, check_state_dict
+from w2vkit.interop.native import check_state_dict
+from w2vkit.interop.record import ModelRecord
 from w2vkit.interop.safe_load import CheckpointError, to_plain
 from w2vkit.model.config import ModelConfig
 
@@ -294,8 +295,8 @@ def config_from_fairseq(fields: dict[str, Any], *, where: str = "cfg.model") -> 
         raise ConfigError(f"{err} (fairseq field {named[0]})") from err
 
 
-def from_checkpoint(checkpoint: Any, *, source: str) -> Pretrained:
-    """A loaded fairseq checkpoint dict (see `safe_load.load_torch_file`) -> `Pretrained`."""
+def from_checkpoint(checkpoint: Any, *, source: str) -> ModelRecord:
+    """A loaded fairseq checkpoint dict (see `safe_load.load_torch_file`) -> `ModelRecord`."""
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise CheckpointError(f"{source}: not a fairseq checkpoint (no 'model' state dict)")
     fields, where, normalize = model_fields(checkpoint, source=source)
@@ -305,4 +306,4 @@ def from_checkpoint(checkpoint: Any, *, source: str) -> Pretrained:
         raise ConfigError(f"{source}: {err}") from err
     state = KEYS.to_w2vkit(checkpoint["model"], source=source)
     check_state_dict(cfg, state, source=source)
-    return Pretrained(cfg, state, normalize)
+    return ModelRecord(cfg, state, normalize)

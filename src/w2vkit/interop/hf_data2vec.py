@@ -19,7 +19,7 @@ from torch import Tensor
 
 from w2vkit.config import ConfigError
 from w2vkit.interop.hf import hf_config_from_w2vkit, to_hf_state
-from w2vkit.interop.native import Pretrained
+from w2vkit.interop.native import ModelRecord
 from w2vkit.model.config import ModelConfig
 
 _POS = "encoder.pos_conv."
@@ -79,12 +79,12 @@ def to_hf_data2vec_state(cfg: ModelConfig, state: dict[str, Tensor]) -> dict[str
     return out
 
 
-def save_hf_data2vec(pretrained: Pretrained, directory: str | Path) -> None:
+def save_hf_data2vec(record: ModelRecord, directory: str | Path) -> None:
     """Write config.json, model.safetensors and preprocessor_config.json for
-    `Data2VecAudioModel.from_pretrained`."""
-    cfg = pretrained.cfg
+    `Data2VecAudioModel.from_pretrained` (a fine-tuned record: its encoder)."""
+    cfg = record.cfg
     hf = hf_data2vec_config(cfg)
-    state = to_hf_data2vec_state(cfg, pretrained.state_dict)
+    state = to_hf_data2vec_state(cfg, record.encoder_state())
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
@@ -95,7 +95,7 @@ def save_hf_data2vec(pretrained: Pretrained, directory: str | Path) -> None:
         "sampling_rate": 16000,
         "padding_value": 0.0,
         "padding_side": "right",
-        "do_normalize": pretrained.normalize if pretrained.normalize is not None else True,
+        "do_normalize": record.normalize if record.normalize is not None else True,
         "return_attention_mask": True,
     }
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")

@@ -1,14 +1,14 @@
-"""w2vkit's own checkpoint layout, and the record every interop reader returns.
+"""w2vkit's own checkpoint layout, and the rule for which tensors a checkpoint may lack.
 
 A w2vkit checkpoint is a `torch.save` dict with `"model"` (state dict) and `"config"` (a plain dict
 whose `"model"` entry is `w2vkit.config.to_dict(ModelConfig)`); the trainer adds optimizer and loop
-state, which conversion ignores. `convert --to w2vkit` writes only the weights and config, plus
-`"audio"` (`normalize`: whether the model expects per-utterance normalised input).
+state, which conversion ignores. A fine-tuning checkpoint's config also has `"vocab"` (the output
+symbols, specials first) and its model an `lm_head`. `convert --to w2vkit` writes only the weights
+and config, plus `"audio"` (`normalize`: whether the model expects per-utterance normalised input).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,21 +16,13 @@ import torch
 from torch import Tensor
 
 from w2vkit.config import ConfigError, from_dict, to_dict
+from w2vkit.data.vocab import SPECIALS, Vocabulary
+from w2vkit.interop.record import ENCODER_PREFIX, ModelRecord
 from w2vkit.interop.safe_load import CheckpointError
 from w2vkit.model.config import ModelConfig
 
 if TYPE_CHECKING:
     from w2vkit.model.wav2vec2 import Wav2Vec2Model
-
-
-@dataclass
-class Pretrained:
-    """A model read from any supported format, in w2vkit's names."""
-
-    cfg: ModelConfig
-    state_dict: dict[str, Tensor]
-    normalize: bool | None = None
-    """Per-utterance input normalisation the model was trained with; None = not recorded."""
 
 
 def is_w2vkit_checkpoint(payload: object) -> bool:
@@ -42,37 +34,101 @@ def is_w2vkit_checkpoint(payload: object) -> bool:
     )
 
 
-def from_payload(payload: dict, *, source: str) -> Pretrained:
-    """Build a `Pretrained` from an already loaded w2vkit checkpoint dict (validated)."""
+def is_finetuned(payload: dict) -> bool:
+    """A w2vkit fine-tuning checkpoint: its config has a `vocab` and its model an `lm_head`."""
+    return isinstance(payload["config"].get("vocab"), list) and "lm_head.weight" in payload["model"]
+
+
+def from_payload(payload: dict, *, source: str) -> ModelRecord:
+    """A `ModelRecord` from an already loaded w2vkit checkpoint dict (validated)."""
     if not is_w2vkit_checkpoint(payload):
         raise CheckpointError(
             f"{source}: not a w2vkit checkpoint (needs 'model' and 'config'['model'])"
         )
+    config = payload["config"]
     try:
-        cfg = from_dict(ModelConfig, payload["config"]["model"], where="model")
+        cfg = from_dict(ModelConfig, config["model"], where="model")
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from err
     audio: dict = payload["audio"] if isinstance(payload.get("audio"), dict) else {}
-    data: dict = (
-        payload["config"]["data"] if isinstance(payload["config"].get("data"), dict) else {}
-    )
+    data: dict = config["data"] if isinstance(config.get("data"), dict) else {}
     normalize = audio.get("normalize", data.get("normalize"))
     # The heads of other objectives (data2vec 2.0, BEST-RQ) around the same encoder: not read.
     state = {k: v for k, v in payload["model"].items() if not k.startswith(OBJECTIVE_HEADS)}
+    if is_finetuned(payload):
+        return _finetuned(payload, cfg, state, normalize=bool(normalize), source=source)
     # A w2vkit file converted from an HF encoder-only model has no heads: it loads, not pretrains.
     check_state_dict(cfg, state, source=source, optional_prefixes=encoder_only_prefixes(cfg, state))
-    return Pretrained(cfg, state, normalize if isinstance(normalize, bool) else None)
+    return ModelRecord(cfg, state, normalize if isinstance(normalize, bool) else None)
 
 
-def save_w2vkit(pretrained: Pretrained, path: str | Path) -> None:
+def _finetuned(
+    payload: dict, cfg: ModelConfig, state: dict[str, Tensor], *, normalize: bool, source: str
+) -> ModelRecord:
+    config = payload["config"]
+    symbols = config["vocab"]
+    if symbols[: len(SPECIALS)] != list(SPECIALS) or not all(isinstance(s, str) for s in symbols):
+        raise CheckpointError(
+            f"{source}: config.vocab must list the symbols after {', '.join(SPECIALS)}"
+        )
+    try:
+        vocab = Vocabulary(symbols[len(SPECIALS) :])
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: config.vocab: {err}") from err
+    ctc: dict = config["ctc"] if isinstance(config.get("ctc"), dict) else {}
+    final_dropout = ctc.get("final_dropout_prob", 0.0)
+    if isinstance(final_dropout, bool) or not isinstance(final_dropout, (int, float)):
+        raise CheckpointError(f"{source}: config.ctc.final_dropout_prob={final_dropout!r:.40}")
+    if not 0 <= final_dropout < 1:
+        raise CheckpointError(
+            f"{source}: config.ctc.final_dropout_prob={final_dropout} not in [0, 1)"
+        )
+    record = ModelRecord(
+        cfg, state, normalize, vocab=vocab, kind="ctc", final_dropout_prob=float(final_dropout)
+    )
+    check_ctc_state(record, source=source)
+    return record
+
+
+def check_ctc_state(record: ModelRecord, *, source: str) -> None:
+    """A CTC record's encoder fits its config (pretraining heads absent) and its output layer has
+    one row per vocabulary symbol."""
+    encoder = record.encoder_state()
+    check_state_dict(
+        record.cfg, encoder, source=source, optional_prefixes=encoder_only_prefixes(record.cfg, {})
+    )
+    rows = len(record.vocab) if record.vocab is not None else 0
+    expected = {
+        "lm_head.weight": (rows, record.cfg.transformer.model_dim),
+        "lm_head.bias": (rows,),
+    }
+    other = [k for k in record.state_dict if not k.startswith(ENCODER_PREFIX) and k not in expected]
+    for key, shape in expected.items():
+        tensor = record.state_dict.get(key)
+        if tensor is None or tuple(tensor.shape) != shape:
+            found = "missing" if tensor is None else f"shape {tuple(tensor.shape)}"
+            raise CheckpointError(
+                f"{source}: {key} is {found}; the model's config and its {rows}-symbol vocabulary "
+                f"need {shape}"
+            )
+    if other:
+        raise CheckpointError(f"{source}: unexpected tensors {', '.join(other[:6])}")
+
+
+def save_w2vkit(record: ModelRecord, path: str | Path) -> None:
+    """Write `record` as a w2vkit checkpoint (a fine-tuned one keeps its vocabulary)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    config: dict = {"model": to_dict(record.cfg)}
+    if record.kind == "ctc" and record.vocab is not None:
+        config["vocab"] = record.vocab.symbols
+        config["ctc"] = {"final_dropout_prob": record.final_dropout_prob}
     payload = {
-        "model": {k: v.detach().cpu().contiguous() for k, v in pretrained.state_dict.items()},
-        "config": {"model": to_dict(pretrained.cfg)},
+        "model": {k: v.detach().cpu().contiguous() for k, v in record.state_dict.items()},
+        "config": config,
     }
-    if pretrained.normalize is not None:
-        payload["audio"] = {"normalize": pretrained.normalize}
+    if record.normalize is not None:
+        payload["audio"] = {"normalize": record.normalize}
     torch.save(payload, path)
 
 

@@ -140,9 +140,7 @@ class BestRQModel(Wav2Vec2Model):
             noisy = torch.where(
                 masked_samples(time_mask, conv_layers, wav.shape[1]), noise.to(wav.dtype), wav
             )
-        features, frame_pad, _ = self._features(noisy, padding_mask)  # (B, T, C')
-        x = self.input_dropout(self._project(features))  # (B, T, D)
-        context = self.encoder(x, frame_pad, generator=generator)[-1]  # (B, T, D)
+        context = self.encode(noisy, padding_mask, mask=False, generator=generator).context
         logits = self.rq_head(context[time_mask])  # (N, C * V)
         rq = self.rq_cfg
         return BestRQOutput(

@@ -27,7 +27,7 @@ from w2vkit.model.decoder import ConvDecoder
 from w2vkit.model.ema import ema_update_
 from w2vkit.model.normalize import instance_norm_over_time
 from w2vkit.model.transformer import EncoderLayer, TransformerEncoder
-from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.model.wav2vec2 import FrontendOutput, Wav2Vec2Model
 
 
 @dataclass(kw_only=True)
@@ -195,34 +195,33 @@ class Data2Vec2Model(Wav2Vec2Model):
         `time_mask` (B*M, T) replaces the sampled one (tests)."""
         if self.teacher.updates < 0:
             self.teacher.follow(self.encoder, 0, 1.0)
-        features, frame_pad, _ = self._features(wav, padding_mask)  # (B, T, C)
-        x = self._project(features)  # (B, T, D)
+        front = self.frontend(wav, padding_mask)  # (B, T, C) features, (B, T, D) encoder input
         with torch.no_grad():
             target = teacher_targets(
                 self.teacher.encoder,
-                x.detach(),
-                frame_pad,
+                front.encoder_input.detach(),
+                front.padding_mask,
                 self.d2v.average_top_k_layers,
                 self.d2v.instance_norm_target_layer,
             )  # (B, T, D)
         clones = self.d2v.num_clones
-        x = self.input_dropout(x).repeat_interleave(clones, 0)  # (B*M, T, D)
-        pad = None if frame_pad is None else frame_pad.repeat_interleave(clones, 0)
-        rows, frames, dim = x.shape
-        if time_mask is None:
-            time_mask = self.masker.time_mask(rows, frames, pad, generator, wav.device)
-            if time_mask is None:
-                raise ValueError("masking.time_prob is 0: data2vec 2.0 needs masked frames")
-        else:
-            self._check_time_mask(time_mask, rows, frames, pad)
-        x = self.masker(x, time_mask, self.masker.channel_mask(rows, dim, generator, wav.device))
-        context = self.encoder(x, pad, generator=generator)[-1]  # (B*M, T, D)
-        prediction = self.decoder(context)  # (B*M, T, D)
+        pad = front.padding_mask
+        cloned = FrontendOutput(
+            features=front.features.repeat_interleave(clones, 0),
+            encoder_input=front.encoder_input.repeat_interleave(clones, 0),  # (B*M, T, D)
+            padding_mask=None if pad is None else pad.repeat_interleave(clones, 0),
+            features_penalty=front.features_penalty,
+        )
+        encoded = self.contextualize(cloned, mask=True, generator=generator, time_mask=time_mask)
+        if encoded.time_mask is None:
+            raise ValueError("masking.time_prob is 0: data2vec 2.0 needs masked frames")
+        time_mask = encoded.time_mask
+        prediction = self.decoder(encoded.context)  # (B*M, T, D)
         return Data2Vec2Output(
             prediction=prediction[time_mask],
             target=target.repeat_interleave(clones, 0)[time_mask],
             time_mask=time_mask,
-            frame_padding_mask=pad,
+            frame_padding_mask=cloned.padding_mask,
         )
 
 

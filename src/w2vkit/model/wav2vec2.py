@@ -2,12 +2,15 @@
 
 raw audio -> conv features Z -> (mask) -> Transformer context C
           -> quantized targets Q at the masked frames -> contrastive logits against distractors.
+
+Each arrow is a public stage: `frontend` (audio -> Z and the encoder input), `contextualize` (mask,
+Transformer -> C), `contrast` (Q, distractors, logits); `encode` = frontend + contextualize, what a
+CTC head, a feature reader or another objective runs. `forward` composes them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +46,36 @@ class PretrainOutput:
 
 
 @dataclass
+class FrontendOutput:
+    features: Tensor
+    """(B, T, C) conv features z after `feature_norm`, unmasked."""
+    encoder_input: Tensor
+    """(B, T, D) the features projected to the model width, after input dropout."""
+    padding_mask: Tensor | None
+    """(B, T) True = padded."""
+    features_penalty: Tensor
+    """Mean squared conv feature over unpadded frames (fp32 scalar)."""
+
+
+@dataclass
+class EncoderOutput:
+    hidden_states: list[Tensor]
+    """[encoder input (masked), output of layer 1, ...], each (B, T, D)."""
+    frontend: FrontendOutput
+    time_mask: Tensor | None
+    """(B, T) True = masked; None when nothing was masked in time."""
+
+    @property
+    def context(self) -> Tensor:
+        """(B, T, D) the last layer's output: the context c of Figure 1."""
+        return self.hidden_states[-1]
+
+    @property
+    def padding_mask(self) -> Tensor | None:
+        return self.frontend.padding_mask
+
+
+@dataclass
 class FeatureOutput:
     hidden_states: list[Tensor]
     """[encoder input, output of layer 1, ...], each (B, T, D)."""
@@ -61,7 +94,7 @@ class Wav2Vec2Model(nn.Module):
         super().__init__()
         self.cfg = cfg
         # Per-utterance input normalisation this model expects; HF's default, until a loaded
-        # checkpoint says what it was trained with (`from_pretrained`).
+        # checkpoint says what it was trained with (`w2vkit.load_model`).
         self.normalize_input = cfg.feature_extractor.norm_mode == "layer_norm"
         conv_dim, model_dim = cfg.conv_dim, cfg.transformer.model_dim
         self.feature_extractor: nn.Module
@@ -96,16 +129,6 @@ class Wav2Vec2Model(nn.Module):
         """`tiny`, `base` (fairseq LibriSpeech BASE), `large` (LV-60 LARGE) or `large_paper`."""
         return cls(preset(name))
 
-    @classmethod
-    def from_pretrained(
-        cls, path: str | os.PathLike, device: str | torch.device | None = None
-    ) -> Wav2Vec2Model:
-        """A fairseq `.pt`, HF directory (or `model.safetensors` beside its `config.json`) or
-        w2vkit checkpoint, in eval mode: `w2vkit.interop.load_model`."""
-        from w2vkit.interop import load_model  # interop builds on this module: import on use
-
-        return load_model(path, device)
-
     def forward(
         self,
         wav: Tensor,
@@ -121,84 +144,43 @@ class Wav2Vec2Model(nn.Module):
         `time_mask` (B, T) and `negative_indices` (N, K) replace the sampled ones (parity tests).
         """
         # 1. Conv features z and the penalty on their scale.
-        features, frame_pad, features_penalty = self._features(wav, padding_mask)  # (B, T, C)
-        batch, frames, _ = features.shape
-        # 2. Encoder input, masked; the quantizer sees the unmasked features.
-        x = self.input_dropout(self._project(features))  # (B, T, D)
-        unmasked = self.features_dropout(features)  # (B, T, C)
-        if time_mask is None:
-            time_mask = self.masker.time_mask(batch, frames, frame_pad, generator, wav.device)
-            if time_mask is None:
-                raise ValueError("masking.time_prob is 0: pretraining needs masked frames")
-        else:
-            self._check_time_mask(time_mask, batch, frames, frame_pad)
-        channel_mask = self.masker.channel_mask(batch, x.shape[-1], generator, wav.device)
-        x = self.masker(x, time_mask, channel_mask)
-        # 3. Context network; only the masked frames are scored.
-        context = self.encoder(x, frame_pad, generator=generator)[-1]  # (B, T, D)
-        context = self.context_proj(context[time_mask])  # (N, D) -> (N, F)
-        # 4. Targets: quantized unmasked features at the masked frames (fairseq quantizes only these).
-        temperature = float(temperature)
-        target_ids = extra = extra_ids = None
-        prob_ppl = code_ppl = None
-        if self.quantizer is not None:
-            # (N, C) -> (N, code_dim)
-            quantized = self.quantizer(unmasked[time_mask], temperature, generator)
-            targets = self.target_proj(quantized.quantized)  # (N, F)
-            target_ids, prob_ppl, code_ppl = (
-                quantized.codes,
-                quantized.prob_perplexity,
-                quantized.code_perplexity,
-            )
-            if self.cfg.num_codebook_negatives > 0:
-                extra_ids, extra = self._codebook_negatives(targets.shape[0], generator, wav.device)
-        else:
-            targets = self.target_proj(unmasked[time_mask])  # (N, C) -> (N, F)
-        # 5. Distractors and logits.
-        if negative_indices is None:
-            negative_indices = sample_negatives(
-                time_mask.sum(1),
-                self.cfg.num_negatives,
-                self.cfg.num_cross_sample_negatives,
-                generator=generator,
-                num_masked=targets.shape[0],
-            )
-        logits = contrastive_logits(
-            context,
-            targets,
-            negative_indices,
-            target_ids=target_ids,
-            extra_negatives=extra,
-            extra_ids=extra_ids,
-            logit_temperature=self.cfg.logit_temperature,
-        )
-        return PretrainOutput(
-            logits=logits,
-            time_mask=time_mask,
-            frame_padding_mask=frame_pad,
-            features_penalty=features_penalty,
-            prob_perplexity=prob_ppl,
-            code_perplexity=code_ppl,
-            num_vars=self.quantizer.num_vars if self.quantizer is not None else 0,
+        front = self.frontend(wav, padding_mask)
+        # 2. The quantizer sees the unmasked features (dropped out before the masks are drawn).
+        unmasked = self.features_dropout(front.features)  # (B, T, C)
+        # 3. Masked encoder input -> Transformer context c.
+        encoded = self.contextualize(front, mask=True, generator=generator, time_mask=time_mask)
+        # 4-5. Quantized targets at the masked frames, distractors, logits.
+        return self.contrast(
+            encoded,
+            unmasked,
             temperature=temperature,
             negative_indices=negative_indices,
+            generator=generator,
         )
 
-    def extract_features(
-        self, wav: Tensor, padding_mask: Tensor | None = None, layer: int | None = None
-    ) -> FeatureOutput:
-        """Per-layer hidden states for downstream use: no masking, no quantizer.
+    def encode(
+        self,
+        wav: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        mask: bool,
+        generator: torch.Generator | None = None,
+        time_mask: Tensor | None = None,
+        num_layers: int | None = None,
+    ) -> EncoderOutput:
+        """Raw audio -> context: `frontend` then `contextualize` (what a CTC head or a feature
+        reader runs). Shape: wav (B, S) -> hidden states (B, T, D)."""
+        return self.contextualize(
+            self.frontend(wav, padding_mask),
+            mask=mask,
+            generator=generator,
+            time_mask=time_mask,
+            num_layers=num_layers,
+        )
 
-        `layer=k` runs only the first k Transformer layers. Shape: wav (B, S) -> states (B, T, D).
-        """
-        features, frame_pad, _ = self._features(wav, padding_mask)
-        x = self.input_dropout(self._project(features))
-        states = self.encoder(x, frame_pad, num_layers=layer)
-        return FeatureOutput(hidden_states=states, features=features, padding_mask=frame_pad)
-
-    def _features(
-        self, wav: Tensor, padding_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
+    def frontend(self, wav: Tensor, padding_mask: Tensor | None = None) -> FrontendOutput:
+        """Raw audio -> conv features z (layer-normed) and the encoder input (projected, dropped
+        out). Shape: wav (B, S), padding_mask (B, S) -> (B, T, C) and (B, T, D)."""
         grad_scale = self.cfg.feature_extractor.grad_scale
         # grad_scale 0 freezes the extractor: skip its autograd graph entirely (fairseq).
         with torch.no_grad() if grad_scale == 0 else contextlib.nullcontext():
@@ -219,10 +201,112 @@ class Wav2Vec2Model(nn.Module):
             # (docs/fairseq_differences.md#fd-feature-penalty-padding).
             valid = (~frame_pad).float()
             penalty = (squared * valid).sum() / valid.sum().clamp(min=1.0)
-        return self.feature_norm(features), frame_pad, penalty
+        features = self.feature_norm(features)
+        projected = (
+            features if self.feature_projection is None else self.feature_projection(features)
+        )
+        return FrontendOutput(features, self.input_dropout(projected), frame_pad, penalty)
 
-    def _project(self, features: Tensor) -> Tensor:
-        return features if self.feature_projection is None else self.feature_projection(features)
+    def contextualize(
+        self,
+        front: FrontendOutput,
+        *,
+        mask: bool,
+        generator: torch.Generator | None = None,
+        time_mask: Tensor | None = None,
+        num_layers: int | None = None,
+    ) -> EncoderOutput:
+        """Span-mask the encoder input in time and channels (when `mask`; `time_mask` (B, T)
+        replaces the sampled one) and run the first `num_layers` Transformer layers (all: None)."""
+        x, frame_pad = front.encoder_input, front.padding_mask  # (B, T, D)
+        if mask:
+            batch, frames, dim = x.shape
+            if time_mask is None:
+                time_mask = self.masker.time_mask(batch, frames, frame_pad, generator, x.device)
+            else:
+                self._check_time_mask(time_mask, batch, frames, frame_pad)
+            channel_mask = self.masker.channel_mask(batch, dim, generator, x.device)
+            x = self.masker(x, time_mask, channel_mask)
+        elif time_mask is not None:
+            raise ValueError("time_mask given with mask=False")
+        states = self.encoder(x, frame_pad, num_layers=num_layers, generator=generator)
+        return EncoderOutput(states, front, time_mask if mask else None)
+
+    def contrast(
+        self,
+        encoded: EncoderOutput,
+        unmasked: Tensor,
+        *,
+        temperature: float,
+        negative_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PretrainOutput:
+        """Context at the masked frames against their quantized targets (from `unmasked`, (B, T, C))
+        and distractors: the contrastive logits of the paper's loss."""
+        time_mask = encoded.time_mask
+        if time_mask is None:
+            raise ValueError("masking.time_prob is 0: pretraining needs masked frames")
+        device = unmasked.device
+        context = self.context_proj(encoded.context[time_mask])  # (N, D) -> (N, F)
+        # Targets: quantized unmasked features at the masked frames (fairseq quantizes only these).
+        temperature = float(temperature)
+        target_ids = extra = extra_ids = None
+        prob_ppl = code_ppl = None
+        if self.quantizer is not None:
+            # (N, C) -> (N, code_dim)
+            quantized = self.quantizer(unmasked[time_mask], temperature, generator)
+            targets = self.target_proj(quantized.quantized)  # (N, F)
+            target_ids, prob_ppl, code_ppl = (
+                quantized.codes,
+                quantized.prob_perplexity,
+                quantized.code_perplexity,
+            )
+            if self.cfg.num_codebook_negatives > 0:
+                extra_ids, extra = self._codebook_negatives(targets.shape[0], generator, device)
+        else:
+            targets = self.target_proj(unmasked[time_mask])  # (N, C) -> (N, F)
+        if negative_indices is None:
+            negative_indices = sample_negatives(
+                time_mask.sum(1),
+                self.cfg.num_negatives,
+                self.cfg.num_cross_sample_negatives,
+                generator=generator,
+                num_masked=targets.shape[0],
+            )
+        logits = contrastive_logits(
+            context,
+            targets,
+            negative_indices,
+            target_ids=target_ids,
+            extra_negatives=extra,
+            extra_ids=extra_ids,
+            logit_temperature=self.cfg.logit_temperature,
+        )
+        return PretrainOutput(
+            logits=logits,
+            time_mask=time_mask,
+            frame_padding_mask=encoded.padding_mask,
+            features_penalty=encoded.frontend.features_penalty,
+            prob_perplexity=prob_ppl,
+            code_perplexity=code_ppl,
+            num_vars=self.quantizer.num_vars if self.quantizer is not None else 0,
+            temperature=temperature,
+            negative_indices=negative_indices,
+        )
+
+    def extract_features(
+        self, wav: Tensor, padding_mask: Tensor | None = None, layer: int | None = None
+    ) -> FeatureOutput:
+        """Per-layer hidden states for downstream use: no masking, no quantizer.
+
+        `layer=k` runs only the first k Transformer layers. Shape: wav (B, S) -> states (B, T, D).
+        """
+        encoded = self.encode(wav, padding_mask, mask=False, num_layers=layer)
+        return FeatureOutput(
+            hidden_states=encoded.hidden_states,
+            features=encoded.frontend.features,
+            padding_mask=encoded.padding_mask,
+        )
 
     def _codebook_negatives(
         self, num_frames: int, generator: torch.Generator | None, device: torch.device

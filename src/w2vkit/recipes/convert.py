@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from w2vkit.config import UsageError
-from w2vkit.interop import hf, hf_data2vec, read_pretrained, save_w2vkit
+from w2vkit.interop import hf, hf_ctc, hf_data2vec, read_model, save_w2vkit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,30 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.dst.exists() and not args.force:
         raise UsageError(f"{args.dst} exists; pass --force to overwrite")
+    record = read_model(args.src)  # CheckpointError: a UsageError, main reports it
+    if args.normalize is not None:
+        record.normalize = args.normalize
     if args.to == "hf" and args.hf_class == "ctc":
-        return _convert_ctc(args)
-    pretrained = read_pretrained(args.src)  # CheckpointError: a UsageError, main reports it
-    if args.normalize is not None:
-        pretrained.normalize = args.normalize
-    if args.to == "hf" and pretrained.cfg.transformer.pos_conv_depth > 1:
-        hf_data2vec.save_hf_data2vec(pretrained, args.dst)  # data2vec 2.0's positional encoder
+        hf_ctc.save_hf_ctc(record, args.dst)
+        symbols = len(record.vocab) if record.vocab is not None else 0
+        print(f"w2vkit convert: {args.src} -> {args.dst} (HF Wav2Vec2ForCTC, {symbols} symbols)")
+        return 0
+    if args.to == "hf" and record.cfg.transformer.pos_conv_depth > 1:
+        hf_data2vec.save_hf_data2vec(record, args.dst)  # data2vec 2.0's positional encoder
     elif args.to == "hf":
-        hf.save_hf(pretrained, args.dst, heads=args.hf_class == "pretraining")
+        hf.save_hf(record, args.dst, heads=args.hf_class == "pretraining")
     else:
-        save_w2vkit(pretrained, args.dst)
-    num_params = sum(v.numel() for v in pretrained.state_dict.values())
+        save_w2vkit(record, args.dst)
+    num_params = sum(v.numel() for v in record.state_dict.values())
     print(f"w2vkit convert: {args.src} -> {args.dst} ({args.to}, {num_params:,} parameters)")
-    return 0
-
-
-def _convert_ctc(args: argparse.Namespace) -> int:
-    from w2vkit.finetune.model import read_finetuned
-
-    finetuned = read_finetuned(args.src)
-    if args.normalize is not None:
-        finetuned.normalize = args.normalize
-    hf.save_hf_ctc(finetuned, args.dst)
-    print(
-        f"w2vkit convert: {args.src} -> {args.dst} (HF Wav2Vec2ForCTC, {len(finetuned.vocab)} symbols)"
-    )
     return 0

@@ -3,7 +3,7 @@
 CHECKPOINT is anything `w2vkit.load_model` reads: a fairseq `.pt`, an HF model directory (or its
 `model.safetensors`) or a w2vkit checkpoint. Audio is decoded to mono 16 kHz and normalised as the
 model was trained (recorded in the checkpoint; otherwise normalised for layer-norm extractors, as
-HF does). The output layout is described in `w2vkit.embed.extract` and docs/extract_probe.md.
+HF does). The output layout is described in `w2vkit.features.extract` and docs/extract_probe.md.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from w2vkit.checks import device_option
 from w2vkit.config import UsageError
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import read_manifest
-from w2vkit.embed.batching import COMPUTE_DTYPES
-from w2vkit.embed.extract import (
+from w2vkit.features.batching import COMPUTE_DTYPES
+from w2vkit.features.extract import (
     POOLS,
-    STORAGE_DTYPES,
     extract_manifest,
     frame_geometry,
     parse_layers,
 )
+from w2vkit.features.store import STORAGE_DTYPES
 from w2vkit.interop import load_model
 
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = device_option(args.device)
     try:
-        model = load_model(args.checkpoint, device)
+        model = load_model(args.checkpoint, device, head="encoder")
         manifest = read_manifest(args.manifest)
         layers = parse_layers(args.layers, model.cfg.transformer.num_layers)
     except (OSError, ValueError) as err:  # CheckpointError and ManifestError are ValueErrors

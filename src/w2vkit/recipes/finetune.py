@@ -16,14 +16,15 @@ import torch
 import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
+from w2vkit.data.vocab import Vocabulary
 from w2vkit.finetune.config import FinetuneConfig, LabelledDataConfig, build_finetune_config
 from w2vkit.finetune.labels import LabelledDataset, LabelledLoader, build_labelled_loader
-from w2vkit.finetune.model import FineTuned, Wav2Vec2ForCTC, read_encoder, read_finetuned
 from w2vkit.finetune.objective import make_objective
 from w2vkit.finetune.schedule import TriStageSchedule
-from w2vkit.finetune.vocab import Vocabulary
-from w2vkit.interop.native import Pretrained
+from w2vkit.interop import ModelRecord, read_model
+from w2vkit.interop.heads import load_encoder
 from w2vkit.model.config import ModelConfig
+from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.recipes.run_args import declare_run_args, parse_run_args
 from w2vkit.train import dist, guard, session
 from w2vkit.train.config import load_layers
@@ -75,7 +76,7 @@ def resolve(
     *,
     resume_from: str | None = None,
     overwrite: bool = False,
-) -> tuple[FinetuneConfig, session.Resume | None, FineTuned | Pretrained | None]:
+) -> tuple[FinetuneConfig, session.Resume | None, ModelRecord | None]:
     """The config, the checkpoint to resume (or None) and the initial model record."""
     files = [item for item in items if "=" not in item]
     overrides = [item for item in items if "=" in item]
@@ -95,20 +96,14 @@ def resolve(
             return build_finetune_config(layers, init_model=model), resume, None
         if not cfg.train.init_from:
             raise ConfigError("--init-from is required: the pretrained model to fine-tune")
-        init = _read_source(
-            cfg.train.init_from, Path(cfg.data.manifest_dir) / f"dict.{cfg.data.labels}.txt"
+        # A fine-tuned model (its output layer kept when the vocabulary matches) or an encoder.
+        init = read_model(
+            cfg.train.init_from,
+            dict_path=Path(cfg.data.manifest_dir) / f"dict.{cfg.data.labels}.txt",
         )
         return build_finetune_config(layers, init_model=init.cfg), None, init
     except ConfigError as err:
         raise ConfigError(f"in {where}: {err}") from err
-
-
-def _read_source(source: str, dict_path: Path) -> FineTuned | Pretrained:
-    """A fine-tuned CTC model if `source` is one, else a pretrained encoder."""
-    try:
-        return read_finetuned(source, dict_path)
-    except ConfigError:
-        return read_encoder(source)
 
 
 def _vocabulary(data: LabelledDataConfig) -> Vocabulary:
@@ -192,7 +187,7 @@ def _finetune(
     cfg: FinetuneConfig,
     device: torch.device,
     resume: session.Resume | None,
-    init: FineTuned | Pretrained | None,
+    init: ModelRecord | None,
     vocab: Vocabulary,
     notes: list[str],
     rerun: str,
@@ -257,17 +252,10 @@ def _finetune(
     return exit_status(reason)
 
 
-def _initialise(
-    model: Wav2Vec2ForCTC, init: FineTuned | Pretrained, vocab: Vocabulary, source: str
-) -> str:
+def _initialise(model: Wav2Vec2ForCTC, init: ModelRecord, vocab: Vocabulary, source: str) -> str:
     """Encoder weights from `init`; its output layer too when it is a CTC model with `vocab`."""
-    if isinstance(init, FineTuned):
-        encoder = {
-            k.removeprefix("wav2vec2."): v
-            for k, v in init.state_dict.items()
-            if k.startswith("wav2vec2.")
-        }
-        model.load_encoder(encoder, source=source)
+    load_encoder(model.wav2vec2, init, source=source)
+    if init.kind == "ctc":
         if init.vocab == vocab:
             model.lm_head.load_state_dict(
                 {
@@ -278,7 +266,6 @@ def _initialise(
             )
             return f"initialised from the fine-tuned model {source}, output layer included"
         return f"initialised the encoder from {source}; its vocabulary differs: new output layer"
-    model.load_encoder(init.state_dict, source=source)
     return f"initialised the encoder from {source}"
 
 

@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from w2vkit.config import UsageError
+from w2vkit.data.vocab import letters_from_words
 from w2vkit.finetune.ngram import KneserNeyModel, read_sentences
-from w2vkit.finetune.vocab import letters_from_words
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

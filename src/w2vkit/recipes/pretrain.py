@@ -107,10 +107,10 @@ def resolve(
                 layers, init_model=from_dict(ModelConfig, resume.config["model"], where="model")
             )
         elif cfg.train.init_from:
-            from w2vkit.interop import read_pretrained
+            from w2vkit.interop import read_model
 
-            source = read_pretrained(cfg.train.init_from)
-            init_state = source.state_dict
+            source = read_model(cfg.train.init_from)
+            init_state = source.encoder_state()
             cfg = build_config(layers, init_model=source.cfg)
             if source.normalize is not None and source.normalize != cfg.data.normalize:
                 notes.append(

@@ -16,9 +16,9 @@ from functools import partial
 from pathlib import Path
 
 from w2vkit.config import UsageError
-from w2vkit.embed.baselines import BASELINES, logmel_source, random_model_source, read_meta
-from w2vkit.embed.probe import format_table, plot
-from w2vkit.embed.probe_data import features_source, load_task, probe_sources
+from w2vkit.probe.baselines import BASELINES, logmel_source, random_model_source, read_meta
+from w2vkit.probe.data import features_source, load_task, probe_sources
+from w2vkit.probe.linear import format_table, plot
 
 TASKS = ("utterance", "frame")
 LOGMEL_CONTEXT = 4  # the log-mel baseline is also probed with ±4 frames: a 180 ms window
@@ -177,7 +177,7 @@ def _sources(args: argparse.Namespace, paths: list[str]) -> list:
     sources: list = [("pretrained", partial(features_source, args.features, paths), [args.context])]
     if not args.baseline:
         return sources
-    from w2vkit.interop import read_pretrained
+    from w2vkit.interop import read_model
 
     meta = read_meta(args.features)
     manifest = args.manifest or meta.get("manifest")
@@ -187,7 +187,7 @@ def _sources(args: argparse.Namespace, paths: list[str]) -> list:
             f"{args.features / 'meta.json'} records no manifest or checkpoint: pass --manifest "
             "and --checkpoint for the baselines"
         )
-    cfg = read_pretrained(checkpoint).cfg
+    cfg = read_model(checkpoint).cfg
     logmel_contexts = [0, LOGMEL_CONTEXT] if args.task == "frame" else [0]
     if "random" in args.baseline:
         layers = list(meta["layers"])

@@ -26,7 +26,7 @@ from w2vkit.data.audio import SAMPLE_RATE, load_audio, normalize, probe_audio, r
 from w2vkit.data.manifest import read_manifest
 from w2vkit.finetune.beam import BeamOptions, BeamSearchDecoder, lexicon_from_arpa, read_lexicon
 from w2vkit.finetune.decode import Hypothesis, greedy_decode, word_times
-from w2vkit.finetune.model import read_finetuned
+from w2vkit.interop import build, read_model
 from w2vkit.interop.safe_load import CheckpointError
 
 
@@ -59,18 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        finetuned = read_finetuned(args.model, args.dict)
+        finetuned = read_model(args.model, dict_path=args.dict)
     except (CheckpointError, OSError) as err:
         raise ConfigError(f"cannot read {args.model}: {err}") from err
     paths, names = _inputs(args)
     device = device_option(args.device)
-    model = finetuned.build().to(device).eval()
+    model = build(finetuned, "ctc", source=str(args.model)).to(device).eval()
+    assert finetuned.vocab is not None  # the "ctc" head refuses a record without one
     decoder = _beam_decoder(args, finetuned.vocab)
     conv = finetuned.cfg.feature_extractor.conv_layers
     frame_sec = math.prod(stride for _, _, stride in conv) / SAMPLE_RATE
     results: list[Hypothesis | None] = [None] * len(paths)
     with tqdm(total=len(paths), unit="file", file=sys.stderr, disable=None) as bar:
-        for batch in _batches(paths, finetuned.normalize, args.batch_seconds):
+        for batch in _batches(paths, bool(finetuned.normalize), args.batch_seconds):
             indices, wavs = zip(*batch, strict=True)
             hyps = _decode(model, list(wavs), device, decoder)
             for index, decoded in zip(indices, hyps, strict=True):

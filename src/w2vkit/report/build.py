@@ -107,17 +107,16 @@ def codebook_section(
         return section
     from w2vkit.data.dataset import AudioDataset
     from w2vkit.data.manifest import read_manifest
-    from w2vkit.interop import read_pretrained
-    from w2vkit.model.wav2vec2 import Wav2Vec2Model
+    from w2vkit.interop import build, read_model
     from w2vkit.report.codebook import codebook_usage, usage_perplexity
 
-    pretrained = read_pretrained(checkpoint)
-    if not any(key.startswith("quantizer.") for key in pretrained.state_dict):
+    record = read_model(checkpoint)
+    if not any(key.startswith("quantizer.") for key in record.state_dict):
         section.text.append(f"not drawn: {checkpoint} has no quantizer weights")
         return section
-    model = Wav2Vec2Model(pretrained.cfg)
-    model.load_state_dict(pretrained.state_dict, strict=False)  # heads are all there or none
-    dataset = AudioDataset(read_manifest(manifest), normalize=bool(pretrained.normalize))
+    model = build(record, "pretraining", source=str(checkpoint))
+    # The input normalisation the checkpoint records (HF's rule where it records none).
+    dataset = AudioDataset(read_manifest(manifest), normalize=model.normalize_input)
     counts = codebook_usage(model, dataset, max_items)
     perplexity = usage_perplexity(counts)
     plots.plot_codebook(counts, plot_dir / "codebook.png", perplexity)
@@ -185,7 +184,7 @@ def best_rows(probe: dict) -> list[tuple[str, str, float, float]]:
 def pca_section(probe_paths: Sequence[Path], plot_dir: Path) -> Section | None:
     """2-D PCA of utterance embeddings (best pretrained layer, frame means), coloured by voice:
     from the first probe whose labels give a voice per utterance."""
-    from w2vkit.embed.probe_data import features_source, read_table
+    from w2vkit.probe.data import features_source, read_table
 
     for path in probe_paths:
         probe = json.loads(path.read_text(encoding="utf-8"))

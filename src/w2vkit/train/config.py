@@ -14,61 +14,10 @@ from typing import Literal
 
 from w2vkit.config import ConfigError, check, deep_merge, from_dict, load_yaml, parse_overrides
 from w2vkit.configs import Kind, find_config
+from w2vkit.data.config import DataConfig
 from w2vkit.model.best_rq import BestRQConfig
 from w2vkit.model.config import PRESETS, ModelConfig, preset
 from w2vkit.model.data2vec2 import Data2Vec2Config
-
-
-@dataclass(kw_only=True)
-class DataConfig:
-    """Where the audio is and how it is batched (fairseq `task` + `dataset`)."""
-
-    manifest_dir: str = ""
-    """Folder holding `<train_split>.tsv` and `<valid_split>.tsv` (fairseq `task.data`)."""
-    train_split: str = "train"
-    valid_split: str = "valid"
-    """Validation manifest name; "" (or a missing file) disables validation."""
-    sample_rate: int = 16000
-    min_samples: int = 32000
-    """Utterances shorter than this are skipped when the manifest is read (fairseq min_sample_size)."""
-    max_samples: int = 250000
-    """Longer utterances are randomly cropped to this length (fairseq max_sample_size)."""
-    normalize: bool = False
-    """Zero mean, unit variance per utterance; must match the model (True for LARGE LV-60)."""
-    pad: bool = False
-    """Pad rows to the longest with a padding mask instead of cropping to the shortest (enable_padding)."""
-    max_batch_samples: int = 1_400_000
-    """Rows x longest row per batch and per process (fairseq max_tokens)."""
-    max_batch_size: int | None = None
-    """At most this many rows per batch (fairseq batch_size); None: no limit."""
-    required_batch_size_multiple: int = 8
-    num_workers: int = 6
-    """DataLoader worker processes per training process; 0 loads in the main process."""
-
-    def __post_init__(self) -> None:
-        check(self.sample_rate > 0, "data.sample_rate", f"must be > 0, got {self.sample_rate}")
-        check(self.min_samples >= 0, "data.min_samples", f"must be >= 0, got {self.min_samples}")
-        check(
-            self.max_samples >= max(self.min_samples, 1),
-            "data.max_samples",
-            f"must be >= data.min_samples ({self.min_samples}) and > 0, got {self.max_samples}",
-        )
-        check(
-            self.max_batch_samples >= self.max_samples,
-            "data.max_batch_samples",
-            f"must be >= data.max_samples ({self.max_samples}) so that one row fits, got {self.max_batch_samples}",
-        )
-        check(
-            self.max_batch_size is None or self.max_batch_size >= 1,
-            "data.max_batch_size",
-            f"must be >= 1 or null, got {self.max_batch_size}",
-        )
-        check(
-            self.required_batch_size_multiple >= 1,
-            "data.required_batch_size_multiple",
-            "must be >= 1",
-        )
-        check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
 
 
 @dataclass(kw_only=True)

@@ -15,14 +15,15 @@ import torch
 from torch import Tensor
 
 from w2vkit.data.audio import SAMPLE_RATE, load_audio, normalize, to_mono
-from w2vkit.embed.extract import extract_utterance, parse_layers
+from w2vkit.features.extract import extract_utterance, parse_layers
+from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 DEFAULT_MAX_SECONDS = 30.0  # as `w2vkit extract --max-seconds`
 
 
 def embed_file(
-    model: Wav2Vec2Model,
+    model: Wav2Vec2Model | Wav2Vec2ForCTC,
     audio: str | os.PathLike | np.ndarray | Tensor,
     sample_rate: int | None = None,
     *,
@@ -32,6 +33,8 @@ def embed_file(
     return_tensors: Literal["np", "pt"] = "np",
 ) -> np.ndarray | Tensor:
     """Hidden states of one recording. Shape: (T, D), one row per 20 ms frame.
+
+    model: what `w2vkit.load_model` gives; a fine-tuned `Wav2Vec2ForCTC` gives its encoder's states.
 
     audio: a file soundfile decodes (WAV, FLAC, OGG, MP3, ...), or samples with their
         `sample_rate`: (S,) mono or (S, channels) as `soundfile.read` returns them; float in
@@ -45,6 +48,8 @@ def embed_file(
         with the square of the length).
     return_tensors: "np" = float32 numpy on the CPU, "pt" = a torch tensor on the model's device.
     """
+    if isinstance(model, Wav2Vec2ForCTC):
+        model = model.wav2vec2
     wav = _mono_16k(audio, sample_rate)  # (S,)
     if model.normalize_input if normalize_input is None else normalize_input:
         wav = normalize(wav)

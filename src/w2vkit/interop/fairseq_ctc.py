@@ -1,4 +1,4 @@
-"""fairseq fine-tuned checkpoints (`wav2vec_ctc`, e.g. `wav2vec_small_960h.pt`) -> `FineTuned`.
+"""fairseq fine-tuned checkpoints (`wav2vec_ctc`, e.g. `wav2vec_small_960h.pt`) -> a CTC `ModelRecord`.
 
 fairseq stores the pretraining config as `cfg.model.w2v_args`, the fine-tuning values it applied
 over it (dropout, masking, LayerDrop, gradient scale: `Wav2VecEncoder`'s `arg_overrides`) beside,
@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from w2vkit.config import ConfigError
-from w2vkit.finetune.model import FineTuned
-from w2vkit.finetune.vocab import Vocabulary
+from w2vkit.data.vocab import Vocabulary
 from w2vkit.interop.fairseq import KEYS, config_from_fairseq, model_fields
+from w2vkit.interop.record import ModelRecord
 from w2vkit.interop.safe_load import to_plain
 
 ENCODER_PREFIX = "w2v_encoder.w2v_model."
@@ -45,8 +45,8 @@ def is_fairseq_ctc(payload: object) -> bool:
     return isinstance(cfg, dict) and (cfg.get("model") or {}).get("_name") == "wav2vec_ctc"
 
 
-def from_fairseq_ctc(payload: dict, vocab: Vocabulary, *, source: str) -> FineTuned:
-    """A loaded fairseq `wav2vec_ctc` checkpoint and its `dict.ltr.txt` -> `FineTuned`."""
+def from_fairseq_ctc(payload: dict, vocab: Vocabulary, *, source: str) -> ModelRecord:
+    """A loaded fairseq `wav2vec_ctc` checkpoint and its `dict.ltr.txt` -> a CTC `ModelRecord`."""
     cfg = to_plain(payload["cfg"])
     outer: dict[str, Any] = cfg["model"]
     inner = to_plain(outer.get("w2v_args"))
@@ -75,11 +75,12 @@ def from_fairseq_ctc(payload: dict, vocab: Vocabulary, *, source: str) -> FineTu
         )
     task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
     normalize = task.get("normalize", normalize)
-    return FineTuned(
+    return ModelRecord(
         cfg=model_cfg,
-        vocab=vocab,
         state_dict=state,
         normalize=bool(normalize),
+        vocab=vocab,
+        kind="ctc",
         final_dropout_prob=float(outer.get("final_dropout", 0.0)),
     )
 

@@ -1,6 +1,6 @@
 """Baseline feature sources on the same audio as a features directory: did pretraining help?
 
-- `logmel`: 80-band log-mel on the model's 20 ms frame grid (`w2vkit.embed.logmel`), one "layer".
+- `logmel`: 80-band log-mel on the model's 20 ms frame grid (`w2vkit.features.logmel`), one "layer".
 - `random`: the same architecture at random initialisation (`torch.manual_seed(seed)` before
   building it), the same layers, the same input normalisation.
 
@@ -20,11 +20,11 @@ import torch
 
 from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.manifest import read_manifest
-from w2vkit.embed.extract import _relative_path, extract_utterance
-from w2vkit.embed.logmel import log_mel
-from w2vkit.embed.probe_data import SourceItem
+from w2vkit.features.extract import extract_utterance, relative_path
+from w2vkit.features.logmel import log_mel
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.probe.data import SourceItem
 
 BASELINES = ("logmel", "random")
 
@@ -43,7 +43,7 @@ def _audio(
     dataset = AudioDataset(read_manifest(manifest_path), normalize=normalize)
     wanted = set(paths)
     for i in range(len(dataset)):
-        relative = _relative_path(dataset, i)
+        relative = relative_path(dataset, i)
         if relative not in wanted:
             continue
         wav = dataset.load(i)

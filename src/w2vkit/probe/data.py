@@ -2,7 +2,7 @@
 
 A *source* yields `(relative_path, layers, array)` for the items asked for: `array` is `(L, T, D)`
 frame features or `(L, D)` utterance vectors, `layers` the L layer ids (None for log-mel). The
-features directory is one source; the baselines (`w2vkit.embed.baselines`) compute others on the
+features directory is one source; the baselines (`w2vkit.probe.baselines`) compute others on the
 same audio. `collect` turns any source into the training and test matrices of one task and split,
 so every source is probed on exactly the same items, frames and labels.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from w2vkit.data.labels import read_frame_labels, read_utterance_labels
-from w2vkit.embed.extract import iter_features, read_index
-from w2vkit.embed.probe import (
+from w2vkit.features.store import iter_features, read_index
+from w2vkit.probe.linear import (
     ProbeResult,
     Score,
     Split,

@@ -31,22 +31,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
 from w2vkit.data.audio import DecodeError
 from w2vkit.data.dataset import AudioDataset
-from w2vkit.embed.batching import COMPUTE_DTYPES, BatchLimits, run_windows
+from w2vkit.features.batching import COMPUTE_DTYPES, BatchLimits, run_windows
+from w2vkit.features.store import (
+    DEFAULT_SHARD_BYTES,
+    INDEX_HEADER,
+    SKIPPED_HEADER,
+    STORAGE_DTYPES,
+    ShardWriter,
+    dtype_name,
+    write_text,
+)
 from w2vkit.model.feature_extractor import frame_geometry, output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
 POOLS = frozenset({"none", "mean"})
-STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-INDEX_HEADER = "relative_path\tshard\tkey\tnum_frames\tlayers"
-SKIPPED_HEADER = "relative_path\treason"
-DEFAULT_SHARD_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -63,15 +66,6 @@ class ExtractSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(relative_path, reason) of every item not written."""
     wall_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class IndexRow:
-    relative_path: str
-    shard: str
-    key: str
-    num_frames: int
-    layers: tuple[int, ...]
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
@@ -211,8 +205,8 @@ def extract_manifest(
         "format": "w2vkit-features/1",
         "layers": layers,
         "pool": pool,
-        "dtype": _dtype_name(storage_dtype),
-        "compute_dtype": _dtype_name(compute_dtype),
+        "dtype": dtype_name(storage_dtype),
+        "compute_dtype": dtype_name(compute_dtype),
         "batch_size": batch_size,
         "max_batch_samples": max_batch_samples,
         "sample_rate": dataset.sample_rate,
@@ -225,10 +219,10 @@ def extract_manifest(
         "num_skipped": len(summary.skipped),
         **(meta or {}),
     }
-    _write_text(out_dir / "meta.json", json.dumps(info, indent=2) + "\n")
+    write_text(out_dir / "meta.json", json.dumps(info, indent=2) + "\n")
     skipped_lines = [SKIPPED_HEADER] + [f"{p}\t{reason}" for p, reason in summary.skipped]
-    _write_text(out_dir / "skipped.tsv", "\n".join(skipped_lines) + "\n")
-    _write_text(out_dir / "index.tsv", "\n".join(run.index_lines) + "\n")
+    write_text(out_dir / "skipped.tsv", "\n".join(skipped_lines) + "\n")
+    write_text(out_dir / "index.tsv", "\n".join(run.index_lines) + "\n")
     return summary
 
 
@@ -293,7 +287,7 @@ class _ManifestRun:
         self.model, self.dataset, self.layers = model, dataset, layers
         self.pool, self.storage_dtype = pool, storage_dtype
         self.layers_text = ",".join(map(str, layers))
-        self.writer = _ShardWriter(out_dir, shard_bytes, {"layers": self.layers_text, "pool": pool})
+        self.writer = ShardWriter(out_dir, shard_bytes, {"layers": self.layers_text, "pool": pool})
         self.summary = ExtractSummary(out_dir, layers, 0, 0, 0.0, 0)
         self.index_lines = [INDEX_HEADER]
         total_seconds = float(dataset.num_samples.sum()) / dataset.sample_rate
@@ -308,7 +302,7 @@ class _ManifestRun:
     def item(self, index: int, wav: Tensor | DecodeError, max_samples: int | None) -> _Item | None:
         """Item `index` (decoded: `wav` (S,), or why it cannot be used) with its windows; None
         (recorded as skipped) if it failed."""
-        relative = _relative_path(self.dataset, index)
+        relative = relative_path(self.dataset, index)
         if isinstance(wav, DecodeError):
             self._skip(index, relative, str(wav))
             return None
@@ -328,7 +322,7 @@ class _ManifestRun:
         stored = states.mean(dim=1) if self.pool == "mean" else states  # (L, D) | (L, T, D)
         stored = stored.to(device="cpu", dtype=self.storage_dtype).contiguous()
         if not bool(torch.isfinite(stored).all()):  # NaN from the model, or float16 overflow
-            reason = f"non-finite features in {_dtype_name(self.storage_dtype)}"
+            reason = f"non-finite features in {dtype_name(self.storage_dtype)}"
             self._skip(item.index, item.relative_path, reason)
             return
         key = f"item_{int(self.dataset.manifest_rows[item.index]):08d}"
@@ -357,109 +351,9 @@ class _ManifestRun:
         return self.summary
 
 
-class _ShardWriter:
-    """Collects tensors and writes a shard each time about `shard_bytes` have accumulated."""
-
-    def __init__(self, out_dir: Path, shard_bytes: int, metadata: dict[str, str]) -> None:
-        if shard_bytes < 1:
-            raise ValueError(f"shard_bytes must be >= 1, got {shard_bytes}")
-        self.out_dir = out_dir
-        self.shard_bytes = shard_bytes
-        self.metadata = metadata
-        self.num_shards = 0
-        self.pending: dict[str, Tensor] = {}
-        self.pending_bytes = 0
-
-    @property
-    def current_name(self) -> str:
-        return f"features-{self.num_shards:05d}.safetensors"
-
-    def add(self, key: str, tensor: Tensor) -> str:
-        """Queue `tensor`; returns the shard file name it will be written to."""
-        name = self.current_name
-        self.pending[key] = tensor
-        self.pending_bytes += tensor.numel() * tensor.element_size()
-        if self.pending_bytes >= self.shard_bytes:
-            self.flush()
-        return name
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        path = self.out_dir / self.current_name
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(self.pending, str(tmp), metadata=self.metadata)
-        os.replace(tmp, path)
-        self.num_shards += 1
-        self.pending, self.pending_bytes = {}, 0
-
-
-def _relative_path(dataset: AudioDataset, index: int) -> str:
+def relative_path(dataset: AudioDataset, index: int) -> str:
     path = dataset.path(index)
     try:
         return path.relative_to(dataset.root).as_posix()
     except ValueError:  # an absolute path in the manifest
         return str(path)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
-    os.replace(tmp, path)
-
-
-def read_index(out_dir: str | os.PathLike) -> list[IndexRow]:
-    """The rows of `out_dir/index.tsv`; errors name the file and line."""
-    path = Path(out_dir) / "index.tsv"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: not a features directory (or `w2vkit extract` did not finish)"
-        )
-    lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-    if not lines or lines[0] != INDEX_HEADER:
-        raise ValueError(f"{path}:1: expected header {INDEX_HEADER!r}")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        try:
-            if len(fields) != 5:
-                raise ValueError
-            layers = tuple(int(k) for k in fields[4].split(","))
-            rows.append(IndexRow(fields[0], fields[1], fields[2], int(fields[3]), layers))
-        except ValueError:
-            raise ValueError(
-                f"{path}:{number}: expected '{INDEX_HEADER.replace(chr(9), '<TAB>')}', got {line!r}"
-            ) from None
-    return rows
-
-
-def iter_features(out_dir: str | os.PathLike) -> Iterator[tuple[IndexRow, Tensor]]:
-    """(row, tensor) for every stored item, in index order; one item in memory at a time.
-
-    The tensor is `(L, T, D)`, or `(L, D)` for mean-pooled features, in the stored dtype.
-    """
-    out_dir = Path(out_dir)
-    for shard, rows in itertools.groupby(read_index(out_dir), key=lambda row: row.shard):
-        shard_path = out_dir / shard
-        if not shard_path.is_file():
-            raise FileNotFoundError(f"{shard_path} (listed in {out_dir / 'index.tsv'}) not found")
-        with safe_open(str(shard_path), framework="pt") as handle:
-            for row in rows:
-                yield row, handle.get_tensor(row.key)
-
-
-def load_features(out_dir: str | os.PathLike, layer: int | None = None) -> dict[str, Tensor]:
-    """{relative_path: tensor} for all items: `(L, T, D)` / `(L, D)`, or one layer's `(T, D)` /
-    `(D,)` when `layer` is given (a layer id, as in the `layers` column)."""
-    features = {}
-    for row, tensor in iter_features(out_dir):
-        if layer is not None:
-            if layer not in row.layers:
-                raise ValueError(f"layer {layer} not stored for {row.relative_path}: {row.layers}")
-            tensor = tensor[row.layers.index(layer)]
-        features[row.relative_path] = tensor
-    return features

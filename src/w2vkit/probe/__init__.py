@@ -1,0 +1,1 @@
+"""Linear probes over extracted features: tasks, baselines, fitting and scoring."""
