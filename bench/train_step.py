@@ -88,8 +88,9 @@ def w2vkit_update(args: argparse.Namespace, device: torch.device):
     from w2vkit.model.wav2vec2 import Wav2Vec2Model
     from w2vkit.train.config import PretrainConfig
     from w2vkit.train.host_memory import keep_freed_memory
-    from w2vkit.train.loop import TrainState, run_update
     from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+    from w2vkit.train.state import TrainState
+    from w2vkit.train.update import run_update
 
     if device.type == "cpu" and not args.system_malloc:
         keep_freed_memory()  # as a CPU training run does (session.device_for)

@@ -32,9 +32,11 @@ from w2vkit.model.config import ModelConfig, tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint, dist
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
-from w2vkit.train.loop import Objective, StepOutput, TrainState, run_update, train
+from w2vkit.train.loop import train
 from w2vkit.train.metrics import RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+from w2vkit.train.state import Objective, StepOutput, TrainState
+from w2vkit.train.update import run_update
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = str(ROOT / "configs" / "pretrain" / "tiny.yaml")

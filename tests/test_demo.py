@@ -13,8 +13,9 @@ import pytest
 
 import w2vkit
 from w2vkit.cli import main
-from w2vkit.data import synth
-from w2vkit.recipes.demo import MARKER, _CurvePrinter
+from w2vkit.data import espeak
+from w2vkit.recipes.demo import MARKER
+from w2vkit.recipes.demo_console import CurvePrinter
 
 pytest.importorskip("espeakng_loader")
 
@@ -60,7 +61,7 @@ def test_demo_refuses_folders_it_did_not_make(tmp_path, capsys):
 
 
 def test_demo_without_espeak_says_what_is_missing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(synth, "_ENGINE", None)
+    monkeypatch.setattr(espeak, "_ENGINE", None)
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # makes the import fail
     assert main(["demo", "--out-dir", str(tmp_path), "--minutes", "0.1", "--steps", "1"]) == 1
     assert "pip install espeakng-loader" in capsys.readouterr().err
@@ -77,7 +78,7 @@ def test_curve_printer_reads_only_complete_lines(tmp_path):
     first = {"split": "train", "num_updates": 10, "loss": 8.0, "loss_0": 3.4, "accuracy": 0.1,
              "prob_perplexity": 20.0, "temp": 2.0}  # fmt: skip
     second = dict(first, num_updates=20, loss=4.0, loss_0=2.5, accuracy=0.3)
-    printer = _CurvePrinter(log, out, poll_seconds=60.0)  # no polling: reads when told and on exit
+    printer = CurvePrinter(log, out, poll_seconds=60.0)  # no polling: reads when told and on exit
     with printer:
         log.write_text(json.dumps(first) + "\n" + json.dumps(second)[:15])  # second half-written
         printer._read_new()

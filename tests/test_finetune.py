@@ -27,8 +27,9 @@ from w2vkit.model.config import tiny
 from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint
-from w2vkit.train.loop import TrainState, reseed, run_update
 from w2vkit.train.optim import build_optimizer
+from w2vkit.train.state import TrainState, reseed
+from w2vkit.train.update import run_update
 
 
 def test_ctc_loss_equals_torch_on_hand_built_batch():

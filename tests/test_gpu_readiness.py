@@ -20,8 +20,9 @@ from w2vkit.model.config import tiny
 from w2vkit.model.transformer import TransformerEncoder
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train.config import PretrainConfig
-from w2vkit.train.loop import TrainState, run_update
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+from w2vkit.train.state import TrainState
+from w2vkit.train.update import run_update
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "w2vkit"
 

@@ -144,12 +144,8 @@ def test_no_circle_between_packages():
     assert _cycles(packages) == []
 
 
-KNOWN_MODULE_CIRCLES = [["w2vkit.train.checkpoint", "w2vkit.train.loop"]]
-"""Circles inside one package that a split under way removes (issue 26); delete each when it goes."""
-
-
-def test_no_new_circle_between_modules():
-    assert [c for c in _cycles(_graph()) if c not in KNOWN_MODULE_CIRCLES] == []
+def test_no_circle_between_modules():
+    assert _cycles(_graph()) == []
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from w2vkit.data import synth
+from w2vkit.data import espeak
 from w2vkit.data.synth import make_speech_corpus, synthesize
 
 pytest.importorskip("espeakng_loader")
@@ -96,10 +96,10 @@ def test_pitch_parameter_and_voice_variant_move_f0():
 
 def test_sample_rate_is_honoured():
     text = "Hello there, how are you today?"
-    native = synthesize(text, sample_rate=synth.ESPEAK_SAMPLE_RATE)
+    native = synthesize(text, sample_rate=espeak.ESPEAK_SAMPLE_RATE)
     wide = synthesize(text, sample_rate=8000)
     # Repeated calls may differ by a few samples (see the module docstring), hence the tolerance.
-    assert abs(len(wide) / 8000 - len(native) / synth.ESPEAK_SAMPLE_RATE) < 0.01
+    assert abs(len(wide) / 8000 - len(native) / espeak.ESPEAK_SAMPLE_RATE) < 0.01
 
 
 @pytest.mark.parametrize(
@@ -119,9 +119,9 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
 
 
 def test_missing_espeak_package_is_reported(monkeypatch):
-    monkeypatch.setattr(synth, "_ENGINE", None)
+    monkeypatch.setattr(espeak, "_ENGINE", None)
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # makes the import fail
-    with pytest.raises(synth.SynthesisUnavailable, match="espeakng-loader"):
+    with pytest.raises(espeak.SynthesisUnavailable, match="espeakng-loader"):
         synthesize("hello")
 
 

@@ -17,6 +17,7 @@ from helpers import toy_config, toy_state
 
 from w2vkit.data.sampler import BucketBatchSampler
 from w2vkit.train import checkpoint, dist
+from w2vkit.train.state import Plan
 
 CPU = torch.device("cpu")
 
@@ -137,16 +138,20 @@ def test_the_payload_round_trips_the_state_and_other_ranks_restore_zero_sums(mon
         return toy_state(cfg, BucketBatchSampler(np.full(8, 100), max_batch_samples=400))
 
     saved = state()
-    saved.step, saved.epoch, saved.best_valid_loss = 7, 2, 1.25
-    saved.train_seconds, saved.planned_steps = 90.5, 20
+    saved.step, saved.epoch, saved.best_metric = 7, 2, 1.25
+    saved.best_rank, saved.best_step = (1.25, 3.0), 6
+    saved.train_seconds = 90.5
+    saved.plan = Plan(24, [(11, 11 / 24, 20), (16, 0.7, 22)], [6.0, 6.5])
     saved.window.add({"loss": torch.tensor(4.0), "sample_size": 8}, {"temp": 2.0})
     saved.window.num_updates, saved.window.audio_samples = 1, 32000.0
     payload = checkpoint.payload(saved, {"a": 1}, None, window=saved.window.all_reduced(CPU))
     assert payload["config"] == {"a": 1} and payload["format"] == checkpoint.FORMAT
     main = state()
     checkpoint.restore(main, payload)
-    assert (main.step, main.epoch, main.best_valid_loss) == (7, 2, 1.25)
-    assert (main.train_seconds, main.planned_steps) == (90.5, 20)
+    assert (main.step, main.epoch, main.best_metric) == (7, 2, 1.25)
+    assert (main.best_rank, main.best_step) == ((1.25, 3.0), 6)
+    assert (main.train_seconds, main.planned_steps) == (90.5, 22)
+    assert main.plan == saved.plan and main.plan is not saved.plan
     assert main.window.state_dict() == saved.window.state_dict()
     # The window holds every rank's sums: rank 0 restores them, the others zeros (same keys, so
     # the next all-reduce lines up), or the first log line after a resume counts them N times.
@@ -160,3 +165,37 @@ def test_the_payload_round_trips_the_state_and_other_ranks_restore_zero_sums(mon
         "num_updates": 1,
         "audio_samples": 0.0,
     }
+
+
+def test_each_run_kind_writes_its_format_and_older_checkpoints_still_resume(tmp_path):
+    cfg = toy_config()
+    saved = toy_state(cfg, BucketBatchSampler(np.full(8, 100), max_batch_samples=400))
+    saved.step, saved.best_metric, saved.best_rank, saved.best_step = 9, 40.0, (40.0, 20.0), 8
+    window = saved.window.all_reduced(CPU)
+    pre = checkpoint.payload(saved, {"loss": {}}, None, window=window)
+    fine = checkpoint.payload(saved, {"ctc": {}}, None, window=window)
+    assert (pre["format"], fine["format"]) == ("w2vkit.pretrain/1", "w2vkit.finetune/1")
+    # A fine-tuning checkpoint of before: the pretraining format, the best under its old name.
+    old = {**fine, "format": "w2vkit.pretrain/1"}
+    old["progress"] = {k: v for k, v in fine["progress"].items() if not k.startswith("best")}
+    old["progress"]["best_valid_loss"] = 40.0
+    for name, payload in (("new.pt", fine), ("old.pt", old)):
+        checkpoint.save_atomic(payload, tmp_path / name)
+    again = toy_state(cfg, BucketBatchSampler(np.full(8, 100), max_batch_samples=400))
+    checkpoint.restore(again, checkpoint.load(tmp_path / "new.pt"))
+    assert (again.best_metric, again.best_rank, again.best_step) == (40.0, (40.0, 20.0), 8)
+    older = toy_state(cfg, BucketBatchSampler(np.full(8, 100), max_batch_samples=400))
+    checkpoint.restore(older, checkpoint.load(tmp_path / "old.pt"))
+    assert (older.step, older.best_metric, older.best_rank, older.best_step) == (
+        9,
+        40.0,
+        (40.0,),
+        0,
+    )
+    checkpoint.save_atomic({"format": "w2vkit.other/1"}, tmp_path / "foreign.pt")
+    with pytest.raises(checkpoint.CheckpointUnreadable) as err:
+        checkpoint.load(tmp_path / "foreign.pt")
+    assert str(err.value) == (
+        f"checkpoint {tmp_path / 'foreign.pt'} has format 'w2vkit.other/1', expected "
+        "'w2vkit.pretrain/1' or 'w2vkit.finetune/1'"
+    )

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 from w2vkit.config import to_dict
 from w2vkit.model.config import base, tiny
+from w2vkit.train.best import improves, rank
 from w2vkit.train.diagnostics import negatives_from_config
-from w2vkit.train.guard import improves, strict_record, warn_nonfinite_valid
+from w2vkit.train.guard import strict_record, warn_nonfinite_valid
 
 
 def test_strict_record_turns_non_finite_floats_into_null_and_names_them():
@@ -26,10 +27,30 @@ def test_strict_record_turns_non_finite_floats_into_null_and_names_them():
     assert again == {"nonfinite": ["loss", "gnorm"], "gnorm": None}
 
 
-def test_only_a_finite_smaller_loss_improves():
-    assert improves(1.0, 2.0) and not improves(2.0, 2.0) and not improves(3.0, 2.0)
-    assert not improves(math.nan, 2.0) and not improves(-math.inf, 2.0) and not improves(None, 2.0)
-    assert improves(5.0, math.inf)
+def test_a_finite_equal_or_smaller_metric_improves_and_ties_go_to_the_later_validation():
+    def loss(value):
+        return rank({"loss": value}, ("loss",))
+
+    assert (
+        improves(loss(1.0), (2.0,))
+        and improves(loss(2.0), (2.0,))
+        and not improves(loss(3.0), (2.0,))
+    )
+    assert not improves(loss(math.nan), (2.0,)) and not improves(loss(-math.inf), (2.0,))
+    assert rank({}, ("loss",)) is None and not improves(None, (2.0,))
+    assert improves(loss(5.0), ())  # the first validation is the best so far
+
+
+def test_tie_breaks_rank_a_stuck_first_metric():
+    keys = ("wer", "cer", "loss")
+    first = rank({"wer": 100.0, "cer": 99.8, "loss": 5.0}, keys)
+    later = rank({"wer": 100.0, "cer": 77.0, "loss": 4.0}, keys)
+    worse = rank({"wer": 100.0, "cer": 80.0, "loss": 1.0}, keys)
+    assert first == (100.0, 99.8, 5.0) and improves(later, first) and not improves(first, later)
+    assert not improves(worse, later) and improves(rank({"wer": 99.0, "cer": 100.0}, keys), later)
+    assert rank({"wer": 100.0, "cer": math.nan, "loss": 4.0}, keys) == (100.0, math.inf, 4.0)
+    # A best from a checkpoint written before tie-breaks has its metric alone: equal WER wins.
+    assert improves(later, (100.0,)) and not improves(later, (99.0,))
 
 
 def test_non_finite_validation_warning_names_the_files_that_failed():

@@ -30,8 +30,9 @@ from w2vkit.losses import pretraining_objective, summarize
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint
 from w2vkit.train.config import DataConfig
-from w2vkit.train.loop import Objective, evaluate, micro_batch_groups
+from w2vkit.train.loop import evaluate, micro_batch_groups
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, ConsoleTable, MetricsWindow, RunLogger
+from w2vkit.train.state import Objective
 
 CPU = torch.device("cpu")
 
@@ -141,7 +142,9 @@ def _scripted_validation(values: list[float], seen: list[int]) -> Objective:
     return Objective(TOY.step, mean_loss, validate=validate)
 
 
-def test_the_best_checkpoint_is_the_strictly_lowest_validation(manifest_dir, tmp_path):
+def test_the_best_checkpoint_is_the_lowest_validation_and_a_tie_goes_to_the_later(
+    manifest_dir, tmp_path
+):
     seen: list[int] = []
     state, _ = toy_train(
         manifest_dir,
@@ -152,10 +155,11 @@ def test_the_best_checkpoint_is_the_strictly_lowest_validation(manifest_dir, tmp
         objective=_scripted_validation([3.0, 2.0, 2.0, 2.5], seen),
         validate=True,
     )
-    assert seen == [1, 2, 3, 4] and state.best_valid_loss == 2.0
+    assert seen == [1, 2, 3, 4] and (state.best_metric, state.best_step) == (2.0, 3)
     best = checkpoint.load(tmp_path / checkpoint.BEST)
-    assert best["progress"]["step"] == 2  # not 3 (a tie is no new best), not 4 (higher)
-    assert best["progress"]["best_valid_loss"] == 2.0 and best["metrics"]["valid"] == {"loss": 2.0}
+    assert best["progress"]["step"] == 3  # not 2 (a tie goes to the later model), not 4 (higher)
+    assert best["progress"]["best_metric"] == 2.0 and best["metrics"]["valid"] == {"loss": 2.0}
+    assert best["progress"]["best_step"] == 3
     valid = _records(tmp_path, "valid")
     assert [r["best_loss"] for r in valid] == [3.0, 2.0, 2.0, 2.0]
     assert [(r["num_updates"], r["epoch"]) for r in valid] == [(1, 1), (2, 1), (3, 1), (4, 1)]

@@ -32,7 +32,7 @@ from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.train import checkpoint
 from w2vkit.train.config import build_config, load_layers
-from w2vkit.train.loop import Objective, StepOutput
+from w2vkit.train.state import Objective, StepOutput
 
 
 def test_one_update_is_the_gradient_of_the_global_mean():
@@ -156,6 +156,35 @@ def test_one_bad_update_is_skipped_and_training_goes_on():
     assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
     assert update(state, [random_rows(2, 3200, 2)], TOY, cfg).finite
     assert state.step == 1 and state.consecutive_nonfinite == 0
+
+
+def test_the_fused_adamw_skips_a_non_finite_update_in_its_kernel():
+    cfg = toy_config()
+    state = toy_state(cfg)
+    assert state.optimizer.defaults["fused"]
+    assert update(state, [random_rows(2, 3200, 2)], TOY, cfg).finite  # moments to keep
+    told: list[float] = []
+    real_step = state.optimizer.step
+
+    def step(*args, **kwargs):
+        told.append(float(state.optimizer.found_inf))  # type: ignore[attr-defined]
+        return real_step(*args, **kwargs)
+
+    state.optimizer.step = step  # type: ignore[method-assign]
+    params = [p.detach().clone() for p in state.model.parameters()]
+    moments = {
+        k: {name: v.clone() for name, v in s.items()} for k, s in state.optimizer.state.items()
+    }
+    bad = random_rows(2, 3200, 1)
+    bad.wav[0, 5] = math.nan
+    assert not update(state, [bad], TOY, cfg).finite
+    assert told == [1.0]  # the kernel was told, not the host asked first
+    assert all(torch.equal(a, b) for a, b in zip(params, state.model.parameters(), strict=True))
+    for key, saved in moments.items():  # exp_avg, exp_avg_sq and the step count as they were
+        for name, value in saved.items():
+            assert torch.equal(state.optimizer.state[key][name], value), name
+    assert update(state, [random_rows(2, 3200, 3)], TOY, cfg).finite and told == [1.0, 0.0]
+    assert all(int(s["step"]) == 2 for s in state.optimizer.state.values())
 
 
 def test_bf16_autocast_runs_the_real_model_on_cpu():

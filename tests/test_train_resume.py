@@ -3,17 +3,20 @@ SIGTERM saves and exits cleanly, `--init-from` takes the source's model and weig
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import signal
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import TINY_YAML
+from helpers import TINY_YAML, TOY, toy_train
 
 from w2vkit import cli
 from w2vkit.train import checkpoint
@@ -61,6 +64,11 @@ def test_resume_continues_exactly(manifest_dir, tmp_path):
     assert yaml.safe_load((tmp_path / "straight" / "config.yaml").read_text()) == straight["config"]
     for name, value in straight["model"].items():
         assert torch.equal(value, split["model"][name]), name
+    # Every random state too, numpy's and Python's included (reseeded at each update).
+    a, b = straight["rng"], split["rng"]
+    assert torch.equal(a["torch"], b["torch"]) and torch.equal(a["generator"], b["generator"])
+    assert a["numpy"][0] == b["numpy"][0] and torch.equal(a["numpy"][1], b["numpy"][1])
+    assert a["numpy"][2:] == b["numpy"][2:] and a["python"] == b["python"]
     logged_straight, logged_split = _logged(tmp_path / "straight"), _logged(tmp_path / "split")
     assert [k for k in logged_straight if k[0] == "train"] == [
         ("train", s) for s in (5, 10, 15, 20)
@@ -158,3 +166,30 @@ def test_init_from_takes_the_model_and_weights_of_the_source(manifest_dir, tmp_p
     # The first update runs at LR 0 (fairseq's warmup), so the weights are still the source's.
     for name, value in source["model"].items():
         assert torch.equal(continued["model"][name], value), name
+
+
+def test_a_resumed_runs_numpy_and_python_random_states_equal_an_uninterrupted_runs(
+    manifest_dir, tmp_path
+):
+    """A step that draws from numpy's and Python's global RNGs (as a third-party augmentation
+    might): after 4 + resume + 4 updates every saved random state is the straight run's."""
+
+    def drawing_step(model, batch, step, generator):
+        np.random.rand(3)
+        random.random()
+        return TOY.step(model, batch, step, generator)
+
+    objective = dataclasses.replace(TOY, step=drawing_step)
+    every_4 = ("train.save_interval_steps=4", "train.keep_interval_checkpoints=0")
+    toy_train(
+        manifest_dir, tmp_path / "straight", "train.max_steps=8", *every_4, objective=objective
+    )
+    toy_train(manifest_dir, tmp_path / "split", "train.max_steps=4", *every_4, objective=objective)
+    np.random.rand(5)  # whatever the process drew in between
+    random.random()
+    toy_train(manifest_dir, tmp_path / "split", "train.max_steps=8", *every_4, objective=objective)
+    a = checkpoint.load(tmp_path / "straight" / checkpoint.LAST)["rng"]
+    b = checkpoint.load(tmp_path / "split" / checkpoint.LAST)["rng"]
+    assert a["numpy"][0] == b["numpy"][0] and torch.equal(a["numpy"][1], b["numpy"][1])
+    assert a["numpy"][2:] == b["numpy"][2:] and a["python"] == b["python"]
+    assert torch.equal(a["torch"], b["torch"]) and torch.equal(a["generator"], b["generator"])

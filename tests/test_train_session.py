@@ -18,7 +18,8 @@ from w2vkit.finetune.config import TriStageOptimConfig
 from w2vkit.interop import ModelRecord, save_w2vkit
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train import checkpoint, dist, session
+from w2vkit.train import checkpoint, dist, rundir, session
+from w2vkit.train.best import reconcile_best
 from w2vkit.train.config import AdamConfig, OptimConfig, TrainConfig
 
 
@@ -69,7 +70,7 @@ def test_finetune_refuses_a_pretraining_run_directory_and_the_reverse(corpus, tm
 
 
 def test_finetune_refuses_a_run_directory_in_use(corpus, tmp_path, capsys):
-    with checkpoint.RunLock(tmp_path / "busy"):
+    with rundir.RunLock(tmp_path / "busy"):
         code = _finetune(
             corpus / "data", corpus / "init.pt", tmp_path / "busy", "train.max_steps=1"
         )
@@ -145,18 +146,33 @@ def test_resume_from_a_pretraining_checkpoint_points_at_init_from(corpus, tmp_pa
     )
 
 
-def test_a_stale_best_checkpoint_is_repaired_by_the_runs_own_metric(tmp_path):
+def test_a_stale_best_checkpoint_is_repaired_only_when_last_is_the_best_update(tmp_path):
     last = {
-        "progress": {"step": 8, "best_valid_loss": 12.5},
+        "progress": {"step": 8, "best_metric": 12.5, "best_step": 8},
         "metrics": {"valid": {"loss": 3.0, "wer": 12.5}},
     }
     checkpoint.save_atomic(last, tmp_path / checkpoint.LAST)
-    assert (
-        checkpoint.reconcile_best(tmp_path, last, "loss") is None
-    )  # by loss: 3.0 is not the best 12.5
-    note = checkpoint.reconcile_best(tmp_path, last, "wer")
+    note = reconcile_best(tmp_path, last, "wer")
     assert note is not None and note.endswith("it now holds update 8, validation wer 12.5")
     assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 8
+    assert reconcile_best(tmp_path, last, "wer") is None  # best holds update 8 now
+
+
+def test_a_later_checkpoint_carrying_the_best_metric_never_replaces_the_best(tmp_path):
+    # Update 10 was validated best; update 17 was saved by a SIGTERM (no validation): its last
+    # validation record and its best metric are update 10's, but its weights are not.
+    checkpoint.save_atomic({"progress": {"step": 10}}, tmp_path / checkpoint.BEST)
+    later = {
+        "progress": {"step": 17, "best_metric": 12.5, "best_step": 10},
+        "metrics": {"valid": {"wer": 12.5}},
+    }
+    checkpoint.save_atomic(later, tmp_path / checkpoint.LAST)
+    assert reconcile_best(tmp_path, later, "wer") is None
+    assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 10
+    # A checkpoint from before best_step was recorded cannot tell: best is left alone.
+    older = {"progress": {"step": 17, "best_valid_loss": 12.5}, "metrics": later["metrics"]}
+    assert reconcile_best(tmp_path, older, "wer") is None
+    assert checkpoint.saved_step(tmp_path / checkpoint.BEST) == 10
 
 
 @pytest.mark.parametrize(
@@ -235,7 +251,7 @@ def test_the_device_a_train_section_asks_for_on_a_cpu_only_machine(monkeypatch):
 
 def test_a_full_disk_is_one_line_and_exit_1_and_the_lock_is_released(tmp_path, capsys):
     train = TrainConfig(out_dir=str(tmp_path / "run"), device="cpu", precision="fp32")
-    lock = tmp_path / "run" / checkpoint.LOCK
+    lock = tmp_path / "run" / rundir.LOCK
 
     def body() -> int:
         assert lock.is_file()  # held while the body runs
@@ -266,11 +282,12 @@ def test_a_full_disk_is_one_line_and_exit_1_and_the_lock_is_released(tmp_path, c
 def test_a_run_starts_with_its_config_in_order_and_notes_what_it_dropped_and_repaired(tmp_path):
     out = tmp_path / "runs" / "a"
     session.prepare_dir(out)  # parents too
-    (out / checkpoint.LOG).write_text("".join(f'{{"num_updates": {n}}}\n' for n in (1, 2, 3, 4)))
+    (out / rundir.LOG).write_text("".join(f'{{"num_updates": {n}}}\n' for n in (1, 2, 3, 4)))
     (out / checkpoint.LAST).write_bytes(b"the last checkpoint")  # copied as it is, not loaded
     payload = {
+        "config": {"train": {"seed": 1}},
         "metrics": {"valid": {"wer": 12.5}},
-        "progress": {"step": 2, "best_valid_loss": 12.5},
+        "progress": {"step": 2, "best_metric": 12.5, "best_step": 2},
     }
     resume = session.Resume(payload, out / checkpoint.LAST)
     config = {"train": {"seed": 1}, "data": {"b": 2, "a": 1}}
@@ -281,8 +298,12 @@ def test_a_run_starts_with_its_config_in_order_and_notes_what_it_dropped_and_rep
         "copying it): it now holds update 2, validation wer 12.5",
     ]
     assert (out / checkpoint.BEST).read_bytes() == b"the last checkpoint"
-    assert (out / checkpoint.CONFIG).read_text() == "train:\n  seed: 1\ndata:\n  b: 2\n  a: 1\n"
-    assert session.start_files(out, config, 2, resume, best_metric="loss") == []  # no valid loss
+    assert (out / rundir.CONFIG).read_text() == "train:\n  seed: 1\ndata:\n  b: 2\n  a: 1\n"
+    # Last's weights are not the best's (update 1's): nothing to repair, whatever its metric.
+    not_best = session.Resume(
+        {**payload, "progress": {**payload["progress"], "best_step": 1}}, resume.path
+    )
+    assert session.start_files(out, config, 2, not_best, best_metric="wer") == []
 
 
 def test_the_loss_scaler_exists_for_fp16_only():
@@ -312,3 +333,21 @@ def test_a_checkpoint_of_an_unknown_kind_of_run_is_refused(tmp_path):
         "pretrain`: choose another train.out_dir"
     )
     assert session.resume_point(out, "pretrain", resume_from=None, overwrite=True) is None
+
+
+def test_a_resume_with_other_optimisation_settings_names_them(tmp_path):
+    out = tmp_path / "run"
+    session.prepare_dir(out)
+    saved = {
+        "optim": {"lr": 0.0005, "clip_norm": 0.0},
+        "train": {"update_freq": 1, "max_steps": 10},
+    }
+    resume = session.Resume({"config": saved, "progress": {"step": 10}}, out / checkpoint.LAST)
+    now = {"optim": {"lr": 0.001, "clip_norm": 0.0}, "train": {"update_freq": 2, "max_steps": 20}}
+    assert session.start_files(out, now, 10, resume, best_metric="loss") == [
+        "optim.lr changed on resume: 0.0005 in the checkpoint, 0.001 now (the run goes on with "
+        "the new value)",
+        "train.update_freq changed on resume: 1 in the checkpoint, 2 now (the run goes on with the "
+        "new value)",
+    ]  # a longer run (train.max_steps) is what resuming is for: no note
+    assert session.start_files(out, saved, 10, resume, best_metric="loss") == []

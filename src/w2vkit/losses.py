@@ -19,7 +19,8 @@ distractors: a high value makes the task trivial), `prob_perplexity`, `code_perp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,8 @@ from w2vkit.model.config import QuantizerConfig
 from w2vkit.model.quantizer import gumbel_temperature
 from w2vkit.model.wav2vec2 import PretrainOutput
 from w2vkit.train.config import LossConfig
-from w2vkit.train.loop import Objective, StepOutput
 from w2vkit.train.metrics import Value
+from w2vkit.train.state import Objective, StepOutput
 
 LOSS_KEYS = ("loss", "loss_0", "loss_1", "loss_2")
 """Summed losses that `summarize` reports in bits per masked frame."""
@@ -166,25 +167,24 @@ def pretraining_objective(
 ) -> Objective[Batch]:
     """The training loop's Objective for wav2vec 2.0 pretraining (validation: the same step).
 
-    A time budget's plan of `planned` updates fits the Gumbel temperature schedule to it: update
-    k then gets the temperature of update `k * nominal_steps / planned` of the configured schedule
-    (`temperature_decay ** (nominal_steps / planned)` per update), so the temperature reaches a
-    value at the same fraction of the run as with `nominal_steps` updates (the config's LR
-    schedule length). Without `nominal_steps` the decay stays per update.
+    A time budget's plan fits the Gumbel temperature schedule to it: update k then gets the
+    temperature of update `progress(k) * nominal_steps` of the configured schedule (`progress`: the
+    plan's share of the run done, 1 at its end), so the temperature reaches a value at the same
+    fraction of the run as with `nominal_steps` updates (the config's LR schedule length), and
+    follows a re-plan without a jump. Without `nominal_steps` the decay stays per update.
     """
-    temperatures = quantizer
+    progress: Callable[[int], float] | None = None
 
-    def plan(planned: int) -> None:
-        nonlocal temperatures
-        if nominal_steps > 0 and planned > 0:
-            decay = quantizer.temperature_decay ** (nominal_steps / planned)
-            temperatures = replace(quantizer, temperature_decay=decay)
+    def plan(run_progress: Callable[[int], float]) -> None:
+        nonlocal progress
+        progress = run_progress if nominal_steps > 0 else None
 
     def wav2vec_step(
         model: nn.Module, batch: Batch, step: int, generator: torch.Generator
     ) -> StepOutput:
         # `step` counts completed optimizer updates, not forwards: accumulation keeps the decay.
-        temperature = gumbel_temperature(step, temperatures)
+        at = progress(step) * nominal_steps if progress is not None else step
+        temperature = gumbel_temperature(at, quantizer)
         output = model(batch.wav, batch.padding_mask, temperature=temperature, generator=generator)
         terms = pretraining_loss(
             output,

@@ -14,16 +14,16 @@ import sys
 import time
 from pathlib import Path
 
+import fault_runs as runs
 import pytest
-import runs
 import torch
 
-from w2vkit.train import checkpoint
+from w2vkit.train import checkpoint, rundir
 
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from w2vkit.train.checkpoint import RunLock
+from w2vkit.train.rundir import RunLock
 lock = RunLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(60)
@@ -61,7 +61,7 @@ def test_fault09_second_run_in_a_live_run_directory_is_refused(corpus, tmp_path,
         holder.wait()
     # The holder is gone: its lock and temp file are stale, the next run takes over and cleans up.
     assert runs.pretrain(corpus, out, "train.max_steps=2") == 0
-    assert not live_temp.exists() and not (out / checkpoint.LOCK).exists()
+    assert not live_temp.exists() and not (out / rundir.LOCK).exists()
     assert checkpoint.load(out / checkpoint.LAST)["progress"]["step"] == 2
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import fault_runs as runs
 import pytest
-import runs
 
 from w2vkit.config import ConfigError
 from w2vkit.train.config import build_config

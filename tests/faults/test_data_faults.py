@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 
 import audiogen
+import fault_runs as runs
 import numpy as np
 import pytest
-import runs
 import torch
 
 from w2vkit.data.dataset import AudioDataset

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import fault_runs as runs
 import pytest
-import runs
 
 from w2vkit.train import checkpoint
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import shutil
+import signal
 from pathlib import Path
 
+import fault_runs as runs
 import numpy as np
 import pytest
-import runs
 
 from w2vkit.data.manifest import read_manifest
 from w2vkit.recipes import pretrain as recipe
-from w2vkit.train import checkpoint
-from w2vkit.train.loop import StepOutput
+from w2vkit.train import checkpoint, loop, rundir
+from w2vkit.train.state import StepOutput
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def test_fault03_nan_file_in_valid_is_replaced_and_best_is_written(corpus, tmp_p
     assert [r["num_updates"] for r in valid] == [2, 4]
     assert all(math.isfinite(r["loss"]) and "nonfinite" not in r for r in valid)
     best = checkpoint.load(out / checkpoint.BEST)  # written: before, never
-    assert best["progress"]["best_valid_loss"] == pytest.approx(min(r["loss"] for r in valid))
+    assert best["progress"]["best_metric"] == pytest.approx(min(r["loss"] for r in valid))
     named = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
     assert len(named) == 1 and "non-finite samples (12000 NaN/Inf samples)" in named[0]
 
@@ -160,7 +162,7 @@ def test_fault08_stale_best_is_reconciled_on_start(corpus, tmp_path, capsys):
     _two_saves(corpus, out)
     last = checkpoint.load(out / checkpoint.LAST)
     # The state of a crash between saving last (which holds the new best) and copying it:
-    last["progress"]["best_valid_loss"] = last["metrics"]["valid"]["loss"]
+    last["progress"]["best_step"] = last["progress"]["step"]
     checkpoint.save_atomic(last, out / checkpoint.LAST)
     shutil.copy(next(out.glob("checkpoint_*_2.pt")), out / checkpoint.BEST)
     assert checkpoint.saved_step(out / checkpoint.BEST) == 2
@@ -173,11 +175,11 @@ def test_fault08_stale_best_is_reconciled_on_start(corpus, tmp_path, capsys):
 def test_fault11_failed_start_writes_no_config_and_resume_drops_later_log(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     _two_saves(corpus, out)
-    config = (out / checkpoint.CONFIG).read_text()
+    config = (out / rundir.CONFIG).read_text()
     # A refused start (another seed than the checkpoint's) leaves config.yaml as it was.
     assert runs.pretrain(corpus, out, "train.max_steps=6", "train.seed=5") == 2
     assert "sampler state was saved with seed=1" in capsys.readouterr().err
-    assert (out / checkpoint.CONFIG).read_text() == config
+    assert (out / rundir.CONFIG).read_text() == config
     # A refused start in a new directory leaves no directory behind.
     new = tmp_path / "new"
     assert runs.pretrain(corpus, new, "--resume-from", str(out / "missing.pt")) == 2
@@ -232,3 +234,27 @@ def test_fault14_reused_directory_with_another_dataset_is_refused(corpus, tmp_pa
     assert runs.pretrain(other, out, "train.max_steps=4") == 2
     assert "the data changed since the checkpoint" in capsys.readouterr().err
     assert checkpoint.load(out / checkpoint.LAST)["progress"]["step"] == 2
+
+
+def test_issue28_1_sigterm_and_rerun_keep_the_validated_best(corpus, tmp_path, monkeypatch, capsys):
+    """Validated and saved at update 3 (its best), SIGTERM during update 4: last holds update 5
+    with update 3's validation record and best metric. The rerun must not take it for the best."""
+    real_update = loop.run_update
+
+    def sigterm_in_update_4(state, *args, **kwargs):  # the stop is asked for with update 5
+        if state.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_update(state, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_update", sigterm_in_update_4)
+    out = tmp_path / "run"
+    every_3 = ("train.save_interval_steps=3", "train.validate_interval_steps=3")
+    assert runs.pretrain(corpus, out, "train.max_steps=9", *every_3) == 143
+    last = checkpoint.load(out / checkpoint.LAST)
+    assert (last["progress"]["step"], last["progress"]["best_step"]) == (5, 3)
+    assert checkpoint.saved_step(out / checkpoint.BEST) == 3
+    monkeypatch.setattr(loop, "run_update", real_update)
+    capsys.readouterr()
+    assert runs.pretrain(corpus, out, "train.max_steps=5", *every_3) == 0  # nothing left to train
+    assert checkpoint.saved_step(out / checkpoint.BEST) == 3
+    assert "was stale" not in capsys.readouterr().out

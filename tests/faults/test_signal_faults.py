@@ -1,5 +1,5 @@
 """Fault 16: SIGTERM to the whole process group (SLURM `scancel`, systemd stop) with DataLoader
-workers. The workers ignore it, the training process saves and exits 0; nothing is lost."""
+workers. The workers ignore it, the training process saves and exits 143; nothing is lost."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import fault_runs as runs
 import pytest
-import runs
 
-from w2vkit.train import checkpoint, loop
+from w2vkit.train import checkpoint, loop, rundir
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_fault16_sigterm_to_the_process_group_saves_and_exits_cleanly(corpus, tm
             text=True,
             start_new_session=True,  # its own process group, as under a batch scheduler
         )
-        log = out / checkpoint.LOG
+        log = out / rundir.LOG
         deadline = time.monotonic() + 120
         while not (log.is_file() and log.read_text().count("\n") >= 3):
             assert run.poll() is None and time.monotonic() < deadline, run.stdout.read()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -17,6 +18,8 @@ import soxr
 SAMPLE_RATE = 16_000  # Hz, the rate of every wav2vec 2.0 checkpoint
 LAYER_NORM_EPS = 1e-5  # fairseq's `F.layer_norm(wav, wav.shape)` default
 RESAMPLE_QUALITY = "HQ"  # soxr's default; "VHQ" costs ~1.5x for no audible gain at 16 kHz
+SAMPLE_RATES = (4_000, 768_000)
+"""Header rates taken as audio (Hz). Below, a 40 KB file declaring 1 Hz resamples to hours."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,15 @@ class AudioInfo:
 def probe_audio(path: str | os.PathLike) -> AudioInfo:
     """Read only the header of `path`. Raises `soundfile.LibsndfileError` if it is not audio."""
     with sf.SoundFile(path) as f:
+        check_sample_rate(f.samplerate)
         return AudioInfo(num_frames=f.frames, sample_rate=f.samplerate, num_channels=f.channels)
+
+
+def check_sample_rate(rate: int) -> None:
+    """ValueError for a header rate outside `SAMPLE_RATES` (a damaged or crafted header)."""
+    low, high = SAMPLE_RATES
+    if not low <= rate <= high:
+        raise ValueError(f"its header declares {rate} Hz, outside {low}-{high} Hz")
 
 
 def resampled_length(num_frames, from_rate, to_rate: int = SAMPLE_RATE):
@@ -56,7 +67,7 @@ class DecodeError(ValueError):
 
 
 def decode_checked(
-    path: str | os.PathLike,
+    path: str | os.PathLike | BinaryIO,
     sample_rate: int = SAMPLE_RATE,
     *,
     expected_frames: int | None = None,
@@ -94,12 +105,14 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     return _decode(path, sample_rate)[0]
 
 
-def _decode(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, int]:
+def _decode(path: str | os.PathLike | BinaryIO, sample_rate: int) -> tuple[np.ndarray, int]:
     """(mono float32 at `sample_rate` (S,), frames in the file at its own rate)."""
     wav, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (S, channels)
     if wav.shape[0] == 0:
-        raise ValueError(f"{os.fspath(path)}: no audio frames")
+        where = os.fspath(path) if isinstance(path, str | os.PathLike) else "audio bytes"
+        raise ValueError(f"{where}: no audio frames")
     file_frames = wav.shape[0]
+    check_sample_rate(file_rate)
     return to_mono(wav, file_rate, sample_rate), file_frames
 
 

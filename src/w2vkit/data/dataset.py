@@ -147,6 +147,16 @@ def describe(err: DecodeError) -> str:
     return f"{err}: {err.__cause__}" if err.__cause__ is not None else str(err)
 
 
+_WARNED: set[tuple] = set()
+
+
+def _warn_once(message: str, *args) -> None:
+    """A data notice once per process: the pre-flight check and the loader both read a split."""
+    if (message, *args) not in _WARNED:
+        _WARNED.add((message, *args))
+        logger.warning(message, *args)
+
+
 def _target_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
     """Samples per row at `sample_rate`: exact for rows with a known rate, else the frames."""
     rates = manifest.sample_rates
@@ -155,10 +165,10 @@ def _target_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
     known = rates != UNKNOWN_RATE
     num_unknown = int(len(manifest) - known.sum())
     if num_unknown:
-        logger.info(
-            "%s: %d of %d rows have no sample rate (no .meta.tsv sidecar): assumed %d Hz, as "
-            "fairseq assumes; a file at another rate is still resampled, then cropped to the "
-            "planned size",
+        _warn_once(
+            "%s: %d of %d rows have no sample rate (no .meta.tsv sidecar): their frame counts are "
+            "taken as %d Hz samples, as fairseq does; a file at another rate has another length "
+            "than planned (cropped if shorter). `w2vkit manifest AUDIO_DIR` writes the sidecar",
             manifest.root,
             num_unknown,
             len(manifest),
@@ -170,7 +180,7 @@ def _target_lengths(manifest: Manifest, sample_rate: int) -> np.ndarray:
             f"{r} Hz: {n}"
             for r, n in zip(*np.unique(rates[other], return_counts=True), strict=True)
         )
-        logger.warning(
+        _warn_once(
             "%s: %d of %d files are not at %d Hz (%s); they are resampled with soxr when loaded",
             manifest.root,
             int(other.sum()),

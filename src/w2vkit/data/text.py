@@ -25,8 +25,45 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from w2vkit.config import ConfigError
+
 WORD_BOUNDARY = "|"
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "ʼ": "'"})
+
+
+BOM = b"\xef\xbb\xbf"
+"""UTF-8 byte-order mark: Windows editors write it; left in, it glues itself to the first symbol."""
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A text file as UTF-8, a leading byte-order mark dropped; other bytes: one line naming them."""
+    return decode_utf8(Path(path).read_bytes(), path)
+
+
+def decode_utf8(data: bytes, path: str | os.PathLike, first_line: int = 1) -> str:
+    """`data` (from line `first_line` of `path`) as UTF-8, or a ConfigError naming the line."""
+    data = data.removeprefix(BOM) if first_line == 1 else data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data.count(b"\n", 0, err.start)
+        raise ConfigError(
+            f"{os.fspath(path)}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}): "
+            "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def check_utf8(text: str, where: str) -> str:
+    """`text` read with errors="surrogateescape" (paths may be any bytes; text may not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        byte = ord(text[err.start]) - 0xDC00
+        raise ConfigError(
+            f"{where}: not UTF-8 text (byte 0x{byte:02x}): re-save it as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    return text
 
 
 def normalize_transcript(text: str) -> str:
@@ -69,7 +106,7 @@ def write_letter_dict(path: str | os.PathLike, counts: Counter[str]) -> None:
 def read_letter_dict(path: str | os.PathLike) -> dict[str, int]:
     """`dict.ltr.txt` back as symbol -> count, in file order."""
     counts: dict[str, int] = {}
-    lines = Path(path).read_text("utf-8").splitlines()
+    lines = read_utf8(path).splitlines()
     for line_number, line in enumerate(lines, start=1):
         fields = line.split(" ")
         if len(fields) != 2 or not fields[1].isdigit() or fields[0] in counts:
@@ -88,7 +125,7 @@ def read_transcript_table(path: str | os.PathLike) -> dict[str, tuple[str, int]]
     rows: dict[str, tuple[str, int]] = {}
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line_number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
+            line = line.rstrip("\r\n").removeprefix("\ufeff")
             if not line.strip() or (line_number == 1 and line == "path\ttranscript"):
                 continue
             name, tab, transcript = line.partition("\t")
@@ -102,5 +139,6 @@ def read_transcript_table(path: str | os.PathLike) -> dict[str, tuple[str, int]]
                     f"{os.fspath(path)}:{line_number}: {name} already has a transcript on "
                     f"line {rows[name][1]}"
                 )
-            rows[name] = (transcript, line_number)
+            where = f"{os.fspath(path)}:{line_number}"
+            rows[name] = (check_utf8(transcript, where), line_number)
     return rows

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from w2vkit.config import ConfigError
+from w2vkit.data.text import read_utf8
 
 BLANK, PAD, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq names; <s> is the CTC blank
@@ -51,18 +52,16 @@ class Vocabulary:
         """Read a fairseq `dict.ltr.txt`: `SYMBOL COUNT` per line (`#fairseq:overwrite` allowed)."""
         path = Path(path)
         symbols, counts = [], []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                fields = line.removesuffix(" #fairseq:overwrite").rsplit(" ", 1)
-                if len(fields) != 2 or not fields[1].lstrip("-").isdigit() or not fields[0]:
-                    raise ConfigError(f"{path}:{number}: expected 'SYMBOL COUNT', got {line!r}")
-                if fields[0] in symbols or fields[0] in SPECIALS:
-                    raise ConfigError(f"{path}:{number}: duplicate symbol {fields[0]!r}")
-                symbols.append(fields[0])
-                counts.append(int(fields[1]))
+        for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            fields = line.removesuffix(" #fairseq:overwrite").rsplit(" ", 1)
+            if len(fields) != 2 or not fields[1].lstrip("-").isdigit() or not fields[0]:
+                raise ConfigError(f"{path}:{number}: expected 'SYMBOL COUNT', got {line!r}")
+            if fields[0] in symbols or fields[0] in SPECIALS:
+                raise ConfigError(f"{path}:{number}: duplicate symbol {fields[0]!r}")
+            symbols.append(fields[0])
+            counts.append(int(fields[1]))
         if not symbols:
             raise ConfigError(f"{path}: no symbols")
         return cls(symbols, counts)

@@ -19,15 +19,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from w2vkit.config import ConfigError
+from w2vkit.data.text import read_utf8
 from w2vkit.data.vocab import BLANK, WORD_SEPARATOR, Vocabulary
 from w2vkit.finetune.decode import Hypothesis, collapse
-from w2vkit.finetune.ngram import BOS, EOS, UNK
+from w2vkit.finetune.ngram import BOS, EOS, UNK, read_arpa_unigrams
 
 
 @dataclass(kw_only=True)
@@ -45,7 +45,7 @@ class BeamOptions:
 def read_lexicon(path: str | os.PathLike) -> dict[str, list[list[str]]]:
     """`WORD t1 t2 ... |` per line (several lines per word: alternative spellings)."""
     lexicon: dict[str, list[list[str]]] = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -57,18 +57,22 @@ def read_lexicon(path: str | os.PathLike) -> dict[str, list[list[str]]]:
 
 def lexicon_from_arpa(path: str | os.PathLike) -> dict[str, list[list[str]]]:
     """Each unigram of an ARPA file spelled letter by letter, then `|`."""
-    words, in_unigrams = [], False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("\\"):
-                in_unigrams = line == "\\1-grams:"
-                continue
-            if in_unigrams and line:
-                words.append(line.split("\t")[1])
-    if not words:
-        raise ConfigError(f"{path}: no unigrams (is it an ARPA file? give --lexicon for binaries)")
+    words = read_arpa_unigrams(path)
+    if words is None:
+        raise ConfigError(f"{path}: a KenLM binary: give its words with --lexicon")
     return {w: [[*w, WORD_SEPARATOR]] for w in words if w not in (BOS, EOS, UNK)}
+
+
+def check_letter_lm(path: str | os.PathLike, words: list[str] | None, vocab: Vocabulary) -> None:
+    """A lexicon-free LM (unigram `words`) must be over the CTC symbols: a word LM would score
+    every letter `<unk>`. A binary model's words are unknown here (None): not checked."""
+    strangers = [w for w in words or () if w not in vocab.index and w not in (BOS, EOS, UNK)]
+    if strangers:
+        raise ConfigError(
+            f"--lexicon-free needs a letter LM (w2vkit lm build --letters), but {path} has "
+            f"{len(strangers)} unigrams that are not symbols of the model, such as "
+            f"{strangers[0]!r}: leave out --lexicon-free to decode with this word LM"
+        )
 
 
 class BeamSearchDecoder:
@@ -96,7 +100,9 @@ class BeamSearchDecoder:
         tokens = Dictionary(vocab.symbols)
         self.vocab = vocab
         o = options
+        lm_words = read_arpa_unigrams(lm_path)  # checked before KenLM trusts its header
         if lexicon is None:
+            check_letter_lm(lm_path, lm_words, vocab)
             lm = KenLM(str(lm_path), tokens)
             decoder_options = fl.LexiconFreeDecoderOptions(
                 beam_size=o.beam_size, beam_size_token=len(vocab), beam_threshold=o.beam_threshold,
@@ -149,4 +155,10 @@ class BeamSearchDecoder:
         return hyp
 
 
-__all__ = ["BeamOptions", "BeamSearchDecoder", "lexicon_from_arpa", "read_lexicon"]
+__all__ = [
+    "BeamOptions",
+    "BeamSearchDecoder",
+    "check_letter_lm",
+    "lexicon_from_arpa",
+    "read_lexicon",
+]

@@ -11,8 +11,11 @@ audio away from its transcript.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +28,12 @@ from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.loader import build_dataloader
 from w2vkit.data.manifest import read_manifest
 from w2vkit.data.sampler import BucketBatchSampler
-from w2vkit.data.vocab import PAD, Vocabulary
+from w2vkit.data.shards.stream import ShardBatch
+from w2vkit.data.text import read_utf8
+from w2vkit.data.vocab import PAD, WORD_SEPARATOR, Vocabulary
+from w2vkit.model.feature_extractor import output_lengths
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -50,7 +58,7 @@ def read_labels(path: str | os.PathLike, *, manifest_path: str | os.PathLike) ->
         raise ConfigError(
             f"{path}: no label file beside {manifest_path} (write it with w2vkit labels)"
         )
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_utf8(path).splitlines()
     num_rows = len(read_manifest(manifest_path))
     if len(lines) != num_rows:
         raise ConfigError(
@@ -72,7 +80,9 @@ class LabelledDataset:
         sample_rate: int = 16000,
         min_samples: int = 0,
         normalize: bool = False,
+        conv_layers: Sequence[tuple[int, int, int]] | None = None,
     ) -> None:
+        """`conv_layers`: the model's frame grid, to count the transcripts CTC cannot align."""
         manifest_path = Path(manifest_path)
         label_path = manifest_path.with_suffix(f".{labels}")
         lines = read_labels(label_path, manifest_path=manifest_path)
@@ -90,9 +100,22 @@ class LabelledDataset:
             for row in self.audio.manifest_rows
         ]
         self.vocab = vocab
+        kept_lines = [lines[row] for row in self.audio.manifest_rows]
+        _check_symbols(label_path, kept_lines, vocab)
+        digest = hashlib.sha256(self.audio.fingerprint().encode())
+        digest.update("\n".join(kept_lines).encode("utf-8", "surrogateescape"))
+        self._fingerprint = digest.hexdigest()[:16]
+        self.num_infeasible = 0
+        if conv_layers is not None:
+            self.num_infeasible = _count_infeasible(label_path, self, conv_layers)
 
     def __len__(self) -> int:
         return len(self.audio)
+
+    def fingerprint(self) -> str:
+        """Names the items and their transcripts (16 hex digits): a resume on changed labels
+        is refused as one on changed audio, since the batches would mean other targets."""
+        return self._fingerprint
 
     def attach(self, batch: Batch) -> LabelledBatch:
         """Add the targets of `batch.indices` to an audio batch."""
@@ -114,10 +137,77 @@ class LabelledDataset:
         )
 
 
+def _check_symbols(label_path: Path, lines: list[str], vocab: Vocabulary) -> None:
+    """Symbols of the labels that the dictionary lacks would train as `<unk>`: say so."""
+    unknown = Counter(s for line in lines for s in line.split() if s not in vocab.index)
+    if not unknown:
+        return
+    if WORD_SEPARATOR in unknown:
+        raise ConfigError(
+            f"{label_path} has word boundaries {WORD_SEPARATOR!r} but the dictionary has none: "
+            "every word boundary would train as <unk>; rewrite dict.ltr.txt with w2vkit labels"
+        )
+    listed = ", ".join(f"{s!r} ({n}x)" for s, n in unknown.most_common(5))
+    logger.warning(
+        "%s: %d symbols are not in the dictionary and train as <unk>: %s",
+        label_path, sum(unknown.values()), listed,
+    )  # fmt: skip
+
+
+def _count_infeasible(
+    label_path: Path, dataset: LabelledDataset, conv_layers: Sequence[tuple[int, int, int]]
+) -> int:
+    """Transcripts longer than CTC can align in their audio (a frame per letter, and a blank
+    between repeated letters). Their loss is infinite, zeroed by `ctc.zero_infinity`: they teach
+    nothing, silently; counted and named here."""
+    frames = output_lengths(torch.as_tensor(dataset.audio.num_samples), conv_layers).tolist()
+    infeasible = []
+    for item, (target, num_frames) in enumerate(zip(dataset.targets, frames, strict=True)):
+        repeats = int((target[1:] == target[:-1]).sum()) if len(target) > 1 else 0
+        if len(target) + repeats > num_frames:
+            infeasible.append(int(dataset.audio.manifest_rows[item]) + 1)
+    if infeasible:
+        logger.warning(
+            "%s: %d of %d transcripts need more frames than their audio has (CTC emits at most "
+            "one letter per frame), so they add no loss: lines %s",
+            label_path, len(infeasible), len(frames), ", ".join(map(str, infeasible[:5])),
+        )  # fmt: skip
+    return len(infeasible)
+
+
+class StreamedTargets:
+    """The `attach` of streamed batches (`data.shards`): each row's label came in its member's
+    JSON (`ShardBatch.labels`), encoded here with `vocab`."""
+
+    def __init__(self, vocab: Vocabulary, num_items: int) -> None:
+        self.vocab = vocab
+        self.num_items = num_items
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def attach(self, batch: ShardBatch) -> LabelledBatch:
+        rows = [
+            torch.tensor(self.vocab.encode(text), dtype=torch.long) for text in batch.labels or []
+        ]
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        targets = pad_sequence(rows, batch_first=True, padding_value=PAD)  # (B, L)
+        return LabelledBatch(
+            wav=batch.wav,
+            padding_mask=batch.padding_mask,
+            indices=batch.indices,
+            targets=targets,
+            target_lengths=lengths,
+            num_failed=batch.num_failed,
+            epoch=batch.epoch,
+            position=batch.position,
+        )
+
+
 class LabelledLoader:
     """Iterates the audio DataLoader and attaches each batch's targets (in this process: cheap)."""
 
-    def __init__(self, dataset: LabelledDataset, loader) -> None:
+    def __init__(self, dataset: LabelledDataset | StreamedTargets, loader) -> None:
         self.dataset = dataset
         self.loader = loader
         self.sampler = loader.sampler
@@ -146,8 +236,8 @@ def build_labelled_loader(
 ) -> LabelledLoader:
     """Length-bucketed batches of whole utterances; longer than `max_batch_samples`: skipped.
 
-    The sampler carries the audio's fingerprint, so a resume on changed data is refused unless
-    `allow_data_change` (a new epoch on the new data), as in pretraining."""
+    The sampler carries the data's fingerprint (audio and labels), so a resume on changed data is
+    refused unless `allow_data_change` (a new epoch on the new data), as in pretraining."""
     sampler = BucketBatchSampler(
         dataset.audio.sizes,
         max_batch_samples=max_batch_samples,
@@ -158,7 +248,7 @@ def build_labelled_loader(
         world_size=world_size,
         shuffle=shuffle,
         skip_oversize=True,
-        fingerprint=dataset.audio.fingerprint(),
+        fingerprint=dataset.fingerprint(),
         allow_data_change=allow_data_change,
     )
     loader = build_dataloader(
@@ -176,6 +266,7 @@ __all__ = [
     "LabelledBatch",
     "LabelledDataset",
     "LabelledLoader",
+    "StreamedTargets",
     "build_labelled_loader",
     "read_labels",
 ]

@@ -26,16 +26,26 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from w2vkit.config import ConfigError
+from w2vkit.data.text import decode_utf8, read_utf8
+
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 Ngram = tuple[str, ...]
+MAX_ORDER = 6
+"""KenLM's default KENLM_MAX_ORDER, the one flashlight-text's wheels are built with."""
+KENLM_BINARY = b"mmap lm "
+"""How a KenLM binary model starts (`build_binary` output): not text, not checked here."""
 
 
 class KneserNeyModel:
     """Interpolated Kneser-Ney n-gram model of `order` estimated from tokenised sentences."""
 
     def __init__(self, sentences: Iterable[list[str]], order: int) -> None:
-        if order < 2:
-            raise ValueError(f"order must be >= 2 (KenLM reads bigram models and up), got {order}")
+        if not 2 <= order <= MAX_ORDER:
+            raise ValueError(
+                f"order must be 2 to {MAX_ORDER} (KenLM reads bigram models up to order "
+                f"{MAX_ORDER}), got {order}"
+            )
         self.order = order
         raw: list[Counter[Ngram]] = [Counter() for _ in range(order + 1)]  # raw[n][ngram]
         num_sentences = 0
@@ -135,10 +145,113 @@ class KneserNeyModel:
             f.write("\n\\end\\\n")
 
 
+def read_arpa_unigrams(path: str | os.PathLike) -> list[str] | None:
+    """Check an ARPA file as KenLM will read it, before KenLM does; its unigrams (None: binary).
+
+    KenLM trusts the header: a truncated file, a count it cannot hold (`ngram 1=9999999999`
+    reserves that much memory), a NaN or an order it was not built for end in a crash or an
+    exhausted machine, not in a message. Streams the file (one line in memory).
+    """
+    path = Path(path)
+    declared: dict[int, int] = {}
+    found: dict[int, int] = {}
+    unigrams: list[str] = []
+    section: str | int | None = None
+    with open(path, "rb") as f:
+        if f.read(len(KENLM_BINARY)) == KENLM_BINARY:
+            return None
+        f.seek(0)
+        for number, raw in enumerate(f, start=1):
+            line = decode_utf8(raw, path, number).strip().removeprefix("\ufeff")
+            where = f"{path}:{number}"
+            if not line:
+                continue
+            if line == "\\end\\":
+                section = "end"
+                break
+            if line == "\\data\\":
+                section = "data"
+            elif line.startswith("\\") and line.endswith("-grams:"):
+                order = line[1 : -len("-grams:")]
+                if not order.isdigit() or int(order) not in declared:
+                    raise ConfigError(f"{where}: {line} is not declared in the \\data\\ header")
+                section = int(order)
+                found[section] = 0
+            elif section == "data":
+                _header_count(line, where, declared)
+            elif isinstance(section, int):
+                found[section] += 1
+                words = _arpa_entry(line, section, where)
+                if section == 1:
+                    unigrams.append(words[0])
+            else:
+                raise ConfigError(f"{where}: expected the \\data\\ header, got {line[:40]!r}")
+    _check_counts(path, declared, found, complete=section == "end")
+    return unigrams
+
+
+def _header_count(line: str, where: str, declared: dict[int, int]) -> None:
+    """`ngram N=COUNT` of the `\\data\\` section, orders 1, 2, ... up to MAX_ORDER."""
+    key, _, count = line.partition("=")
+    order = key.removeprefix("ngram").strip()
+    if not key.startswith("ngram") or not order.isdigit() or not count.strip().isdigit():
+        raise ConfigError(f"{where}: expected 'ngram N=COUNT', got {line[:40]!r}")
+    if int(order) != len(declared) + 1:
+        raise ConfigError(f"{where}: expected the count of order {len(declared) + 1}")
+    if int(order) > MAX_ORDER:
+        raise ConfigError(
+            f"{where}: order {order}: KenLM (as built in flashlight-text) reads at most order "
+            f"{MAX_ORDER}; rebuild with w2vkit lm build --order {MAX_ORDER} or less"
+        )
+    declared[int(order)] = int(count)
+
+
+def _arpa_entry(line: str, order: int, where: str) -> list[str]:
+    """The words of `log10p w1 .. wn [log10backoff]`, after checking its numbers."""
+    fields = line.split()
+    if len(fields) not in (order + 1, order + 2):
+        raise ConfigError(f"{where}: expected a {order}-gram line, got {line[:60]!r}")
+    for number in (fields[0], *fields[order + 1 :]):
+        try:
+            value = float(number)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {number!r} is not a finite log10 probability")
+    return fields[1 : order + 1]
+
+
+def _check_counts(
+    path: Path, declared: dict[int, int], found: dict[int, int], *, complete: bool
+) -> None:
+    if not declared:
+        raise ConfigError(f"{path}: not an ARPA file (no \\data\\ header)")
+    for order, count in declared.items():
+        if found.get(order, 0) != count:
+            raise ConfigError(
+                f"{path}: the header declares {count} {order}-grams, the file has "
+                f"{found.get(order, 0)}: a truncated or edited file; rebuild it"
+            )
+    if not complete:
+        raise ConfigError(f"{path}: no \\end\\ line: a truncated file; rebuild it")
+    if len(declared) < 2:
+        raise ConfigError(
+            f"{path}: a unigram model: KenLM needs order 2 or more (w2vkit lm build --order 2)"
+        )
+
+
 def read_sentences(path: str | os.PathLike) -> list[list[str]]:
     """Whitespace-tokenised non-empty lines of a text file."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = read_utf8(path).splitlines()
     return [line.split() for line in lines if line.strip()]
 
 
-__all__ = ["BOS", "EOS", "UNK", "KneserNeyModel", "read_sentences"]
+__all__ = [
+    "BOS",
+    "EOS",
+    "MAX_ORDER",
+    "UNK",
+    "KneserNeyModel",
+    "read_arpa_unigrams",
+    "read_sentences",
+]

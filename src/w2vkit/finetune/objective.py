@@ -20,7 +20,7 @@ from w2vkit.data.vocab import BLANK, Vocabulary
 from w2vkit.finetune.config import FinetuneConfig
 from w2vkit.finetune.decode import ErrorCounts, char_errors, greedy_decode, word_errors
 from w2vkit.train import dist
-from w2vkit.train.loop import Objective, StepOutput
+from w2vkit.train.state import Objective, StepOutput
 
 
 def ctc_loss(
@@ -112,7 +112,13 @@ def make_objective(cfg: FinetuneConfig, vocab: Vocabulary) -> Objective:
             "cer": 100 * c_err / max(c_len, 1.0),
         }
 
-    return Objective(step=step, summarize=summarize, validate=validate, best_metric="wer")
+    return Objective(
+        step=step,
+        summarize=summarize,
+        validate=validate,
+        best_metric="wer",
+        tie_breaks=("cer", "loss"),
+    )
 
 
 __all__ = ["ctc_loss", "make_objective", "summarize"]

@@ -183,13 +183,18 @@ def parse_conv_layers(text: str, *, where: str) -> list[tuple[int, int, int]]:
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
             left, right = value(node.left), value(node.right)
-            if isinstance(node.op, ast.Add) and isinstance(left, list) and isinstance(right, list):
+            if (
+                isinstance(node.op, ast.Add)
+                and isinstance(left, list)
+                and isinstance(right, list)
+                and len(left) + len(right) <= 1_000
+            ):
                 return left + right
             if (
                 isinstance(node.op, ast.Mult)
                 and isinstance(left, list)
                 and type(right) is int
-                and right < 10_000
+                and len(left) * right <= 1_000  # each factor small, their product too
             ):
                 return left * right
         raise ConfigError(

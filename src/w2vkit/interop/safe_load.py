@@ -14,6 +14,12 @@ names, so a crafted file could execute code. Here every load goes through two ga
    global the scan missed is refused by torch.
 
 `to_plain` then turns the stand-ins into plain dicts, lists and scalars.
+
+Files that pass both gates may still try to exhaust the machine; these are refused too: a zip
+member that is compressed (torch.save stores members; a deflated one expands to any size before
+any check), a config nested deeper than `MAX_DEPTH` or expanding, through shared pickle
+references, to more than `MAX_NODES` values, and a tensor that holds no plain dense values (meta,
+sparse, quantized: each fails later, or reads out of bounds, in code that trusts its weights).
 """
 
 from __future__ import annotations
@@ -101,6 +107,11 @@ _SAFE: dict[str, Any] = {
     "numpy._core.multiarray.scalar": _scalar,
     "numpy.dtype": _DType,
 }
+MAX_DEPTH = 100
+"""Nesting levels a checkpoint's containers may have (fairseq's config has under 10)."""
+MAX_NODES = 1_000_000
+"""Values a config may expand to (fairseq's has a few hundred): a pickle can reference one list
+many times, so a 1 KB file can stand for billions of values once copied out."""
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
 
@@ -164,12 +175,25 @@ def _pickle_streams(path: Path, head: bytes) -> list[bytes]:
                     raise CheckpointError(
                         f"{path}: a zip file without data.pkl, not a torch checkpoint"
                     )
+                _refuse_compressed(path, archive)
                 return [archive.read(names[0])]
         except (zipfile.BadZipFile, EOFError, OSError) as err:
             raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
     if head[:1] == bytes([_PICKLE_PROTO]):
         return [path.read_bytes()]  # legacy format: pickles back to back, then raw storages
     raise CheckpointError(f"{path}: not a PyTorch checkpoint (unrecognised header {head[:8]!r})")
+
+
+def _refuse_compressed(path: Path, archive: zipfile.ZipFile) -> None:
+    """torch.save stores its members: a compressed one is crafted, and torch (and this scan)
+    would decompress it whole (a 3 MB member can stand for gigabytes) before any check."""
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path}: refusing to load: zip member {info.filename} is compressed "
+                f"({info.compress_size} bytes declaring {info.file_size}); torch.save never "
+                "compresses, so this file was crafted or rewritten"
+            )
 
 
 def referenced_globals(path: str | Path) -> list[str]:
@@ -226,11 +250,50 @@ def load_torch_file(path: str | Path) -> Any:
     safe += [(_SAFE[n], n) for n in names if n in _SAFE]
     try:
         with torch.serialization.safe_globals(safe):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path}: refusing to load: {unpickling_reason(err)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
+    try:
+        _check_tensors(payload, "", 0, set())
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: refusing to load: {err}") from None
+    return payload
+
+
+def _check_tensors(obj: Any, where: str, depth: int, seen: set[int]) -> None:
+    """Every tensor in `obj` holds plain dense values; containers nest at most MAX_DEPTH deep.
+    A container referenced many times is walked once (`seen`: ids), so time stays linear."""
+    if depth > MAX_DEPTH:
+        raise CheckpointError(f"containers nest deeper than {MAX_DEPTH} levels: a crafted file")
+    if isinstance(obj, torch.Tensor):
+        if obj.is_meta:
+            raise CheckpointError(f"tensor {where} is a meta tensor (a shape with no values)")
+        if obj.layout != torch.strided:
+            raise CheckpointError(f"tensor {where} is {obj.layout} (w2vkit weights are dense)")
+        if obj.is_quantized:
+            raise CheckpointError(f"tensor {where} is quantized ({obj.dtype}): dequantize it")
+    elif isinstance(obj, (dict, list, tuple)) and id(obj) not in seen:
+        seen.add(id(obj))
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        for key, value in items:
+            if isinstance(obj, dict):
+                name = f"{where}.{key}" if where else str(key)
+            else:
+                name = f"{where}[{key}]"
+            _check_tensors(value, name, depth + 1, seen)
+
+
+def _count(depth: int, count: list[int]) -> None:
+    """One more config value at `depth`: CheckpointError past MAX_DEPTH or MAX_NODES values."""
+    count[0] += 1
+    if depth > MAX_DEPTH:
+        raise CheckpointError(f"it nests deeper than {MAX_DEPTH} levels: a crafted file")
+    if count[0] > MAX_NODES:
+        raise CheckpointError(
+            f"more than {MAX_NODES} values (one list referenced many times?): a crafted file"
+        )
 
 
 _TORCH_ADVICE = (
@@ -255,26 +318,36 @@ def needs_code(reason: str) -> bool:
 
 
 def to_plain(obj: Any) -> Any:
-    """Records, tuples and containers -> plain dicts/lists/scalars (omegaconf nodes -> values)."""
+    """Records, tuples and containers -> plain dicts/lists/scalars (omegaconf nodes -> values).
+
+    CheckpointError past `MAX_DEPTH` levels or `MAX_NODES` values (a crafted config)."""
+    try:
+        return _plain(obj, 0, [0])
+    except CheckpointError as err:
+        raise CheckpointError(f"refusing the checkpoint's config: {err}") from None
+
+
+def _plain(obj: Any, depth: int, count: list[int]) -> Any:
+    _count(depth, count)
     if isinstance(obj, Record):
-        return _record_to_plain(obj)
+        return _record_to_plain(obj, depth, count)
     if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
+        return {k: _plain(v, depth + 1, count) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
+        return [_plain(v, depth + 1, count) for v in obj]
     return obj
 
 
-def _record_to_plain(record: Record) -> Any:
+def _record_to_plain(record: Record, depth: int, count: list[int]) -> Any:
     state = record.state
     if isinstance(state, dict) and "_content" in state:  # omegaconf DictConfig/ListConfig/ValueNode
-        return to_plain(state["_content"])
+        return _plain(state["_content"], depth + 1, count)
     if isinstance(state, dict) and "_val" in state:
-        return to_plain(state["_val"])
+        return _plain(state["_val"], depth + 1, count)
     if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
         state = {**(state[0] or {}), **state[1]}  # (dict state, slot state)
     if isinstance(state, dict):  # argparse.Namespace and plain objects: their attributes
-        return {k: to_plain(v) for k, v in state.items() if not k.startswith("_")}
+        return {k: _plain(v, depth + 1, count) for k, v in state.items() if not k.startswith("_")}
     if len(record.args) == 1:  # enum members pickle as EnumClass(value)
-        return to_plain(record.args[0])
+        return _plain(record.args[0], depth + 1, count)
     return record

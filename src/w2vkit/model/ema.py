@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 
-def ema_decay_at(step: int, *, start: float, end: float, anneal_steps: int) -> float:
-    """Decay applied after update `step`: `end - (end - start) * (1 - step / anneal_steps)`."""
+def ema_decay_at(step: float, *, start: float, end: float, anneal_steps: int) -> float:
+    """Decay applied after update `step`: `end - (end - start) * (1 - step / anneal_steps)`.
+
+    `step` may be fractional: a time budget's plan maps the run's updates onto the schedule."""
     if step >= anneal_steps:
         return end
     return end - (end - start) * (1.0 - step / anneal_steps)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from w2vkit.model.config import QuantizerConfig
 
 
-def gumbel_temperature(step: int, cfg: QuantizerConfig) -> float:
+def gumbel_temperature(step: float, cfg: QuantizerConfig) -> float:
     """Temperature after `step` optimizer updates: max(start * decay**step, end).
 
     Tied to the optimizer step, not to forward calls, so gradient accumulation does not make it

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from w2vkit.data.collate import Batch
-from w2vkit.train.loop import Objective, StepOutput
 from w2vkit.train.metrics import Value
+from w2vkit.train.state import Objective, StepOutput
 
 
 def best_rq_loss(logits: Tensor, targets: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ constant shows as `target_var` -> 0), `ema_decay` (the decay of the last teacher
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +19,8 @@ from w2vkit.data.collate import Batch
 from w2vkit.model.data2vec2 import Data2Vec2Config, Data2Vec2Model
 from w2vkit.model.ema import ema_decay_at
 from w2vkit.train import dist
-from w2vkit.train.loop import Objective, StepOutput
 from w2vkit.train.metrics import Value
+from w2vkit.train.state import Objective, StepOutput
 
 
 def regression_loss(prediction: Tensor, target: Tensor, scale: float = 0.0) -> Tensor:
@@ -48,19 +49,21 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
 def data2vec2_objective(cfg: Data2Vec2Config, *, nominal_steps: int = 0) -> Objective[Batch]:
     """The training loop's Objective for data2vec 2.0 (validation: the same step, no EMA step).
 
-    A time budget's plan of `planned` updates stretches the EMA anneal to the same fraction of the
-    run as `ema_anneal_end_step` of `nominal_steps` (the config's LR schedule length).
+    A time budget's plan fits the EMA anneal to it: after update k the decay is that of update
+    `progress(k) * nominal_steps` of the configured schedule (`progress`: the plan's share of the
+    run done), so the anneal ends at the same fraction of the run as `ema_anneal_end_step` of
+    `nominal_steps` (the config's LR schedule length), and follows a re-plan without a jump.
     """
-    anneal_steps = cfg.ema_anneal_end_step
+    progress: Callable[[int], float] | None = None
 
-    def plan(planned: int) -> None:
-        nonlocal anneal_steps
-        if nominal_steps > 0 and planned > 0:
-            anneal_steps = round(cfg.ema_anneal_end_step * planned / nominal_steps)
+    def plan(run_progress: Callable[[int], float]) -> None:
+        nonlocal progress
+        progress = run_progress if nominal_steps > 0 else None
 
     def decay_at(step: int) -> float:
+        at = progress(step) * nominal_steps if progress is not None else step
         return ema_decay_at(
-            step, start=cfg.ema_decay, end=cfg.ema_end_decay, anneal_steps=anneal_steps
+            at, start=cfg.ema_decay, end=cfg.ema_end_decay, anneal_steps=cfg.ema_anneal_end_step
         )
 
     def data2vec2_step(

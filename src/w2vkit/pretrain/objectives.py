@@ -13,8 +13,8 @@ from w2vkit.pretrain.best_rq import best_rq_objective
 from w2vkit.pretrain.data2vec2 import data2vec2_objective
 from w2vkit.pretrain.health import BestRQHealth, Data2Vec2Health
 from w2vkit.train.config import PretrainConfig
-from w2vkit.train.loop import Objective
 from w2vkit.train.metrics import LOOP_COLUMNS, Column
+from w2vkit.train.state import Objective
 
 COLUMNS = {
     "data2vec2": (

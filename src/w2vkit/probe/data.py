@@ -327,7 +327,7 @@ def probe_sources(
     if labels is None:
         raise ValueError("no feature source to probe")
     y_train, y_test = labels
-    notes = split_warnings(task.task, split, y_train, y_test)
+    notes = split_warnings(task.task, split, y_train, y_test, task.classes)
     late = [s.name for s in scores if not s.converged]
     if late:
         notes.append(

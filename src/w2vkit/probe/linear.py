@@ -153,8 +153,10 @@ def _stratified(targets: np.ndarray, test_fraction: float, seed: int) -> Split:
     return Split(np.sort(train), np.sort(test), [])
 
 
-def split_warnings(task: str, split: Split, train_targets, test_targets) -> list[str]:
-    """Reasons a score on this split means little."""
+def split_warnings(
+    task: str, split: Split, train_targets, test_targets, classes: Sequence[str]
+) -> list[str]:
+    """Reasons a score on this split means little. Targets are ids into `classes`."""
     notes = []
     if len(test_targets) < MIN_TEST_ITEMS[task]:
         notes.append(
@@ -167,10 +169,10 @@ def split_warnings(task: str, split: Split, train_targets, test_targets) -> list
                 f"a single held-out {column} ({values[0]}): the score measures that {column}, "
                 f"not unseen {column}s in general"
             )
-    unseen = sorted(set(map(str, test_targets)) - set(map(str, train_targets)))
+    unseen = sorted(set(map(int, test_targets)) - set(map(int, train_targets)))
     if unseen:
         notes.append(
-            f"{len(unseen)} test classes never occur in training (e.g. {unseen[0]!r}): "
+            f"{len(unseen)} test classes never occur in training (e.g. {classes[unseen[0]]!r}): "
             "they cannot be predicted"
         )
     return notes

@@ -16,9 +16,15 @@ import torch
 import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
+from w2vkit.data.shards.loader import build_shard_loaders
 from w2vkit.data.vocab import Vocabulary
 from w2vkit.finetune.config import FinetuneConfig, LabelledDataConfig, build_finetune_config
-from w2vkit.finetune.labels import LabelledDataset, LabelledLoader, build_labelled_loader
+from w2vkit.finetune.labels import (
+    LabelledDataset,
+    LabelledLoader,
+    StreamedTargets,
+    build_labelled_loader,
+)
 from w2vkit.finetune.objective import make_objective
 from w2vkit.finetune.schedule import TriStageSchedule
 from w2vkit.interop import ModelRecord, read_model
@@ -28,10 +34,12 @@ from w2vkit.model.ctc import Wav2Vec2ForCTC
 from w2vkit.recipes.run_args import declare_run_args, parse_run_args
 from w2vkit.train import dist, guard, session
 from w2vkit.train.config import load_layers
-from w2vkit.train.loop import TrainState, exit_status, train
+from w2vkit.train.loop import train
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import build_optimizer
 from w2vkit.train.preflight import check_run
+from w2vkit.train.signals import exit_status
+from w2vkit.train.state import TrainState
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,11 +115,13 @@ def resolve(
 
 
 def _vocabulary(data: LabelledDataConfig) -> Vocabulary:
-    dictionary = Path(data.manifest_dir) / f"dict.{data.labels}.txt"
+    # `w2vkit shard` copies the dictionary beside the shards; a remote set needs manifest_dir.
+    dictionary = Path(data.manifest_dir or data.shards) / f"dict.{data.labels}.txt"
     if not dictionary.is_file():
         raise ConfigError(
             f"data.manifest_dir={data.manifest_dir} has no {dictionary.name}: write the labels with "
-            f"`w2vkit labels {Path(data.manifest_dir) / (data.train_split + '.tsv')} --letters` "
+            f"`w2vkit labels {Path(data.manifest_dir) / (data.train_split + '.tsv')} "
+            f"{'--phonemes' if data.labels == 'phn' else '--letters'}` "
             "(transcripts in a .txt beside each audio file, or --transcripts TSV)"
         )
     return Vocabulary.load(dictionary)
@@ -122,6 +132,16 @@ def _loaders(
 ) -> dict[str, LabelledLoader]:
     """The train loader, and the valid one unless check_run switched validation off."""
     data = cfg.data
+    if data.shards:
+        streamed = build_shard_loaders(
+            data, cfg.train.seed, dist.rank(), dist.world_size(), pin_memory=device.type == "cuda",
+            allow_data_change=cfg.train.allow_data_change, pad=True, max_samples=None,
+            label=data.labels,
+        )  # fmt: skip
+        return {
+            split: LabelledLoader(StreamedTargets(vocab, len(loader.sampler.sizes)), loader)
+            for split, loader in streamed.items()
+        }
     loaders = {}
     for split in filter(None, (data.train_split, data.valid_split)):
         dataset = LabelledDataset(
@@ -131,6 +151,7 @@ def _loaders(
             sample_rate=data.sample_rate,
             min_samples=data.min_samples,
             normalize=data.normalize,
+            conv_layers=cfg.model.feature_extractor.conv_layers,
         )
         loaders[split] = build_labelled_loader(
             dataset,
@@ -245,7 +266,7 @@ def _finetune(
         out_dir,
         state,
         reason,
-        best=f"valid WER  {state.best_valid_loss:.2f}%",
+        best=f"valid WER  {state.best_metric:.2f}%",
         next_step=lambda model: f"w2vkit transcribe {model} --manifest {valid}",
         rerun=rerun,
     )

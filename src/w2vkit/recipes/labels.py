@@ -35,7 +35,9 @@ from w2vkit.data.synth import Phone
 from w2vkit.data.text import (
     letter_counts,
     normalize_transcript,
+    read_letter_dict,
     read_transcript_table,
+    read_utf8,
     write_letter_dict,
 )
 from w2vkit.data.text import letters as ltr_line
@@ -225,20 +227,50 @@ def write_letter_labels(
     table = _transcript_table(manifests, table_path) if table_path is not None else None
     kinds = ["ltr"] + (["phn"] if g2p_voice is not None else [])
     counts: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
+    files: dict[Path, list[str]] = {}
     for (path, manifest), split in zip(manifests.items(), splits, strict=True):
         words = _normalized_transcripts(path, manifest, table, table_path)
         targets = {"ltr": [ltr_line(w) for w in words]}
         if g2p_voice is not None:
             # Lower case: eSpeak reads some capitalised words as abbreviations (US -> "U S").
             targets["phn"] = [" ".join(phoneme_tokens(w.lower(), voice=g2p_voice)) for w in words]
-        _write_lines(dest / f"{split}.wrd", words)
+        files[dest / f"{split}.wrd"] = words
         for kind, lines in targets.items():
-            _write_lines(dest / f"{split}.{kind}", lines)
+            files[dest / f"{split}.{kind}"] = lines
             counts[kind] += letter_counts(lines)
-        print(f"{split}.wrd, " + ", ".join(f"{split}.{k}" for k in kinds) + f": {len(words)} lines")
+    keep = [kind for kind in kinds if _keeps_dictionary(dest / f"dict.{kind}.txt", counts[kind])]
+    for path, lines in files.items():  # only once every dictionary is known to fit
+        _write_lines(path, lines)
+    for split, manifest in zip(splits, manifests.values(), strict=True):
+        print(
+            f"{split}.wrd, " + ", ".join(f"{split}.{k}" for k in kinds) + f": {len(manifest)} lines"
+        )
     for kind in kinds:
-        write_letter_dict(dest / f"dict.{kind}.txt", counts[kind])
-        print(f"dict.{kind}.txt: {len(counts[kind])} symbols")
+        if kind in keep:
+            print(f"dict.{kind}.txt: kept (it holds every symbol of these labels)")
+        else:
+            write_letter_dict(dest / f"dict.{kind}.txt", counts[kind])
+            print(f"dict.{kind}.txt: {len(counts[kind])} symbols")
+
+
+def _keeps_dictionary(path: Path, counts: Counter[str]) -> bool:
+    """Whether an existing dictionary stays as it is. A fine-tuning run's output layer follows
+    its symbols in file order, so rewriting it (e.g. from valid.tsv alone, after training) would
+    make the run's resume refuse it. Kept when it holds every new symbol; refused when not."""
+    if not path.is_file():
+        return False
+    try:
+        existing = read_letter_dict(path)
+    except ValueError:
+        return False  # not a dictionary: nothing a run could depend on
+    missing = sorted(set(counts) - set(existing))
+    if missing:
+        raise ConfigError(
+            f"{path} exists without the symbols {' '.join(missing[:10])} of these labels, and a "
+            "fine-tuning run may depend on its symbols: give every split at once (w2vkit labels "
+            "train.tsv valid.tsv --letters), write elsewhere with --dest, or delete it first"
+        )
+    return True
 
 
 def _normalized_transcripts(
@@ -289,6 +321,6 @@ def _transcript(
         return table[rel][0]
     beside = (root / rel).with_suffix(".txt")
     try:
-        return beside.read_text(encoding="utf-8")
+        return read_utf8(beside)
     except FileNotFoundError as err:
         raise ConfigError(f"{where} has no transcript: {beside} does not exist") from err

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        _check_text(args.text)
         sentences = read_sentences(args.text)
     except OSError as err:
         raise UsageError(f"cannot read {args.text}: {err.strerror}") from err
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         model = KneserNeyModel(sentences, args.order)
     except ValueError as err:
         raise UsageError(f"{args.text}: {err}") from err
+    if args.output.resolve() == args.text.resolve():
+        raise UsageError(f"-o {args.output} is the input text: write the model elsewhere")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     model.write_arpa(args.output)
     print(
@@ -46,3 +49,21 @@ def run(args: argparse.Namespace) -> int:
         f" (with </s>, <unk>), order {args.order} -> {args.output}"
     )
     return 0
+
+
+def _check_text(path: Path) -> None:
+    """Sentences of words, not a manifest, a transcript table or an audio file read as text."""
+    with open(path, "rb") as f:
+        if b"\0" in f.read(4096):
+            raise UsageError(
+                f"{path} is binary, not text (audio?): give one sentence per line, such as the "
+                "train.wrd that w2vkit labels writes"
+            )
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if "\t" in line:
+                raise UsageError(
+                    f"{path}:{number}: a tab-separated row (a manifest or transcript table?): "
+                    "an LM is built from one sentence per line, such as the train.wrd that "
+                    "w2vkit labels writes"
+                )

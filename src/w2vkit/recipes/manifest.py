@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import stat
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -264,6 +265,9 @@ def _probe_chunk(root: Path, paths: list[str]) -> list[tuple[int, int, int] | st
     for path in paths:
         full = prefix + path
         try:
+            if not stat.S_ISREG(os.stat(full).st_mode):  # opening a named pipe waits for a writer
+                results.append("not a regular file (a named pipe, socket or device)")
+                continue
             info = probe_audio(full)
             results.append((info.num_frames, info.sample_rate, info.num_channels))
         except Exception as err:  # noqa: BLE001 (whatever the reason, the file is unusable)

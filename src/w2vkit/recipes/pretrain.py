@@ -18,6 +18,7 @@ import yaml
 
 from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.data.loader import ResumableLoader, build_loaders
+from w2vkit.data.shards.loader import build_shard_loaders
 from w2vkit.losses import pretraining_objective
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
@@ -28,10 +29,12 @@ from w2vkit.train import dist, guard, session
 from w2vkit.train.config import PretrainConfig, build_config, load_layers
 from w2vkit.train.diagnostics import HealthMonitor
 from w2vkit.train.fairseq_config import load_fairseq_config
-from w2vkit.train.loop import Objective, TrainState, exit_status, train
+from w2vkit.train.loop import train
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, RunLogger
 from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
 from w2vkit.train.preflight import check_run
+from w2vkit.train.signals import exit_status
+from w2vkit.train.state import Objective, TrainState
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,7 +139,7 @@ def _pretrain(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     data = cfg.data
-    loaders = build_loaders(
+    loaders = (build_shard_loaders if data.shards else build_loaders)(
         data,
         cfg.train.seed,
         dist.rank(),
@@ -195,7 +198,7 @@ def _pretrain(
         out_dir,
         state,
         reason,
-        best=f"valid loss  {state.best_valid_loss:.4f} {objectives.LOSS_UNIT[cfg.objective]}",
+        best=f"valid loss  {state.best_metric:.4f} {objectives.LOSS_UNIT[cfg.objective]}",
         next_step=lambda model: f"w2vkit extract {model} {manifest} --out {out_dir / 'features'}",
         rerun=rerun,
     )

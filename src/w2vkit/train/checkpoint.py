@@ -3,14 +3,17 @@
 A checkpoint (`payload(state, ...)`, read back by `restore`) is a dict of plain types and tensors,
 so `torch.load(..., weights_only=True)` reads it without unpickling code:
 
-    format      "w2vkit.pretrain/1" (the name predates fine-tuning; every run writes it)
+    format      "w2vkit.pretrain/1" or "w2vkit.finetune/1" (`FORMATS`, by the run's kind)
     config      the run's resolved config as a dict (`config["model"]` rebuilds the model)
     model       model state_dict (unwrapped from DDP)
     optimizer   optimizer state_dict            schedule   the schedule's state_dict
     scaler      GradScaler state_dict or None   sampler    training batch sampler state_dict
     rng         {"torch", "cuda", "generator", "numpy", "python"} states (of rank 0)
-    progress    {"step", "epoch", "best_valid_loss", "num_nonfinite", "consecutive_nonfinite",
-                 "train_seconds", "planned_steps" (a time budget's plan, 0: none)}
+    progress    {"step", "epoch", "best_metric" (the best validation's `Objective.best_metric`;
+                 older checkpoints: "best_valid_loss"), "best_rank" (it and its tie-breaks),
+                 "best_step" (the update checkpoint_best.pt holds), "num_nonfinite",
+                 "consecutive_nonfinite", "train_seconds", "planned_steps" (a time budget's plan,
+                 0: none), "plan" (the budget's plan history, `w2vkit.train.budget`)}
                 (the files that failed to decode are in the sampler state, `failures`)
     metrics     {"window": the unlogged training sums of all ranks together (`MetricsWindow`
                  state; rank 0 restores it, the other ranks start from zeros),
@@ -19,43 +22,40 @@ so `torch.load(..., weights_only=True)` reads it without unpickling code:
 Writes go to a temporary file in the same directory, are fsynced and then renamed over the target
 with `os.replace`, so a crash (even SIGKILL) mid-write leaves the previous file intact. A full disk
 says so (where, and how much the write needed); an unreadable checkpoint is refused in one line
-naming the file. `RunLock` keeps a second run out of a directory a live run writes to.
+naming the file. The run directory and its lock are `w2vkit.train.rundir`, which checkpoint a run
+continues from `w2vkit.train.resume`, checkpoint_best.pt's bookkeeping `w2vkit.train.best`.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
+import math
 import os
 import pickle
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from w2vkit.train import dist
-
-if TYPE_CHECKING:
-    from w2vkit.train.loop import TrainState
-    from w2vkit.train.metrics import MetricsWindow
 from w2vkit.config import ConfigError
 from w2vkit.interop.safe_load import needs_code, unpickling_reason
+from w2vkit.train import dist
+from w2vkit.train.metrics import MetricsWindow
+from w2vkit.train.state import Plan, TrainState
 
-FORMAT = "w2vkit.pretrain/1"
+FORMATS = {"pretrain": "w2vkit.pretrain/1", "finetune": "w2vkit.finetune/1"}
+"""The format string of each kind of run's checkpoints (`run_kind`). Fine-tuning checkpoints
+written before it had its own say "w2vkit.pretrain/1" too; `load` reads every one of these."""
+FORMAT = FORMATS["pretrain"]
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 _INTERVAL = re.compile(r"^checkpoint_(\d+)_(\d+)\.pt$")
 _TMP_MARK = ".tmp-"
 _TMP_NAME = re.compile(r"^\..+\.pt\.tmp-(\d+)$")
 FAILED = "checkpoint_failed.pt"
-LOCK = ".w2vkit-run.lock"
-CONFIG = "config.yaml"
-LOG = "train_log.jsonl"
 
 
 class CheckpointUnreadable(ConfigError):
@@ -66,17 +66,13 @@ class DiskFullError(OSError):
     """A checkpoint did not fit on the disk; the previous file of that name is intact."""
 
 
-class RunLocked(ConfigError):
-    """Another live process holds the run directory."""
-
-
 def payload(
     state: TrainState, config: dict, last_valid: dict | None, *, window: MetricsWindow
 ) -> dict:
     """The checkpoint of `state` (see the module docstring); `window` is
     `state.window.all_reduced(device)`, the unlogged sums of every rank (a collective)."""
     return {
-        "format": FORMAT,
+        "format": FORMATS[run_kind(config)],
         "config": config,
         "model": dist.unwrap(state.model).state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -87,14 +83,22 @@ def payload(
         "progress": {
             "step": state.step,
             "epoch": state.epoch,
-            "best_valid_loss": state.best_valid_loss,
+            "best_metric": state.best_metric,
+            "best_rank": list(state.best_rank),
+            "best_step": state.best_step,
             "num_nonfinite": state.num_nonfinite,
             "consecutive_nonfinite": state.consecutive_nonfinite,
             "train_seconds": state.train_seconds,
             "planned_steps": state.planned_steps,
+            "plan": state.plan.state_dict() if state.plan is not None else None,
         },
         "metrics": {"window": window.state_dict(), "valid": last_valid},
     }
+
+
+def run_kind(config: dict) -> str:
+    """ "finetune" for a config with a `ctc` section (fine-tuning's own), else "pretrain"."""
+    return "finetune" if "ctc" in config else "pretrain"
 
 
 def restore(state: TrainState, payload: dict) -> None:
@@ -118,11 +122,24 @@ def restore(state: TrainState, payload: dict) -> None:
     state.window.load_state_dict(window)
     progress = payload["progress"]
     state.step, state.epoch = int(progress["step"]), int(progress["epoch"])
-    state.best_valid_loss = float(progress["best_valid_loss"])
+    # Checkpoints written before the rename and the tie-breaks hold `best_valid_loss` alone.
+    state.best_metric = float(
+        progress.get("best_metric", progress.get("best_valid_loss", math.inf))
+    )
+    state.best_rank = tuple(map(float, progress.get("best_rank", [state.best_metric])))
+    state.best_step = int(progress.get("best_step", 0))
     state.num_nonfinite = int(progress["num_nonfinite"])
     state.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
     state.train_seconds = float(progress.get("train_seconds", 0.0))
-    state.planned_steps = int(progress.get("planned_steps", 0))
+    state.plan = _plan(progress)
+
+
+def _plan(progress: dict) -> Plan | None:
+    """The time budget's plan; a checkpoint from before re-planning has only its end."""
+    if progress.get("plan") is not None:
+        return Plan.from_state_dict(progress["plan"])
+    planned = int(progress.get("planned_steps", 0))
+    return Plan(planned, [(0, 0.0, planned)]) if planned else None
 
 
 def interval_name(epoch: int, step: int) -> str:
@@ -239,9 +256,10 @@ def load(path: str | Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, corrupt, or a pickle that needs code: all unreadable here
         raise CheckpointUnreadable(f"checkpoint {path} cannot be read: {_why(err)}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in FORMATS.values():
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointUnreadable(f"checkpoint {path} has format {found!r}, expected {FORMAT!r}")
+        expected = " or ".join(map(repr, FORMATS.values()))
+        raise CheckpointUnreadable(f"checkpoint {path} has format {found!r}, expected {expected}")
     return payload
 
 
@@ -283,121 +301,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-class RunLock:
-    """An exclusive `flock` on `<out_dir>/.w2vkit-run.lock`, which holds the owner's PID.
-
-    The kernel drops the lock when its process dies, however it dies, so a lock left by a killed
-    run is simply taken over; a live owner is named in the refusal. A directory the lock created
-    is removed again on release if nothing else was written to it.
-    """
-
-    def __init__(self, out_dir: Path, *, enabled: bool = True) -> None:
-        self.path = Path(out_dir) / LOCK
-        self.enabled = enabled  # False: a no-op (DDP ranks other than 0 write nothing)
-        self._fd: int | None = None
-        self._created = False
-
-    def acquire(self) -> RunLock:
-        if not self.enabled:
-            return self
-        self._created = not self.path.parent.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise RunLocked(
-                    f"{self.path.parent} is in use by another w2vkit run (PID {owner}); wait for "
-                    "it to finish or stop it, or choose another train.out_dir"
-                ) from None
-            if _same_file(fd, self.path):
-                break
-            os.close(fd)  # the owner released (and removed) it between our open and flock
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # before closing: nobody can lock it in between
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
-            if self._created and not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()  # a start that failed before writing leaves no trace
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def resume_point(
-    out_dir: Path, *, resume_from: str | Path | None = None, overwrite: bool = False
-) -> tuple[dict | None, Path | None]:
-    """(payload, path) of the checkpoint a run in `out_dir` continues from, or (None, None).
-
-    `checkpoint_last.pt` when it is readable, `resume_from` when given. A directory holding other
-    checkpoints but no readable `checkpoint_last.pt` (deleted, truncated) is refused, naming
-    the newest readable one, unless `overwrite`: a silent fresh start would overwrite
-    `checkpoint_best.pt` and prune the old run's interval checkpoints.
-    """
-    out_dir = Path(out_dir)
-    if resume_from:
-        if not Path(resume_from).is_file():
-            raise CheckpointUnreadable(f"--resume-from {resume_from}: no such file")
-        return load(resume_from), Path(resume_from)
-    last = out_dir / LAST
-    if overwrite:
-        return None, None
-    if last.is_file():
-        try:
-            return load(last), last
-        except CheckpointUnreadable as err:
-            problem = str(err)
-    else:
-        problem = f"{out_dir} holds checkpoints of an earlier run but no {LAST}"
-    others = [p for p in _checkpoints(out_dir) if p.name != LAST]
-    if not last.is_file() and not others:
-        return None, None  # a new run directory
-    newest = _newest_readable(others)
-    offer = (
-        f"resume from the newest readable one, {newest[0]} (update {newest[1]}), with "
-        f"--resume-from {newest[0]}, or start over with --overwrite"
-        if newest
-        else "no other checkpoint there is readable; start over with --overwrite"
-    )
-    raise CheckpointUnreadable(f"{problem}. {offer[0].upper()}{offer[1:]}")
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
+def checkpoints(out_dir: Path) -> list[Path]:
+    """The checkpoints of a run directory (last, best, interval), by name."""
     if not out_dir.is_dir():
         return []
     names = [p for p in out_dir.iterdir() if p.name in (LAST, BEST) or _INTERVAL.match(p.name)]
     return sorted(names)
-
-
-def _newest_readable(paths: list[Path]) -> tuple[Path, int] | None:
-    found = []
-    for p in paths:
-        step = saved_step(p)
-        if step is not None:
-            found.append((step, p.name != BEST, p))  # at equal steps, name the interval file
-    if not found:
-        return None
-    step, _, path = max(found)
-    return path, step
 
 
 def saved_step(path: Path) -> int | None:
@@ -406,63 +315,6 @@ def saved_step(path: Path) -> int | None:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return int(payload["progress"]["step"])
     except Exception:  # noqa: BLE001 (any unreadable file is just not a candidate)
-        return None
-
-
-def reconcile_best(out_dir: Path, last: dict, metric: str) -> str | None:
-    """Repair `checkpoint_best.pt` after a crash between writing last and copying it to best.
-
-    When last's own validation `metric` (the objective's best_metric: loss, or WER for CTC) is
-    the best it records but best holds another update, last is that best state: copy it.
-    Returns a note saying so, else None.
-    """
-    valid = (last.get("metrics") or {}).get("valid") or {}
-    progress = last["progress"]
-    loss, best_loss = valid.get(metric), progress.get("best_valid_loss")
-    if loss is None or best_loss is None or not loss == best_loss:
-        return None
-    best = Path(out_dir) / BEST
-    if best.is_file() and saved_step(best) == progress["step"]:
-        return None
-    copy_atomic(Path(out_dir) / LAST, best)
-    return (
-        f"{best} was stale (a crash came between saving {LAST} and copying it): it now holds "
-        f"update {progress['step']}, validation {metric} {loss:.4g}"
-    )
-
-
-def start_run_files(out_dir: Path, config_text: str, resumed_step: int | None) -> int:
-    """At the real start of a run: write config.yaml; on resume, drop the log records past the
-    resumed update (written between the last save and a crash); on a fresh start, remove an
-    earlier run's checkpoints and log (`resume_point` allows that only with --overwrite).
-    Returns the number of log records dropped."""
-    out_dir = Path(out_dir)
-    (out_dir / CONFIG).write_text(config_text, encoding="utf-8")
-    log = out_dir / LOG
-    if resumed_step is None:  # fresh (in a used directory only with --overwrite): a clean slate
-        for old in [*_checkpoints(out_dir), log]:  # checkpoint_failed.pt stays for inspection
-            old.unlink(missing_ok=True)
-        return 0
-    if not log.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in log.read_text(encoding="utf-8").splitlines():
-        step = _logged_step(line)
-        if step is not None and step > resumed_step:
-            dropped += 1
-        else:
-            kept.append(line)
-    if dropped:
-        tmp = log.with_name(f".{log.name}{_TMP_MARK}{os.getpid()}")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, log)
-    return dropped
-
-
-def _logged_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["num_updates"])
-    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -521,29 +373,24 @@ def _to_lists(value):
 __all__ = [
     "BEST",
     "FORMAT",
+    "FORMATS",
     "LAST",
-    "LOCK",
-    "CONFIG",
     "FAILED",
-    "LOG",
     "CheckpointUnreadable",
     "DiskFullError",
-    "RunLock",
-    "RunLocked",
     "capture_rng",
+    "checkpoints",
     "copy_atomic",
     "interval_name",
     "load",
     "payload",
     "payload_bytes",
-    "reconcile_best",
-    "resume_point",
     "saved_step",
-    "start_run_files",
     "prune_interval_checkpoints",
     "remove_stale_temp_files",
     "restore",
     "restore_rng",
+    "run_kind",
     "save_atomic",
     "write_checkpoints",
 ]

@@ -8,6 +8,7 @@ all through `w2vkit.config.from_dict`, so an unknown key or a wrong type fails w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -114,8 +115,8 @@ class TrainConfig:
     """Stop after this many passes over the data (fairseq max_epoch); 0: no limit."""
     max_minutes: float = 0.0
     """Wall-clock budget of the update loop (resumed sessions add up); 0: none. The loop times its
-    first updates, plans how many fit and fits the LR and Gumbel temperature schedules to that
-    plan (docs/training.md, "A time budget")."""
+    first updates, plans how many fit, re-plans as the pace changes and fits the LR and Gumbel
+    temperature schedules to the plan (docs/training.md, "A time budget")."""
     update_freq: int = 1
     """Micro-batches accumulated per update; fairseq's README: 64 / number of GPUs for BASE."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp16"
@@ -159,6 +160,11 @@ class TrainConfig:
                 f"train.{name}",
                 f"must be >= 0, got {getattr(self, name)}",
             )
+        check(
+            math.isfinite(self.max_minutes),
+            "train.max_minutes",
+            f"must be a finite number of minutes (0: no budget), got {self.max_minutes}",
+        )
         check(self.max_minutes >= 0, "train.max_minutes", f"must be >= 0, got {self.max_minutes}")
         check(
             self.max_steps > 0 or self.max_epochs > 0 or self.max_minutes > 0,

@@ -314,10 +314,18 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, start=1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number != len(lines):
                 raise ValueError(f"{path}:{number}: not a JSON record") from None
+            continue
+        updates = record.get("num_updates", 0) if isinstance(record, dict) else None
+        if type(updates) is not int or updates < 0:  # the x axis of every curve
+            raise ValueError(
+                f"{path}:{number}: not a record of the training loop (a JSON object whose "
+                f"num_updates is a count): {line[:40]!r}"
+            )
+        records.append(record)
     return records
 
 

@@ -2,10 +2,12 @@
 
 Each is one call in the loop or the recipe:
 - `strict_record`: a log record with NaN/Inf replaced by null and the keys listed, so that
-  `train_log.jsonl` stays strict JSON; `improves` ignores a non-finite validation loss.
+  `train_log.jsonl` stays strict JSON.
 - `warn_nonfinite_valid`: names what may have caused a NaN validation loss.
 - `check_resume_config`: a run directory resumed with a model of other shapes is refused with
   what differs, before `load_state_dict` fails on it.
+- `optimisation_changes`: a resume with other optimisation settings (`optim.*`,
+  `train.update_freq`) goes on with them, and says which.
 """
 
 from __future__ import annotations
@@ -25,11 +27,6 @@ def strict_record(record: dict) -> dict:
         return record
     flagged = [*record.get("nonfinite", []), *bad]
     return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": flagged}
-
-
-def improves(valid_loss: float | None, best: float) -> bool:
-    """Whether a validation loss is a new best; NaN/Inf/None never is."""
-    return valid_loss is not None and math.isfinite(valid_loss) and valid_loss < best
 
 
 def warn_nonfinite_valid(record: dict, step: int, loader: object) -> str | None:
@@ -70,6 +67,23 @@ def check_resume_config(saved: dict, now: ModelConfig, *, source: str) -> list[s
     return [f"model changed on resume: {c}" for c in changed]
 
 
+OPTIMISATION = ("optim.", "train.update_freq")
+"""Config keys (prefixes) of the optimisation, which a resumed run may change but must name."""
+
+
+def optimisation_changes(saved: dict, now: dict) -> list[str]:
+    """Notes naming each optimisation setting of config `now` that differs from the checkpoint's
+    config `saved` (both resolved config dicts); the resumed run goes on with the new values."""
+    old, new = flatten(saved), flatten(now)
+    keys = sorted(k for k in set(old) | set(new) if k.startswith(OPTIMISATION))
+    return [
+        f"{k} changed on resume: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now (the run "
+        "goes on with the new value)"
+        for k in keys
+        if old.get(k) != new.get(k)
+    ]
+
+
 def _shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     from w2vkit.model.wav2vec2 import Wav2Vec2Model
 
@@ -79,7 +93,7 @@ def _shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 __all__ = [
     "check_resume_config",
-    "improves",
+    "optimisation_changes",
     "strict_record",
     "warn_nonfinite_valid",
 ]

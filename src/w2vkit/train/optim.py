@@ -66,7 +66,7 @@ def build_optimizer(model: nn.Module, cfg: AdamConfig) -> torch.optim.Optimizer:
 
 
 def polynomial_decay_lr(
-    step: int,
+    step: float,
     *,
     lr: float,
     warmup_steps: int,
@@ -123,12 +123,13 @@ class PolynomialDecaySchedule(StepSchedule):
         self.optimizer = optimizer
         self.cfg = cfg
         self.total_steps = total_steps
+        self.at: Callable[[int], float] | None = None
         self.set_step(0)
 
     def lr_at(self, step: int) -> float:
         cfg = self.cfg
         return polynomial_decay_lr(
-            step,
+            self.at(step) if self.at is not None else step,
             lr=cfg.lr,
             warmup_steps=cfg.warmup_steps,
             total_steps=self.total_steps,
@@ -136,9 +137,14 @@ class PolynomialDecaySchedule(StepSchedule):
             power=cfg.power,
         )
 
-    def set_total_steps(self, total_steps: int) -> None:
-        """A new length of the decay (a time budget's plan); the LR of the current step follows."""
-        self.total_steps = total_steps
+    @property
+    def warmup_steps(self) -> int:
+        return self.cfg.warmup_steps
+
+    def set_total_steps(self, total_steps: int, at: Callable[[int], float] | None = None) -> None:
+        """A new length of the decay, and where on it update k stands (`at(k)`, None: at k): a
+        time budget's plan, whose re-plans move `at` without a jump. The current LR follows."""
+        self.total_steps, self.at = total_steps, at
         self.set_step(self.step_count)
 
 

@@ -18,10 +18,13 @@ import torch
 import yaml
 
 from w2vkit.config import ConfigError
-from w2vkit.train import checkpoint, dist, host_memory
+from w2vkit.train import checkpoint, dist, guard, host_memory
+from w2vkit.train.best import reconcile_best
 from w2vkit.train.config import TrainConfig
-from w2vkit.train.loop import TrainState
 from w2vkit.train.metrics import RunLogger
+from w2vkit.train.resume import resume_point as checkpoint_to_resume
+from w2vkit.train.rundir import RunLock, start_run_files
+from w2vkit.train.state import TrainState
 
 KINDS = {"pretrain": "loss", "finetune": "ctc"}
 """A run's kind, by the config section only that kind has (a checkpoint's config tells its kind)."""
@@ -65,9 +68,9 @@ class Resume:
 def resume_point(
     out_dir: Path, kind: str, *, resume_from: str | None, overwrite: bool
 ) -> Resume | None:
-    """`checkpoint.resume_point`, refusing a checkpoint of another kind of run: a fine-tuning run
+    """`w2vkit.train.resume.resume_point`, refusing a checkpoint of another kind of run: a fine-tuning run
     must not continue a pretraining one that happens to share `train.out_dir`, nor the reverse."""
-    payload, path = checkpoint.resume_point(out_dir, resume_from=resume_from, overwrite=overwrite)
+    payload, path = checkpoint_to_resume(out_dir, resume_from=resume_from, overwrite=overwrite)
     if payload is not None and path is not None:
         saved = next((k for k, key in KINDS.items() if key in payload["config"]), None)
         if saved != kind:
@@ -105,17 +108,14 @@ def start_files(
     notes: list[str] = []
     if dist.is_main():
         config_text = yaml.safe_dump(config, sort_keys=False)
-        dropped = checkpoint.start_run_files(
-            out_dir, config_text, step if resume is not None else None
-        )
+        dropped = start_run_files(out_dir, config_text, step if resume is not None else None)
         if dropped:
             notes.append(f"dropped {dropped} log records past update {step}")
         repaired = (
-            checkpoint.reconcile_best(out_dir, resume.payload, best_metric)
-            if resume is not None
-            else None
+            reconcile_best(out_dir, resume.payload, best_metric) if resume is not None else None
         )
         notes += [repaired] if repaired else []
+        notes += guard.optimisation_changes(resume.config, config) if resume is not None else []
     dist.barrier()
     return notes
 
@@ -154,7 +154,7 @@ def run_locked(
     dist.init(device, timeout_minutes=train.dist_timeout_minutes)
     finished = False
     try:
-        with checkpoint.RunLock(Path(train.out_dir), enabled=dist.is_main()):
+        with RunLock(Path(train.out_dir), enabled=dist.is_main()):
             code = body()
         finished = True
         return code

@@ -1,6 +1,7 @@
 """Helpers of the fault-injection suite: a small corpus, a tiny `w2vkit pretrain` run, its log.
 
-Import as `import runs` (pytest puts tests/faults/ on sys.path).
+Import as `import fault_runs` (pytest puts tests/faults/ on sys.path). Not named `runs`: `make demo`
+writes a runs/ folder at the repository root, which ruff would then file as this first-party module.
 """
 
 from __future__ import annotations
