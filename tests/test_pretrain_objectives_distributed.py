@@ -2,7 +2,8 @@
 under DDP (frozen teacher and quantizer: no unused-parameter stall, the EMA stepped once per
 update, rank-0-only log and checkpoint).
 
-The file is also the worker script: `python -m torch.distributed.run ... THIS_FILE MANIFEST OUT`.
+The file is also the worker script:
+`python -m torch.distributed.run ... THIS_FILE MANIFEST OUT OBJECTIVE`.
 """
 
 from __future__ import annotations
@@ -33,26 +34,25 @@ OBJECTIVES = {
 }
 
 
-def _worker(manifest: Path, out: Path) -> None:
-    code = 0
-    for objective, overrides in OBJECTIVES.items():
-        code = code or cli.main(
-            [
-                "pretrain",
-                "tiny",
-                f"objective={objective}",
-                *overrides,
-                f"data.manifest_dir={manifest}",
-                "data.min_samples=4000",
-                "data.max_samples=8000",
-                "data.max_batch_samples=16000",
-                "train.max_steps=3",
-                "train.log_interval=1",
-                "train.validate_interval_steps=0",
-                "model.transformer.layerdrop_prob=0.0",
-                f"train.out_dir={out / objective}",
-            ]
-        )
+def _worker(manifest: Path, out: Path, objective: str) -> None:
+    # One recipe run per torchrun: the recipe shuts the process group down when it ends.
+    code = cli.main(
+        [
+            "pretrain",
+            "tiny",
+            f"objective={objective}",
+            *OBJECTIVES[objective],
+            f"data.manifest_dir={manifest}",
+            "data.min_samples=4000",
+            "data.max_samples=8000",
+            "data.max_batch_samples=16000",
+            "train.max_steps=3",
+            "train.log_interval=1",
+            "train.validate_interval_steps=0",
+            "model.transformer.layerdrop_prob=0.0",
+            f"train.out_dir={out / objective}",
+        ]
+    )
     raise SystemExit(code)
 
 
@@ -66,22 +66,24 @@ def test_two_processes_train_both_objectives(tmp_path):
         ),
         OMP_NUM_THREADS="1",
     )
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        __file__,
-        str(manifest),
-        str(tmp_path),
-    ]
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("world size 2") == 2  # rank 0 only, once per run
+    for objective in OBJECTIVES:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            __file__,
+            str(manifest),
+            str(tmp_path),
+            objective,
+        ]
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert done.stdout.count("world size 2") == 1  # rank 0 only
     for objective in OBJECTIVES:
         log = (tmp_path / objective / "train_log.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in log]
@@ -98,4 +100,4 @@ def test_two_processes_train_both_objectives(tmp_path):
 
 
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]), Path(sys.argv[2]))
+    _worker(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
