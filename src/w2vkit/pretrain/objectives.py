@@ -37,7 +37,7 @@ COLUMNS = {
 LOSS_UNIT = {"wav2vec2": "bits", "data2vec2": "per masked frame", "best_rq": "nats"}
 
 
-def build_model(cfg: PretrainConfig) -> Wav2Vec2Model:
+def initial_model(cfg: PretrainConfig) -> Wav2Vec2Model:
     """The initial model of `cfg.objective` (its parameters draw from torch's global generator)."""
     if cfg.objective == "data2vec2":
         return Data2Vec2Model(cfg.model, cfg.data2vec2)
@@ -61,4 +61,4 @@ def build_objective(cfg: PretrainConfig) -> Objective[Batch]:
     )
 
 
-__all__ = ["COLUMNS", "LOSS_UNIT", "build_model", "build_objective"]
+__all__ = ["COLUMNS", "LOSS_UNIT", "initial_model", "build_objective"]

@@ -233,7 +233,7 @@ def _model(cfg: PretrainConfig, init_state: dict | None, notes: list[str]) -> Wa
     """The initial model, the same on every rank: seeded init, then the --init-from weights
     (`init_state`, None when resuming: the checkpoint has the weights)."""
     torch.manual_seed(cfg.train.seed)
-    model = objectives.build_model(cfg)
+    model = objectives.initial_model(cfg)
     if init_state is not None:
         from w2vkit.interop import load_weights
 
