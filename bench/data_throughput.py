@@ -197,8 +197,8 @@ def bench_shards_vs_files(manifest_dir: Path, max_seconds: float) -> dict[str, f
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     from w2vkit import cli
+    from w2vkit.data.config import DataConfig
     from w2vkit.data.shards.loader import build_shard_loaders
-    from w2vkit.train.config import DataConfig
 
     shards = manifest_dir.parent / "shards"
     assert cli.main(["shard", str(manifest_dir), "--out", str(shards), "--workers", "2"]) == 0

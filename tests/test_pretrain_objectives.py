@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_manifest
+import yaml
+from helpers import TINY_YAML, make_manifest
 
 from w2vkit import cli, load_model
-from w2vkit.pretrain.health import BestRQHealth, Data2Vec2Health
+from w2vkit.pretrain.health import BestRQMonitor, Data2Vec2Monitor
+from w2vkit.pretrain.registry import build_config
 from w2vkit.train import checkpoint
-from w2vkit.train.config import build_config, load_layers
+from w2vkit.train.config import load_layers
 
 TINY = {
     "data2vec2": [
@@ -31,11 +33,20 @@ TINY = {
 }
 
 
+def _tiny_yaml(directory: Path) -> str:
+    """tiny.yaml without its wav2vec 2.0 `loss` section, which other objectives do not have."""
+    raw = yaml.safe_load(Path(TINY_YAML).read_text())
+    raw.pop("loss")
+    path = directory / "tiny_objective.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
 def _run(manifest: Path, out_dir: Path, objective: str, *extra: str) -> int:
     return cli.main(
         [
             "pretrain",
-            "tiny",
+            _tiny_yaml(out_dir.parent),
             f"objective={objective}",
             *TINY[objective],
             f"data.manifest_dir={manifest}",
@@ -107,7 +118,7 @@ def _records(values: list[dict], start: int = 0) -> list[dict]:
 
 
 def test_data2vec2_health_reports_target_collapse_once():
-    health = Data2Vec2Health(after_update=100, records=3)
+    health = Data2Vec2Monitor(after_update=100, records=3)
     healthy = _records([{"target_var": 0.5, "pred_var": 0.2}] * 5, start=100)
     assert [f for r in healthy for f in health.observe(r)] == []
     collapsing = _records(
@@ -118,12 +129,12 @@ def test_data2vec2_health_reports_target_collapse_once():
     assert "target_var 0.0200 < 0.1 for 3 log records" in findings[0].message
     assert "ema_decay" in findings[0].what_to_try
     # Before `after_update` a low spread is the start of training, not a collapse.
-    early = Data2Vec2Health(after_update=1000)
+    early = Data2Vec2Monitor(after_update=1000)
     assert [f for r in collapsing for f in early.observe(r)] == []
 
 
 def test_best_rq_health_reports_chance_accuracy_and_a_dominant_code():
-    health = BestRQHealth(chance_after_update=100, records=3)
+    health = BestRQMonitor(chance_after_update=100, records=3)
     learning = _records(
         [{"accuracy": 0.3, "top_code_frac": 0.05, "code_perplexity": 200.0}] * 4, 100
     )

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_manifest
+import yaml
+from helpers import TINY_YAML, make_manifest
 
 from w2vkit import cli
 from w2vkit.train import checkpoint
@@ -34,12 +35,21 @@ OBJECTIVES = {
 }
 
 
+def _tiny_yaml(directory: Path) -> str:
+    """tiny.yaml without its wav2vec 2.0 `loss` section, which other objectives do not have."""
+    raw = yaml.safe_load(Path(TINY_YAML).read_text())
+    raw.pop("loss")
+    path = directory / f"tiny_objective_{os.environ.get('RANK', '0')}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
 def _worker(manifest: Path, out: Path, objective: str) -> None:
     # One recipe run per torchrun: the recipe shuts the process group down when it ends.
     code = cli.main(
         [
             "pretrain",
-            "tiny",
+            _tiny_yaml(out),
             f"objective={objective}",
             *OBJECTIVES[objective],
             f"data.manifest_dir={manifest}",

@@ -21,13 +21,13 @@ from shard_servers import serve_http
 
 from w2vkit import cli
 from w2vkit.data.audio import decode_checked
+from w2vkit.data.config import DataConfig
 from w2vkit.data.manifest import read_manifest
 from w2vkit.data.shards.fetch import ShardMismatch, ShardUnavailable
 from w2vkit.data.shards.index import read_index
 from w2vkit.data.shards.loader import build_shard_loaders
 from w2vkit.data.shards.plan import plan_epoch, shard_batches
 from w2vkit.data.shards.stream import _decode
-from w2vkit.train.config import DataConfig
 
 SMALL = {
     "min_samples": 4000,

@@ -9,12 +9,18 @@ frequent code's share, also the accuracy of always guessing it: the chance level
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from w2vkit.data.collate import Batch
-from w2vkit.train.metrics import Value
+from w2vkit.model.best_rq import BestRQConfig, BestRQModel
+from w2vkit.pretrain.config import PretrainConfig
+from w2vkit.pretrain.health import BestRQMonitor
+from w2vkit.pretrain.objective import PretrainObjective
+from w2vkit.train.metrics import LOOP_COLUMNS, Column, Value
 from w2vkit.train.state import Objective, StepOutput
 
 
@@ -62,4 +68,35 @@ def best_rq_objective() -> Objective[Batch]:
     return Objective(step=best_rq_step, summarize=summarize)
 
 
-__all__ = ["best_rq_loss", "best_rq_objective", "code_usage", "summarize"]
+@dataclass(kw_only=True)
+class BestRQPretrainConfig(PretrainConfig):
+    """A BEST-RQ pretraining run (`objective: best_rq`)."""
+
+    best_rq: BestRQConfig = field(default_factory=BestRQConfig)
+
+
+BEST_RQ = PretrainObjective(
+    name="best_rq",
+    config=BestRQPretrainConfig,
+    new_model=lambda cfg: BestRQModel(cfg.model, cfg.best_rq),
+    objective=lambda cfg: best_rq_objective(),
+    columns=(
+        Column("loss", "loss", ".3f"),
+        Column("accuracy", "accuracy", ".3f"),
+        Column("code_perplexity", "code_ppl", ".1f"),
+        Column("top_code_frac", "top_code", ".3f"),
+        *LOOP_COLUMNS,
+    ),
+    health=lambda config: BestRQMonitor(),
+    best="valid loss  {:.4f} nats",
+)
+"""The registry entry: the frozen quantizer is buffers of the model, saved with it."""
+
+__all__ = [
+    "BEST_RQ",
+    "BestRQPretrainConfig",
+    "best_rq_loss",
+    "best_rq_objective",
+    "code_usage",
+    "summarize",
+]

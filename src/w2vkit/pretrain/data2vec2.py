@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +19,11 @@ from torch import Tensor, nn
 from w2vkit.data.collate import Batch
 from w2vkit.model.data2vec2 import Data2Vec2Config, Data2Vec2Model
 from w2vkit.model.ema import ema_decay_at
+from w2vkit.pretrain.config import PretrainConfig
+from w2vkit.pretrain.health import Data2Vec2Monitor
+from w2vkit.pretrain.objective import PretrainObjective
 from w2vkit.train import dist
-from w2vkit.train.metrics import Value
+from w2vkit.train.metrics import LOOP_COLUMNS, Column, Value
 from w2vkit.train.state import Objective, StepOutput
 
 
@@ -88,4 +92,36 @@ def data2vec2_objective(cfg: Data2Vec2Config, *, nominal_steps: int = 0) -> Obje
     return Objective(step=data2vec2_step, summarize=summarize, plan=plan)
 
 
-__all__ = ["data2vec2_objective", "regression_loss", "spread", "summarize"]
+@dataclass(kw_only=True)
+class Data2Vec2PretrainConfig(PretrainConfig):
+    """A data2vec 2.0 pretraining run (`objective: data2vec2`)."""
+
+    data2vec2: Data2Vec2Config = field(default_factory=Data2Vec2Config)
+
+
+DATA2VEC2 = PretrainObjective(
+    name="data2vec2",
+    config=Data2Vec2PretrainConfig,
+    new_model=lambda cfg: Data2Vec2Model(cfg.model, cfg.data2vec2),
+    objective=lambda cfg: data2vec2_objective(cfg.data2vec2, nominal_steps=cfg.total_steps),
+    columns=(
+        Column("loss", "loss", ".4f"),
+        Column("target_var", "target_var", ".3f"),
+        Column("pred_var", "pred_var", ".3f"),
+        Column("ema_decay", "ema_decay", ".5f"),
+        *LOOP_COLUMNS,
+    ),
+    health=lambda config: Data2Vec2Monitor(),
+    best="valid loss  {:.4f} per masked frame",
+)
+"""The registry entry: the teacher and decoder live in the model, so the device, DDP,
+checkpoints and exact resume take them along."""
+
+__all__ = [
+    "DATA2VEC2",
+    "Data2Vec2PretrainConfig",
+    "data2vec2_objective",
+    "regression_loss",
+    "spread",
+    "summarize",
+]

@@ -1,9 +1,7 @@
-"""Health findings of the data2vec 2.0 and BEST-RQ objectives, on top of the objective-free ones.
+"""Health signatures of the data2vec 2.0 and BEST-RQ objectives, beside the shared ones.
 
-Each monitor reads the train log records as `w2vkit.train.diagnostics.HealthMonitor` does and
-reports a `Finding` once when its condition starts (again only after it has cleared); the gradient,
-non-finite and data-wait findings come from a `HealthMonitor` that is given the same records
-without the keys whose meaning there is wav2vec 2.0's.
+Each monitor is a `w2vkit.train.diagnostics.Monitor` (gradient, non-finite and data-wait findings)
+with the objective's own conditions; a finding is reported once when its condition starts.
 - data2vec 2.0 `target_collapse`: `target_var` (the teacher target's spread across frames) below
   `min_target_var` (fairseq stops the run at 0.1 after 5,000 updates); `prediction_collapse`:
   `pred_var` below `min_pred_var` (fairseq: 0.01).
@@ -13,11 +11,9 @@ without the keys whose meaning there is wav2vec 2.0's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import ClassVar
 
-from w2vkit.train.diagnostics import Finding, HealthMonitor
-
-Check = Callable[[dict, int], "str | None"]
+from w2vkit.train.diagnostics import SHARED_ADVICE, Monitor
 
 ADVICE: dict[str, tuple[str, str]] = {
     "target_collapse": (
@@ -48,38 +44,9 @@ ADVICE: dict[str, tuple[str, str]] = {
 }
 
 
-class _ObjectiveHealth:
-    """Findings from `checks` (code -> check of a record and its update), plus the generic ones."""
+class Data2Vec2Monitor(Monitor):
+    ADVICE: ClassVar[dict[str, tuple[str, str]]] = SHARED_ADVICE | ADVICE
 
-    def __init__(self, checks: dict[str, Check], hidden_keys: tuple[str, ...]) -> None:
-        self._checks = checks
-        self._hidden = hidden_keys
-        self._generic = HealthMonitor(num_negatives=1, num_groups=0)
-        self._active: set[str] = set()
-        self._streaks: dict[str, int] = {}
-
-    def streak(self, key: str, condition: bool) -> int:
-        self._streaks[key] = self._streaks.get(key, 0) + 1 if condition else 0
-        return self._streaks[key]
-
-    def observe(self, record: dict) -> list[Finding]:
-        """New findings for one log record (validation records: none)."""
-        findings = self._generic.observe({k: v for k, v in record.items() if k not in self._hidden})
-        if record.get("split", "train") != "train":
-            return findings
-        step = int(record.get("num_updates", 0))
-        for code, check in self._checks.items():
-            message = check(record, step)
-            if message is None:
-                self._active.discard(code)
-            elif code not in self._active:
-                self._active.add(code)
-                cause, remedy = ADVICE[code]
-                findings.append(Finding(code, message, cause, remedy, step))
-        return findings
-
-
-class Data2Vec2Health(_ObjectiveHealth):
     def __init__(
         self,
         *,
@@ -88,27 +55,30 @@ class Data2Vec2Health(_ObjectiveHealth):
         after_update: int = 500,
         records: int = 3,
     ) -> None:
-        def low(key: str, floor: float) -> Check:
-            def check(record: dict, step: int) -> str | None:
-                value = record.get(key)
-                below = value is not None and step >= after_update and value < floor
-                count = self.streak(key, below)
-                if count < records:
-                    return None
-                return f"{key} {value:.4f} < {floor} for {count} log records"
+        super().__init__()
+        self.floors = {"target_var": min_target_var, "pred_var": min_pred_var}
+        self.after_update = after_update
+        self.records = records
 
-            return check
+    def conditions(self, record: dict, step: int) -> dict[str, str | None]:
+        return {
+            "target_collapse": self._low(record, step, "target_var"),
+            "prediction_collapse": self._low(record, step, "pred_var"),
+            **super().conditions(record, step),
+        }
 
-        super().__init__(
-            {
-                "target_collapse": low("target_var", min_target_var),
-                "prediction_collapse": low("pred_var", min_pred_var),
-            },
-            hidden_keys=(),
-        )
+    def _low(self, record: dict, step: int, key: str) -> str | None:
+        floor = self.floors[key]
+        value = record.get(key)
+        count = self._streak(key, value is not None and step >= self.after_update and value < floor)
+        if value is None or count < self.records:
+            return None
+        return f"{key} {value:.4f} < {floor} for {count} log records"
 
 
-class BestRQHealth(_ObjectiveHealth):
+class BestRQMonitor(Monitor):
+    ADVICE: ClassVar[dict[str, tuple[str, str]]] = SHARED_ADVICE | ADVICE
+
     def __init__(
         self,
         *,
@@ -117,37 +87,44 @@ class BestRQHealth(_ObjectiveHealth):
         dominant_share: float = 0.5,
         records: int = 3,
     ) -> None:
-        def at_chance(record: dict, step: int) -> str | None:
-            accuracy, chance = record.get("accuracy"), record.get("top_code_frac")
-            stuck = (
-                accuracy is not None
-                and chance is not None
-                and step >= chance_after_update
-                and accuracy <= chance + chance_margin
-            )
-            count = self.streak("chance", stuck)
-            if count < records:
-                return None
-            return (
-                f"masked-frame accuracy {accuracy:.3f} is within {chance_margin} of always "
-                f"guessing the most frequent code ({chance:.3f}) for {count} log records"
-            )
+        super().__init__()
+        self.chance_margin = chance_margin
+        self.chance_after_update = chance_after_update
+        self.dominant_share = dominant_share
+        self.records = records
 
-        def dominates(record: dict, step: int) -> str | None:
-            share = record.get("top_code_frac")
-            count = self.streak("dominant", share is not None and share > dominant_share)
-            if share is None or count < records:
-                return None
-            return (
-                f"one code labels {100 * share:.1f}% of the masked frames (code perplexity "
-                f"{record.get('code_perplexity', float('nan')):.1f}) for {count} log records"
-            )
+    def conditions(self, record: dict, step: int) -> dict[str, str | None]:
+        return {
+            "accuracy_at_chance": self._at_chance(record, step),
+            "code_dominates": self._dominates(record),
+            **super().conditions(record, step),
+        }
 
-        # The generic monitor's `trivial_task` reads `accuracy` as wav2vec 2.0's contrastive one.
-        super().__init__(
-            {"accuracy_at_chance": at_chance, "code_dominates": dominates},
-            hidden_keys=("accuracy",),
+    def _at_chance(self, record: dict, step: int) -> str | None:
+        accuracy, chance = record.get("accuracy"), record.get("top_code_frac")
+        stuck = (
+            accuracy is not None
+            and chance is not None
+            and step >= self.chance_after_update
+            and accuracy <= chance + self.chance_margin
+        )
+        count = self._streak("chance", stuck)
+        if accuracy is None or chance is None or count < self.records:
+            return None
+        return (
+            f"masked-frame accuracy {accuracy:.3f} is within {self.chance_margin} of always "
+            f"guessing the most frequent code ({chance:.3f}) for {count} log records"
+        )
+
+    def _dominates(self, record: dict) -> str | None:
+        share = record.get("top_code_frac")
+        count = self._streak("dominant", share is not None and share > self.dominant_share)
+        if share is None or count < self.records:
+            return None
+        return (
+            f"one code labels {100 * share:.1f}% of the masked frames (code perplexity "
+            f"{record.get('code_perplexity', float('nan')):.1f}) for {count} log records"
         )
 
 
-__all__ = ["ADVICE", "BestRQHealth", "Data2Vec2Health"]
+__all__ = ["ADVICE", "BestRQMonitor", "Data2Vec2Monitor"]

@@ -82,8 +82,11 @@ class Objective(Generic[BatchT]):
     the start, 1 at the planned end), once it is made and when such a run resumes; the map follows
     every re-plan without a jump. Pretraining fits its Gumbel temperature schedule to it."""
     monitor: Callable[[dict[str, Any]], list[str]] | None = None
-    """Told every train log record; returns messages to print and log (pretraining: the health
-    findings of `w2vkit.train.diagnostics`)."""
+    """Told every train log record; returns messages to print and log (the objective's health
+    findings, `w2vkit.train.diagnostics.Monitor`)."""
+    after_update: Callable[[nn.Module, int], None] | None = None
+    """(unwrapped model, completed updates) after each optimizer step that was taken, e.g. an EMA
+    teacher following the student; what it changes must live in the model to be checkpointed."""
 
 
 class Schedule(Protocol):
