@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from w2vkit.config import ConfigError
-from w2vkit.interop.hf import hf_config_from_w2vkit, to_hf_state
+from w2vkit.interop.hf import hf_config_from_w2vkit, to_hf_state, write_preprocessor
 from w2vkit.interop.native import ModelRecord
 from w2vkit.model.config import ModelConfig
 
@@ -89,16 +89,8 @@ def save_hf_data2vec(record: ModelRecord, directory: str | Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    preprocessor = {
-        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-        "feature_size": 1,
-        "sampling_rate": 16000,
-        "padding_value": 0.0,
-        "padding_side": "right",
-        "do_normalize": record.normalize if record.normalize is not None else True,
-        "return_attention_mask": True,
-    }
-    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    # A layer-norm extractor: normalised input and attention masks, as HF's data2vec-audio.
+    write_preprocessor(directory, cfg, record.normalize)
 
 
 __all__ = ["check_maps", "hf_data2vec_config", "save_hf_data2vec", "to_hf_data2vec_state"]
