@@ -3,6 +3,7 @@
     python bench/small_budget.py --config cpu --seeds 1 2 3                # issue 18's table
     python bench/small_budget.py --config cpu --seeds 1 --set train.max_steps=300
     python bench/small_budget.py --quick                                   # seconds, for the test
+    python bench/small_budget.py --objective wav2vec2 data2vec2 best_rq --set train.max_minutes=10
 
 Three synthetic English corpora (eSpeak NG, `w2vkit.data.synth.make_speech_corpus`) go to
 `--cache` and are reused: pretraining audio (26 voice variants x 8 accents = 208 voices), probe
@@ -58,6 +59,8 @@ PROBE_TRAIN_VARIANTS = ("m5", "f4", "klatt4")
 PROBE_TEST_VARIANTS = (
     "m6", "m7", "f5", "klatt5", "Alicia", "Andrea", "john", "linda", "paul", "steph",
 )  # fmt: skip
+OBJECTIVE_CONFIGS = {"wav2vec2": "cpu", "data2vec2": "data2vec2_cpu", "best_rq": "best_rq_cpu"}
+"""`--objective NAME`: the CPU recipe each objective runs."""
 CONTEXT_FRAMES = 4  # log-mel +-4 frames: the stacked baseline of issue 18
 
 
@@ -264,6 +267,16 @@ def plateau_summary(log_path: Path) -> dict:
     ends above). "Stays": a dip in the first updates, before the codebook spreads, is no escape."""
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
+    if train and "loss_0" not in train[-1]:  # data2vec 2.0 or BEST-RQ: no contrastive plateau
+        last = train[-1]
+        return {
+            "updates": last["num_updates"],
+            "plateau_bits": math.nan,
+            "left_plateau_at": None,
+            "final_loss_bits": last["loss"],
+            "final_accuracy": last.get("accuracy"),
+            "final_code_perplexity": last.get("code_perplexity"),
+        }
     config = (log_path.parent / "config.yaml").read_text()
     negatives = int(config.split("num_negatives:")[1].split()[0])
     plateau = math.log2(negatives + 1)
@@ -308,13 +321,16 @@ def _mean_spread(values: list[float]) -> str:
     return f"{mean:.1f}% ± {100 * float(np.std(values)):.1f} ({', '.join(f'{100 * v:.1f}' for v in values)})"
 
 
-def table(base: dict[str, float], seeds: list[dict], label: str) -> str:
-    pretrained = [max(s["pretrained_layers"]) for s in seeds]
-    random = [max(s["random_layers"]) for s in seeds]
-    rows = [
-        ("chance", f"{100 * base['chance']:.1f}%"),
-        ("same model at random initialisation (best layer)", _mean_spread(random)),
-        (f"{label} (best layer)", _mean_spread(pretrained)),
+def table(base: dict[str, float], runs: list[tuple[str, list[dict]]]) -> str:
+    """One row per (label, seeds) run, each with its architecture at random initialisation."""
+    rows = [("chance", f"{100 * base['chance']:.1f}%")]
+    for label, seeds in runs:
+        random = [max(s["random_layers"]) for s in seeds]
+        rows.append((f"{label} at random initialisation (best layer)", _mean_spread(random)))
+        rows.append(
+            (f"{label} (best layer)", _mean_spread([max(s["pretrained_layers"]) for s in seeds]))
+        )
+    rows += [
         ("80-band log-mel", f"{100 * base['log_mel']:.1f}%"),
         ("80-band log-mel with ±4 frames of context", f"{100 * base['log_mel_context']:.1f}%"),
     ]
@@ -335,12 +351,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cache", type=Path, default=Path("runs/small_budget"))
     parser.add_argument("--quick", action="store_true", help="tiny corpora and 3 updates (tests)")
+    parser.add_argument(
+        "--objective", nargs="+", choices=sorted(OBJECTIVE_CONFIGS), default=None,
+        help="compare objectives, each with its CPU recipe (replaces --config)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.overrides = QUICK_OVERRIDES + args.overrides
-    if args.name is None:
-        args.name = "_".join([Path(args.config).stem, *args.overrides]).replace("/", "-")
+    args.configs = (
+        [OBJECTIVE_CONFIGS[o] for o in args.objective] if args.objective else [args.config]
+    )
     return args
+
+
+def _run_name(args: argparse.Namespace, config: str) -> str:
+    if args.name is not None and len(args.configs) == 1:
+        return args.name
+    return "_".join([Path(config).stem, *args.overrides]).replace("/", "-")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -350,16 +377,24 @@ def main(argv: list[str] | None = None) -> dict:
     manifest, probes = build_corpora(args.cache, sizes)
     sets = held_out_probe_sets(args.cache, probes)
     base = baselines(sets, sizes, args.cache)
-    seeds = [run_seed(args, manifest, sets, sizes, seed) for seed in args.seeds]
-    label = f"`{args.config}` {' '.join(args.overrides)}".strip()
-    print(table(base, seeds, label))
-    for s in seeds:
-        print(
-            f"seed {s['seed']}: {s['updates']} updates in {s['wall_minutes']:.1f} min, plateau "
-            f"{s['plateau_bits']:.3f} bits left at update {s['left_plateau_at']}, final loss "
-            f"{s['final_loss_bits']:.3f} bits, layers {[round(100 * a, 1) for a in s['pretrained_layers']]}"
-        )
-    result = {"config": args.config, "overrides": args.overrides, **base, "seeds": seeds}
+    runs: list[tuple[str, list[dict]]] = []
+    for config in args.configs:
+        args.config, args.name = config, _run_name(args, config)
+        seeds = [run_seed(args, manifest, sets, sizes, seed) for seed in args.seeds]
+        runs.append((f"`{config}` {' '.join(args.overrides)}".strip(), seeds))
+    print(table(base, runs))
+    for label, seeds in runs:
+        for s in seeds:
+            print(
+                f"{label} seed {s['seed']}: {s['updates']} updates in {s['wall_minutes']:.1f} min, "
+                f"plateau {s['plateau_bits']:.3f} bits left at update {s['left_plateau_at']}, final "
+                f"loss {s['final_loss_bits']:.3f}, layers "
+                f"{[round(100 * a, 1) for a in s['pretrained_layers']]}"
+            )
+    by_config = {config: seeds for config, (_, seeds) in zip(args.configs, runs, strict=True)}
+    result = {"overrides": args.overrides, **base, "runs": by_config}
+    if len(runs) == 1:  # one recipe: its seeds at the top level, as before `--objective`
+        result |= {"config": args.configs[0], "seeds": runs[0][1]}
     print(json.dumps(result))
     return result
 

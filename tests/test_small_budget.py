@@ -63,6 +63,22 @@ def test_quick_run_prints_every_row_with_accuracies_in_range(tmp_path, capsys):
     assert sets["test"].texts and not seen & set(sets["test"].texts)
 
 
+@pytest.mark.slow  # two CPU recipes for 3 updates each, 8 probes each
+def test_quick_run_compares_objectives_each_with_its_cpu_recipe(tmp_path, capsys):
+    pytest.importorskip("espeakng_loader")
+    result = small_budget.main(
+        ["--quick", "--objective", "data2vec2", "best_rq", "--cache", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert "| `data2vec2_cpu` " in out and "| `best_rq_cpu` " in out  # label: recipe + overrides
+    assert out.count("at random initialisation (best layer)") == 2  # each its own architecture
+    assert sorted(result["runs"]) == ["best_rq_cpu", "data2vec2_cpu"]
+    for (seed,) in result["runs"].values():
+        assert seed["updates"] == 3 and np.isfinite(seed["final_loss_bits"])
+        assert seed["left_plateau_at"] is None  # no contrastive plateau to leave
+        assert len(seed["pretrained_layers"]) == 5  # encoder input and 4 layers
+
+
 def test_leaving_the_plateau_means_staying_below_it(tmp_path):
     (tmp_path / "config.yaml").write_text("model:\n  num_negatives: 10\n")  # plateau log2(11)
     losses = [3.2, 3.47, 3.46, 3.3, 3.1]  # an early dip is no escape; update 40 is

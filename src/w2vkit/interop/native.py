@@ -57,6 +57,8 @@ def from_payload(payload: dict, *, source: str) -> ModelRecord:
     if payload["config"].get("objective") == "hubert":
         # A HuBERT run's prediction head has no wav2vec 2.0 counterpart: its encoder loads alone.
         state = {k: v for k, v in state.items() if not k.startswith(HUBERT_HEADS)}
+    # The heads of other objectives (data2vec 2.0, BEST-RQ) around the same encoder: not read.
+    state = {k: v for k, v in state.items() if not k.startswith(OBJECTIVE_HEADS)}
     if is_finetuned(payload):
         return _finetuned(payload, cfg, state, normalize=bool(normalize), source=source)
     # A w2vkit file converted from an HF encoder-only model has no heads: it loads, not pretrains.
@@ -136,6 +138,8 @@ def save_w2vkit(record: ModelRecord, path: str | Path) -> None:
 
 PRETRAINING_HEADS = ("quantizer.", "target_proj.", "context_proj.")
 HUBERT_HEADS = ("label_embeddings", "context_proj.")
+OBJECTIVE_HEADS = ("teacher.", "decoder.", "rq.", "rq_head.")
+"""What `Data2Vec2Model` and `BestRQModel` add to the wav2vec 2.0 encoder's names."""
 
 
 def encoder_only_prefixes(cfg: ModelConfig, state: dict[str, Tensor]) -> tuple[str, ...]:

@@ -145,6 +145,9 @@ class TransformerConfig:
     layerdrop_prob: float = 0.05
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
+    pos_conv_depth: int = 1
+    """1: one weight-normed conv (wav2vec 2.0); more: that many convs of `pos_conv_kernel`, each
+    with a LayerNorm and GELU (data2vec 2.0: 5 of kernel 19; HF `Data2VecAudioModel`)."""
     required_seq_len_multiple: int = 2
     """Pad the encoder input of a padded batch to a multiple of this many frames (masked in
     attention); an unpadded batch keeps its length, so attention runs without a mask."""
@@ -171,6 +174,7 @@ class TransformerConfig:
         ):
             value = getattr(self, name)
             check(0.0 <= value < 1.0, f"transformer.{name}", f"must be in [0, 1), got {value}")
+        check(self.pos_conv_depth >= 1, "transformer.pos_conv_depth", "must be >= 1")
         check(
             self.required_seq_len_multiple >= 1,
             "transformer.required_seq_len_multiple",

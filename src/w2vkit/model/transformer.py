@@ -11,6 +11,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from torch.utils.checkpoint import checkpoint
 
 from w2vkit.model.config import TransformerConfig
+from w2vkit.model.decoder import ConvBlock
 from w2vkit.model.dropout import Dropout, dropout
 from w2vkit.model.host_rng import host_generator
 
@@ -41,6 +42,21 @@ class ConvPositionalEmbedding(nn.Module):
         if self.trim_last:
             y = y[..., :-1]
         return F.gelu(y).transpose(1, 2)  # (B, D, T) -> (B, T, D)
+
+
+class ConvPositionalStack(nn.Module):
+    """data2vec 2.0's positional encoder: `depth` grouped convs, each with a LayerNorm (no affine)
+    and GELU, no residual inside. Shape: (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, dim: int, kernel: int, groups: int, depth: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(ConvBlock(dim, dim, kernel, groups) for _ in range(depth))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x.transpose(1, 2)  # (B, T, D) -> (B, D, T)
+        for layer in self.layers:
+            y = layer(y)
+        return y.transpose(1, 2)
 
 
 def _explicit_attention(
@@ -129,9 +145,15 @@ class TransformerEncoder(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.pos_conv = ConvPositionalEmbedding(
-            cfg.model_dim, cfg.pos_conv_kernel, cfg.pos_conv_groups
-        )
+        self.pos_conv: nn.Module
+        if cfg.pos_conv_depth == 1:
+            self.pos_conv = ConvPositionalEmbedding(
+                cfg.model_dim, cfg.pos_conv_kernel, cfg.pos_conv_groups
+            )
+        else:
+            self.pos_conv = ConvPositionalStack(
+                cfg.model_dim, cfg.pos_conv_kernel, cfg.pos_conv_groups, cfg.pos_conv_depth
+            )
         self.norm = nn.LayerNorm(cfg.model_dim)
         self.dropout = Dropout(cfg.dropout_prob)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))

@@ -6,6 +6,8 @@ format is detected. `--to hf` writes a directory for `Wav2Vec2ForPreTraining.fro
 with `--hf-class model`, a `Wav2Vec2Model` one without the pretraining heads) with config.json,
 model.safetensors and preprocessor_config.json. A HuBERT checkpoint (w2vkit or fairseq) writes an
 HF `HubertModel` directory: the encoder; its prediction head has no HF class.
+A model with data2vec 2.0's positional encoder (`transformer.pos_conv_depth` > 1) is written as
+a `Data2VecAudioModel` directory.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from w2vkit.config import UsageError
-from w2vkit.interop import hf, hf_ctc, hf_hubert, read_model, save_w2vkit
+from w2vkit.interop import hf, hf_ctc, hf_data2vec, hf_hubert, read_model, save_w2vkit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.to == "hf" and hf_hubert.is_hubert_source(args.src):
         left_out = hf_hubert.save_hf_hubert(record, args.dst)
         print(f"w2vkit convert: HuBERT -> HF HubertModel; not exported: {left_out}")
+    elif args.to == "hf" and record.cfg.transformer.pos_conv_depth > 1:
+        hf_data2vec.save_hf_data2vec(record, args.dst)  # data2vec 2.0's positional encoder
     elif args.to == "hf":
         hf.save_hf(record, args.dst, heads=args.hf_class == "pretraining")
     else:
