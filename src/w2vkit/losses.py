@@ -172,23 +172,45 @@ def pretraining_objective(
     plan's share of the run done, 1 at its end), so the temperature reaches a value at the same
     fraction of the run as with `nominal_steps` updates (the config's LR schedule length), and
     follows a re-plan without a jump. Without `nominal_steps` the decay stays per update.
+
+    `rescue` (`train.on_stuck=rescue`, `w2vkit.train.rescue`) applies the diagnosed change:
+    at chance, the temperature anneals per update and no longer stretched to the plan, and each
+    further such rescue doubles its pace (a stretched anneal kept a 7,000-update plan at 1.15 for
+    thousands of updates: docs/convergence.md); a collapsed codebook doubles
+    `loss.diversity_weight` (0 becomes 0.1).
     """
     progress: Callable[[int], float] | None = None
+    anneal_pace = 0  # 0: the configured schedule; n: per update, 2**(n-1) times as fast
+    diversity_weight = weights.diversity_weight
 
     def plan(run_progress: Callable[[int], float]) -> None:
         nonlocal progress
-        progress = run_progress if nominal_steps > 0 else None
+        progress = run_progress if nominal_steps > 0 and not anneal_pace else None
+
+    def rescue(finding: str) -> str | None:
+        nonlocal progress, anneal_pace, diversity_weight
+        if finding == "loss_at_chance":
+            anneal_pace, progress = anneal_pace + 1, None
+            pace = 2 ** (anneal_pace - 1)
+            return (
+                f"Gumbel temperature annealed per update{f' x{pace}' if pace > 1 else ''} "
+                f"(decay {quantizer.temperature_decay**pace:.6g}), not stretched to the plan"
+            )
+        if finding == "codebook_collapse":
+            before, diversity_weight = diversity_weight, 2 * diversity_weight or 0.1
+            return f"loss.diversity_weight {before:g} -> {diversity_weight:g}"
+        return None
 
     def wav2vec_step(
         model: nn.Module, batch: Batch, step: int, generator: torch.Generator
     ) -> StepOutput:
         # `step` counts completed optimizer updates, not forwards: accumulation keeps the decay.
         at = progress(step) * nominal_steps if progress is not None else step
-        temperature = gumbel_temperature(at, quantizer)
+        temperature = gumbel_temperature(at * 2 ** max(anneal_pace - 1, 0), quantizer)
         output = model(batch.wav, batch.padding_mask, temperature=temperature, generator=generator)
         terms = pretraining_loss(
             output,
-            diversity_weight=weights.diversity_weight,
+            diversity_weight=diversity_weight,
             feature_penalty_weight=weights.feature_penalty_weight,
         )
         quantized = output.prob_perplexity is not None
@@ -201,13 +223,13 @@ def pretraining_objective(
             }
         sums = logged_sums(
             terms,
-            diversity_weight=weights.diversity_weight,
+            diversity_weight=diversity_weight,
             feature_penalty_weight=weights.feature_penalty_weight,
             quantized=quantized,
         )
         return StepOutput(loss=terms.loss, sample_size=terms.sample_size, sums=sums, means=means)
 
-    return Objective(step=wav2vec_step, summarize=summarize, plan=plan)
+    return Objective(step=wav2vec_step, summarize=summarize, plan=plan, rescue=rescue)
 
 
 __all__ = [

@@ -204,12 +204,18 @@ def _pretrain(
 
 
 def _objective(cfg: PretrainConfig) -> Objective:
-    """The wav2vec 2.0 objective, with the health monitor reading every train log line."""
-    health = HealthMonitor.for_model(cfg.model)
+    """The wav2vec 2.0 objective, with the health monitor reading every train log line; a rescue
+    starts a new monitor (the rolled-back run's evidence starts again)."""
+    health = [HealthMonitor.for_model(cfg.model)]
     objective = pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=cfg.total_steps)
-    return dataclasses.replace(
-        objective, monitor=lambda record: [f.format() for f in health.observe(record)]
-    )
+    change = objective.rescue
+    assert change is not None
+
+    def rescue(finding: str) -> str | None:
+        health[0] = HealthMonitor.for_model(cfg.model)
+        return change(finding)
+
+    return dataclasses.replace(objective, monitor=lambda r: health[0].observe(r), rescue=rescue)
 
 
 CONSOLE_COLUMNS = (

@@ -36,6 +36,9 @@ class Finding:
     what_to_try: str
     step: int
     """`num_updates` of the record that raised it."""
+    since: int = 0
+    """The update its evidence starts after: the window (plateau) or the first record of the
+    streak (collapse) begins there; a rescue rolls back to a checkpoint no newer than it."""
 
     def format(self) -> str:
         return (
@@ -98,6 +101,9 @@ class HealthMonitor:
         self._active: set[str] = set()
         self._losses: deque[tuple[int, float]] = deque()
         self._streaks: dict[str, int] = {}
+        self._streak_start: dict[str, int] = {}
+        """The update before each streak's first record (its evidence starts after it)."""
+        self._step = 0
         self._gnorms: deque[float] = deque(maxlen=explode_history)
         self._nonfinite: deque[int] = deque(maxlen=nonfinite_window + 1)
 
@@ -115,6 +121,7 @@ class HealthMonitor:
         if record.get("split", "train") != "train":
             return []
         step = int(record.get("num_updates", 0))
+        self._step = step
         conditions = {
             "loss_at_chance": self._plateau(record, step),
             "codebook_collapse": self._collapse(record),
@@ -132,12 +139,22 @@ class HealthMonitor:
             elif code not in self._active:
                 self._active.add(code)
                 cause, remedy = ADVICE[code]
-                findings.append(Finding(code, message, cause, remedy, step))
+                since = self._since(code, step)
+                findings.append(Finding(code, message, cause, remedy, step, since))
         return findings
 
     def _streak(self, key: str, condition: bool) -> int:
         self._streaks[key] = self._streaks.get(key, 0) + 1 if condition else 0
+        if self._streaks[key] == 1:
+            self._streak_start[key] = self._step - 1  # a checkpoint of it precedes the record
         return self._streaks[key]
+
+    def _since(self, code: str, step: int) -> int:
+        if code == "loss_at_chance":
+            return max(step - self.plateau_updates, 0)
+        if code == "codebook_collapse":
+            return self._streak_start["collapse"]
+        return step
 
     def _plateau(self, record: dict, step: int) -> str | None:
         contrastive = record.get("loss_0")

@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from w2vkit.data.sampler import BucketBatchSampler
-from w2vkit.train import checkpoint, dist, guard
+from w2vkit.train import checkpoint, dist, guard, rescue
 from w2vkit.train.best import improves
 from w2vkit.train.best import rank as best_rank
 from w2vkit.train.budget import TimeBudget
 from w2vkit.train.config import TrainConfig
+from w2vkit.train.diagnostics import Finding
 from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, gpu_memory_gb
 from w2vkit.train.signals import STOP_SIGNALS, StopSignals
 from w2vkit.train.state import BatchT, Objective, PlannableSchedule, TrainState
@@ -111,6 +112,7 @@ class _Run(Generic[BatchT]):
     data_wait_seconds: float = 0.0
     """Seconds spent waiting for the data loader since the last train log line."""
     window_start: float = field(default_factory=time.perf_counter)
+    stuck: Finding | None = None  # of the latest log line, for `unstick`
 
     def apply_plan(self) -> None:
         """Fit the LR schedule (if it can) and the objective (`plan`) to `state.plan`."""
@@ -239,8 +241,24 @@ class _Run(Generic[BatchT]):
             "num_failed_decodes": failure_events,
         }
         self.logger.log(line)
-        for message in self.objective.monitor(line) if self.objective.monitor else []:
-            self.logger.message(message)
+        for finding in self.objective.monitor(line) if self.objective.monitor else []:
+            self.logger.message(finding.format())
+            self.stuck = self.stuck or (finding if finding.code in rescue.STUCK else None)
+
+    def unstick(self) -> str | None:
+        """Act on a stuck finding by `train.on_stuck`: "stuck" to stop, "rescued" after a rollback."""
+        finding, self.stuck = self.stuck, None
+        if finding is None or self.cfg.on_stuck == "warn":
+            return None
+        if self.cfg.on_stuck == "stop":
+            self.save(interval=False)
+            self.logger.message(rescue.stop_message(finding, self.out_dir))
+            return "stuck"
+        said, rolled_back = rescue.rescue(self.state, self.objective, finding, self.out_dir)
+        self.logger.message(said)
+        if rolled_back:  # the schedules fitted to the plan again (the budget's clock goes on)
+            self.apply_plan()
+        return "rescued" if rolled_back else None
 
     def skipped(self, result: UpdateResult) -> bool:
         """Report a skipped update; True (after saving) when too many came in a row."""
@@ -291,12 +309,14 @@ def train(
 
     "max_steps", "max_epochs", "max_minutes" (`TimeBudget`): the end of the plan, validated and
     saved; "sigint"/"sigterm": asked to stop, checkpoint saved; "nonfinite": too many skipped
-    updates in a row, checkpoint saved.
+    updates in a row, checkpoint saved; "stuck": `train.on_stuck=stop` and a stuck finding.
     `config_dict` goes into every checkpoint; `sample_rate` converts samples to audio seconds.
     """
     run = _Run(
         state, objective, cfg, valid_loader, device, Path(out_dir), config_dict, logger, sample_rate
     )
+    for line in rescue.prepare(state, objective, cfg.on_stuck, config_dict, run.out_dir):
+        logger.message(line)
     if cfg.max_minutes > 0:
         run.budget = TimeBudget(state, cfg.max_minutes, cfg.max_steps)
         run.apply_plan()  # resumed: the plan goes on as it was
@@ -361,6 +381,11 @@ def _updates(
         run.logger.progress(state.step)
         if result.finite and state.step % cfg.log_interval == 0:
             run.log_train(result)
+            if (unstuck := run.unstick()) == "stuck":
+                return unstuck
+            if unstuck == "rescued":  # the data position went back too: a new iterator
+                groups = micro_batch_groups(loader, state.sampler, cfg.update_freq, cfg.max_epochs)
+                continue
         if result.stop is not None and result.stop in STOP_SIGNALS.values():
             run.stopped_by(result.stop)
             return result.stop
