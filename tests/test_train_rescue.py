@@ -18,6 +18,7 @@ from w2vkit.config import ConfigError
 from w2vkit.model.config import QuantizerConfig
 from w2vkit.model.quantizer import gumbel_temperature
 from w2vkit.recipes import pretrain as pretrain_recipe
+from w2vkit.report.build import build_report, surviving
 from w2vkit.train import checkpoint, rescue
 from w2vkit.train.config import build_config, load_layers
 from w2vkit.train.diagnostics import HealthMonitor
@@ -123,6 +124,14 @@ def test_a_run_at_chance_is_rolled_back_to_its_initial_state_and_anneals_faster(
     # starts from them, so the record at update 2 of the second pass equals the first's loss
     # where the temperature has not changed yet (pace 1 at updates 1-2 in both passes).
     assert records[3]["loss"] == records[0]["loss"]
+    # The report lists the rescues and draws the updates the run kept (the last pass).
+    report = build_report(tmp_path, tmp_path / "report", curves_only=True)
+    section = next(s for s in report.sections if s.title == "Rescues")
+    assert section.table is not None and section.table[1:] == [
+        ["6", "loss_at_chance", "0", r["change"]] for r in saved["progress"]["rescues"]
+    ]
+    kept = surviving(records)
+    assert [r["num_updates"] for r in kept] == [2, 4, 6, 8, 10] and kept[0] is records[9]
 
 
 def test_a_collapse_rolls_back_to_the_checkpoint_before_its_streak_and_resumes_exactly(
