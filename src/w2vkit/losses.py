@@ -162,8 +162,30 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def logit_spread(output: PretrainOutput) -> dict[str, Value]:
+    """`train.diagnostics`: where the positive stands among the negatives (device tensors).
+
+    `logit_pos` / `logit_neg` are the mean positive / negative logit (cosine / logit temperature;
+    negatives equal to their positive, at -inf, left out), `logit_neg_max` the mean of each row's
+    largest negative: at chance the three meet. `feature_rms`: the RMS of the conv features that
+    reach the quantizer (sqrt of the feature penalty's mean square)."""
+    logits = output.logits.detach().float()  # (N, 1+K)
+    negatives = logits[:, 1:]
+    finite = torch.isfinite(negatives)
+    return {
+        "logit_pos": logits[:, 0].mean(),
+        "logit_neg": negatives.where(finite, 0.0).sum() / finite.sum().clamp(min=1),
+        "logit_neg_max": negatives.amax(dim=1).clamp(min=-1e4).mean(),
+        "feature_rms": output.features_penalty.detach().float().sqrt(),
+    }
+
+
 def pretraining_objective(
-    weights: LossConfig, quantizer: QuantizerConfig, *, nominal_steps: int = 0
+    weights: LossConfig,
+    quantizer: QuantizerConfig,
+    *,
+    nominal_steps: int = 0,
+    diagnostics: bool = False,
 ) -> Objective[Batch]:
     """The training loop's Objective for wav2vec 2.0 pretraining (validation: the same step).
 
@@ -177,7 +199,7 @@ def pretraining_objective(
     at chance, the temperature anneals per update and no longer stretched to the plan, and each
     further such rescue doubles its pace (a stretched anneal kept a 7,000-update plan at 1.15 for
     thousands of updates: docs/convergence.md); a collapsed codebook doubles
-    `loss.diversity_weight` (0 becomes 0.1).
+    `loss.diversity_weight` (0 becomes 0.1). `diagnostics` adds `logit_spread` to the logged means.
     """
     progress: Callable[[int], float] | None = None
     anneal_pace = 0  # 0: the configured schedule; n: per update, 2**(n-1) times as fast
@@ -221,6 +243,8 @@ def pretraining_objective(
                 "code_perplexity": terms.code_perplexity,
                 "temp": terms.temperature,
             }
+        if diagnostics:
+            means |= logit_spread(output)
         sums = logged_sums(
             terms,
             diversity_weight=diversity_weight,
@@ -239,6 +263,7 @@ __all__ = [
     "contrastive_loss",
     "diversity_loss",
     "logged_sums",
+    "logit_spread",
     "num_correct",
     "pretraining_loss",
     "pretraining_objective",

@@ -207,7 +207,12 @@ def _objective(cfg: PretrainConfig) -> Objective:
     """The wav2vec 2.0 objective, with the health monitor reading every train log line; a rescue
     starts a new monitor (the rolled-back run's evidence starts again)."""
     health = [HealthMonitor.for_model(cfg.model)]
-    objective = pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=cfg.total_steps)
+    objective = pretraining_objective(
+        cfg.loss,
+        cfg.model.quantizer,
+        nominal_steps=cfg.total_steps,
+        diagnostics=cfg.train.diagnostics,
+    )
     change = objective.rescue
     assert change is not None
 

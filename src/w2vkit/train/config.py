@@ -145,6 +145,10 @@ class TrainConfig:
     warn: say so and go on; rescue: roll back to the last checkpoint before the finding's evidence
     (or the initial state) and apply the diagnosed change (docs/diagnostics.md, "Rescue"); stop:
     save and end the run with exit status 3."""
+    diagnostics: bool = False
+    """Also log why a run sits on the plateau: per-module gradient norms (`grad_norm/<module>`),
+    the spread of the contrastive logits and the feature norms (docs/convergence.md); device-side
+    sums, one host copy per log line."""
     allow_data_change: bool = False
     """Resume on a changed training manifest by starting a new epoch (else such a resume is refused)."""
     dist_timeout_minutes: float = 5.0

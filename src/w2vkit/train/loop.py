@@ -22,12 +22,11 @@ import torch
 from torch import nn
 
 from w2vkit.data.sampler import BucketBatchSampler
-from w2vkit.train import checkpoint, dist, guard, rescue
+from w2vkit.train import checkpoint, dist, guard, metrics, rescue
 from w2vkit.train.best import improves
 from w2vkit.train.best import rank as best_rank
 from w2vkit.train.budget import TimeBudget
 from w2vkit.train.config import TrainConfig
-from w2vkit.train.diagnostics import Finding
 from w2vkit.train.metrics import MetricsWindow, RunLogger, Throughput, gpu_memory_gb
 from w2vkit.train.signals import STOP_SIGNALS, StopSignals
 from w2vkit.train.state import BatchT, Objective, PlannableSchedule, TrainState
@@ -112,7 +111,7 @@ class _Run(Generic[BatchT]):
     data_wait_seconds: float = 0.0
     """Seconds spent waiting for the data loader since the last train log line."""
     window_start: float = field(default_factory=time.perf_counter)
-    stuck: Finding | None = None  # of the latest log line, for `unstick`
+    stuck: rescue.Finding | None = None  # of the latest log line, for `unstick`
 
     def apply_plan(self) -> None:
         """Fit the LR schedule (if it can) and the objective (`plan`) to `state.plan`."""
@@ -221,6 +220,8 @@ class _Run(Generic[BatchT]):
         record["batch_audio_sec"] = audio_seconds / max(num_updates, 1)
         # lr of the next update, as fairseq logs it; gnorm of the last update, before clipping.
         record |= {"lr": state.schedule.lr_at(state.step), "gnorm": result.gnorm}
+        if self.cfg.diagnostics:
+            record |= metrics.module_grad_norms(state.model, result.gnorm)
         if state.scaler is not None:
             record["loss_scale"] = state.scaler.get_scale()
         rates = self.throughput.rates(num_updates, audio_seconds)
