@@ -31,7 +31,7 @@ class Curve:
 
 
 MODULES = (
-    "feature_extractor", "feature_norm", "feature_projection", "encoder", "quantizer",
+    "feature_extractor", "feature_norm", "feature_projection", "masker", "encoder", "quantizer",
     "target_proj", "context_proj",
 )  # fmt: skip
 """The wav2vec 2.0 model's top-level modules with parameters (`grad_norm/<module>` keys)."""
