@@ -13,6 +13,18 @@ DataLoader worker does:
 Figures are input audio-seconds per second; `batch` also gives the seconds that end up in
 batches (less: pretraining crops every row to the shortest of its batch). Prints a table, then
 one JSON line.
+
+    PYTHONPATH=src python bench/data_throughput.py --shards              # + shards, see below
+    PYTHONPATH=src python bench/data_throughput.py --shards --shard-audio-seconds 3600 \
+        --small-files 100000 --index-items 7000000
+
+`--shards` compares, on one process (num_workers=0, so the figure is per DataLoader worker), a
+pretraining epoch of batches (crop 250k samples, 1.4M samples a batch) from the file-per-file
+manifest against the same audio as `w2vkit shard` tar shards, read from the local disk and from
+a local HTTP server: FLAC at 16 kHz, 2-12 s files; then `--small-files` FLAC files of 1-2 s
+(hard links to 200 distinct files: the page cache holds both sides, so this is the per-file CPU
+cost, a lower bound on what shards save on real storage); then the time to read a synthetic
+index of `--index-items` items (about 700 per shard) and plan an epoch for one rank of 64.
 """
 
 from __future__ import annotations
@@ -137,6 +149,162 @@ def bench_scan(num_files: int, workers: int) -> dict[str, float]:
     return result
 
 
+def write_flac_corpus(folder: Path, num_files: int, seconds: tuple[float, float], distinct: int):
+    """FLAC files of tone + noise with lengths uniform in `seconds`; beyond `distinct` files,
+    hard links to them. Returns the manifest folder."""
+    rng = np.random.default_rng(0)
+    audio, names, frames = folder / "audio", [], []
+    audio.mkdir(parents=True)
+    for i in range(num_files):
+        name = f"d{i // 1000:04d}/{i:07d}.flac"
+        (audio / name).parent.mkdir(exist_ok=True)
+        if i < distinct:
+            n = int(rng.uniform(*seconds) * SAMPLE_RATE)
+            t = np.arange(n) / SAMPLE_RATE
+            wav = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t)
+            sf.write(
+                audio / name, (wav + 0.05 * rng.standard_normal(n)).astype(np.float32), SAMPLE_RATE
+            )
+        else:
+            os.link(audio / names[i % distinct], audio / name)
+            n = frames[i % distinct]
+        names.append(name)
+        frames.append(n)
+    rates = np.full(num_files, SAMPLE_RATE)
+    manifest = Manifest(audio, names, np.array(frames), rates, np.ones(num_files))
+    (folder / "manifest").mkdir()
+    write_manifest(folder / "manifest" / "train.tsv", manifest)
+    return folder / "manifest"
+
+
+def epoch_rate(loader, durations: np.ndarray, max_seconds: float) -> tuple[float, float]:
+    """(input audio-seconds, batched audio-seconds) per second over an epoch of `loader`."""
+    done_in = done_out = 0.0
+    start = time.perf_counter()
+    for batch in loader:
+        done_in += float(durations[batch.indices.numpy()].sum())
+        done_out += batch.num_audio_samples / SAMPLE_RATE
+        if time.perf_counter() - start > max_seconds:
+            break
+    elapsed = time.perf_counter() - start
+    return done_in / elapsed, done_out / elapsed
+
+
+def bench_shards_vs_files(manifest_dir: Path, max_seconds: float) -> dict[str, float]:
+    """Manifest, local shards, HTTP shards: audio-seconds per second on one process."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from w2vkit import cli
+    from w2vkit.data.config import DataConfig
+    from w2vkit.data.shards.loader import build_shard_loaders
+
+    shards = manifest_dir.parent / "shards"
+    assert cli.main(["shard", str(manifest_dir), "--out", str(shards), "--workers", "2"]) == 0
+    common = dict(min_samples=16_000, max_samples=250_000, max_batch_samples=1_400_000)
+    dataset = AudioDataset(manifest_dir / "train.tsv", max_samples=250_000, min_samples=16_000)
+    sampler = BucketBatchSampler(dataset.sizes, max_batch_samples=1_400_000, seed=1)
+    files = build_dataloader(dataset, sampler, seed=1)
+    result = {}
+    result["files"], result["files_out"] = epoch_rate(
+        files, dataset.num_samples / SAMPLE_RATE, max_seconds
+    )
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(shards))
+    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    for name, where in (("shards_local", str(shards)), ("shards_http", url)):
+        cfg = DataConfig(shards=where, num_workers=0, valid_split="", **common)
+        loader = build_shard_loaders(cfg, seed=1, rank=0, world_size=1)["train"]
+        durations = loader.sampler.spec.num_samples / SAMPLE_RATE
+        result[name], result[f"{name}_out"] = epoch_rate(loader, durations, max_seconds)
+    server.shutdown()
+    return result
+
+
+def bench_index(num_items: int, world_size: int = 64) -> dict[str, float]:
+    """Seconds to read a synthetic index of `num_items` items and to plan one rank's epoch."""
+    from w2vkit.data.shards.index import read_index, write_index
+    from w2vkit.data.shards.plan import plan_epoch, shard_batches
+
+    rng = np.random.default_rng(0)
+    per_shard = 700
+    num_shards = -(-num_items // per_shard)
+    shard_items = np.full(num_shards, per_shard)
+    shard_items[-1] -= num_shards * per_shard - num_items
+    frames = np.sort(rng.integers(32_000, 250_000, num_items))[::-1].copy()
+    rows = [
+        {"name": f"shard-{s:06d}.tar", "items": int(n), "samples": 0, "bytes": 1, "sha256": "0"}
+        for s, n in enumerate(shard_items)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "train"
+        folder.mkdir()
+        items = {
+            "num_frames": frames,
+            "sample_rate": np.full(num_items, SAMPLE_RATE, np.int32),
+            "num_channels": np.ones(num_items, np.int16),
+        }
+        write_index(folder, rows, items, [])
+        start = time.perf_counter()
+        index = read_index(tmp, "train")
+        loaded = time.perf_counter() - start
+    start = time.perf_counter()
+    sizes = np.minimum(index.num_frames, 250_000)
+    batches = shard_batches(
+        sizes,
+        index.shard_items,
+        np.ones(len(sizes), bool),
+        max_batch_samples=1_400_000,
+        max_batch_size=None,
+        required_batch_size_multiple=8,
+    )
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    plan_epoch(
+        batches,
+        num_streams=world_size,
+        seed=1,
+        epoch=0,
+        shuffle=True,
+        shuffle_buffer=32,
+        required_batch_size_multiple=8,
+        wanted=[0],
+    )
+    return {
+        "read_index_s": loaded,
+        "batch_shards_s": batched,
+        "plan_epoch_s": time.perf_counter() - start,
+    }
+
+
+def main_shards(args: argparse.Namespace) -> dict:
+    record: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = write_flac_corpus(
+            Path(tmp) / "long", round(args.shard_audio_seconds / 7), (2.0, 12.0), 10**9
+        )
+        record["flac_16k_2_12s"] = bench_shards_vs_files(corpus, args.seconds_per_epoch)
+    if args.small_files:
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = write_flac_corpus(Path(tmp) / "small", args.small_files, (1.0, 2.0), 200)
+            record[f"flac_16k_1_2s_{args.small_files}_files"] = bench_shards_vs_files(
+                corpus, args.seconds_per_epoch
+            )
+    print("audio-seconds per second, one process (_out: seconds that end up in batches)")
+    for case, row in record.items():
+        print(f"  {case}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()))
+    if args.index_items:
+        record["index"] = bench_index(args.index_items)
+        print(
+            f"index of {args.index_items} items: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in record["index"].items())
+        )
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--audio-seconds", type=float, default=60.0, help="per case")
@@ -153,8 +321,18 @@ def main() -> None:
         default=0,
         help="also time the manifest scan over this many files (e.g. 100000)",
     )
+    parser.add_argument("--shards", action="store_true", help="only the shard benchmarks")
+    parser.add_argument("--shard-audio-seconds", type=float, default=1200.0)
+    parser.add_argument("--small-files", type=int, default=10_000, help="0: skip that case")
+    parser.add_argument("--index-items", type=int, default=7_000_000, help="0: skip")
+    parser.add_argument(
+        "--seconds-per-epoch", type=float, default=60.0, help="cut an epoch off after this"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker; the figures are per worker
+    if args.shards:
+        print(json.dumps({"bench": "data_throughput_shards", "results": main_shards(args)}))
+        return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in ("flac", "wav"):

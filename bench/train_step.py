@@ -84,17 +84,17 @@ def fixed_batch(args: argparse.Namespace, device: torch.device) -> torch.Tensor:
 def w2vkit_update(args: argparse.Namespace, device: torch.device):
     """A closure running one `run_update` of the real trainer on a fixed batch."""
     from w2vkit.data.collate import Batch
-    from w2vkit.losses import pretraining_objective
     from w2vkit.model.wav2vec2 import Wav2Vec2Model
-    from w2vkit.train.config import PretrainConfig
+    from w2vkit.pretrain.schedule import PolynomialDecaySchedule
+    from w2vkit.pretrain.wav2vec2 import Wav2Vec2PretrainConfig, pretraining_objective
     from w2vkit.train.host_memory import keep_freed_memory
-    from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+    from w2vkit.train.optim import build_optimizer
     from w2vkit.train.state import TrainState
     from w2vkit.train.update import run_update
 
     if device.type == "cpu" and not args.system_malloc:
         keep_freed_memory()  # as a CPU training run does (session.device_for)
-    cfg = PretrainConfig(model=model_config(args.preset))
+    cfg = Wav2Vec2PretrainConfig(model=model_config(args.preset))
     cfg.train.precision, cfg.optim.warmup_steps = args.dtype, 10
     torch.manual_seed(0)
     model = Wav2Vec2Model.from_config(cfg.model).to(device)

@@ -30,11 +30,14 @@ from w2vkit.data.vocab import letters_from_words
 from w2vkit.features.store import INDEX_HEADER
 from w2vkit.model.config import ModelConfig, tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.config import PretrainConfig
+from w2vkit.pretrain.registry import build_config
+from w2vkit.pretrain.schedule import PolynomialDecaySchedule
 from w2vkit.train import checkpoint, dist
-from w2vkit.train.config import PretrainConfig, build_config, load_layers
+from w2vkit.train.config import load_layers
 from w2vkit.train.loop import train
 from w2vkit.train.metrics import RunLogger
-from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+from w2vkit.train.optim import build_optimizer
 from w2vkit.train.state import Objective, StepOutput, TrainState
 from w2vkit.train.update import run_update
 

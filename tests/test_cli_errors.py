@@ -23,10 +23,11 @@ from w2vkit.cli import EXAMPLES, main
 from w2vkit.config import to_dict
 from w2vkit.model.config import preset
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.registry import build_config
 from w2vkit.recipes import manifest as manifest_recipe
 from w2vkit.recipes.manifest import split_is_valid
 from w2vkit.train import checkpoint
-from w2vkit.train.config import build_config, load_layers
+from w2vkit.train.config import load_layers
 from w2vkit.train.preflight import check_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from w2vkit.losses import logit_spread
 from w2vkit.model.wav2vec2 import PretrainOutput
+from w2vkit.pretrain.wav2vec2 import logit_spread
 from w2vkit.report import plots
 from w2vkit.train.metrics import module_grad_norms
 
@@ -59,7 +59,8 @@ def test_logit_spread_by_hand():
 
 def test_the_report_draws_every_module_with_parameters():
     from w2vkit.model.wav2vec2 import Wav2Vec2Model
-    from w2vkit.train.config import build_config, load_layers
+    from w2vkit.pretrain.registry import build_config
+    from w2vkit.train.config import load_layers
 
     model = Wav2Vec2Model(build_config(load_layers("cpu", [])).model)
     with_parameters = {n for n, m in model.named_children() if any(True for _ in m.parameters())}

@@ -10,9 +10,9 @@ import torch
 from helpers import TINY_YAML, make_manifest
 
 from w2vkit import cli
-from w2vkit.losses import pretraining_loss
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train.diagnostics import ADVICE, HealthMonitor, diagnose_log
+from w2vkit.pretrain.wav2vec2 import pretraining_loss
+from w2vkit.pretrain.wav2vec2_health import ADVICE, HealthMonitor, diagnose_log
 
 K, G = 10, 2
 CHANCE = math.log2(1 + K)

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from w2vkit.losses import pretraining_loss
 from w2vkit.model.config import BASE_CONV_LAYERS, FeatureExtractorConfig, tiny
 from w2vkit.model.conv_matmul import conv_as_matmuls
 from w2vkit.model.feature_extractor import ConvFeatureExtractor, frame_padding_mask, output_lengths
 from w2vkit.model.negatives import sample_negatives
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.wav2vec2 import pretraining_loss
 
 TINY_CONV = tiny().feature_extractor.conv_layers
 

@@ -369,6 +369,17 @@ def test_print_config_shows_the_source_model_under_the_preset(corpus, capsys):
     ]
 
 
+def test_print_config_needs_no_init_from_as_the_help_footer_says(capsys):
+    assert "`w2vkit finetune cpu --print-config`" in cli.HELP_NOTES["finetune"]
+    assert cli.main(["finetune", "cpu", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# without --init-from, `model` is the default encoder")
+    printed = yaml.safe_load(out)
+    assert printed["train"]["max_steps"] == 600 and printed["ctc"]["freeze_encoder_steps"] == 50
+    assert printed["model"]["masking"]["time_prob"] == 0.3  # the cpu preset over the encoder
+    assert printed["train"]["init_from"] == ""
+
+
 def test_finetune_errors_are_usage_errors(corpus, tmp_path, capsys):
     assert cli.main(["finetune", "preset=cpu", f"train.out_dir={tmp_path}"]) == 2
     assert "--init-from is required" in capsys.readouterr().err

@@ -15,12 +15,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from w2vkit.data.collate import Batch
-from w2vkit.losses import pretraining_objective
 from w2vkit.model.config import tiny
 from w2vkit.model.transformer import TransformerEncoder
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train.config import PretrainConfig
-from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+from w2vkit.pretrain.schedule import PolynomialDecaySchedule
+from w2vkit.pretrain.wav2vec2 import Wav2Vec2PretrainConfig, pretraining_objective
+from w2vkit.train.optim import build_optimizer
 from w2vkit.train.state import TrainState
 from w2vkit.train.update import run_update
 
@@ -47,13 +47,13 @@ class _OpRecorder(TorchDispatchMode):
         return {d for name, dtypes, _ in self.calls if name == op for d in dtypes}
 
 
-def _config(**changes) -> PretrainConfig:
-    cfg = PretrainConfig(model=tiny())
+def _config(**changes) -> Wav2Vec2PretrainConfig:
+    cfg = Wav2Vec2PretrainConfig(model=tiny())
     cfg.train.precision = "fp32"
     return replace(cfg, model=replace(cfg.model, **changes)) if changes else cfg
 
 
-def _step(cfg: PretrainConfig, device: str = "cpu", precision: str | None = None):
+def _step(cfg: Wav2Vec2PretrainConfig, device: str = "cpu", precision: str | None = None):
     """One forward, loss and backward of the tiny model on an unpadded 2 x 1 s batch."""
     torch.manual_seed(0)
     model = Wav2Vec2Model.from_config(cfg.model).to(device).train()

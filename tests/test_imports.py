@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"train"},  # the loop, checkpoints, metrics shared by every objective
     {"features"},  # hidden states out of a trained model
     {"probe"},  # linear probes over extracted features
-    {"losses", "pretrain", "finetune"},  # objectives, each a sibling
+    {"pretrain", "finetune"},  # objectives, each a sibling
     {"report"},
     # The command line's conventions (parsing, one-line errors, exit codes); it loads the recipe a
     # command names with importlib at run time, and `recipes.demo` runs commands through it.

@@ -15,10 +15,10 @@ import torch
 from w2vkit.config import ConfigError
 from w2vkit.interop import ModelRecord, read_model, save_w2vkit
 from w2vkit.interop import hf as hf_interop
-from w2vkit.losses import contrastive_loss
 from w2vkit.model.config import base, large, tiny
 from w2vkit.model.negatives import sample_negatives
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.wav2vec2 import contrastive_loss
 
 transformers = pytest.importorskip("transformers")
 HFPreTraining, HFModel = transformers.Wav2Vec2ForPreTraining, transformers.Wav2Vec2Model

@@ -14,11 +14,11 @@ from helpers import tiny_model as _model
 from helpers import wav as _wav
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
-from w2vkit.losses import pretraining_loss
 from w2vkit.model.config import ModelConfig, preset, tiny
 from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.negatives import sample_negatives
 from w2vkit.model.wav2vec2 import FeatureOutput, PretrainOutput, Wav2Vec2Model
+from w2vkit.pretrain.wav2vec2 import pretraining_loss
 
 
 def expected_num_params(cfg: ModelConfig) -> int:

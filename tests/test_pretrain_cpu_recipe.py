@@ -13,7 +13,8 @@ from w2vkit import cli, load_model
 from w2vkit.configs import find_config
 from w2vkit.model.config import BASE_CONV_LAYERS
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train.config import build_config, load_layers
+from w2vkit.pretrain.registry import build_config
+from w2vkit.train.config import load_layers
 
 REPO = Path(__file__).resolve().parents[1]
 

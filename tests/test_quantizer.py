@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from w2vkit.model.config import QuantizerConfig, large
-from w2vkit.model.quantizer import GumbelVectorQuantizer, gumbel_temperature
+from w2vkit.model.quantizer import GumbelVectorQuantizer
+from w2vkit.pretrain.schedule import gumbel_temperature
 
 G, V, CODE_DIM, IN_DIM = 2, 8, 12, 16
 

@@ -15,11 +15,11 @@ from w2vkit.config import ConfigError
 from w2vkit.interop import ModelRecord, read_model
 from w2vkit.interop.hf import hf_config_from_w2vkit
 from w2vkit.interop.native import save_w2vkit
-from w2vkit.losses import pretraining_loss
 from w2vkit.model.config import BASE_CONV_LAYERS, tiny
 from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.spectrogram import half_stride_grid, log_mel, mel_filterbank
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.wav2vec2 import pretraining_loss
 
 
 def spectrogram_config(**fields):

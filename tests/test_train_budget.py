@@ -24,9 +24,10 @@ from helpers import (
 )
 
 from w2vkit.config import ConfigError
-from w2vkit.losses import pretraining_objective
+from w2vkit.pretrain.registry import build_config
+from w2vkit.pretrain.wav2vec2 import pretraining_objective
 from w2vkit.train import budget, checkpoint
-from w2vkit.train.config import build_config, load_layers
+from w2vkit.train.config import load_layers
 from w2vkit.train.signals import exit_status
 from w2vkit.train.state import Plan
 

@@ -13,7 +13,10 @@ from w2vkit import cli
 from w2vkit.config import ConfigError, parse_overrides, to_dict
 from w2vkit.interop import fairseq as fairseq_model
 from w2vkit.model.config import base, large, tiny
-from w2vkit.train.config import OptimConfig, PretrainConfig, build_config, load_layers
+from w2vkit.pretrain.config import OptimConfig
+from w2vkit.pretrain.registry import build_config
+from w2vkit.pretrain.wav2vec2 import Wav2Vec2PretrainConfig
+from w2vkit.train.config import load_layers
 from w2vkit.train.fairseq_config import FAIRSEQ_KEYS, load_fairseq_config, translate_fairseq_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,12 +137,12 @@ def fairseq_yaml(tmp_path):
     return write
 
 
-def _config(*overrides: str, path: Path | None = None) -> PretrainConfig:
+def _config(*overrides: str, path: Path | None = None) -> Wav2Vec2PretrainConfig:
     return build_config(load_layers(path, list(overrides)))
 
 
 def test_defaults_are_the_fairseq_base_recipe():
-    cfg = PretrainConfig()
+    cfg = Wav2Vec2PretrainConfig()
     assert to_dict(cfg.model) == to_dict(base())
     assert (cfg.data.max_batch_samples, cfg.data.min_samples, cfg.data.max_samples) == (
         1_400_000,
@@ -232,7 +235,7 @@ def test_every_shipped_yaml_loads_and_holds_only_differences():
         raw = yaml.safe_load(path.read_text())
         assert path.read_text().startswith("#"), f"{path.name} needs a command header"
         cfg = _config(path=path)
-        defaults = to_dict(PretrainConfig())
+        defaults = to_dict(Wav2Vec2PretrainConfig())
         for section, values in raw.items():
             for key, value in values.items():
                 if key != "preset":
@@ -396,7 +399,7 @@ def test_fairseq_none_limits_keep_w2vkit_defaults_and_say_so():
         {"criterion": {"infonce": True}, "optimization": {"max_update": 5}}
     )
     cfg = build_config([translation.layer])
-    assert cfg.data.max_samples == PretrainConfig().data.max_samples
+    assert cfg.data.max_samples == Wav2Vec2PretrainConfig().data.max_samples
     assert any("task.max_sample_size" in note for note in translation.notes)
 
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 from w2vkit.config import to_dict
 from w2vkit.model.config import base, tiny
+from w2vkit.pretrain.wav2vec2_health import negatives_from_config
 from w2vkit.train.best import improves, rank
-from w2vkit.train.diagnostics import negatives_from_config
 from w2vkit.train.guard import strict_record, warn_nonfinite_valid
 
 

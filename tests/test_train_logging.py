@@ -25,11 +25,11 @@ from helpers import (
 
 from w2vkit import cli
 from w2vkit.config import ConfigError
+from w2vkit.data.config import DataConfig
 from w2vkit.data.loader import build_loaders
-from w2vkit.losses import pretraining_objective, summarize
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.wav2vec2 import pretraining_objective, summarize
 from w2vkit.train import checkpoint
-from w2vkit.train.config import DataConfig
 from w2vkit.train.loop import evaluate, micro_batch_groups
 from w2vkit.train.metrics import LOOP_COLUMNS, Column, ConsoleTable, MetricsWindow, RunLogger
 from w2vkit.train.state import Objective

@@ -26,12 +26,13 @@ from helpers import (
 
 from w2vkit import cli
 from w2vkit.data.collate import Batch
-from w2vkit.losses import pretraining_loss, pretraining_objective
 from w2vkit.model.config import tiny
 from w2vkit.model.feature_extractor import output_lengths
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.registry import build_config
+from w2vkit.pretrain.wav2vec2 import pretraining_loss, pretraining_objective
 from w2vkit.train import checkpoint
-from w2vkit.train.config import build_config, load_layers
+from w2vkit.train.config import load_layers
 from w2vkit.train.state import Objective, StepOutput
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from w2vkit.train.config import OptimConfig
-from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer, polynomial_decay_lr
+from w2vkit.pretrain.config import OptimConfig
+from w2vkit.pretrain.schedule import PolynomialDecaySchedule, polynomial_decay_lr
+from w2vkit.train.optim import build_optimizer
 
 
 @pytest.mark.parametrize(

@@ -22,12 +22,12 @@ import torch
 
 from w2vkit.data.collate import Batch
 from w2vkit.interop.fairseq import DEFAULTS, KEYS, config_from_fairseq
-from w2vkit.losses import pretraining_objective
 from w2vkit.model import quantizer as quantizer_module
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
-from w2vkit.train.config import PretrainConfig
-from w2vkit.train.optim import PolynomialDecaySchedule, build_optimizer
+from w2vkit.pretrain.schedule import PolynomialDecaySchedule
+from w2vkit.pretrain.wav2vec2 import Wav2Vec2PretrainConfig, pretraining_objective
+from w2vkit.train.optim import build_optimizer
 from w2vkit.train.state import TrainState
 from w2vkit.train.update import run_update
 
@@ -119,7 +119,7 @@ def batches(batch_size: int, num_samples: int) -> list[torch.Tensor]:
     return out
 
 
-def run_w2vkit(cfg: PretrainConfig, wavs: list[torch.Tensor], monkeypatch) -> dict:
+def run_w2vkit(cfg: Wav2Vec2PretrainConfig, wavs: list[torch.Tensor], monkeypatch) -> dict:
     """The real update, recording masks, negatives and Gumbel noise as they are drawn."""
     torch.manual_seed(0)
     model = Wav2Vec2Model.from_config(cfg.model)
@@ -206,7 +206,7 @@ def test_twenty_updates_match_fairseq(shape, tmp_path, monkeypatch):
     model_cfg = config_from_fairseq({**DEFAULTS, **fields})
     if shape == "tiny":
         assert model_cfg == tiny()
-    cfg = PretrainConfig(model=model_cfg)
+    cfg = Wav2Vec2PretrainConfig(model=model_cfg)
     cfg.optim = type(cfg.optim)(**{**OPTIM, "betas": tuple(OPTIM["betas"])})
     cfg.loss.diversity_weight, cfg.loss.feature_penalty_weight = LOSS_WEIGHTS
     cfg.train.max_steps, cfg.train.precision = NUM_UPDATES, "fp32"

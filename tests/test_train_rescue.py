@@ -16,12 +16,13 @@ from helpers import TINY_YAML
 from w2vkit import cli
 from w2vkit.config import ConfigError
 from w2vkit.model.config import QuantizerConfig
-from w2vkit.model.quantizer import gumbel_temperature
-from w2vkit.recipes import pretrain as pretrain_recipe
+from w2vkit.pretrain import wav2vec2_health
+from w2vkit.pretrain.registry import build_config
+from w2vkit.pretrain.schedule import gumbel_temperature
+from w2vkit.pretrain.wav2vec2_health import HealthMonitor
 from w2vkit.report.build import build_report, surviving
 from w2vkit.train import checkpoint, rescue
-from w2vkit.train.config import build_config, load_layers
-from w2vkit.train.diagnostics import HealthMonitor
+from w2vkit.train.config import load_layers
 
 
 class _AtChance(HealthMonitor):
@@ -74,7 +75,7 @@ def _train_records(out_dir: Path) -> list[dict]:
 def test_a_run_at_chance_is_rolled_back_to_its_initial_state_and_anneals_faster(
     manifest_dir, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(pretrain_recipe, "HealthMonitor", _AtChance)
+    monkeypatch.setattr(wav2vec2_health, "HealthMonitor", _AtChance)
     assert _run(manifest_dir, tmp_path, "train.on_stuck=rescue", "train.max_steps=10") == 0
     out = capsys.readouterr().out
     saved = checkpoint.load(tmp_path / checkpoint.LAST)
@@ -137,7 +138,7 @@ def test_a_run_at_chance_is_rolled_back_to_its_initial_state_and_anneals_faster(
 def test_a_collapse_rolls_back_to_the_checkpoint_before_its_streak_and_resumes_exactly(
     manifest_dir, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(pretrain_recipe, "HealthMonitor", _Collapsed)
+    monkeypatch.setattr(wav2vec2_health, "HealthMonitor", _Collapsed)
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert _run(manifest_dir, straight, "train.on_stuck=rescue", "train.max_steps=20") == 0
     out = capsys.readouterr().out
@@ -174,7 +175,7 @@ def test_a_collapse_rolls_back_to_the_checkpoint_before_its_streak_and_resumes_e
 
 
 def test_warn_goes_on_and_stop_saves_and_exits_3(manifest_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(pretrain_recipe, "HealthMonitor", _AtChance)
+    monkeypatch.setattr(wav2vec2_health, "HealthMonitor", _AtChance)
     assert _run(manifest_dir, tmp_path / "warn", "train.on_stuck=warn", "train.max_steps=8") == 0
     out = capsys.readouterr().out
     assert "health [loss_at_chance] at update 6" in out and "rescue" not in out

@@ -4,7 +4,9 @@ end-of-run summary, and the Adam fields of both optim sections."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,9 +20,10 @@ from w2vkit.finetune.config import TriStageOptimConfig
 from w2vkit.interop import ModelRecord, save_w2vkit
 from w2vkit.model.config import tiny
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
+from w2vkit.pretrain.config import OptimConfig
 from w2vkit.train import checkpoint, dist, rundir, session
 from w2vkit.train.best import reconcile_best
-from w2vkit.train.config import AdamConfig, OptimConfig, TrainConfig
+from w2vkit.train.config import AdamConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +104,31 @@ def test_finetune_ends_with_a_summary_naming_the_next_command(corpus, tmp_path, 
     assert "  best valid WER  " in out
     valid = corpus / "data" / "valid.tsv"
     assert f"  next: w2vkit transcribe {tmp_path / checkpoint.BEST} --manifest {valid}" in out
+
+
+def test_finetune_console_shows_one_loss_unit_in_train_and_valid_lines(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    # Train records' `loss` is bits per sentence (ctc.sentence_avg), validation's bits per letter:
+    # the console shows bits per letter on both lines, and its header says so.
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # the terminal's table
+    out_dir = tmp_path / "run"
+    extra = ("train.max_steps=2", "train.log_interval=2")
+    assert _finetune(corpus / "data", corpus / "init.pt", out_dir, *extra) == 0
+    lines = capsys.readouterr().out.splitlines()
+    records = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+    train = next(r for r in records if r["split"] == "train")
+    valid = next(r for r in records if r["split"] == "valid")
+    assert train["loss"] != train["nll_loss"]  # two units in the log, named apart
+    assert next(line for line in lines if "bits/ltr" in line).split()[:3] == [
+        "update",
+        "epoch",
+        "bits/ltr",
+    ]
+    row = next(line for line in lines if line.split()[:2] == ["2", "1"]).split()
+    assert row[2] == f"{train['nll_loss']:.3f}"
+    valid_line = next(line for line in lines if line.startswith("valid @ 2:"))
+    assert f"bits/ltr {valid['loss']:.3f}" in valid_line
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])

@@ -24,6 +24,7 @@ from w2vkit.config import UsageError
 
 COMMANDS = {
     "manifest": "scan an audio folder and write fairseq-format train.tsv / valid.tsv",
+    "shard": "write a manifest's audio as tar shards + index, to stream from disk, HTTP or S3",
     "pretrain": "wav2vec 2.0 self-supervised pretraining (works under torchrun)",
     "finetune": "CTC fine-tuning of a pretrained model on labelled audio (works under torchrun)",
     "transcribe": "speech to text with a fine-tuned model: greedy or n-gram LM beam search",
@@ -45,6 +46,10 @@ EXAMPLES = {
         "w2vkit manifest data/audio --dest data/manifest --ext flac --valid-percent 0.05 "
         "--max-seconds 30",
         "w2vkit manifest data/LibriSpeech --dest data/ls --path-must-contain train-clean",
+    ],
+    "shard": [
+        "w2vkit shard data/manifest --out data/shards",
+        "w2vkit shard data/manifest --out data/shards --shard-size 1GB --workers 16 --verify",
     ],
     "pretrain": [
         "w2vkit pretrain configs/pretrain/tiny.yaml data.manifest_dir=data/manifest "

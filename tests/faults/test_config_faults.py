@@ -6,7 +6,7 @@ import fault_runs as runs
 import pytest
 
 from w2vkit.config import ConfigError
-from w2vkit.train.config import build_config
+from w2vkit.pretrain.registry import build_config
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32, 2**64 + 1])

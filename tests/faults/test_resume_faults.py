@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from w2vkit.data.manifest import read_manifest
-from w2vkit.recipes import pretrain as recipe
+from w2vkit.pretrain import wav2vec2
 from w2vkit.train import checkpoint, loop, rundir
 from w2vkit.train.state import StepOutput
 
@@ -32,9 +32,9 @@ def corpus(tmp_path) -> Path:
 
 
 def _nan_when(condition):
-    """Patch for `pretrain.pretraining_objective`: the real objective, its loss NaN when
+    """Patch for `wav2vec2.pretraining_objective`: the real objective, its loss NaN when
     condition(model, step)."""
-    real = recipe.pretraining_objective
+    real = wav2vec2.pretraining_objective
 
     def make(*args, **kwargs):
         objective = real(*args, **kwargs)
@@ -72,7 +72,7 @@ def test_fault03_nonfinite_valid_loss_is_null_flagged_and_never_best(
     corpus, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(
-        recipe, "pretraining_objective", _nan_when(lambda model, step: not model.training)
+        wav2vec2, "pretraining_objective", _nan_when(lambda model, step: not model.training)
     )
     out = tmp_path / "run"
     assert runs.pretrain(corpus, out, "train.max_steps=4", "train.validate_interval_steps=2") == 0
@@ -93,7 +93,7 @@ def test_fault06_nonfinite_stop_keeps_the_last_good_checkpoint(
     corpus, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "run"
-    monkeypatch.setattr(recipe, "pretraining_objective", _nan_when(lambda model, step: step >= 3))
+    monkeypatch.setattr(wav2vec2, "pretraining_objective", _nan_when(lambda model, step: step >= 3))
     code = runs.pretrain(
         corpus, out, "train.max_steps=10", "train.save_interval_steps=2",
         "train.max_consecutive_nonfinite=2", "data.valid_split=",

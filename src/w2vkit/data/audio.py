@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -66,7 +67,7 @@ class DecodeError(ValueError):
 
 
 def decode_checked(
-    path: str | os.PathLike,
+    path: str | os.PathLike | BinaryIO,
     sample_rate: int = SAMPLE_RATE,
     *,
     expected_frames: int | None = None,
@@ -104,11 +105,12 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     return _decode(path, sample_rate)[0]
 
 
-def _decode(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, int]:
+def _decode(path: str | os.PathLike | BinaryIO, sample_rate: int) -> tuple[np.ndarray, int]:
     """(mono float32 at `sample_rate` (S,), frames in the file at its own rate)."""
     wav, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (S, channels)
     if wav.shape[0] == 0:
-        raise ValueError(f"{os.fspath(path)}: no audio frames")
+        where = os.fspath(path) if isinstance(path, str | os.PathLike) else "audio bytes"
+        raise ValueError(f"{where}: no audio frames")
     file_frames = wav.shape[0]
     check_sample_rate(file_rate)
     return to_mono(wav, file_rate, sample_rate), file_frames

@@ -1,14 +1,46 @@
-"""`DataConfig`: where the audio is and how it is batched; the `data` section of a pretraining run."""
+"""`DataConfig`: where the audio is and how it is batched; the `data` section of a pretraining run.
+`ShardStreamConfig`: the streaming fields it shares with fine-tuning's `LabelledDataConfig`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from w2vkit.config import check
 
 
 @dataclass(kw_only=True)
-class DataConfig:
+class ShardStreamConfig:
+    """Streaming from tar shards (`w2vkit shard`) instead of a manifest; docs/data.md."""
+
+    shards: str = ""
+    """Shard set with <split>/index.json: a folder, a glob of folders, or a file/http(s)/s3/gs URL;
+    "" reads data.manifest_dir."""
+    shard_prefetch: int = 2
+    """Shards each reader fetches ahead of the one it is reading."""
+    shard_cache: str = ""
+    """Folder keeping fetched remote shards (by sha256) for later epochs; "" keeps none."""
+    shuffle_buffer: int = 32
+    """Batches each reader draws the next one from at random."""
+    shard_retries: int = 4
+    """Tries after the first for an unreachable or slow shard, waiting shard_retry_wait * 2**k."""
+    shard_retry_wait: float = 1.0
+    shard_timeout: float = 120.0
+    """Seconds an HTTP shard read may take before it counts as failed (and is retried)."""
+    shard_errors: Literal["stop", "skip"] = "stop"
+    """After the retries: stop the run naming the shard, or skip its items and count them."""
+
+    def __post_init__(self) -> None:
+        check(self.shard_prefetch >= 0, "data.shard_prefetch", "must be >= 0")
+        check(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+        check(self.shard_retries >= 0, "data.shard_retries", "must be >= 0")
+        check(self.shard_retry_wait >= 0, "data.shard_retry_wait", "must be >= 0")
+        check(self.shard_timeout > 0, "data.shard_timeout", "must be > 0")
+        check(self.shard_errors in ("stop", "skip"), "data.shard_errors", "must be stop or skip")
+
+
+@dataclass(kw_only=True)
+class DataConfig(ShardStreamConfig):
     """Where the audio is and how it is batched (fairseq `task` + `dataset`)."""
 
     manifest_dir: str = ""
@@ -34,6 +66,7 @@ class DataConfig:
     """DataLoader worker processes per training process; 0 loads in the main process."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.sample_rate > 0, "data.sample_rate", f"must be > 0, got {self.sample_rate}")
         check(self.min_samples >= 0, "data.min_samples", f"must be >= 0, got {self.min_samples}")
         check(

@@ -30,7 +30,7 @@ class DecodeFailures:
         return len(self.reasons)
 
     def record(
-        self, failures: dict[int, str], num_events: int, path: Callable[[int], Path]
+        self, failures: dict[int, str], num_events: int, path: Callable[[int], Path | str]
     ) -> None:
         """Add one batch's failures; log each item the first time it fails."""
         self.num_events += num_events

@@ -130,8 +130,8 @@ class ResumableLoader(DataLoader[Batch]):
     sampler: BucketBatchSampler
     dataset: _BatchMaker
 
-    def path_of(self, index: int) -> Path:
-        """The audio file of dataset item `index`."""
+    def path_of(self, index: int) -> Path | str:
+        """The audio file of dataset item `index` (a URL for a streamed one)."""
         return self.dataset.dataset.path(index)
 
     # A generator rather than an iterator object: mypy would want a _BaseDataLoaderIter.
@@ -147,7 +147,7 @@ def _as_is(batch: Batch) -> Batch:  # collate_fn: the maker returns whole batche
     return batch
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
+def ignore_stop_signals(_worker_id: int) -> None:
     """Workers leave SIGTERM/SIGINT to the training process: SLURM `scancel` and systemd signal
     the whole process group, and a worker killed by it would kill the run before it saves."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -180,7 +180,7 @@ def build_dataloader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
-        worker_init_fn=_ignore_stop_signals,
+        worker_init_fn=ignore_stop_signals,
     )
 
 

@@ -71,22 +71,43 @@ def batch_by_size(
         )
     tie_break = torch.randperm(len(sizes), generator=generator).numpy()
     order = np.lexsort((tie_break, sizes))[::-1]  # size descending, random among equal sizes
+    starts = batch_starts(
+        sizes[order],
+        np.array([len(order)]),
+        max_batch_samples=max_batch_samples,
+        max_batch_size=max_batch_size,
+        required_batch_size_multiple=required_batch_size_multiple,
+    )
+    return [order[a:b] for a, b in pairwise([*starts, len(order)])] if starts else []
 
+
+def batch_starts(
+    sorted_sizes: np.ndarray,
+    group_ends: np.ndarray,
+    *,
+    max_batch_samples: int,
+    max_batch_size: int | None,
+    required_batch_size_multiple: int,
+) -> list[int]:
+    """Where each batch starts in `sorted_sizes` (longest first within each group): the greedy
+    rule of `batch_by_size`. Groups (`group_ends`, increasing, the last = len) are batched apart:
+    no batch spans two (the shards of `w2vkit.data.shards`)."""
     # Sorted longest first, so a batch's longest item is its first: the rows of a batch that
-    # starts at position p are fixed by sizes[order[p]]; only the chain of starts is sequential.
-    rows_at = np.maximum(1, max_batch_samples // np.maximum(sizes[order], 1))  # (N,)
+    # starts at position p are fixed by sorted_sizes[p]; only the chain of starts is sequential.
+    rows_at = np.maximum(1, max_batch_samples // np.maximum(sorted_sizes, 1))  # (N,)
     if max_batch_size is not None:
         rows_at = np.minimum(rows_at, max_batch_size)
-    rows_at = np.minimum(rows_at, len(order) - np.arange(len(order)))  # the tail
+    ends = np.repeat(group_ends, np.diff(np.concatenate([[0], group_ends])))  # (N,) group end
+    rows_at = np.minimum(rows_at, ends - np.arange(len(sorted_sizes)))  # the tail of each group
     multiple = required_batch_size_multiple
     # fairseq: fewer rows than the multiple, or a multiple of it; the rest spills over.
     rows_at = np.where(rows_at >= multiple, rows_at - rows_at % multiple, rows_at).tolist()
     starts = []
     start = 0
-    while start < len(order):
+    while start < len(sorted_sizes):
         starts.append(start)
         start += rows_at[start]
-    return [order[a:b] for a, b in pairwise([*starts, len(order)])] if starts else []
+    return starts
 
 
 class BucketBatchSampler:
@@ -293,13 +314,31 @@ def _split_to_multiple(
     below the multiple gives two halves below it. Both halves stay under the budget.
     """
     batches = list(batches)
-    while len(batches) % world_size:
-        rows = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
-        largest = int(rows.argmax())  # the first of the largest
-        num_rows = int(rows[largest])
-        if num_rows < 2:
-            break
-        whole = num_rows // multiple
-        cut = (whole // 2) * multiple if num_rows % multiple == 0 and whole >= 2 else num_rows // 2
-        batches[largest : largest + 1] = [batches[largest][:cut], batches[largest][cut:]]
+    while len(batches) % world_size and split_largest(batches, multiple) is not None:
+        pass
     return batches
+
+
+def split_largest(batches: list[np.ndarray], multiple: int) -> int | None:
+    """Split the first of the largest batches in two, in place (the halves at i and i + 1): i,
+    or None when no batch has 2 rows."""
+    if not batches:
+        return None
+    rows = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
+    largest = int(rows.argmax())  # the first of the largest
+    halves = split_rows(batches[largest], multiple)
+    if halves is None:
+        return None
+    batches[largest : largest + 1] = halves
+    return largest
+
+
+def split_rows(batch: np.ndarray, multiple: int) -> list[np.ndarray] | None:
+    """Two halves that both keep the row rule (below the multiple, or a multiple of it); None
+    for a batch of one row."""
+    num_rows = len(batch)
+    if num_rows < 2:
+        return None
+    whole = num_rows // multiple
+    cut = (whole // 2) * multiple if num_rows % multiple == 0 and whole >= 2 else num_rows // 2
+    return [batch[:cut], batch[cut:]]

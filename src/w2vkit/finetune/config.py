@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from w2vkit.config import ConfigError, check, deep_merge, from_dict
+from w2vkit.data.config import ShardStreamConfig
 from w2vkit.model.config import ModelConfig
 from w2vkit.train.config import AdamConfig, TrainConfig
 
@@ -35,7 +36,7 @@ class CTCConfig:
 
 
 @dataclass(kw_only=True)
-class LabelledDataConfig:
+class LabelledDataConfig(ShardStreamConfig):
     """Labelled audio in fairseq's layout: <split>.tsv, <split>.<labels>, dict.<labels>.txt."""
 
     manifest_dir: str = ""
@@ -55,6 +56,7 @@ class LabelledDataConfig:
     num_workers: int = 6
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.sample_rate > 0, "data.sample_rate", "must be > 0")
         check(self.min_samples >= 0, "data.min_samples", "must be >= 0")
         check(self.max_batch_samples >= 1, "data.max_batch_samples", "must be >= 1")

@@ -28,6 +28,7 @@ from w2vkit.data.dataset import AudioDataset
 from w2vkit.data.loader import build_dataloader
 from w2vkit.data.manifest import read_manifest
 from w2vkit.data.sampler import BucketBatchSampler
+from w2vkit.data.shards.stream import ShardBatch
 from w2vkit.data.text import read_utf8
 from w2vkit.data.vocab import PAD, WORD_SEPARATOR, Vocabulary
 from w2vkit.model.feature_extractor import output_lengths
@@ -174,10 +175,39 @@ def _count_infeasible(
     return len(infeasible)
 
 
+class StreamedTargets:
+    """The `attach` of streamed batches (`data.shards`): each row's label came in its member's
+    JSON (`ShardBatch.labels`), encoded here with `vocab`."""
+
+    def __init__(self, vocab: Vocabulary, num_items: int) -> None:
+        self.vocab = vocab
+        self.num_items = num_items
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def attach(self, batch: ShardBatch) -> LabelledBatch:
+        rows = [
+            torch.tensor(self.vocab.encode(text), dtype=torch.long) for text in batch.labels or []
+        ]
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        targets = pad_sequence(rows, batch_first=True, padding_value=PAD)  # (B, L)
+        return LabelledBatch(
+            wav=batch.wav,
+            padding_mask=batch.padding_mask,
+            indices=batch.indices,
+            targets=targets,
+            target_lengths=lengths,
+            num_failed=batch.num_failed,
+            epoch=batch.epoch,
+            position=batch.position,
+        )
+
+
 class LabelledLoader:
     """Iterates the audio DataLoader and attaches each batch's targets (in this process: cheap)."""
 
-    def __init__(self, dataset: LabelledDataset, loader) -> None:
+    def __init__(self, dataset: LabelledDataset | StreamedTargets, loader) -> None:
         self.dataset = dataset
         self.loader = loader
         self.sampler = loader.sampler
@@ -236,6 +266,7 @@ __all__ = [
     "LabelledBatch",
     "LabelledDataset",
     "LabelledLoader",
+    "StreamedTargets",
     "build_labelled_loader",
     "read_labels",
 ]

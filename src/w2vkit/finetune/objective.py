@@ -4,7 +4,8 @@ fairseq's `ctc` criterion: log-softmax in fp32, `F.ctc_loss(..., blank=0, reduct
 zero_infinity=True)`, input lengths from the frame padding mask. The loss is a sum; its
 `sample_size` is the number of sentences (`sentence_avg`, fairseq's fine-tuning recipes) or of
 target letters, and the loop divides the update's gradient by its global sum, as fairseq's trainer.
-Logged `loss` is in bits per sample_size unit, `nll_loss` in bits per letter (fairseq's names).
+Logged `loss` is in bits per sample_size unit, `nll_loss` in bits per letter (fairseq's names);
+the console shows `nll_loss`, the one unit of both the training and the validation records.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from w2vkit.data.vocab import BLANK, Vocabulary
 from w2vkit.finetune.config import FinetuneConfig
 from w2vkit.finetune.decode import ErrorCounts, char_errors, greedy_decode, word_errors
 from w2vkit.train import dist
+from w2vkit.train.metrics import LOOP_COLUMNS, Column
 from w2vkit.train.state import Objective, StepOutput
 
 
@@ -106,8 +108,10 @@ def make_objective(cfg: FinetuneConfig, vocab: Vocabulary) -> Objective:
             device=device,
         )
         w_err, w_len, c_err, c_len, loss, tokens = dist.all_reduce_sum(totals).tolist()
+        bits_per_letter = loss / max(tokens, 1.0) / math.log(2)
         return {
-            "loss": loss / max(tokens, 1.0) / math.log(2),  # bits per letter
+            "loss": bits_per_letter,
+            "nll_loss": bits_per_letter,  # the train records' name for the same unit
             "wer": 100 * w_err / max(w_len, 1.0),
             "cer": 100 * c_err / max(c_len, 1.0),
         }
@@ -121,4 +125,16 @@ def make_objective(cfg: FinetuneConfig, vocab: Vocabulary) -> Objective:
     )
 
 
-__all__ = ["ctc_loss", "make_objective", "summarize"]
+def console_columns(labels: str) -> tuple[Column, ...]:
+    """The console table of `w2vkit finetune`: the loss in bits per target symbol (`nll_loss`, the
+    same unit in train and validation lines, named in the header: `bits/ltr` for data.labels=ltr;
+    a train record's `loss` is per sentence under ctc.sentence_avg), then WER and CER."""
+    return (
+        Column("nll_loss", f"bits/{labels}", ".3f"),
+        Column("wer", "wer%", ".2f"),
+        Column("cer", "cer%", ".2f"),
+        *LOOP_COLUMNS,
+    )
+
+
+__all__ = ["console_columns", "ctc_loss", "make_objective", "summarize"]

@@ -1,4 +1,8 @@
-"""Gumbel-softmax product quantizer (Sec. 2 and Eq. 1; fairseq `GumbelVectorQuantizer`)."""
+"""Gumbel-softmax product quantizer (Sec. 2 and Eq. 1; fairseq `GumbelVectorQuantizer`).
+
+The temperature is an argument of `forward`: its schedule belongs to the objective that trains the
+quantizer (`w2vkit.pretrain.schedule.gumbel_temperature`).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-from w2vkit.model.config import QuantizerConfig
-
-
-def gumbel_temperature(step: float, cfg: QuantizerConfig) -> float:
-    """Temperature after `step` optimizer updates: max(start * decay**step, end).
-
-    Tied to the optimizer step, not to forward calls, so gradient accumulation does not make it
-    decay faster (a fairseq2 pitfall: docs/fairseq_differences.md#fd-temperature-from-step).
-    """
-    return max(cfg.temperature_start * cfg.temperature_decay**step, cfg.temperature_end)
 
 
 def perplexity(probs: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """`w2vkit report RUN_DIR`: report.html and report.md with plots of a pretraining run.
 
-Health findings first (`w2vkit.train.diagnostics`), then the training and validation curves,
+Health findings first (`w2vkit.pretrain.wav2vec2_health`), then the training and validation curves,
 codebook usage over validation audio, probe results (RUN_DIR/probe*/probe.json or --probe) and a
 PCA of utterance embeddings coloured by voice. docs/report.md describes each part.
 """

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from w2vkit.config import UsageError
+from w2vkit.config import ConfigError, UsageError
 
 Declare = Callable[[argparse.ArgumentParser, str], None]
 
@@ -62,4 +62,18 @@ def parse_run_args(args: argparse.Namespace, declare: Declare, prog: str) -> arg
     return argparse.Namespace(**(vars(args) | merged | {"items": late.items}))
 
 
-__all__ = ["declare_run_args", "parse_run_args"]
+def config_items(items: list[str], init_from: str | None) -> tuple[str | None, list[str]]:
+    """(the config file or name, or None; the `key=value` overrides, `--init-from` among them as
+    `train.init_from`) of a training command's items."""
+    files = [item for item in items if "=" not in item]
+    overrides = [item for item in items if "=" in item]
+    if len(files) > 1:
+        raise ConfigError(
+            f"give at most one config file, got {', '.join(files)} (overrides need key=value)"
+        )
+    if init_from:
+        overrides.append(f"train.init_from={init_from}")
+    return (files[0] if files else None), overrides
+
+
+__all__ = ["config_items", "declare_run_args", "parse_run_args"]

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from w2vkit.pretrain import registry
+from w2vkit.pretrain.wav2vec2_health import negatives_from_config
 from w2vkit.report import plots
 from w2vkit.train.checkpoint import LAST, CheckpointUnreadable
 from w2vkit.train.checkpoint import load as load_checkpoint
-from w2vkit.train.diagnostics import Finding, diagnose_log, negatives_from_config, read_log
+from w2vkit.train.diagnostics import Finding, read_log
 
 CHECKPOINTS = ("checkpoint_best.pt", "checkpoint_last.pt")
 
@@ -275,10 +277,7 @@ def build_report(
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     records = read_log(log_path)
-    negatives, groups = negatives_from_config(model) if model else (0, 0)
-    findings = (
-        diagnose_log(log_path, num_negatives=negatives, num_groups=groups) if negatives else []
-    )
+    findings = registry.findings(records, config or {})
     sections = curve_sections(records, model, plot_dir)
     rescued = rescue_section(run_dir)
     sections = sections if rescued is None else [rescued, *sections]

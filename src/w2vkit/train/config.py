@@ -1,22 +1,22 @@
-"""`PretrainConfig`: everything a `w2vkit pretrain` run needs, with w2vkit's own names.
+"""The config sections every training run shares: Adam(W), the loop (`train`), and loading.
 
-Defaults equal fairseq's LibriSpeech BASE recipe (`wav2vec2_base_librispeech.yaml`, Baevski et al.,
-2020, arXiv:2006.11477). Loading order: defaults -> `model.preset` -> YAML -> `a.b=value` overrides,
-all through `w2vkit.config.from_dict`, so an unknown key or a wrong type fails with the key named.
-`docs/training.md` explains every field; `docs/fairseq_config.md` maps fairseq's keys onto them.
+Each kind of run composes them with its own sections (and its data section):
+`w2vkit.pretrain.config.PretrainConfig` (and each objective's section),
+`w2vkit.finetune.config.FinetuneConfig`. Defaults equal fairseq's
+LibriSpeech BASE recipe (`wav2vec2_base_librispeech.yaml`, Baevski et al., 2020, arXiv:2006.11477).
+Every section loads through `w2vkit.config.from_dict`, so an unknown key or a wrong type fails with
+the key named. `docs/training.md` explains every field.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from w2vkit.config import ConfigError, check, deep_merge, from_dict, load_yaml, parse_overrides
+from w2vkit.config import check, load_yaml, parse_overrides
 from w2vkit.configs import Kind, find_config
-from w2vkit.data.config import DataConfig
-from w2vkit.model.config import PRESETS, ModelConfig, preset
 
 
 @dataclass(kw_only=True)
@@ -54,52 +54,6 @@ class AdamConfig:
             self.total_steps >= 0,
             "optim.total_steps",
             f"must be >= 0 (0 = train.max_steps), got {self.total_steps}",
-        )
-
-
-@dataclass(kw_only=True)
-class OptimConfig(AdamConfig):
-    """Adam(W) with a polynomial-decay schedule after a linear warmup (fairseq `polynomial_decay`)."""
-
-    warmup_steps: int = 32000
-    """Updates of linear warmup to `lr`."""
-    end_lr: float = 0.0
-    """Learning rate at `total_steps` and after (fairseq end_learning_rate)."""
-    power: float = 1.0
-    """Exponent of the decay; 1 is linear."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(
-            self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}"
-        )
-        check(
-            0 <= self.end_lr <= self.lr,
-            "optim.end_lr",
-            f"must be in [0, optim.lr], got {self.end_lr}",
-        )
-        check(self.power > 0, "optim.power", f"must be > 0, got {self.power}")
-
-
-@dataclass(kw_only=True)
-class LossConfig:
-    """Weights of the extra terms of the pretraining loss (fairseq `criterion.loss_weights`)."""
-
-    diversity_weight: float = 0.1
-    """alpha in Eq. (2): codebook diversity penalty."""
-    feature_penalty_weight: float = 10.0
-    """L2 penalty on the conv features; 0 for LARGE LV-60."""
-
-    def __post_init__(self) -> None:
-        check(
-            self.diversity_weight >= 0,
-            "loss.diversity_weight",
-            f"must be >= 0, got {self.diversity_weight}",
-        )
-        check(
-            self.feature_penalty_weight >= 0,
-            "loss.feature_penalty_weight",
-            f"must be >= 0, got {self.feature_penalty_weight}",
         )
 
 
@@ -201,56 +155,6 @@ class TrainConfig:
         )
 
 
-@dataclass(kw_only=True)
-class PretrainConfig:
-    """A wav2vec 2.0 pretraining run; the defaults reproduce fairseq's BASE LibriSpeech recipe."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        check(
-            self.optim.total_steps > 0 or self.train.max_steps > 0 or self.train.max_minutes > 0,
-            "optim.total_steps",
-            "the LR schedule needs a length: set optim.total_steps when training by train.max_epochs",
-        )
-
-    @property
-    def total_steps(self) -> int:
-        """Length of the LR decay in updates; 0 when only `train.max_minutes` gives it (the plan)."""
-        return self.optim.total_steps or self.train.max_steps
-
-
-def build_config(layers: list[dict], *, init_model: ModelConfig | None = None) -> PretrainConfig:
-    """Merge raw dict layers (YAML files, then overrides) over the defaults into a PretrainConfig.
-
-    `model.preset` (one of the model presets) picks the model's base before the other `model.*` keys
-    apply. `init_model` (the config of an `--init-from` source) replaces the preset: the model comes
-    from the source and only explicit `model.*` keys change it.
-    """
-    merged: dict = {}
-    for layer in layers:
-        merged = deep_merge(merged, layer)
-    model_dict = merged.pop("model", None) or {}
-    if not isinstance(model_dict, dict):
-        raise ConfigError(f"model: expected a mapping such as {{preset: tiny}}, got {model_dict!r}")
-    model_dict = dict(model_dict)
-    preset_name = model_dict.pop("preset", None)
-    if preset_name is not None and preset_name not in PRESETS:
-        raise ConfigError(
-            f"model.preset: {preset_name!r} is not one of {', '.join(map(repr, PRESETS))}"
-        )
-    if init_model is not None:
-        model_base = init_model
-    else:
-        model_base = preset(preset_name) if preset_name else ModelConfig()
-    model = from_dict(ModelConfig, model_dict, base=model_base, where="model")
-    return from_dict(PretrainConfig, merged, base=PretrainConfig(model=model))
-
-
 def load_layers(
     config_path: str | Path | None, overrides: list[str], kind: Kind = "pretrain"
 ) -> list[dict]:
@@ -262,12 +166,4 @@ def load_layers(
     return layers
 
 
-__all__ = [
-    "DataConfig",
-    "LossConfig",
-    "OptimConfig",
-    "PretrainConfig",
-    "TrainConfig",
-    "build_config",
-    "load_layers",
-]
+__all__ = ["AdamConfig", "TrainConfig", "load_layers"]

@@ -4,7 +4,7 @@ The loop's own log keys: `lr` (of the next update, as fairseq logs it), `gnorm` 
 `loss_scale` (fp16), `sample_size` (per update, all processes), `batch_audio_sec` (audio seconds
 per update, all processes: the effective batch), `ups` (updates per second),
 `audio_sec_per_sec`, `gpu_mem_gb` (peak since the last line, CUDA only), `num_nonfinite`,
-`num_failed_files`. The objective's `summarize` names the rest (pretraining: `w2vkit.losses`).
+`num_failed_files`. The objective's `summarize` names the rest (wav2vec 2.0: `w2vkit.pretrain.wav2vec2`).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ MAKE_MANIFEST = "w2vkit manifest AUDIO_DIR --dest DIR"
 
 
 class _Data(Protocol):
+    shards: str
     manifest_dir: str
     train_split: str
     valid_split: str
@@ -45,6 +46,8 @@ def check_run(cfg: Config) -> tuple[Config, list[str]]:
     Any run config with a `data` section in fairseq's manifest layout and a `train` section."""
     notes: list[str] = []
     data = cfg.data
+    if data.shards:  # the loaders check the shard index (it may be remote)
+        return _check_out(cfg), notes
     folder = _manifest_folder(data.manifest_dir, data.train_split)
     train = folder / f"{data.train_split}.tsv"
     if not train.is_file():
@@ -61,10 +64,14 @@ def check_run(cfg: Config) -> tuple[Config, list[str]]:
         if problem:
             notes.append(f"{problem}: training without validation (data.valid_split= says so)")
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, valid_split=""))  # type: ignore[type-var]
+    return _check_out(cfg), notes
+
+
+def _check_out(cfg: Config) -> Config:
     writable_folder(cfg.train.out_dir, "train.out_dir")
     if cfg.train.tensorboard:
         _check_tensorboard()
-    return cfg, notes
+    return cfg
 
 
 def _unusable(path: Path, data: _Data) -> str | None:

@@ -17,10 +17,12 @@ resumed run re-applies the recorded changes, oldest first, so it continues exact
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 from w2vkit.train import checkpoint, dist
-from w2vkit.train.diagnostics import Finding
+from w2vkit.train.diagnostics import Finding, Monitor
 from w2vkit.train.metrics import MetricsWindow
 from w2vkit.train.state import Objective, TrainState
 
@@ -32,6 +34,21 @@ MAX_RESCUES = 3
 """Rescues per run; after them a stuck finding only warns."""
 STUCK_STATUS = 3
 """Exit status of a run that `on_stuck=stop` ended."""
+
+
+def watched(objective: Objective, health: Monitor) -> Objective:
+    """`objective` with `health` reading every train log line; a rescue starts a fresh copy of
+    the monitor (the rolled-back run's evidence starts again) before the objective's change."""
+    fresh, current = copy.deepcopy(health), [health]
+    change = objective.rescue
+
+    def rescue(finding: str) -> str | None:
+        current[0] = copy.deepcopy(fresh)
+        return change(finding) if change is not None else None
+
+    return dataclasses.replace(
+        objective, monitor=lambda record: current[0].observe(record), rescue=rescue
+    )
 
 
 def prepare(
@@ -121,4 +138,5 @@ __all__ = [
     "prepare",
     "rescue",
     "stop_message",
+    "watched",
 ]

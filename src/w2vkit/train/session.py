@@ -1,33 +1,49 @@
-"""A training session's life, shared by every recipe that trains (`pretrain`, `finetune`).
+"""A training session's life, shared by every recipe that trains (`pretrain` of any objective,
+`finetune`): `run` takes what a recipe builds (a `Plan`: model, objective, loaders, LR schedule,
+console columns, how to word the best metric and the next command) and does the rest.
 
 The parts that must behave the same whatever the objective: the device a `train` section asks
 for, the run directory (locked for one run at a time, killed writes' temp files dropped,
 `config.yaml` written only once the run really starts), which checkpoint a run continues from and
 the refusal of one that belongs to another kind of run, the loss scaler, the one-line report of a
-full disk or a silent DDP rank, and the summary printed at the end.
+full disk or a silent DDP rank, the console, and the summary printed at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
 from w2vkit.config import ConfigError
-from w2vkit.train import checkpoint, dist, guard, host_memory
+from w2vkit.model.config import ModelConfig
+from w2vkit.train import checkpoint, dist, guard, host_memory, rescue
 from w2vkit.train.best import reconcile_best
-from w2vkit.train.config import TrainConfig
-from w2vkit.train.metrics import RunLogger
+from w2vkit.train.config import AdamConfig, TrainConfig
+from w2vkit.train.diagnostics import Monitor
+from w2vkit.train.loop import train
+from w2vkit.train.metrics import Column, RunLogger
+from w2vkit.train.optim import build_optimizer
 from w2vkit.train.resume import resume_point as checkpoint_to_resume
 from w2vkit.train.rundir import RunLock, start_run_files
-from w2vkit.train.state import TrainState
+from w2vkit.train.signals import exit_status
+from w2vkit.train.state import Objective, Schedule, TrainState
 
-KINDS = {"pretrain": "loss", "finetune": "ctc"}
-"""A run's kind, by the config section only that kind has (a checkpoint's config tells its kind)."""
+
+def kind_of(config: dict) -> str | None:
+    """A saved run config's kind: `finetune` has a `ctc` section; `pretrain` names its objective
+    (configs written before there was more than one objective have wav2vec 2.0's `loss`)."""
+    if "ctc" in config:
+        return "finetune"
+    if "objective" in config or "loss" in config:
+        return "pretrain"
+    return None
 
 
 def device_for(train: TrainConfig) -> torch.device:
@@ -72,7 +88,7 @@ def resume_point(
     must not continue a pretraining one that happens to share `train.out_dir`, nor the reverse."""
     payload, path = checkpoint_to_resume(out_dir, resume_from=resume_from, overwrite=overwrite)
     if payload is not None and path is not None:
-        saved = next((k for k, key in KINDS.items() if key in payload["config"]), None)
+        saved = kind_of(payload["config"])
         if saved != kind:
             what = f"a `w2vkit {saved}` run" if saved else "an unknown kind of run"
             remedy = (
@@ -216,14 +232,158 @@ def summary(
         logger.message(line)
 
 
+@dataclasses.dataclass
+class Plan:
+    """What a recipe builds for one run; the rest of the session is the same for every objective."""
+
+    model: nn.Module
+    """The initial model (seeded, --init-from weights loaded), on the CPU."""
+    model_config: ModelConfig
+    """Its encoder's config: a resumed run must keep the checkpoint's."""
+    objective: Objective
+    optim: AdamConfig
+    schedule: Callable[[torch.optim.Optimizer], Schedule]
+    train_loader: Any
+    """A loader with a resumable `sampler` (`ResumableLoader`, `LabelledLoader`)."""
+    valid_loader: Iterable | None
+    num_utterances: int
+    """Training utterances (the header line)."""
+    sample_rate: int
+    config: dict
+    """The resolved config, written to config.yaml and into every checkpoint."""
+    columns: tuple[Column, ...]
+    best: str
+    """The summary's wording of the best `objective.best_metric`, a format string."""
+    next_step: Callable[[Path], str]
+    """(the model checkpoint to use) -> the command the summary suggests next."""
+    find_unused_parameters: bool
+    """Some parameters get no gradient in an update (LayerDrop, a frozen part): DDP must know."""
+    health: Monitor | None = None
+    """The objective's health signatures: their findings are printed and logged as they happen."""
+    about: str = ""
+    """What the header says of the model besides its size, e.g. "32 output symbols, "."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """Lines to print before training (what --init-from loaded, warnings)."""
+
+
+def run(
+    command: str,
+    train_cfg: TrainConfig,
+    build: Callable[[torch.device], Plan],
+    *,
+    resume: Resume | None,
+    notes: list[str],
+    rerun: str,
+) -> int:
+    """One training session of `w2vkit {command}` on the device `train_cfg` asks for, inside the
+    process group and the run directory's lock (`run_locked`): the run directory, `build(device)`
+    (the recipe's loaders, model and objective), the state (restored from `resume`), the console,
+    the loop, the summary. Returns the exit status."""
+    device = device_for(train_cfg)
+    return run_locked(
+        command,
+        train_cfg,
+        device,
+        lambda: _session(
+            command, train_cfg, device, build, resume=resume, notes=notes, rerun=rerun
+        ),
+    )
+
+
+def _session(
+    command: str,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    build: Callable[[torch.device], Plan],
+    *,
+    resume: Resume | None,
+    notes: list[str],
+    rerun: str,
+) -> int:
+    out_dir = Path(train_cfg.out_dir)
+    prepare_dir(out_dir)
+    if device.type == "cuda" and train_cfg.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    plan = build(device)
+    objective, health = plan.objective, plan.health
+    if health is not None:
+        objective = rescue.watched(objective, health)
+    if resume is not None:
+        notes = notes + guard.check_resume_config(
+            resume.config["model"], plan.model_config, source=str(resume.path)
+        )
+    notes = notes + plan.notes
+    plan.model.to(device)
+    optimizer = build_optimizer(plan.model, plan.optim)
+    state = make_state(
+        plan.model,
+        optimizer,
+        plan.schedule(optimizer),
+        train_cfg,
+        device,
+        plan.train_loader.sampler,
+        find_unused_parameters=plan.find_unused_parameters,
+    )
+    if resume is not None:
+        notes.append(restore(state, resume))
+    notes += start_files(
+        out_dir, plan.config, state.step, resume, best_metric=objective.best_metric
+    )
+    logger = RunLogger(
+        out_dir,
+        total_steps=train_cfg.max_steps,
+        start_step=state.step,
+        tensorboard=train_cfg.tensorboard,
+        columns=plan.columns,
+    )
+    num_params = sum(p.numel() for p in dist.unwrap(state.model).parameters())
+    logger.message(
+        f"w2vkit {command}: {num_params / 1e6:.2f}M parameters, {plan.about}device {device}, "
+        f"world size {dist.world_size()}, precision {train_cfg.precision}, "
+        f"{plan.num_utterances} training utterances, run directory {out_dir}"
+    )
+    for note in notes:
+        logger.message(note)
+    try:
+        reason = train(
+            state,
+            objective,
+            cfg=train_cfg,
+            clip_norm=plan.optim.clip_norm,
+            train_loader=plan.train_loader,
+            valid_loader=plan.valid_loader,
+            device=device,
+            out_dir=out_dir,
+            config_dict=plan.config,
+            logger=logger,
+            sample_rate=plan.sample_rate,
+        )
+    finally:
+        logger.close()
+    summary(
+        logger,
+        out_dir,
+        state,
+        reason,
+        best=plan.best.format(state.best_metric),
+        next_step=plan.next_step,
+        rerun=rerun,
+    )
+    return exit_status(reason)
+
+
 __all__ = [
+    "Plan",
     "device_for",
+    "kind_of",
     "make_state",
     "prepare_dir",
     "Resume",
     "restore",
     "resume_point",
     "rerun_command",
+    "run",
     "run_locked",
     "start_files",
     "summary",

@@ -83,12 +83,15 @@ class Objective(Generic[BatchT]):
     the start, 1 at the planned end), once it is made and when such a run resumes; the map follows
     every re-plan without a jump. Pretraining fits its Gumbel temperature schedule to it."""
     monitor: Callable[[dict[str, Any]], list[Finding]] | None = None
-    """Told every train log record; returns the new health findings to print and log
-    (`w2vkit.train.diagnostics`); `train.on_stuck` acts on the stuck ones."""
+    """Told every train log record; returns the new health findings to print and log (the
+    objective's `w2vkit.train.diagnostics.Monitor`); `train.on_stuck` acts on the stuck ones."""
     rescue: Callable[[str], str | None] | None = None
     """Told a finding's code after a rescue rolled the run back (and, when a run resumes, each
     recorded rescue again, oldest first); applies the diagnosed change and says what it changed,
     or returns None when it has nothing (more) to try for that finding."""
+    after_update: Callable[[nn.Module, int], None] | None = None
+    """(unwrapped model, completed updates) after each optimizer step that was taken, e.g. an EMA
+    teacher following the student; what it changes must live in the model to be checkpointed."""
 
 
 class Schedule(Protocol):

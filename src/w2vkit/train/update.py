@@ -94,6 +94,8 @@ def run_update(
         state.window.audio_samples += sum(b.num_audio_samples for b in micro_batches)
         state.step += 1
         state.schedule.set_step(state.step)
+        if objective.after_update is not None:
+            objective.after_update(dist.unwrap(model), state.step)
         state.consecutive_nonfinite = 0
     else:
         optimizer.zero_grad(set_to_none=True)

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from w2vkit.losses import contrastive_accuracy, diversity_loss, pretraining_loss
 from w2vkit.model.negatives import contrastive_logits
 from w2vkit.model.quantizer import GumbelVectorQuantizer
 from w2vkit.model.wav2vec2 import PretrainOutput
+from w2vkit.pretrain.wav2vec2 import contrastive_accuracy, diversity_loss, pretraining_loss
 
 
 def _output(

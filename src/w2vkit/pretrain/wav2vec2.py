@@ -1,4 +1,4 @@
-"""The wav2vec 2.0 objective as fairseq's `wav2vec` criterion computes and logs it (Eq. 2-4, Sec. 3.2).
+"""The wav2vec 2.0 objective (`objective: wav2vec2`): fairseq's `wav2vec` criterion (Eq. 2-4, Sec. 3.2).
 
 loss = sum over masked frames of InfoNCE cross-entropy
      + diversity_weight * (G*V - prob_perplexity) / (G*V) * N
@@ -14,28 +14,64 @@ scaling; a part with weight 0 is not logged, as fairseq), `accuracy` (= correct 
 `negatives_equal_positive` (fraction of negatives identical to their positive, which are no
 distractors: a high value makes the task trivial), `prob_perplexity`, `code_perplexity`, `temp`
 (averaged over micro-batches).
+
+`WAV2VEC2` is its registry entry: the model with its pretraining heads, the health monitor on every
+train log line, the console columns.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from w2vkit.config import check
 from w2vkit.data.collate import Batch
 from w2vkit.model.config import QuantizerConfig
-from w2vkit.model.quantizer import gumbel_temperature
-from w2vkit.model.wav2vec2 import PretrainOutput
-from w2vkit.train.config import LossConfig
-from w2vkit.train.metrics import Value
+from w2vkit.model.wav2vec2 import PretrainOutput, Wav2Vec2Model
+from w2vkit.pretrain.config import PretrainConfig
+from w2vkit.pretrain.objective import PretrainObjective
+from w2vkit.pretrain.schedule import gumbel_temperature
+from w2vkit.pretrain.wav2vec2_health import monitor_for
+from w2vkit.train.metrics import LOOP_COLUMNS, Column, Value
 from w2vkit.train.state import Objective, StepOutput
 
 LOSS_KEYS = ("loss", "loss_0", "loss_1", "loss_2")
 """Summed losses that `summarize` reports in bits per masked frame."""
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    """Weights of the extra terms of the pretraining loss (fairseq `criterion.loss_weights`)."""
+
+    diversity_weight: float = 0.1
+    """alpha in Eq. (2): codebook diversity penalty."""
+    feature_penalty_weight: float = 10.0
+    """L2 penalty on the conv features; 0 for LARGE LV-60."""
+
+    def __post_init__(self) -> None:
+        check(
+            self.diversity_weight >= 0,
+            "loss.diversity_weight",
+            f"must be >= 0, got {self.diversity_weight}",
+        )
+        check(
+            self.feature_penalty_weight >= 0,
+            "loss.feature_penalty_weight",
+            f"must be >= 0, got {self.feature_penalty_weight}",
+        )
+
+
+@dataclass(kw_only=True)
+class Wav2Vec2PretrainConfig(PretrainConfig):
+    """A wav2vec 2.0 pretraining run; the defaults reproduce fairseq's BASE LibriSpeech recipe."""
+
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 @dataclass
@@ -256,8 +292,45 @@ def pretraining_objective(
     return Objective(step=wav2vec_step, summarize=summarize, plan=plan, rescue=rescue)
 
 
+def _objective(cfg: Wav2Vec2PretrainConfig) -> Objective:
+    """The criterion with its temperature fitted to the run's length."""
+    return pretraining_objective(
+        cfg.loss,
+        cfg.model.quantizer,
+        nominal_steps=cfg.total_steps,
+        diagnostics=cfg.train.diagnostics,
+    )
+
+
+def _model(cfg: Any) -> Wav2Vec2Model:
+    return Wav2Vec2Model.from_config(cfg.model)
+
+
+CONSOLE_COLUMNS = (
+    Column("loss", "loss", ".3f"),
+    Column("loss_0", "contrast", ".3f"),
+    Column("loss_1", "diverse", ".3f"),
+    Column("loss_2", "penalty", ".3f"),
+    Column("accuracy", "accuracy", ".3f"),
+    Column("prob_perplexity", "prob_ppl", ".1f"),
+    Column("code_perplexity", "code_ppl", ".1f"),
+    *LOOP_COLUMNS,
+)
+"""The console table of a wav2vec 2.0 run on a terminal (losses in bits per masked frame)."""
+
+WAV2VEC2 = PretrainObjective(
+    name="wav2vec2",
+    config=Wav2Vec2PretrainConfig,
+    new_model=_model,
+    objective=_objective,
+    columns=CONSOLE_COLUMNS,
+    health=monitor_for,
+)
+
 __all__ = [
+    "CONSOLE_COLUMNS",
     "LOSS_KEYS",
+    "LossConfig",
     "LossTerms",
     "contrastive_accuracy",
     "contrastive_loss",
@@ -268,4 +341,6 @@ __all__ = [
     "pretraining_loss",
     "pretraining_objective",
     "summarize",
+    "WAV2VEC2",
+    "Wav2Vec2PretrainConfig",
 ]

@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: one module per objective, their configs, schedules and registry."""
