@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean gpu-bundle gpu-rehearsal
 
 install: $(STAMP)
 
@@ -34,6 +34,15 @@ format: install
 
 bench: install
 	$(BIN)/python bench/data_throughput.py
+
+# Wheels for the borrowed GPU machine (cp312, no network there) and w2vkit's own, in .gpu-bundle/;
+# then, in the window: bash bench/gpu_window.sh OUT_DIR (bench/README.md, "A GPU window").
+gpu-bundle: install
+	PYTHON=$(BIN)/python bash bench/gpu_bundle.sh
+
+# The window's every stage on this CPU, in a fresh venv of the machine's packages plus the bundle.
+gpu-rehearsal:
+	rm -rf runs/gpu-rehearsal && bash bench/gpu_rehearsal.sh runs/gpu-rehearsal/work runs/gpu-rehearsal/out
 
 clean:
 	rm -rf $(VENV) runs/ .pytest_cache

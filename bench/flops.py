@@ -69,3 +69,19 @@ def training_flops(cfg: ModelConfig, num_samples: int, batch_size: int) -> float
 
 
 __all__ = ["forward_flops", "frames_of", "training_flops"]
+
+
+def logits_bytes(batch: int, frames: int, masked: int, negatives: int, final_dim: int) -> float:
+    """Bytes the contrastive logits allocate, forward and backward, in fp32 (model/negatives.py):
+    an upper bound of their peak. Per utterance of T frames, M masked, K negatives, F dims:
+
+        3 T^2 x 4       per-utterance similarity table, its gradient (zeros + scatter)
+        6 T F x 4       context and targets laid out by utterance, their gradients
+        25 M F x 4      cosine normalisation, forward and backward
+        55 M K          indices, identity checks, the (M, 1 + K) logits and their gradient
+
+    Linear in the batch. BASE at 64 x 15.6 s (T = 779, M ~ 380, K = 100, F = 256): 1.5 GB; the
+    (N, N) table it replaces took N^2 x 4 = 2.4 GB forward and as much backward (N = 64 M).
+    """
+    t, m, k, f = frames, masked, negatives, final_dim
+    return batch * (4.0 * (3 * t * t + 6 * t * f + 25 * m * f) + 55.0 * m * k)

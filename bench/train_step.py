@@ -15,7 +15,9 @@ AdamW); HF times `Wav2Vec2ForPreTraining` with the mask and negative sampling of
 script; fairseq its `Wav2Vec2Model`, `Wav2vecCriterion` and `FairseqAdam`. Memory is the worker's
 peak RSS on CPU (imports included, alike for all) or `torch.cuda.max_memory_allocated` on GPU.
 MFU uses the analytic FLOP count of bench/flops.py and `--peak-tflops` (default from the GPU name;
-none on CPU). Prints a table, then one JSON line.
+none on CPU). Prints a table, then one JSON line. Exit code 0, 1 when the w2vkit worker failed,
+3 when w2vkit ran and a peer failed. `--find-batch 96 64 32` instead prints the largest batch that
+fits, tried in one process; `--profile FILE` writes w2vkit's top kernels of two updates.
 """
 
 from __future__ import annotations
@@ -94,12 +96,16 @@ def w2vkit_update(args: argparse.Namespace, device: torch.device):
 
     if device.type == "cpu" and not args.system_malloc:
         keep_freed_memory()  # as a CPU training run does (session.device_for)
+    from w2vkit.model import compiled
+
     cfg = Wav2Vec2PretrainConfig(model=model_config(args.preset))
     cfg.train.precision, cfg.optim.warmup_steps = args.dtype, 10
+    cfg.model.transformer.activation_checkpointing = args.checkpointing
     torch.manual_seed(0)
     model = Wav2Vec2Model.from_config(cfg.model).to(device)
-    if args.compile:
-        model.encoder = torch.compile(model.encoder, dynamic=False)
+    if args.compile:  # as train.compile=true: each layer and the conv stack, static shapes
+        compiled.BACKEND = args.compile_backend
+        compiled.compile_stages(model)
     optimizer = build_optimizer(model, cfg.optim)
     state = TrainState(
         model=model,
@@ -174,9 +180,60 @@ def run_worker(args: argparse.Namespace) -> None:
         frames = update()
         sync(device)
         times.append(time.perf_counter() - start)
-    print(
-        json.dumps({"times": times, "masked_frames": frames, "peak_mib": peak_memory_mib(device)})
-    )
+    peak = peak_memory_mib(device)
+    if args.profile and args.worker == "w2vkit":
+        write_profile(update, device, Path(args.profile))
+    print(json.dumps({"times": times, "masked_frames": frames, "peak_mib": peak}))
+
+
+def write_profile(update, device: torch.device, path: Path, updates: int = 2) -> None:
+    """The top kernels (GPU) or ops (CPU) of `updates` updates, by self time, as a text table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(updates):
+            update()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=15) + "\n")
+
+
+def find_batch(args: argparse.Namespace) -> None:
+    """The largest of `--find-batch` (tried largest first) for which two w2vkit updates run, in
+    this one process: an out-of-memory error is caught, the memory freed, the next size tried.
+    Prints one JSON line; exit code 1 when none fits or another error stops a try."""
+    import gc
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    tried: dict[int, str] = {}
+    for batch in sorted(args.find_batch, reverse=True):
+        try:
+            update, _ = w2vkit_update(replace_batch(args, batch), device)
+            update()
+            update()
+            sync(device)
+            tried[batch] = "fits"
+        except torch.OutOfMemoryError as err:
+            tried[batch] = "out of memory"
+            print(f"batch {batch}: {str(err).splitlines()[0]}", file=sys.stderr)
+        finally:
+            update = None  # type: ignore[assignment]
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if tried[batch] == "fits":
+            print(json.dumps({"benchmark": "find_batch", "batch": batch, "tried": tried}))
+            return
+    print(json.dumps({"benchmark": "find_batch", "batch": None, "tried": tried}))
+    sys.exit(1)
+
+
+def replace_batch(args: argparse.Namespace, batch: int) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "batch": batch})
 
 
 def fairseq_python() -> str:
@@ -194,7 +251,10 @@ def worker_command(name: str, args: argparse.Namespace) -> list[str]:
         spec = json.dumps(fairseq_fields(model_config(args.preset)))
         script = str(ROOT / "bench" / "peers" / "fairseq_step.py")
         return [fairseq_python(), script, *common, f"--model-json={spec}"]
-    extra = ["--compile"] if args.compile and name == "w2vkit" else []
+    compile_args = ["--compile", f"--compile-backend={args.compile_backend}"]
+    extra = compile_args if args.compile and name == "w2vkit" else []
+    extra += ["--checkpointing"] if args.checkpointing and name == "w2vkit" else []
+    extra += [f"--profile={args.profile}"] if args.profile and name == "w2vkit" else []
     extra += ["--system-malloc"] if args.system_malloc and name == "w2vkit" else []
     return [sys.executable, __file__, f"--worker={name}", *common, *extra]
 
@@ -233,6 +293,10 @@ def fairseq_fields(cfg: ModelConfig) -> dict:
         "mask_prob": cfg.masking.time_prob,
         "mask_length": cfg.masking.time_span_frames,
     }
+
+
+PEER_FAILED = 3
+"""Exit code when w2vkit ran but a `--compare` peer failed (w2vkit's own failure exits 1)."""
 
 
 def run_round_robin(args: argparse.Namespace) -> dict[str, dict]:
@@ -308,7 +372,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile w2vkit's encoder")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile w2vkit's layers (train.compile)"
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (aot_eager: no codegen)",
+    )
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="w2vkit with activation checkpointing"
+    )
+    parser.add_argument("--profile", default="", help="write w2vkit's top kernels to this file")
+    parser.add_argument(
+        "--find-batch",
+        type=int,
+        nargs="+",
+        default=[],
+        help="print the largest of these batch sizes that fits (one process), then stop",
+    )
     parser.add_argument(
         "--system-malloc",
         action="store_true",
@@ -329,9 +411,14 @@ def main() -> None:
     if args.worker:
         run_worker(args)
         return
+    if args.find_batch:
+        find_batch(args)
+        return
     rows = summarise(args, run_round_robin(args))
     print_table(args, rows)
     print(json.dumps({"benchmark": "train_step", **vars(args), "results": rows}))
+    if any("error" in r for r in rows.values()):
+        sys.exit(PEER_FAILED)  # w2vkit ran (its failure exits 1 earlier); a peer did not
 
 
 if __name__ == "__main__":

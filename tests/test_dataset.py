@@ -291,3 +291,21 @@ def test_pinned_batches_reach_the_gpu(tmp_path):
         assert batch.wav.is_pinned() and batch.indices.is_pinned()
         on_gpu = batch.to("cuda", non_blocking=True)
         assert on_gpu.wav.is_cuda and torch.equal(on_gpu.wav.cpu(), batch.wav)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate", "channels"), [("FLAC", 16000, 1), ("WAV", 16000, 2), ("FLAC", 22050, 1)]
+)
+def test_a_cropped_decode_gives_the_samples_of_a_full_decode(tmp_path, fmt, rate, channels):
+    from w2vkit.data.audio import decode_checked
+
+    rng = np.random.default_rng(0)
+    data = (rng.uniform(-0.5, 0.5, (3 * rate, channels))).astype(np.float32)
+    path = tmp_path / f"a.{fmt.lower()}"
+    sf.write(path, data, rate, format=fmt)
+    full = load_audio(path)
+    for start, length in ((0, 16000), (12345, 20000), (len(full) - 7000, 7000)):
+        cropped = decode_checked(path, crop=(start, length))
+        assert np.array_equal(cropped, full[start : start + length]), (start, length)
+    with pytest.raises(ValueError, match="shorter than its manifest"):
+        decode_checked(path, crop=(len(full) - 100, 200))

@@ -326,3 +326,39 @@ def test_cpu_matmul_path_under_bf16_autocast_matches_the_conv_path():
     assert out.dtype == reference.dtype == torch.bfloat16
     # Both round every layer's output to bf16 (8 bits of mantissa), in different orders.
     torch.testing.assert_close(out.float(), reference.float(), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("norm_mode", ["group_norm", "layer_norm"])
+def test_checkpointed_conv_stack_gives_the_same_output_and_gradients_and_saves_less(norm_mode):
+    cfg = replace(
+        FeatureExtractorConfig(),
+        norm_mode=norm_mode,
+        conv_layers=[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2,
+    )
+
+    def run(checkpointing: bool) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        torch.manual_seed(0)
+        extractor = ConvFeatureExtractor(cfg, checkpointing=checkpointing).train()
+        wav = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t
+        ):
+            out = extractor(wav)
+        out.pow(2).mean().backward()
+        assert wav.grad is not None
+        return out.detach(), [wav.grad, *(p.grad for p in extractor.parameters())], sum(saved)
+
+    plain_out, plain_grads, plain_saved = run(False)
+    out, grads, saved = run(True)
+    assert torch.equal(out, plain_out)
+    for got, want in zip(grads, plain_grads, strict=True):
+        assert torch.equal(got, want)
+    assert saved <= 8000 * 2 * 4  # the waveform only
+    assert saved < plain_saved / 10
+
+
+def test_the_model_checkpoints_the_conv_stack_with_the_transformer():
+    for on in (False, True):
+        cfg = replace(tiny(), transformer=replace(tiny().transformer, activation_checkpointing=on))
+        assert Wav2Vec2Model(cfg).feature_extractor.checkpointing is on

@@ -578,3 +578,20 @@ def test_frame_probabilities_match_fairseq_head(case, fairseq_profiles):
     assert (ours.mean(1) - theirs.mean(1)).abs().max() < 0.01  # masked fraction per row
     assert (ours - theirs).abs().max() < 0.1  # sd of one frame's difference ~0.022
     assert (ours[theirs == 0] < 0.02).all()  # padding and fairseq's never-masked last frames
+
+
+def test_masked_positions_are_the_boolean_index_and_rows_masked_whole_are_refused():
+    from w2vkit.model.masking import masked_positions
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(3, 11, generator=g) < 0.5
+    mask[1] = False
+    positions, total, fewest = masked_positions(mask)
+    assert torch.equal(positions, mask.flatten().nonzero().squeeze(1))
+    assert (total, fewest) == (int(mask.sum()), int(mask.sum(1)[mask.sum(1) > 0].min()))
+    padding = torch.arange(11) >= torch.tensor([11, 11, 4])[:, None]
+    mask[2] = ~padding[2]  # every valid frame of row 2
+    with pytest.raises(
+        ValueError, match=r"^the entire sequence is masked: row 2 has 4 valid frames;"
+    ):
+        masked_positions(mask, padding)

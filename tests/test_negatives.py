@@ -193,3 +193,90 @@ def test_logits_are_fp32_for_bf16_inputs():
         context.bfloat16().float(), targets.bfloat16().float(), idx, logit_temperature=0.1
     )
     torch.testing.assert_close(low, reference, rtol=0, atol=1e-6)
+
+
+def test_per_utterance_tables_give_the_gathered_logits_and_gradients():
+    # Unequal counts (one row empty), random frame positions, within + cross-sample negatives.
+    g = torch.Generator().manual_seed(5)
+    time_mask = torch.rand(4, 9, generator=g) < 0.6
+    time_mask[1] = False
+    time_mask[0, :2] = True
+    counts = time_mask.sum(1)
+    n, dim = int(counts.sum()), 16
+    idx = sample_negatives(counts, 6, 3, generator=g)
+    ids = torch.randint(3, (n, 2), generator=g)  # few codes: some -inf distractors
+
+    def run(**table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        context = torch.randn(
+            n, dim, generator=torch.Generator().manual_seed(1), requires_grad=True
+        )
+        targets = torch.randn(
+            n, dim, generator=torch.Generator().manual_seed(2), requires_grad=True
+        )
+        logits = contrastive_logits(
+            context, targets, idx, target_ids=ids, logit_temperature=0.1, **table
+        )
+        logits.masked_fill(torch.isinf(logits), 0.0).pow(2).sum().backward()
+        assert context.grad is not None and targets.grad is not None
+        return logits.detach(), context.grad, targets.grad
+
+    gathered = run()  # every column gathered as (N, K, F) candidates, as fairseq
+    tables = run(time_mask=time_mask, num_within=6)
+    assert torch.equal(torch.isinf(tables[0]), torch.isinf(gathered[0]))
+    assert torch.isinf(gathered[0]).any()
+    for got, want in zip(tables, gathered, strict=True):  # fp32 sums in another order
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _allocated_bytes(batch: int, frames: int, masked: int, negatives: int, dim: int) -> int:
+    """Bytes of the tensors the logits allocate, forward and backward (views not counted)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Allocations(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            for spec, tensor in zip(func._schema.returns, outs, strict=False):
+                if isinstance(tensor, torch.Tensor) and spec.alias_info is None:
+                    Allocations.total += tensor.untyped_storage().nbytes()
+            return out
+
+    g = torch.Generator().manual_seed(0)
+    time_mask = torch.rand(batch, frames, generator=g).argsort(1) < masked  # M per row
+    n = batch * masked
+    context = torch.randn(n, dim, generator=g, requires_grad=True)
+    targets = torch.randn(n, dim, generator=g, requires_grad=True)
+    idx = sample_negatives(time_mask.sum(1), negatives, generator=g)
+    ids = torch.randint(320, (n, 2), generator=g)
+    with Allocations():
+        logits = contrastive_logits(
+            context,
+            targets,
+            idx,
+            time_mask=time_mask,
+            num_within=negatives,
+            target_ids=ids,
+            logit_temperature=0.1,
+        )
+        logits.sum().backward()
+    return Allocations.total
+
+
+def test_logits_memory_is_linear_in_the_batch_and_as_bench_flops_computes():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from flops import logits_bytes
+
+    # BASE at 15.6 s: 779 frames, ~380 masked, 100 negatives, 256 dims; batch 2 and 4 of 64.
+    shape = {"frames": 779, "masked": 380, "negatives": 100, "dim": 256}
+    two, four = _allocated_bytes(2, **shape), _allocated_bytes(4, **shape)
+    assert four == pytest.approx(2 * two, rel=0.01)  # linear; the (N, N) table was quadratic
+    for batch, measured in ((2, two), (4, four)):
+        analytic = logits_bytes(batch, 779, 380, 100, 256)
+        assert measured == pytest.approx(analytic, rel=0.1), (batch, measured, analytic)
+    # The (N, N) table alone was 4 N^2 bytes forward: at batch 64 (N = 24,320) 2.4 GB.
+    assert logits_bytes(64, 779, 380, 100, 256) < 0.7 * 4 * (64 * 380) ** 2

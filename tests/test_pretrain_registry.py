@@ -185,7 +185,7 @@ def test_an_unknown_objective_or_another_objectives_section_is_one_line(
 ):
     assert _pretrain(manifest_dir, tmp_path / "a", "objective=nope") == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("objective: 'nope' is not one of 'wav2vec2', 'toy'")
+    assert err.endswith("objective: 'nope' is not one of 'wav2vec2', 'hubert', 'toy'")
     assert len(err.splitlines()) == 1
     assert _pretrain(manifest_dir, tmp_path / "b", "loss.diversity_weight=0.2") == 2
     assert "unknown config key 'loss'" in capsys.readouterr().err

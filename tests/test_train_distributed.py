@@ -143,3 +143,28 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+def test_torchrun_with_one_process_starts_the_group_and_ddp(monkeypatch):
+    import socket
+
+    from torch import nn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**launcher, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    assert dist.is_launched()
+    dist.init(torch.device("cpu"), timeout_minutes=1.0)
+    try:
+        assert torch.distributed.is_initialized() and dist.world_size() == 1
+        assert torch.distributed.get_backend() == "gloo"
+        model = dist.wrap_model(nn.Linear(2, 2), torch.device("cpu"), find_unused_parameters=False)
+        assert isinstance(model, nn.parallel.DistributedDataParallel)
+        assert float(dist.all_reduce_sum(torch.tensor([2.0]))) == 2.0
+    finally:
+        dist.shutdown()
+    monkeypatch.delenv("MASTER_ADDR")
+    assert not dist.is_launched()  # a stray WORLD_SIZE alone is no launcher

@@ -318,3 +318,23 @@ def test_activation_checkpointing_keeps_fewer_tensors_for_the_backward():
         return count
 
     assert saved(True) < saved(False) / 2
+
+
+def test_fused_qkv_projection_equals_three_projections_and_keeps_the_state_dict_keys():
+    torch.manual_seed(0)
+    attention = SelfAttention(32, 4, 0.0).eval()
+    assert sorted(attention.state_dict()) == sorted(
+        f"{m}_proj.{p}" for m in ("q", "k", "v", "out") for p in ("weight", "bias")
+    )
+    x = torch.randn(2, 7, 32)
+    padding = right_padding([7, 5], 7)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(2, 7, 4, 8).transpose(1, 2)
+
+    q, k, v = (heads(getattr(attention, f"{m}_proj")(x)) for m in "qkv")
+    y = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=~padding[:, None, None, :]
+    )
+    want = attention.out_proj(y.transpose(1, 2).reshape(2, 7, 32))
+    torch.testing.assert_close(attention(x, padding), want, rtol=1e-6, atol=1e-6)

@@ -31,6 +31,7 @@ COMMANDS = {
     "lm": "build a small n-gram language model (ARPA) from text, for transcribe --lm",
     "extract": "per-layer hidden states of a manifest's audio -> safetensors shards + index.tsv",
     "labels": "frame phone labels, pitch tokens, and fairseq letter labels for a manifest",
+    "targets": "HuBERT frame labels: k-means of MFCCs or of a model layer -> fairseq .km files",
     "probe": "layer-wise linear probes: which layer of extracted features encodes a label",
     "report": "report.html + report.md of a run: health findings, curves, codebook usage, probes",
     "plot": "the training curves of a run as PNGs",
@@ -83,6 +84,11 @@ EXAMPLES = {
     "probe": [
         "w2vkit probe feats --labels speakers.tsv",
         "w2vkit probe feats --labels speakers.tsv --test-fraction 0.2 --out probes/speakers",
+    ],
+    "targets": [
+        "w2vkit targets data/manifest --clusters 100",
+        "w2vkit targets data/manifest --clusters 500 --model runs/hubert1/checkpoint_best.pt "
+        "--layer 6",
     ],
     "convert": [
         "w2vkit convert wav2vec_small.pt hf/wav2vec_small --to hf",

@@ -30,6 +30,7 @@ class Batch:
     wav: torch.Tensor  # (B, S) float32
     padding_mask: torch.Tensor | None  # (B, S) bool, True = padded; None when nothing is padded
     indices: torch.Tensor  # (B,) long, dataset index of each row
+    offsets: torch.Tensor | None = None  # (B,) long, sample where each row's crop starts
     num_failed: int = 0  # decode failures while building it (replaced or dropped rows)
     failures: dict[int, str] = field(default_factory=dict)  # failed dataset index -> reason
     epoch: int = -1
@@ -71,6 +72,7 @@ def collate(
     random_crop: bool = True,
     generator: torch.Generator | None = None,
     num_failed: int = 0,
+    length_multiple: int = 1,
 ) -> Batch:
     """Stack `wavs` (each (S_i,)) into a Batch. Shape: B x (S_i,) -> wav (B, S).
 
@@ -79,6 +81,8 @@ def collate(
         random_crop: crop offsets uniform in [0, excess] (fairseq `np.random.randint(0, diff+1)`);
             False keeps the start of each row.
         generator: draws the crop offsets, so a batch is reproducible from its seed.
+        length_multiple: `pad=False` crops to the shortest row rounded down to a multiple of this
+            (rows shorter than one multiple are kept whole): a few static shapes for compiled code.
     """
     if len(wavs) == 0 or len(wavs) != len(indices):
         raise ValueError(f"need as many wavs as indices (> 0), got {len(wavs)} and {len(indices)}")
@@ -86,7 +90,10 @@ def collate(
     if max_samples is not None:
         lengths = [min(n, int(m)) for n, m in zip(lengths, max_samples, strict=True)]
     target = max(lengths) if pad else min(lengths)
+    if not pad and target >= length_multiple:
+        target -= target % length_multiple
     rows = []  # views, copied once by stack/pad_sequence: no zero-filled buffer to write into
+    starts = []
     for wav, length in zip(wavs, lengths, strict=True):
         keep = min(length, target)
         excess = len(wav) - keep
@@ -94,6 +101,7 @@ def collate(
         if excess > 0 and random_crop:
             start = int(torch.randint(0, excess + 1, (1,), generator=generator))
         rows.append(wav[start : start + keep].to(torch.float32))
+        starts.append(start)
     if not pad:
         out = torch.stack(rows)  # (B, S)
         padding_mask = None
@@ -107,5 +115,6 @@ def collate(
         wav=out,
         padding_mask=padding_mask,
         indices=torch.as_tensor(list(indices), dtype=torch.long),
+        offsets=torch.tensor(starts, dtype=torch.long),
         num_failed=num_failed,
     )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from w2vkit.config import check
@@ -64,6 +64,11 @@ class DataConfig(ShardStreamConfig):
     required_batch_size_multiple: int = 8
     num_workers: int = 6
     """DataLoader worker processes per training process; 0 loads in the main process."""
+    labels: list[str] = field(default_factory=list)
+    """Frame label files read beside each manifest, `<split>.<name>` (HuBERT: `[km]`)."""
+    label_rate: float = 50.0
+    """Labels per second in those files (fairseq `label_rate`): 100 for HuBERT iteration 1's MFCC
+    k-means (10 ms hop), 50 for labels from a model's 20 ms frames."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,6 +95,13 @@ class DataConfig(ShardStreamConfig):
             "must be >= 1",
         )
         check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.label_rate > 0, "data.label_rate", f"must be > 0, got {self.label_rate}")
+        check(
+            not (self.labels and self.shards),
+            "data.labels",
+            "frame labels are read beside a manifest (data.manifest_dir); shards do not carry "
+            f"{self.labels} yet: train from the manifest",
+        )
 
 
 __all__ = ["DataConfig"]

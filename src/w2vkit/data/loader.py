@@ -23,6 +23,7 @@ from w2vkit.config import ConfigError
 from w2vkit.data.audio import DecodeError
 from w2vkit.data.collate import Batch, collate
 from w2vkit.data.dataset import AudioDataset, describe
+from w2vkit.data.frame_labels import FrameLabels, label_paths
 from w2vkit.data.sampler import BatchKey, BucketBatchSampler, seeded_generator
 
 if TYPE_CHECKING:
@@ -37,8 +38,20 @@ REPLACEMENT_WINDOW = 64  # a replacement is drawn from the 64 items just shorter
 class _BatchMaker(Dataset):
     """Map-style dataset over `BatchKey`s (DataLoader with `batch_size=None`)."""
 
-    def __init__(self, dataset: AudioDataset, *, seed: int, rank: int, max_batch_samples: int):
+    def __init__(
+        self,
+        dataset: AudioDataset,
+        *,
+        seed: int,
+        rank: int,
+        max_batch_samples: int,
+        labels: FrameLabels | None = None,
+    ):
         self.dataset = dataset
+        self.labels = labels
+        self.length_multiple = 1
+        """Unpadded crops are rounded down to a multiple of this (`collate`; train.compile sets it
+        before the first batch)."""
         self.seed = seed
         self.rank = rank
         self.max_batch_samples = max_batch_samples
@@ -74,10 +87,11 @@ class _BatchMaker(Dataset):
             random_crop=self.dataset.random_crop,
             generator=generator,
             num_failed=num_failed,
+            length_multiple=self.length_multiple,
         )
         batch.failures = failures
         batch.epoch, batch.position = key.epoch, key.position
-        return batch
+        return batch if self.labels is None else self.labels.attach(batch)
 
     def _load_or_replace(
         self, index: int, generator: torch.Generator, failures: dict[int, str]
@@ -162,15 +176,21 @@ def build_dataloader(
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool = False,
+    labels: FrameLabels | None = None,
 ) -> ResumableLoader:
-    """A DataLoader yielding `Batch`es in `sampler` order. See the module docstring."""
+    """A DataLoader yielding `Batch`es in `sampler` order (with `labels`: `LabelledBatch`es).
+    See the module docstring."""
     if len(sampler.sizes) != len(dataset):
         raise ValueError(
             f"sampler has {len(sampler.sizes)} sizes but the dataset {len(dataset)} items: "
             "build the sampler from dataset.sizes"
         )
     maker = _BatchMaker(
-        dataset, seed=seed, rank=sampler.rank, max_batch_samples=sampler.max_batch_samples
+        dataset,
+        seed=seed,
+        rank=sampler.rank,
+        max_batch_samples=sampler.max_batch_samples,
+        labels=labels,
     )
     return ResumableLoader(
         maker,
@@ -201,7 +221,8 @@ def build_loaders(
     `world_size` gets its share of the batches (the same number on every rank). A file that
     decodes to fewer than `min_decoded_samples` samples (what the model and its masking need) is a
     decode failure. Each sampler carries its dataset's fingerprint, so a resume on changed data is
-    refused unless `allow_data_change` (a new epoch on the new data).
+    refused unless `allow_data_change` (a new epoch on the new data). With `data_cfg.labels`,
+    batches carry those frame labels (`w2vkit.data.frame_labels`).
     """
     splits = {data_cfg.train_split: True}
     if data_cfg.valid_split:
@@ -230,6 +251,15 @@ def build_loaders(
             num_workers=data_cfg.num_workers,
             pin_memory=pin_memory,
             persistent_workers=data_cfg.num_workers > 0,
+            labels=FrameLabels(
+                label_paths(data_cfg.manifest_dir, split, data_cfg.labels),
+                dataset.manifest_rows,
+                dataset.num_samples,
+                label_rate=data_cfg.label_rate,
+                sample_rate=data_cfg.sample_rate,
+            )
+            if data_cfg.labels
+            else None,
         )
     return loaders
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from w2vkit.config import ConfigError
 from w2vkit.data.vocab import Vocabulary
-from w2vkit.interop import fairseq, fairseq_ctc, hf, hf_ctc
+from w2vkit.interop import fairseq, fairseq_ctc, fairseq_hubert, hf, hf_ctc
 from w2vkit.interop.heads import HEADS, build, register_head
 from w2vkit.interop.native import from_payload, is_w2vkit_checkpoint, load_weights, save_w2vkit
 from w2vkit.interop.record import ModelRecord
@@ -129,6 +129,8 @@ def _read(path: Path, dict_path: Path | None) -> tuple[str, ModelRecord]:
             )
         vocab = Vocabulary.load(dict_path)
         return "fairseq", fairseq_ctc.from_fairseq_ctc(payload, vocab, source=str(path))
+    if fairseq_hubert.is_hubert(payload):
+        return "fairseq", fairseq_hubert.encoder_only(payload, source=str(path))
     if isinstance(payload, dict) and "model" in payload and ("cfg" in payload or "args" in payload):
         return "fairseq", fairseq.from_checkpoint(payload, source=str(path))
     keys = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__

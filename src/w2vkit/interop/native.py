@@ -54,6 +54,9 @@ def from_payload(payload: dict, *, source: str) -> ModelRecord:
     data: dict = config["data"] if isinstance(config.get("data"), dict) else {}
     normalize = audio.get("normalize", data.get("normalize"))
     state = {k: v for k, v in payload["model"].items()}
+    if payload["config"].get("objective") == "hubert":
+        # A HuBERT run's prediction head has no wav2vec 2.0 counterpart: its encoder loads alone.
+        state = {k: v for k, v in state.items() if not k.startswith(HUBERT_HEADS)}
     if is_finetuned(payload):
         return _finetuned(payload, cfg, state, normalize=bool(normalize), source=source)
     # A w2vkit file converted from an HF encoder-only model has no heads: it loads, not pretrains.
@@ -132,6 +135,7 @@ def save_w2vkit(record: ModelRecord, path: str | Path) -> None:
 
 
 PRETRAINING_HEADS = ("quantizer.", "target_proj.", "context_proj.")
+HUBERT_HEADS = ("label_embeddings", "context_proj.")
 
 
 def encoder_only_prefixes(cfg: ModelConfig, state: dict[str, Tensor]) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ compared with an integer threshold. The dropout probability is rounded to a mult
 (0.1 becomes 0.100006) and the kept values are scaled by the rounded keep probability, so the
 output's expectation is still the input. A CPU run with dropout therefore draws other masks than
 `F.dropout` would for the same seed. On CUDA, whose fused dropout kernel is fast already, in eval
-mode, and for a probability that rounds to 0 or 1, this is `F.dropout`.
+mode, under `torch.compile` and for a probability that rounds to 0 or 1, this is `F.dropout`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,12 @@ def _dropped_levels(prob: float) -> int:
 
 
 def dropout(x: Tensor, prob: float, training: bool) -> Tensor:
-    if not training or x.device.type != "cpu" or not 0 < _dropped_levels(prob) < _LEVELS:
+    if (
+        not training
+        or x.device.type != "cpu"
+        or not 0 < _dropped_levels(prob) < _LEVELS
+        or torch.compiler.is_compiling()  # compiled code fuses F.dropout's mask into its kernels
+    ):
         return F.dropout(x, prob, training)
     keep, scale = keep_mask(x.shape, prob)
     return _ScaleKept.apply(x, keep, scale)

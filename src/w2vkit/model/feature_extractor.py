@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from w2vkit.model.config import FeatureExtractorConfig
 from w2vkit.model.conv_matmul import conv_as_matmuls
@@ -54,28 +55,40 @@ def frame_padding_mask(
     return torch.arange(num_frames, device=padding_mask.device)[None, :] >= lengths[:, None]
 
 
+def _fp32_statistics(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Arguments of a norm whose mean and variance are accumulated in fp32 (bf16 sums are too coarse).
+
+    CUDA's norm kernels accumulate 16-bit inputs in fp32 themselves: the input goes as it is (no
+    fp32 copy of the (B, 512, S/5) first-layer activation, ~1.8 GB of traffic per 15.6 s
+    utterance). The CPU's bf16 kernels do not all do that, so there the input is copied to fp32.
+    Call under `torch.autocast(enabled=False)`: CUDA autocast would make the copy anyway.
+    """
+    if x.device.type == "cuda":
+        return x, weight.to(x.dtype), bias.to(x.dtype)
+    return x.float(), weight.float(), bias.float()
+
+
 class _ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over channels of a (B, C, T) tensor, computed in fp32 (bf16 variance is too coarse)."""
+    """LayerNorm over channels of a (B, C, T) tensor, statistics in fp32 (`_fp32_statistics`)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self.channels_last(x.transpose(1, 2)).transpose(1, 2)
 
     def channels_last(self, x: Tensor) -> Tensor:
         """The same norm of a (B, T, C) tensor."""
-        y = F.layer_norm(
-            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
-        )
-        return y.type_as(x)
+        with torch.autocast(x.device.type, enabled=False):
+            y, weight, bias = _fp32_statistics(x, self.weight, self.bias)
+            return F.layer_norm(y, self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
 class _Fp32GroupNorm(nn.GroupNorm):
-    """GroupNorm in fp32: it normalises each channel over the whole utterance, long sums in bf16 drift."""
+    """GroupNorm, statistics in fp32 (`_fp32_statistics`): it normalises each channel over the whole
+    utterance, where long sums in bf16 drift."""
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.group_norm(
-            x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps
-        )
-        return y.type_as(x)
+        with torch.autocast(x.device.type, enabled=False):
+            y, weight, bias = _fp32_statistics(x, self.weight, self.bias)
+            return F.group_norm(y, self.num_groups, weight, bias, self.eps).type_as(x)
 
     def channels_last(self, x: Tensor) -> Tensor:
         """The same norm of a contiguous (B, T, C) tensor, through torch's channels-last kernel.
@@ -117,9 +130,12 @@ class ConvFeatureExtractor(nn.Module):
     changes the valid frames; `layer_norm` mode (LARGE) normalises every frame on its own.
     """
 
-    def __init__(self, cfg: FeatureExtractorConfig) -> None:
+    def __init__(self, cfg: FeatureExtractorConfig, *, checkpointing: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.checkpointing = checkpointing
+        """Training keeps only the waveform and recomputes the stack in the backward (about half
+        the activation memory of BASE; the Transformer's `activation_checkpointing` switch)."""
         layers = []
         in_channels = 1
         for i, (channels, kernel, stride) in enumerate(cfg.conv_layers):
@@ -136,6 +152,11 @@ class ConvFeatureExtractor(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, wav: Tensor) -> Tensor:
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._stack, wav, use_reentrant=False)
+        return self._stack(wav)
+
+    def _stack(self, wav: Tensor) -> Tensor:
         # Matmuls in (B, T, C) train 1.15x (BASE) and 2.2x (LARGE, a layer norm per layer)
         # faster than oneDNN's conv on CPU, forward alike (bench/results.md); cuDNN on GPU.
         channels_last = wav.device.type == "cpu"

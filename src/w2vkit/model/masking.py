@@ -4,19 +4,29 @@
 `idc_select_ver=1`) row by row, but draws every random number from one `torch.Generator` on the
 mask's device, so a seed fixes the mask (fairseq HEAD seeds each row from OS entropy). The default
 path has no Python loop over rows or frames; `no_overlap=True` loops over span slots (see
-`_place_without_overlap`). `SpanMasker` owns the learned mask embedding and applies both masks.
+`span_placement.place_without_overlap`). `SpanMasker` owns the learned mask embedding and applies both masks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from w2vkit.model.config import MaskingConfig, SpanSelection
+from w2vkit.model.host_rng import host_generator, to_device
+from w2vkit.model.negatives import fewest_nonzero
+from w2vkit.model.span_placement import (
+    draw_distinct_starts,
+    draw_lengths,
+    keep_random,
+    place_without_overlap,
+    spans_to_mask,
+)
 
 SPAN_SELECTIONS = frozenset({"static", "uniform", "normal", "poisson"})
-_NEVER = torch.iinfo(torch.long).max
-"""Sort key above every `_distinct_keys` value: pushes a slot behind all real candidates."""
 
 
 def compute_span_mask(
@@ -34,6 +44,7 @@ def compute_span_mask(
     mask_dropout_prob: float = 0.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    check: bool = True,
 ) -> Tensor:
     """Random spans to mask, True = masked; padded frames are never masked.
 
@@ -50,6 +61,8 @@ def compute_span_mask(
             span_other))); `poisson` = round(Poisson(span_length)).
         no_overlap: fairseq's recursive interval splitting, spans >= min_space apart.
         generator: its device must be the mask's device.
+        check: raise here when a row is masked whole (reads the device); False leaves that to
+            `masked_positions`, which reads it with the counts in the step's one host read.
 
     Shape: -> (B, T) bool on `device` (default: padding_mask's, else the generator's, else CPU).
     """
@@ -77,7 +90,7 @@ def compute_span_mask(
     is_span = torch.arange(max_spans, device=device) < num_spans[:, None]  # (B, N)
 
     # 2. Span lengths (B, N); slots >= num_spans have length 0.
-    lengths = _draw_lengths(
+    lengths = draw_lengths(
         selection, (batch_size, max_spans), span_length, span_other, generator, device
     )
     lengths = torch.where(is_span, lengths, 0)
@@ -94,29 +107,56 @@ def compute_span_mask(
 
     # 3. Span starts.
     if no_overlap:
-        starts, lengths = _place_without_overlap(lengths, num_spans, valid, min_space, generator)
+        starts, lengths = place_without_overlap(lengths, num_spans, valid, min_space, generator)
     else:
-        starts = _draw_distinct_starts(lengths, is_span, num_spans, valid, num_frames, generator)
-    mask = _spans_to_mask(starts, lengths, valid, num_frames)  # (B, T)
+        starts = draw_distinct_starts(lengths, is_span, num_spans, valid, num_frames, generator)
+    mask = spans_to_mask(starts, lengths, valid, num_frames)  # (B, T)
 
     counts = mask.sum(1)
-    if bool((counts >= valid).any()):
-        row = int((counts >= valid).nonzero()[0, 0])
-        raise ValueError(
-            f"the entire sequence is masked: row {row} has {int(valid[row])} valid frames and "
-            f"{num_spans[row].item()} spans of ~{span_length}; lower span_length or min_spans, or "
-            "use longer rows (fairseq HEAD raises the same error)"
+    if check and bool((counts >= valid).any()):
+        raise _whole_row_error(
+            counts, valid, lambda row: f" and {num_spans[row].item()} spans of ~{span_length}"
         )
 
     # 4. Equal counts: keep a uniformly random subset of min(counts) masked frames per row.
     if require_same_masks:
-        mask = _keep_random(mask, counts.min().expand(batch_size), generator)
+        mask = keep_random(mask, counts.min().expand(batch_size), generator)
     # 5. Mask dropout: unmask round(count * p) random masked frames (np.rint: half to even).
     if mask_dropout_prob > 0:
         counts = mask.sum(1)
         num_holes = (counts.double() * mask_dropout_prob).round().long()  # (B,)
-        mask = _keep_random(mask, counts - num_holes, generator)
+        mask = keep_random(mask, counts - num_holes, generator)
     return mask
+
+
+def masked_positions(
+    time_mask: Tensor, frame_padding_mask: Tensor | None = None
+) -> tuple[Tensor, int, int]:
+    """Flat positions (b * T + t) of the masked frames in row-major order, their number N and the
+    fewest masked frames of a row that has any: a host read, which sizes every later tensor (keep
+    the mask on the host: `SpanMasker.draw`). Raises if a row is masked whole (`compute_span_mask(check=False)`
+    leaves that check here; a row masked whole before `require_same_masks` evens the counts passes).
+
+    Shape: time_mask (B, T), frame_padding_mask (B, T) -> positions (N,), for `index_select` on a
+    (B * T, ...) view.
+    """
+    counts = time_mask.sum(1)  # (B,)
+    valid = time_mask.shape[1] - (0 if frame_padding_mask is None else frame_padding_mask.sum(1))
+    stats = torch.stack([counts.sum(), fewest_nonzero(counts), (counts >= valid).any().long()])
+    total, fewest, any_whole = stats.tolist()
+    if any_whole:
+        raise _whole_row_error(counts, torch.as_tensor(valid).expand_as(counts), lambda row: "")
+    # A stable sort puts the masked frames first, in order: the boolean index without its sync.
+    flat = (~time_mask).flatten().to(torch.uint8)  # (B * T,), 0 = masked
+    return flat.argsort(stable=True)[:total], total, fewest
+
+
+def _whole_row_error(counts: Tensor, valid: Tensor, spans: Callable[[int], str]) -> ValueError:
+    row = int((counts >= valid).nonzero()[0, 0])
+    return ValueError(
+        f"the entire sequence is masked: row {row} has {int(valid[row])} valid frames{spans(row)}; "
+        "lower span_length or min_spans, or use longer rows (fairseq HEAD raises the same error)"
+    )
 
 
 def _resolve_device(
@@ -198,180 +238,24 @@ def _valid_lengths(
     return valid
 
 
-def _draw_lengths(
-    selection: str,
-    shape: tuple[int, int],
-    span_length: int,
-    span_other: float,
-    generator: torch.Generator | None,
-    device: torch.device,
-) -> Tensor:
-    """Span lengths (B, N) long, one draw per slot (used or not, so shapes stay static)."""
-    if selection == "static":
-        return torch.full(shape, span_length, dtype=torch.long, device=device)
-    if selection == "uniform":
-        # fairseq HEAD calls `rng.randint`, which numpy Generators lack (AttributeError); this is
-        # the intended `integers(span_other, 2 * span_length + 1)`, low truncated as numpy does.
-        return torch.randint(
-            int(span_other), 2 * span_length + 1, shape, generator=generator, device=device
-        )
-    if selection == "normal":
-        draw = torch.normal(
-            float(span_length),
-            float(span_other),
-            shape,
-            generator=generator,
-            dtype=torch.float64,
-            device=device,
-        )
-        return draw.round().long().clamp(min=1)  # round half to even, as Python's round
-    rate = torch.full(shape, float(span_length), dtype=torch.float64, device=device)
-    return torch.poisson(rate, generator=generator).long()
+@dataclass
+class MaskDraw:
+    """One step's masks, drawn on the host (model/host_rng.py) and copied to the model's device:
+    the masked counts size every later tensor, and reading them costs no device sync."""
 
-
-def _draw_distinct_starts(
-    lengths: Tensor,
-    is_span: Tensor,
-    num_spans: Tensor,
-    valid: Tensor,
-    num_frames: int,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """Distinct starts (B, N) uniform in [0, sz - min_len - 1] (fairseq `rng.choice`, no replace).
-
-    Random keys over the candidates: the N smallest are a uniform random subset in a uniform random
-    order, so slot j's start is paired with a random one of the drawn lengths.
-    """
-    batch_size, max_spans = lengths.shape
-    big = torch.iinfo(torch.long).max
-    min_len = torch.where(is_span, lengths, big).amin(1)  # (B,)
-    min_len = torch.where(num_spans > 0, min_len, 0)
-    # fairseq: `if sz - min_len <= num: min_len = sz - num - 1`, so there are num + 1 candidates.
-    min_len = torch.where(valid - min_len <= num_spans, valid - num_spans - 1, min_len)
-    num_candidates = valid - min_len  # (B,), at most max(T, N + 1)
-    width = max(num_frames, max_spans + 1)
-    keys = _distinct_keys((batch_size, width), generator, lengths.device)
-    slots = torch.arange(width, device=lengths.device)
-    keys.masked_fill_(slots >= num_candidates[:, None], _NEVER)
-    # topk, not a full sort: N ~ T / span_length. Slots >= num_spans (ties at _NEVER) get length 0.
-    return keys.topk(max_spans, dim=1, largest=False, sorted=True).indices  # (B, width) -> (B, N)
-
-
-def _place_without_overlap(
-    lengths: Tensor,
-    num_spans: Tensor,
-    valid: Tensor,
-    min_space: int,
-    generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor]:
-    """fairseq's `no_overlap` interval splitting (with the fixed split condition of f862ff51).
-
-    Spans are placed longest first. Each picks a free interval (s, e) with probability
-    proportional to its length among those with `e - s >= length + max(min_space, 1)`, a start in
-    [s, e - length), and splits the interval into the parts left and right of the span (at least
-    min_space away). A row stops at the first span that fits nowhere (fairseq `break`).
-    Each placement depends on the intervals the previous one left, so this loops over the N span
-    slots (N ~ mask_prob * T / span_length); it stays vectorised over rows and frames. The interval
-    list keeps fairseq's order (pop the chosen one, append the remainders) so the interval choice
-    for a given draw is fairseq's inverse-CDF choice.
-
-    Returns starts and lengths (B, N), sorted by decreasing length; unplaced slots have length 0.
-    """
-    batch_size, max_spans = lengths.shape
-    device = lengths.device
-    is_span = torch.arange(max_spans, device=device) < num_spans[:, None]
-    lengths = torch.where(is_span, lengths, -1).sort(dim=1, descending=True, stable=True).values
-    keep_length = torch.where(is_span, lengths, torch.iinfo(torch.long).max).amin(1)  # (B,)
-    shape, f64 = (batch_size, max_spans), torch.float64
-    u_part = torch.rand(shape, dtype=f64, generator=generator, device=device)  # interval per span
-    u_start = torch.rand(shape, dtype=f64, generator=generator, device=device)  # start within it
-
-    num_slots = max_spans + 1  # each placement pops one interval and adds at most two
-    slots = torch.arange(num_slots, device=device)
-    # Interval list (B, P, 2) of (start, end); slots past num_parts are (0, 0) and never fit.
-    parts = torch.zeros(batch_size, num_slots, 2, dtype=torch.long, device=device)
-    parts[:, 0, 1] = valid
-    num_parts = torch.ones(batch_size, dtype=torch.long, device=device)
-    stopped = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    starts, placed = [], []
-    for j in range(max_spans):
-        length = lengths[:, j]  # (B,)
-        size = parts[..., 1] - parts[..., 0]  # (B, P)
-        # fairseq admits e - s == length + min_space; with min_space == 0 that leaves
-        # `randint(s, s)`, an empty range (crash): an interval must be longer than the span.
-        weight = size * (size >= (length + max(min_space, 1))[:, None])
-        total = weight.sum(1)
-        wanted = (j < num_spans) & ~stopped
-        active = wanted & (total > 0)
-        stopped = wanted & ~active | stopped
-        # Interval choice: first interval whose cumulative weight exceeds u * total.
-        threshold = u_part[:, j] * total
-        chosen = (weight.cumsum(1) <= threshold[:, None]).sum(1, keepdim=True)  # (B, 1)
-        chosen = chosen.clamp(max=num_slots - 1)  # rows with nothing to place
-        s, e = parts.gather(1, chosen[..., None].expand(-1, -1, 2)).unbind(-1)  # (B, 1) each
-        length = length[:, None]
-        # fairseq `randint(s, e - length)` (numpy `integers`): the span never ends flush with e,
-        # which is what keeps spans in a left remainder min_space away from this one.
-        span_start = s + (u_start[:, j, None] * (e - length - s)).long()  # floor: all >= 0
-        starts.append(span_start)
-        placed.append(length * active[:, None])
-        # Pop the chosen interval (later slots shift left), then append the remainders.
-        shifted = (slots + (slots >= chosen)).clamp(max=num_slots - 1)  # (B, P)
-        popped = parts.gather(1, shifted[..., None].expand(-1, -1, 2))
-        parts = torch.where(active[:, None, None], popped, parts)
-        n = num_parts - active.long()
-        has_left = active & (span_start - s - min_space >= keep_length[:, None]).squeeze(1)
-        has_right = active & (e - span_start - length - min_space > keep_length[:, None]).squeeze(1)
-        left = torch.stack([s, span_start - min_space + 1], -1)  # (B, 1, 2)
-        right = torch.stack([span_start + length + min_space, e], -1)
-        parts = torch.where((has_left[:, None] & (slots == n[:, None]))[..., None], left, parts)
-        n = n + has_left.long()
-        parts = torch.where((has_right[:, None] & (slots == n[:, None]))[..., None], right, parts)
-        num_parts = n + has_right.long()
-    return torch.cat(starts, 1), torch.cat(placed, 1)
-
-
-def _spans_to_mask(starts: Tensor, lengths: Tensor, valid: Tensor, num_frames: int) -> Tensor:
-    """Union of spans [start, start + length) clipped to < valid: (B, N) -> (B, T) bool."""
-    ends = torch.minimum(starts + lengths, valid[:, None])
-    live = ends > starts  # empty or fully clipped spans add nothing
-    # Difference array: +1 at each start, -1 at each end; a frame is masked where the sum > 0.
-    delta = torch.zeros(starts.shape[0], num_frames + 1, dtype=torch.long, device=starts.device)
-    delta.scatter_add_(1, torch.where(live, starts, num_frames), live.long())
-    delta.scatter_add_(1, torch.where(live, ends, num_frames), -live.long())
-    return delta.cumsum(1)[:, :num_frames] > 0
-
-
-def _distinct_keys(
-    shape: tuple[int, int], generator: torch.Generator | None, device: torch.device
-) -> Tensor:
-    """Random int64 sort keys, distinct within a row: uniform random bits above the column index.
-
-    Ordering by them is a uniformly random permutation, up to ties in the random bits, which break
-    by position (probability ~ width**2 / 2**(63 - shift) per row, ~1e-10 at 781 frames). Being
-    distinct, they give exact subset sizes and the same order under any sort or selection.
-    """
-    width = shape[1]
-    shift = max(width, 1).bit_length()
-    bits = torch.randint(0, 2 ** (62 - shift), shape, generator=generator, device=device)
-    return bits * (1 << shift) + torch.arange(width, device=device)
-
-
-def _keep_random(mask: Tensor, keep: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Keep a uniformly random subset of `keep[b]` masked frames per row (fairseq
-    `rng.choice(idx, k, replace=False)`): the masked frames with the smallest random keys."""
-    rows, frames = mask.shape
-    keys = _distinct_keys((rows, frames), generator, mask.device).masked_fill_(~mask, _NEVER)
-    if bool(keep.min() == keep.max()):  # equal counts: O(T) selection instead of a sort
-        k = int(keep[0])
-        if k == 0:
-            return torch.zeros_like(mask)
-        threshold = keys.kthvalue(k, dim=1).values  # (B,)
-    else:
-        sorted_keys = keys.sort(dim=1).values
-        threshold = sorted_keys.gather(1, (keep - 1).clamp(min=0)[:, None]).squeeze(1)
-        threshold = torch.where(keep > 0, threshold, -1)
-    return mask & (keys <= threshold[:, None])
+    time_mask: Tensor | None
+    """(B, T) bool on the device, True = masked; None when `time_prob` is 0."""
+    channel_mask: Tensor | None
+    """(B, D) bool on the device."""
+    positions: Tensor | None
+    """(N,) flat positions b * T + t of the masked frames in row-major order, on the device."""
+    masked_per_row: Tensor | None
+    """(B,) on the host."""
+    num_masked: int
+    fewest_masked: int
+    """The fewest masked frames of a row that has any."""
+    generator: torch.Generator | None
+    """Where later host-side draws (negatives) come from."""
 
 
 class SpanMasker(nn.Module):
@@ -393,8 +277,12 @@ class SpanMasker(nn.Module):
         padding_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        *,
+        check: bool = True,
     ) -> Tensor | None:
-        """(B, T) bool time mask, None when `time_prob == 0`. Device defaults to the embedding's."""
+        """(B, T) bool time mask, None when `time_prob == 0`. Device defaults to the embedding's.
+
+        `check=False`: the caller checks for rows masked whole (`masked_positions`)."""
         cfg = self.cfg
         if cfg.time_prob == 0:
             return None
@@ -412,6 +300,7 @@ class SpanMasker(nn.Module):
             mask_dropout_prob=cfg.mask_dropout_prob,
             generator=generator,
             device=self.mask_embedding.device if device is None else device,
+            check=check,
         )
 
     def channel_mask(
@@ -441,6 +330,39 @@ class SpanMasker(nn.Module):
             require_same_masks=True,
             generator=generator,
             device=self.mask_embedding.device if device is None else device,
+        )
+
+    def draw(
+        self,
+        shape: tuple[int, int, int],
+        frame_padding_mask: Tensor | None,
+        generator: torch.Generator | None,
+        device: torch.device,
+        time_mask: Tensor | None = None,
+    ) -> MaskDraw:
+        """Time and channel masks for a (B, T, D) encoder input; `time_mask` replaces the drawn one.
+
+        A padded batch copies its padding to the host (one sync); crops of equal length have none.
+        """
+        batch, frames, dim = shape
+        host = host_generator(generator)
+        pad = None if frame_padding_mask is None else frame_padding_mask.cpu()
+        if time_mask is None:
+            time_mask = self.time_mask(batch, frames, pad, host, "cpu", check=False)
+        channel_mask = self.channel_mask(batch, dim, host, "cpu")
+        channels = None if channel_mask is None else to_device(channel_mask, device)
+        if time_mask is None:
+            return MaskDraw(None, channels, None, None, 0, 0, host)
+        time_mask = time_mask.cpu()
+        positions, num_masked, fewest_masked = masked_positions(time_mask, pad)
+        return MaskDraw(
+            time_mask=to_device(time_mask, device),
+            channel_mask=channels,
+            positions=to_device(positions, device),
+            masked_per_row=time_mask.sum(1),
+            num_masked=num_masked,
+            fewest_masked=fewest_masked,
+            generator=host,
         )
 
     def forward(

@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from w2vkit.model.config import TransformerConfig
 from w2vkit.model.dropout import Dropout, dropout
+from w2vkit.model.host_rng import host_generator
 
 
 def _bert_init(linear: nn.Linear) -> nn.Linear:
@@ -79,8 +80,15 @@ class SelfAttention(nn.Module):
 
         # SDPA's boolean mask is True = attend; None keeps the flash kernel eligible.
         attend = None if padding_mask is None else ~padding_mask[:, None, None, :]  # (B, 1, 1, T)
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        if self.training and self.dropout_prob > 0 and x.device.type == "cpu":
+        # One GEMM for q, k and v (one weight cast under autocast, one kernel) from the three
+        # projections, which stay separate parameters: state-dict keys, HF and fairseq names and
+        # per-matrix init are unchanged, and concatenating 3 D^2 weights per call costs little
+        # next to the (B, T, D) activations.
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        q, k, v = (heads(t) for t in F.linear(x, weight, bias).chunk(3, dim=-1))  # (B, T, 3D)
+        cpu_dropout = self.training and self.dropout_prob > 0 and x.device.type == "cpu"
+        if cpu_dropout and not torch.compiler.is_compiling():
             y = _explicit_attention(q, k, v, attend, self.dropout_prob)
         else:
             y = F.scaled_dot_product_attention(
@@ -153,7 +161,7 @@ class TransformerEncoder(nn.Module):
         x, padding_mask = self._pad_to_multiple(x, padding_mask)
         x = self.dropout(x)
         states = [x]
-        drop = self._layers_to_drop(x.device, generator)
+        drop = self._layers_to_drop(generator)
         for i, layer in enumerate(self.layers[:num_layers]):
             if drop is not None and drop[i]:
                 continue
@@ -181,13 +189,10 @@ class TransformerEncoder(nn.Module):
         padding_mask = F.pad(padding_mask, (0, extra), value=True)  # (B, T) -> (B, T + extra)
         return F.pad(x, (0, 0, 0, extra)), padding_mask
 
-    def _layers_to_drop(
-        self, device: torch.device, generator: torch.Generator | None
-    ) -> list[bool] | None:
+    def _layers_to_drop(self, generator: torch.Generator | None) -> list[bool] | None:
         if not self.training or self.cfg.layerdrop_prob == 0.0:
             return None
-        device = generator.device if generator is not None else device
-        return (
-            torch.rand(len(self.layers), generator=generator, device=device)
-            < self.cfg.layerdrop_prob
-        ).tolist()
+        # Drawn on the host: which layers run is a host decision, and a device draw read here
+        # would be a sync per step on GPU.
+        draws = torch.rand(len(self.layers), generator=host_generator(generator))
+        return (draws < self.cfg.layerdrop_prob).tolist()

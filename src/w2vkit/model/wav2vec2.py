@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from w2vkit.model.config import ModelConfig, preset
 from w2vkit.model.dropout import Dropout
 from w2vkit.model.feature_extractor import ConvFeatureExtractor, frame_padding_mask, scale_grad
-from w2vkit.model.masking import SpanMasker
+from w2vkit.model.host_rng import to_device
+from w2vkit.model.masking import MaskDraw, SpanMasker
 from w2vkit.model.negatives import contrastive_logits, sample_negatives
 from w2vkit.model.quantizer import GumbelVectorQuantizer
 from w2vkit.model.spectrogram import SpectrogramFeatureExtractor
@@ -64,6 +65,8 @@ class EncoderOutput:
     frontend: FrontendOutput
     time_mask: Tensor | None
     """(B, T) True = masked; None when nothing was masked in time."""
+    masks: MaskDraw | None = None
+    """The masks as drawn (on the host, copied to the device); None without masking."""
 
     @property
     def context(self) -> Tensor:
@@ -101,7 +104,9 @@ class Wav2Vec2Model(nn.Module):
         if cfg.feature_extractor.kind == "spectrogram":
             self.feature_extractor = SpectrogramFeatureExtractor(cfg.feature_extractor)
         else:
-            self.feature_extractor = ConvFeatureExtractor(cfg.feature_extractor)
+            self.feature_extractor = ConvFeatureExtractor(
+                cfg.feature_extractor, checkpointing=cfg.transformer.activation_checkpointing
+            )
         self.feature_norm = nn.LayerNorm(conv_dim)
         self.feature_projection = nn.Linear(conv_dim, model_dim) if conv_dim != model_dim else None
         self.input_dropout = Dropout(cfg.input_dropout_prob)
@@ -178,16 +183,19 @@ class Wav2Vec2Model(nn.Module):
             num_layers=num_layers,
         )
 
-    def frontend(self, wav: Tensor, padding_mask: Tensor | None = None) -> FrontendOutput:
+    def frontend(
+        self, wav: Tensor, padding_mask: Tensor | None = None, *, num_frames: int | None = None
+    ) -> FrontendOutput:
         """Raw audio -> conv features z (layer-normed) and the encoder input (projected, dropped
-        out). Shape: wav (B, S), padding_mask (B, S) -> (B, T, C) and (B, T, D)."""
+        out). Shape: wav (B, S), padding_mask (B, S) -> (B, T, C) and (B, T, D). `num_frames`
+        keeps the first conv frames only, penalty included (HuBERT: the frames with a label)."""
         grad_scale = self.cfg.feature_extractor.grad_scale
         # grad_scale 0 freezes the extractor: skip its autograd graph entirely (fairseq).
         with torch.no_grad() if grad_scale == 0 else contextlib.nullcontext():
             conv = self.feature_extractor(wav)  # (B, C, T)
         if grad_scale > 0:
             conv = scale_grad(conv, grad_scale)
-        features = conv.transpose(1, 2)  # (B, C, T) -> (B, T, C)
+        features = conv.transpose(1, 2)[:, :num_frames]  # (B, C, T) -> (B, T, C)
         frame_pad = None
         if padding_mask is not None:
             frame_pad = frame_padding_mask(
@@ -219,18 +227,21 @@ class Wav2Vec2Model(nn.Module):
         """Span-mask the encoder input in time and channels (when `mask`; `time_mask` (B, T)
         replaces the sampled one) and run the first `num_layers` Transformer layers (all: None)."""
         x, frame_pad = front.encoder_input, front.padding_mask  # (B, T, D)
+        masks = None
         if mask:
             batch, frames, dim = x.shape
-            if time_mask is None:
-                time_mask = self.masker.time_mask(batch, frames, frame_pad, generator, x.device)
-            else:
+            if time_mask is not None:
                 self._check_time_mask(time_mask, batch, frames, frame_pad)
-            channel_mask = self.masker.channel_mask(batch, dim, generator, x.device)
-            x = self.masker(x, time_mask, channel_mask)
+            # Drawn on the host (model/host_rng.py): the masked counts size what follows, and
+            # reading them costs no device sync.
+            masks = self.masker.draw(
+                (batch, frames, dim), frame_pad, generator, x.device, time_mask
+            )
+            x = self.masker(x, masks.time_mask, masks.channel_mask)
         elif time_mask is not None:
             raise ValueError("time_mask given with mask=False")
         states = self.encoder(x, frame_pad, num_layers=num_layers, generator=generator)
-        return EncoderOutput(states, front, time_mask if mask else None)
+        return EncoderOutput(states, front, None if masks is None else masks.time_mask, masks)
 
     def contrast(
         self,
@@ -243,18 +254,26 @@ class Wav2Vec2Model(nn.Module):
     ) -> PretrainOutput:
         """Context at the masked frames against their quantized targets (from `unmasked`, (B, T, C))
         and distractors: the contrastive logits of the paper's loss."""
-        time_mask = encoded.time_mask
-        if time_mask is None:
+        masks = encoded.masks
+        if (
+            masks is None
+            or masks.time_mask is None
+            or masks.positions is None
+            or masks.masked_per_row is None
+        ):
             raise ValueError("masking.time_prob is 0: pretraining needs masked frames")
         device = unmasked.device
-        context = self.context_proj(encoded.context[time_mask])  # (N, D) -> (N, F)
+        # The masked frames by position (a boolean index would read the device for N).
+        context = encoded.context.flatten(0, 1).index_select(0, masks.positions)  # (N, D)
+        context = self.context_proj(context)  # (N, F)
+        unmasked = unmasked.flatten(0, 1).index_select(0, masks.positions)  # (N, C)
         # Targets: quantized unmasked features at the masked frames (fairseq quantizes only these).
         temperature = float(temperature)
         target_ids = extra = extra_ids = None
         prob_ppl = code_ppl = None
         if self.quantizer is not None:
             # (N, C) -> (N, code_dim)
-            quantized = self.quantizer(unmasked[time_mask], temperature, generator)
+            quantized = self.quantizer(unmasked, temperature, generator)
             targets = self.target_proj(quantized.quantized)  # (N, F)
             target_ids, prob_ppl, code_ppl = (
                 quantized.codes,
@@ -264,19 +283,23 @@ class Wav2Vec2Model(nn.Module):
             if self.cfg.num_codebook_negatives > 0:
                 extra_ids, extra = self._codebook_negatives(targets.shape[0], generator, device)
         else:
-            targets = self.target_proj(unmasked[time_mask])  # (N, C) -> (N, F)
+            targets = self.target_proj(unmasked)  # (N, C) -> (N, F)
         if negative_indices is None:
-            negative_indices = sample_negatives(
-                time_mask.sum(1),
+            negatives = sample_negatives(
+                masks.masked_per_row,
                 self.cfg.num_negatives,
                 self.cfg.num_cross_sample_negatives,
-                generator=generator,
-                num_masked=targets.shape[0],
-            )
+                generator=masks.generator,
+                num_masked=masks.num_masked,
+                fewest_masked=masks.fewest_masked,
+            )  # drawn on the host with the masks
+            negative_indices = to_device(negatives, device)
         logits = contrastive_logits(
             context,
             targets,
             negative_indices,
+            time_mask=masks.time_mask,
+            num_within=self.cfg.num_negatives,
             target_ids=target_ids,
             extra_negatives=extra,
             extra_ids=extra_ids,
@@ -284,7 +307,7 @@ class Wav2Vec2Model(nn.Module):
         )
         return PretrainOutput(
             logits=logits,
-            time_mask=time_mask,
+            time_mask=masks.time_mask,
             frame_padding_mask=encoded.padding_mask,
             features_penalty=encoded.frontend.features_penalty,
             prob_perplexity=prob_ppl,

@@ -9,11 +9,12 @@ from __future__ import annotations
 from w2vkit.config import ConfigError, deep_merge, from_dict
 from w2vkit.model.config import PRESETS, ModelConfig, preset
 from w2vkit.pretrain.config import PretrainConfig
+from w2vkit.pretrain.hubert.objective import HUBERT
 from w2vkit.pretrain.objective import PretrainObjective
 from w2vkit.pretrain.wav2vec2 import WAV2VEC2
 from w2vkit.train.diagnostics import Finding
 
-OBJECTIVES: dict[str, PretrainObjective] = {WAV2VEC2.name: WAV2VEC2}
+OBJECTIVES: dict[str, PretrainObjective] = {WAV2VEC2.name: WAV2VEC2, HUBERT.name: HUBERT}
 """Every objective `w2vkit pretrain` can train, by the name `objective:` gives."""
 
 

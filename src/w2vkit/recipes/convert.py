@@ -4,7 +4,8 @@ SRC is a fairseq `.pt` checkpoint, an HF model directory (config.json + safetens
 pytorch_model.bin; or one `.safetensors` file next to its config.json) or a w2vkit checkpoint; its
 format is detected. `--to hf` writes a directory for `Wav2Vec2ForPreTraining.from_pretrained` (or,
 with `--hf-class model`, a `Wav2Vec2Model` one without the pretraining heads) with config.json,
-model.safetensors and preprocessor_config.json.
+model.safetensors and preprocessor_config.json. A HuBERT checkpoint (w2vkit or fairseq) writes an
+HF `HubertModel` directory: the encoder; its prediction head has no HF class.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from w2vkit.config import UsageError
-from w2vkit.interop import hf, hf_ctc, read_model, save_w2vkit
+from w2vkit.interop import hf, hf_ctc, hf_hubert, read_model, save_w2vkit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         symbols = len(record.vocab) if record.vocab is not None else 0
         print(f"w2vkit convert: {args.src} -> {args.dst} (HF Wav2Vec2ForCTC, {symbols} symbols)")
         return 0
-    if args.to == "hf":
+    if args.to == "hf" and hf_hubert.is_hubert_source(args.src):
+        left_out = hf_hubert.save_hf_hubert(record, args.dst)
+        print(f"w2vkit convert: HuBERT -> HF HubertModel; not exported: {left_out}")
+    elif args.to == "hf":
         hf.save_hf(record, args.dst, heads=args.hf_class == "pretraining")
     else:
         save_w2vkit(record, args.dst)

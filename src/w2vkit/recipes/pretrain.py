@@ -19,6 +19,7 @@ import yaml
 from w2vkit.config import ConfigError, from_dict, to_dict
 from w2vkit.data.loader import build_loaders
 from w2vkit.data.shards.loader import build_shard_loaders
+from w2vkit.model.compiled import length_multiple
 from w2vkit.model.config import ModelConfig
 from w2vkit.model.limits import min_input_samples
 from w2vkit.pretrain.config import PretrainConfig
@@ -131,6 +132,9 @@ def _plan(cfg: PretrainConfig, device: torch.device, init_state: dict | None) ->
         min_decoded_samples=min_input_samples(cfg.model),
         allow_data_change=cfg.train.allow_data_change,
     )
+    if cfg.train.compile and not data.shards:  # static shapes: crops in whole length buckets
+        for loader in loaders.values():
+            loader.dataset.length_multiple = length_multiple(cfg.model)
     notes: list[str] = []
     # The same initial model on every rank: seeded init, then the --init-from weights
     # (`init_state`, None when resuming: the checkpoint has the weights).

@@ -71,8 +71,12 @@ class TrainConfig:
     temperature schedules to the plan (docs/training.md, "A time budget")."""
     update_freq: int = 1
     """Micro-batches accumulated per update; fairseq's README: 64 / number of GPUs for BASE."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp16"
-    """bf16: autocast (CPU or GPU); fp16: autocast with dynamic loss scaling (GPU only)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """bf16: autocast (CPU or GPU); fp16: autocast with dynamic loss scaling (GPU only); auto: bf16
+    on CUDA (an H100's tensor cores, no loss scale), fp32 on CPU (where bf16 is rarely faster)."""
+    compile: bool = False
+    """torch.compile the Transformer layers and the conv stack (static shapes: pretraining crops are
+    rounded down to whole seconds, one compilation per length; model/compiled.py)."""
     fp16_init_scale: float = 128.0
     allow_tf32: bool = True
     """TF32 matmuls and convolutions on GPUs that have them."""

@@ -1,7 +1,8 @@
 """torch.distributed from torchrun's environment; every helper is a no-op in a single process.
 
 Only torchrun's variables (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`) are
-read: `torchrun --nproc_per_node N -m w2vkit pretrain ...`, multi-node through its rendezvous.
+read: `torchrun --nproc_per_node N -m w2vkit pretrain ...` (N = 1 too: DDP on one GPU), multi-node
+through its rendezvous.
 
 A collective waits `timeout_minutes` for the other processes (a stopped or dead rank), then the
 run fails with `RankTimeout`, naming the ranks that did not answer when gloo can tell.
@@ -20,10 +21,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+_LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
 
 def is_launched() -> bool:
-    """True when torchrun (or any launcher that sets WORLD_SIZE > 1) started this process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True when torchrun (or a launcher that sets its variables) started this process, also with
+    one process: `torchrun --nproc_per_node 1` runs DDP and its collectives, as N processes would."""
+    return all(name in os.environ for name in _LAUNCHER_VARIABLES)
+
+
+NCCL_ERROR_SETTINGS = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0"}
+"""NCCL's watchdog tears the process down when a collective times out (its default); with these,
+the collective's `wait()` raises the timeout as a `RuntimeError` in the training thread instead,
+which `explain_timeout` turns into a `RankTimeout` naming the silent ranks. The cost: the host waits
+for each collective it waits on (DDP's gradient all-reduce, once per update). Set either variable
+in the environment to choose otherwise."""
 
 
 DEFAULT_TIMEOUT_MINUTES = 5.0
@@ -42,6 +54,9 @@ def init(device: torch.device, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUT
         return
     _timeout = timedelta(minutes=timeout_minutes)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl":
+        for name, value in NCCL_ERROR_SETTINGS.items():
+            os.environ.setdefault(name, value)  # read when the process group is made
     dist.init_process_group(backend=backend, timeout=_timeout)
     try:  # private API; without it a timeout is still reported, only without the rank
         store = dist.distributed_c10d._get_default_store()
@@ -185,6 +200,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 __all__ = [
     "DEFAULT_TIMEOUT_MINUTES",
+    "NCCL_ERROR_SETTINGS",
     "RankTimeout",
     "all_reduce_sum",
     "explain_timeout",

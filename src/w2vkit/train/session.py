@@ -22,6 +22,7 @@ import yaml
 from torch import nn
 
 from w2vkit.config import ConfigError
+from w2vkit.model.compiled import compile_stages
 from w2vkit.model.config import ModelConfig
 from w2vkit.train import checkpoint, dist, guard, host_memory, rescue
 from w2vkit.train.best import reconcile_best
@@ -305,6 +306,8 @@ def _session(
     if device.type == "cuda" and train_cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the conv stack sees a few crop lengths, many times
     plan = build(device)
     objective, health = plan.objective, plan.health
     if health is not None:
@@ -315,6 +318,8 @@ def _session(
         )
     notes = notes + plan.notes
     plan.model.to(device)
+    if train_cfg.compile:
+        compile_stages(plan.model)
     optimizer = build_optimizer(plan.model, plan.optim)
     state = make_state(
         plan.model,

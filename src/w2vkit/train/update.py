@@ -34,6 +34,8 @@ from w2vkit.train.state import BatchT, Objective, StepFn, StepOutput, TrainState
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "auto":  # TrainConfig.precision
+        precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
