@@ -4,6 +4,8 @@
     python bench/small_budget.py --config cpu --seeds 1 --set train.max_steps=300
     python bench/small_budget.py --quick                                   # seconds, for the test
     python bench/small_budget.py --objective wav2vec2 data2vec2 best_rq --set train.max_minutes=10
+    python bench/small_budget.py --corpus prose --seeds 1 2 3 --set train.max_steps=500
+    python bench/small_budget.py --corpus prose_long_noisy --real-dir DEBS   # issue 27's corpora
 
 Three synthetic English corpora (eSpeak NG, `w2vkit.data.synth.make_speech_corpus`) go to
 `--cache` and are reused: pretraining audio (26 voice variants x 8 accents = 208 voices), probe
@@ -44,6 +46,9 @@ from w2vkit.data.synth import make_speech_corpus
 from w2vkit.model.spectrogram import log_mel
 from w2vkit.model.wav2vec2 import Wav2Vec2Model
 from w2vkit.recipes.labels import write_labels
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpora  # noqa: E402 (bench/corpora.py beside this script)
 
 ACCENTS = (
     "en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
@@ -108,12 +113,23 @@ def _texts(audio_dir: Path) -> dict[str, str]:
     }
 
 
-def build_corpora(cache: Path, sizes: Sizes) -> tuple[Path, dict[str, Path]]:
-    """(pretraining manifest dir, {"train" | "test": probe manifest dir with train.phones.npz})."""
-    pretrain_audio = _synth(
-        cache / "pretrain", sizes.pretrain_minutes, 100, voices(PRETRAIN_VARIANTS)
-    )
-    manifest = cache / "pretrain" / "manifest"
+def build_corpora(
+    cache: Path, sizes: Sizes, corpus: str = "default", real_dir: Path | None = None
+) -> tuple[Path, dict[str, Path]]:
+    """(pretraining manifest dir, {"train" | "test": probe manifest dir with train.phones.npz}).
+
+    `corpus`: "default" (issue 18's) or a `corpora.CORPORA` name, with the real recordings of
+    `real_dir` mixed in when given (`corpora.add_real`)."""
+    if corpus == "default":
+        pretrain_audio = _synth(
+            cache / "pretrain", sizes.pretrain_minutes, 100, voices(PRETRAIN_VARIANTS)
+        )
+        manifest = cache / "pretrain" / "manifest"
+    else:
+        pretrain_audio = corpora.build(corpus, cache, sizes.pretrain_minutes)
+        print(corpora.add_real(pretrain_audio.parent / "real", real_dir))
+        manifest = pretrain_audio.parent / ("manifest_real" if real_dir else "manifest")
+        pretrain_audio = pretrain_audio.parent if real_dir else pretrain_audio  # audio/ + real/
     if not (manifest / "train.tsv").is_file():
         _w2vkit("manifest", str(pretrain_audio), "--dest", str(manifest), "--valid-percent", "0.02")
     probes = {}
@@ -355,6 +371,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--objective", nargs="+", choices=sorted(OBJECTIVE_CONFIGS), default=None,
         help="compare objectives, each with its CPU recipe (replaces --config)",
     )  # fmt: skip
+    parser.add_argument("--corpus", default="default", choices=["default", *corpora.CORPORA],
+                        help="the pretraining corpus (bench/corpora.py); probes stay the same")  # fmt: skip
+    parser.add_argument(
+        "--real-dir", type=Path, help="mix in Debian's recordings (bench/corpora.py)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.overrides = QUICK_OVERRIDES + args.overrides
@@ -367,14 +388,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _run_name(args: argparse.Namespace, config: str) -> str:
     if args.name is not None and len(args.configs) == 1:
         return args.name
-    return "_".join([Path(config).stem, *args.overrides]).replace("/", "-")
+    corpus = [] if args.corpus == "default" else [args.corpus + ("+real" if args.real_dir else "")]
+    return "_".join([Path(config).stem, *corpus, *args.overrides]).replace("/", "-")
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
     args.cache.mkdir(parents=True, exist_ok=True)
-    manifest, probes = build_corpora(args.cache, sizes)
+    manifest, probes = build_corpora(args.cache, sizes, args.corpus, args.real_dir)
     sets = held_out_probe_sets(args.cache, probes)
     base = baselines(sets, sizes, args.cache)
     runs: list[tuple[str, list[dict]]] = []

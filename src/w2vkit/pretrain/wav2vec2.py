@@ -198,8 +198,30 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def logit_spread(output: PretrainOutput) -> dict[str, Value]:
+    """`train.diagnostics`: where the positive stands among the negatives (device tensors).
+
+    `logit_pos` / `logit_neg` are the mean positive / negative logit (cosine / logit temperature;
+    negatives equal to their positive, at -inf, left out), `logit_neg_max` the mean of each row's
+    largest negative: at chance the three meet. `feature_rms`: the RMS of the conv features that
+    reach the quantizer (sqrt of the feature penalty's mean square)."""
+    logits = output.logits.detach().float()  # (N, 1+K)
+    negatives = logits[:, 1:]
+    finite = torch.isfinite(negatives)
+    return {
+        "logit_pos": logits[:, 0].mean(),
+        "logit_neg": negatives.where(finite, 0.0).sum() / finite.sum().clamp(min=1),
+        "logit_neg_max": negatives.amax(dim=1).clamp(min=-1e4).mean(),
+        "feature_rms": output.features_penalty.detach().float().sqrt(),
+    }
+
+
 def pretraining_objective(
-    weights: LossConfig, quantizer: QuantizerConfig, *, nominal_steps: int = 0
+    weights: LossConfig,
+    quantizer: QuantizerConfig,
+    *,
+    nominal_steps: int = 0,
+    diagnostics: bool = False,
 ) -> Objective[Batch]:
     """The training loop's Objective for wav2vec 2.0 pretraining (validation: the same step).
 
@@ -208,23 +230,45 @@ def pretraining_objective(
     plan's share of the run done, 1 at its end), so the temperature reaches a value at the same
     fraction of the run as with `nominal_steps` updates (the config's LR schedule length), and
     follows a re-plan without a jump. Without `nominal_steps` the decay stays per update.
+
+    `rescue` (`train.on_stuck=rescue`, `w2vkit.train.rescue`) applies the diagnosed change:
+    at chance, the temperature anneals per update and no longer stretched to the plan, and each
+    further such rescue doubles its pace (a stretched anneal kept a 7,000-update plan at 1.15 for
+    thousands of updates: docs/convergence.md); a collapsed codebook doubles
+    `loss.diversity_weight` (0 becomes 0.1). `diagnostics` adds `logit_spread` to the logged means.
     """
     progress: Callable[[int], float] | None = None
+    anneal_pace = 0  # 0: the configured schedule; n: per update, 2**(n-1) times as fast
+    diversity_weight = weights.diversity_weight
 
     def plan(run_progress: Callable[[int], float]) -> None:
         nonlocal progress
-        progress = run_progress if nominal_steps > 0 else None
+        progress = run_progress if nominal_steps > 0 and not anneal_pace else None
+
+    def rescue(finding: str) -> str | None:
+        nonlocal progress, anneal_pace, diversity_weight
+        if finding == "loss_at_chance":
+            anneal_pace, progress = anneal_pace + 1, None
+            pace = 2 ** (anneal_pace - 1)
+            return (
+                f"Gumbel temperature annealed per update{f' x{pace}' if pace > 1 else ''} "
+                f"(decay {quantizer.temperature_decay**pace:.6g}), not stretched to the plan"
+            )
+        if finding == "codebook_collapse":
+            before, diversity_weight = diversity_weight, 2 * diversity_weight or 0.1
+            return f"loss.diversity_weight {before:g} -> {diversity_weight:g}"
+        return None
 
     def wav2vec_step(
         model: nn.Module, batch: Batch, step: int, generator: torch.Generator
     ) -> StepOutput:
         # `step` counts completed optimizer updates, not forwards: accumulation keeps the decay.
         at = progress(step) * nominal_steps if progress is not None else step
-        temperature = gumbel_temperature(at, quantizer)
+        temperature = gumbel_temperature(at * 2 ** max(anneal_pace - 1, 0), quantizer)
         output = model(batch.wav, batch.padding_mask, temperature=temperature, generator=generator)
         terms = pretraining_loss(
             output,
-            diversity_weight=weights.diversity_weight,
+            diversity_weight=diversity_weight,
             feature_penalty_weight=weights.feature_penalty_weight,
         )
         quantized = output.prob_perplexity is not None
@@ -235,20 +279,27 @@ def pretraining_objective(
                 "code_perplexity": terms.code_perplexity,
                 "temp": terms.temperature,
             }
+        if diagnostics:
+            means |= logit_spread(output)
         sums = logged_sums(
             terms,
-            diversity_weight=weights.diversity_weight,
+            diversity_weight=diversity_weight,
             feature_penalty_weight=weights.feature_penalty_weight,
             quantized=quantized,
         )
         return StepOutput(loss=terms.loss, sample_size=terms.sample_size, sums=sums, means=means)
 
-    return Objective(step=wav2vec_step, summarize=summarize, plan=plan)
+    return Objective(step=wav2vec_step, summarize=summarize, plan=plan, rescue=rescue)
 
 
 def _objective(cfg: Wav2Vec2PretrainConfig) -> Objective:
     """The criterion with its temperature fitted to the run's length."""
-    return pretraining_objective(cfg.loss, cfg.model.quantizer, nominal_steps=cfg.total_steps)
+    return pretraining_objective(
+        cfg.loss,
+        cfg.model.quantizer,
+        nominal_steps=cfg.total_steps,
+        diagnostics=cfg.train.diagnostics,
+    )
 
 
 def _model(cfg: Any) -> Wav2Vec2Model:
@@ -285,6 +336,7 @@ __all__ = [
     "contrastive_loss",
     "diversity_loss",
     "logged_sums",
+    "logit_spread",
     "num_correct",
     "pretraining_loss",
     "pretraining_objective",

@@ -110,6 +110,13 @@ class HealthMonitor(Monitor):
             "negatives_equal_positive": self._negatives_equal(record),
         } | super().conditions(record, step)
 
+    def since(self, code: str, step: int) -> int:
+        if code == "loss_at_chance":  # the window of `plateau_updates` before `step`
+            return max(step - self.plateau_updates, 0)
+        if code == "codebook_collapse":
+            return self._streak_start["collapse"]
+        return super().since(code, step)
+
     def _plateau(self, record: dict, step: int) -> str | None:
         contrastive = record.get("loss_0")
         if contrastive is None or not math.isfinite(contrastive):

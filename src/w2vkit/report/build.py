@@ -1,4 +1,4 @@
-"""Assemble a run's report: health findings first, then curves, codebook usage, probes and a PCA.
+"""Assemble a run's report: health findings first, then rescues, curves, codebook usage, probes and a PCA.
 
 Inputs are found in the run directory written by `w2vkit pretrain` (train_log.jsonl, config.yaml,
 checkpoint_best.pt or checkpoint_last.pt, the validation manifest named by the config) and in the
@@ -23,6 +23,8 @@ import yaml
 from w2vkit.pretrain import registry
 from w2vkit.pretrain.wav2vec2_health import negatives_from_config
 from w2vkit.report import plots
+from w2vkit.train.checkpoint import LAST, CheckpointUnreadable
+from w2vkit.train.checkpoint import load as load_checkpoint
 from w2vkit.train.diagnostics import Finding, read_log
 
 CHECKPOINTS = ("checkpoint_best.pt", "checkpoint_last.pt")
@@ -46,10 +48,42 @@ class Report:
     sections: list[Section]
 
 
+def surviving(records: list[dict]) -> list[dict]:
+    """The records of the path the run kept: a rescue (`train.on_stuck=rescue`) rolled back and
+    logged the same updates again, and only the last pass over them leads to the end."""
+    kept: list[dict] = []
+    for record in reversed(records):
+        if not kept or record["num_updates"] < kept[-1]["num_updates"]:
+            kept.append(record)
+    return kept[::-1]
+
+
+def rescue_section(run_dir: Path) -> Section | None:
+    """The rescues checkpoint_last.pt records (`w2vkit.train.rescue`), or None without any."""
+    path = run_dir / LAST
+    try:
+        rescues = load_checkpoint(path)["progress"].get("rescues", []) if path.is_file() else []
+    except CheckpointUnreadable:  # the codebook section says what is wrong with it
+        return None
+    if not rescues:
+        return None
+    rows = [
+        [str(r["update"]), str(r["finding"]), str(r["rolled_back_to"]), str(r["change"])]
+        for r in rescues
+    ]
+    note = (
+        f"{len(rescues)} rescue(s) (train.on_stuck=rescue): each rolled the run back and applied "
+        "the change; the curves show the updates the run kept."
+    )
+    return Section(
+        "Rescues", text=[note], table=[["update", "finding", "rolled back to", "change"], *rows]
+    )
+
+
 def curve_sections(records: list[dict], model: dict, plot_dir: Path) -> list[Section]:
-    """Training curves (train split) and the validation curves."""
-    train = [r for r in records if r.get("split", "train") == "train"]
-    valid = [r for r in records if r.get("split") == "valid"]
+    """Training curves (train split) and the validation curves, of the path the run kept."""
+    train = surviving([r for r in records if r.get("split", "train") == "train"])
+    valid = surviving([r for r in records if r.get("split") == "valid"])
     negatives, groups = negatives_from_config(model) if model else (0, 0)
     entries = int(model.get("quantizer", {}).get("num_entries", 0)) * groups if model else 0
     guides: dict[str, dict[str, float]] = {}
@@ -245,6 +279,8 @@ def build_report(
     records = read_log(log_path)
     findings = registry.findings(records, config or {})
     sections = curve_sections(records, model, plot_dir)
+    rescued = rescue_section(run_dir)
+    sections = sections if rescued is None else [rescued, *sections]
     if not curves_only:
         sections.append(
             codebook_section(run_dir, config, plot_dir, max_valid_items, checkpoint, valid_manifest)

@@ -30,6 +30,12 @@ class Curve:
     log_y: bool = False
 
 
+MODULES = (
+    "feature_extractor", "feature_norm", "feature_projection", "masker", "encoder", "quantizer",
+    "target_proj", "context_proj",
+)  # fmt: skip
+"""The wav2vec 2.0 model's top-level modules with parameters (`grad_norm/<module>` keys)."""
+
 TRAIN_CURVES = (
     Curve(
         "loss_parts",
@@ -44,6 +50,21 @@ TRAIN_CURVES = (
     Curve("temperature", "Gumbel temperature", ("temp",), "temperature"),
     Curve("learning_rate", "learning rate", ("lr",), "lr"),
     Curve("gradient_norm", "gradient norm (before clipping)", ("gnorm",), "L2 norm", log_y=True),
+    # train.diagnostics=true (docs/convergence.md): why a run sits on the plateau
+    Curve(
+        "module_gradient_norms",
+        "gradient norm per module (train.diagnostics)",
+        tuple(f"grad_norm/{m}" for m in MODULES),
+        "L2 norm",
+        log_y=True,
+    ),
+    Curve(
+        "logit_spread",
+        "contrastive logits: positive vs negatives (train.diagnostics)",
+        ("logit_pos", "logit_neg_max", "logit_neg"),
+        "cosine / logit temperature",
+    ),
+    Curve("feature_rms", "RMS of the features the quantizer sees", ("feature_rms",), "RMS"),
 )
 VALID_CURVES = (
     Curve("valid_loss", "validation loss", ("loss", "loss_0"), "bits per masked frame"),
@@ -54,6 +75,10 @@ LEGEND = {
     "loss_0": "contrastive",
     "loss_1": "diversity (weighted)",
     "loss_2": "feature penalty (weighted)",
+    "logit_pos": "positive",
+    "logit_neg_max": "largest negative (row mean)",
+    "logit_neg": "negatives (mean)",
+    **{f"grad_norm/{m}": m for m in MODULES},
 }
 
 

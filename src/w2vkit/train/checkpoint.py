@@ -13,7 +13,8 @@ so `torch.load(..., weights_only=True)` reads it without unpickling code:
                  older checkpoints: "best_valid_loss"), "best_rank" (it and its tie-breaks),
                  "best_step" (the update checkpoint_best.pt holds), "num_nonfinite",
                  "consecutive_nonfinite", "train_seconds", "planned_steps" (a time budget's plan,
-                 0: none), "plan" (the budget's plan history, `w2vkit.train.budget`)}
+                 0: none), "plan" (the budget's plan history, `w2vkit.train.budget`), "rescues"
+                 (`w2vkit.train.rescue`: update, finding, rolled_back_to, change)}
                 (the files that failed to decode are in the sampler state, `failures`)
     metrics     {"window": the unlogged training sums of all ranks together (`MetricsWindow`
                  state; rank 0 restores it, the other ranks start from zeros),
@@ -91,6 +92,7 @@ def payload(
             "train_seconds": state.train_seconds,
             "planned_steps": state.planned_steps,
             "plan": state.plan.state_dict() if state.plan is not None else None,
+            "rescues": [dict(r) for r in state.rescues],
         },
         "metrics": {"window": window.state_dict(), "valid": last_valid},
     }
@@ -132,6 +134,7 @@ def restore(state: TrainState, payload: dict) -> None:
     state.consecutive_nonfinite = int(progress["consecutive_nonfinite"])
     state.train_seconds = float(progress.get("train_seconds", 0.0))
     state.plan = _plan(progress)
+    state.rescues = [dict(r) for r in progress.get("rescues", [])]
 
 
 def _plan(progress: dict) -> Plan | None:

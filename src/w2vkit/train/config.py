@@ -98,6 +98,15 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_consecutive_nonfinite: int = 20
     """Stop (with a checkpoint) after this many updates in a row skipped for a non-finite loss or gradient."""
+    on_stuck: Literal["warn", "rescue", "stop"] = "warn"
+    """When the health monitor finds the run at chance (`loss_at_chance`) or its codebook collapsed:
+    warn: say so and go on; rescue: roll back to the last checkpoint before the finding's evidence
+    (or the initial state) and apply the diagnosed change (docs/diagnostics.md, "Rescue"); stop:
+    save and end the run with exit status 3."""
+    diagnostics: bool = False
+    """Also log why a run sits on the plateau: per-module gradient norms (`grad_norm/<module>`),
+    the spread of the contrastive logits and the feature norms (docs/convergence.md); device-side
+    sums, one host copy per log line."""
     allow_data_change: bool = False
     """Resume on a changed training manifest by starting a new epoch (else such a resume is refused)."""
     dist_timeout_minutes: float = 5.0
@@ -135,6 +144,11 @@ class TrainConfig:
         check(self.fp16_init_scale > 0, "train.fp16_init_scale", "must be > 0")
         check(
             self.max_consecutive_nonfinite >= 1, "train.max_consecutive_nonfinite", "must be >= 1"
+        )
+        check(
+            self.on_stuck in ("warn", "rescue", "stop"),
+            "train.on_stuck",
+            f"must be warn, rescue or stop, got {self.on_stuck!r}",
         )
         check(bool(self.out_dir), "train.out_dir", "must not be empty")
         check(0 <= self.seed < 2**32, "train.seed", f"must be in [0, 2**32), got {self.seed}")

@@ -35,6 +35,9 @@ class Finding:
     what_to_try: str
     step: int
     """`num_updates` of the record that raised it."""
+    since: int = 0
+    """The update its evidence starts after (`Monitor.since`); a rescue (`train.on_stuck`) rolls
+    back to a checkpoint no newer than it."""
 
     def format(self) -> str:
         return (
@@ -98,6 +101,9 @@ class Monitor:
         self.data_wait_records = data_wait_records
         self._active: set[str] = set()
         self._streaks: dict[str, int] = {}
+        self._streak_start: dict[str, int] = {}
+        """The update before each streak's first record (its evidence starts after it)."""
+        self._step = 0
         self._gnorms: deque[float] = deque(maxlen=explode_history)
         self._nonfinite: deque[int] = deque(maxlen=nonfinite_window + 1)
 
@@ -105,7 +111,7 @@ class Monitor:
         """New findings for one log record (validation records: none)."""
         if record.get("split", "train") != "train":
             return []
-        step = int(record.get("num_updates", 0))
+        step = self._step = int(record.get("num_updates", 0))
         findings = []
         for code, message in self.conditions(record, step).items():
             if message is None:
@@ -113,8 +119,13 @@ class Monitor:
             elif code not in self._active:
                 self._active.add(code)
                 cause, remedy = self.ADVICE[code]
-                findings.append(Finding(code, message, cause, remedy, step))
+                findings.append(Finding(code, message, cause, remedy, step, self.since(code, step)))
         return findings
+
+    def since(self, code: str, step: int) -> int:
+        """The update after which the evidence of finding `code` raised at `step` starts (a
+        subclass with windowed or sustained signatures says where theirs start)."""
+        return step
 
     def conditions(self, record: dict, step: int) -> dict[str, str | None]:
         """Each signature's code and what it saw in `record` (None: not present)."""
@@ -127,6 +138,8 @@ class Monitor:
 
     def _streak(self, key: str, condition: bool) -> int:
         self._streaks[key] = self._streaks.get(key, 0) + 1 if condition else 0
+        if self._streaks[key] == 1:
+            self._streak_start[key] = self._step - 1  # a checkpoint of it precedes the record
         return self._streaks[key]
 
     def _sustained(

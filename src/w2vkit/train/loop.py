@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from w2vkit.data.sampler import BucketBatchSampler
-from w2vkit.train import checkpoint, dist, guard
+from w2vkit.train import checkpoint, dist, guard, metrics, rescue
 from w2vkit.train.best import improves
 from w2vkit.train.best import rank as best_rank
 from w2vkit.train.budget import TimeBudget
@@ -111,6 +111,7 @@ class _Run(Generic[BatchT]):
     data_wait_seconds: float = 0.0
     """Seconds spent waiting for the data loader since the last train log line."""
     window_start: float = field(default_factory=time.perf_counter)
+    stuck: rescue.Finding | None = None  # of the latest log line, for `unstick`
 
     def apply_plan(self) -> None:
         """Fit the LR schedule (if it can) and the objective (`plan`) to `state.plan`."""
@@ -219,6 +220,8 @@ class _Run(Generic[BatchT]):
         record["batch_audio_sec"] = audio_seconds / max(num_updates, 1)
         # lr of the next update, as fairseq logs it; gnorm of the last update, before clipping.
         record |= {"lr": state.schedule.lr_at(state.step), "gnorm": result.gnorm}
+        if self.cfg.diagnostics:
+            record |= metrics.module_grad_norms(state.model, result.gnorm)
         if state.scaler is not None:
             record["loss_scale"] = state.scaler.get_scale()
         rates = self.throughput.rates(num_updates, audio_seconds)
@@ -239,8 +242,24 @@ class _Run(Generic[BatchT]):
             "num_failed_decodes": failure_events,
         }
         self.logger.log(line)
-        for message in self.objective.monitor(line) if self.objective.monitor else []:
-            self.logger.message(message)
+        for finding in self.objective.monitor(line) if self.objective.monitor else []:
+            self.logger.message(finding.format())
+            self.stuck = self.stuck or (finding if finding.code in rescue.STUCK else None)
+
+    def unstick(self) -> str | None:
+        """Act on a stuck finding by `train.on_stuck`: "stuck" to stop, "rescued" after a rollback."""
+        finding, self.stuck = self.stuck, None
+        if finding is None or self.cfg.on_stuck == "warn":
+            return None
+        if self.cfg.on_stuck == "stop":
+            self.save(interval=False)
+            self.logger.message(rescue.stop_message(finding, self.out_dir))
+            return "stuck"
+        said, rolled_back = rescue.rescue(self.state, self.objective, finding, self.out_dir)
+        self.logger.message(said)
+        if rolled_back:  # the schedules fitted to the plan again (the budget's clock goes on)
+            self.apply_plan()
+        return "rescued" if rolled_back else None
 
     def skipped(self, result: UpdateResult) -> bool:
         """Report a skipped update; True (after saving) when too many came in a row."""
@@ -291,12 +310,14 @@ def train(
 
     "max_steps", "max_epochs", "max_minutes" (`TimeBudget`): the end of the plan, validated and
     saved; "sigint"/"sigterm": asked to stop, checkpoint saved; "nonfinite": too many skipped
-    updates in a row, checkpoint saved.
+    updates in a row, checkpoint saved; "stuck": `train.on_stuck=stop` and a stuck finding.
     `config_dict` goes into every checkpoint; `sample_rate` converts samples to audio seconds.
     """
     run = _Run(
         state, objective, cfg, valid_loader, device, Path(out_dir), config_dict, logger, sample_rate
     )
+    for line in rescue.prepare(state, objective, cfg.on_stuck, config_dict, run.out_dir):
+        logger.message(line)
     if cfg.max_minutes > 0:
         run.budget = TimeBudget(state, cfg.max_minutes, cfg.max_steps)
         run.apply_plan()  # resumed: the plan goes on as it was
@@ -361,6 +382,11 @@ def _updates(
         run.logger.progress(state.step)
         if result.finite and state.step % cfg.log_interval == 0:
             run.log_train(result)
+            if (unstuck := run.unstick()) == "stuck":
+                return unstuck
+            if unstuck == "rescued":  # the data position went back too: a new iterator
+                groups = micro_batch_groups(loader, state.sampler, cfg.update_freq, cfg.max_epochs)
+                continue
         if result.stop is not None and result.stop in STOP_SIGNALS.values():
             run.stopped_by(result.stop)
             return result.stop

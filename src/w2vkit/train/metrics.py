@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from w2vkit.train import dist
 
@@ -299,6 +299,24 @@ def _rounded(value):
     return value
 
 
+def module_grad_norms(model: nn.Module, gnorm: float) -> dict[str, float]:
+    """`grad_norm/<child>`: the gradient norm of each top-level module of the last update, on the
+    scale of `gnorm` (the update divides the gradients by the sample size only inside the step,
+    so the raw norms are rescaled to sum in squares to `gnorm`). One host copy: log lines only."""
+    norms = {
+        name: torch.linalg.vector_norm(
+            torch.stack([p.grad.float().norm() for p in child.parameters() if p.grad is not None])
+        )
+        for name, child in dist.unwrap(model).named_children()
+        if any(p.grad is not None for p in child.parameters())
+    }
+    if not norms:
+        return {}
+    values = torch.stack(list(norms.values())).tolist()
+    scale = gnorm / max(math.sqrt(sum(v * v for v in values)), 1e-30)
+    return {f"grad_norm/{name}": v * scale for name, v in zip(norms, values, strict=True)}
+
+
 __all__ = [
     "LOOP_COLUMNS",
     "Column",
@@ -308,4 +326,5 @@ __all__ = [
     "Throughput",
     "Value",
     "gpu_memory_gb",
+    "module_grad_norms",
 ]

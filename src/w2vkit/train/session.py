@@ -24,7 +24,7 @@ from torch import nn
 from w2vkit.config import ConfigError
 from w2vkit.model.compiled import compile_stages
 from w2vkit.model.config import ModelConfig
-from w2vkit.train import checkpoint, dist, guard, host_memory
+from w2vkit.train import checkpoint, dist, guard, host_memory, rescue
 from w2vkit.train.best import reconcile_best
 from w2vkit.train.config import AdamConfig, TrainConfig
 from w2vkit.train.diagnostics import Monitor
@@ -311,9 +311,7 @@ def _session(
     plan = build(device)
     objective, health = plan.objective, plan.health
     if health is not None:
-        objective = dataclasses.replace(
-            objective, monitor=lambda record: [f.format() for f in health.observe(record)]
-        )
+        objective = rescue.watched(objective, health)
     if resume is not None:
         notes = notes + guard.check_resume_config(
             resume.config["model"], plan.model_config, source=str(resume.path)

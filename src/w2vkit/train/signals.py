@@ -14,7 +14,12 @@ STOP_SIGNALS = {signal.SIGINT: "sigint", signal.SIGTERM: "sigterm"}
 STOP_REQUESTS = ("sigterm", "sigint", "max_minutes")
 """What one process can ask all to stop for after the current update; the first present wins."""
 
-EXIT_STATUS = {"nonfinite": 1, "sigint": 128 + signal.SIGINT, "sigterm": 128 + signal.SIGTERM}
+EXIT_STATUS = {
+    "nonfinite": 1,
+    "stuck": 3,
+    "sigint": 128 + signal.SIGINT,
+    "sigterm": 128 + signal.SIGTERM,
+}
 """Process exit status per stop reason (the shell's 130/143 for a signal); 0 for the others."""
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from w2vkit.data.sampler import BucketBatchSampler
+from w2vkit.train.diagnostics import Finding
 from w2vkit.train.metrics import MetricsWindow, Value
 
 _Self = TypeVar("_Self", bound="LoopBatch")
@@ -81,9 +82,13 @@ class Objective(Generic[BatchT]):
     """Told a time budget's plan (`train.max_minutes`) as the run's progress after k updates (0 at
     the start, 1 at the planned end), once it is made and when such a run resumes; the map follows
     every re-plan without a jump. Pretraining fits its Gumbel temperature schedule to it."""
-    monitor: Callable[[dict[str, Any]], list[str]] | None = None
-    """Told every train log record; returns messages to print and log (the objective's health
-    findings, `w2vkit.train.diagnostics.Monitor`)."""
+    monitor: Callable[[dict[str, Any]], list[Finding]] | None = None
+    """Told every train log record; returns the new health findings to print and log (the
+    objective's `w2vkit.train.diagnostics.Monitor`); `train.on_stuck` acts on the stuck ones."""
+    rescue: Callable[[str], str | None] | None = None
+    """Told a finding's code after a rescue rolled the run back (and, when a run resumes, each
+    recorded rescue again, oldest first); applies the diagnosed change and says what it changed,
+    or returns None when it has nothing (more) to try for that finding."""
     after_update: Callable[[nn.Module, int], None] | None = None
     """(unwrapped model, completed updates) after each optimizer step that was taken, e.g. an EMA
     teacher following the student; what it changes must live in the model to be checkpointed."""
@@ -185,6 +190,9 @@ class TrainState:
     """Wall-clock seconds of the update loop so far, over every session of the run."""
     plan: Plan | None = None
     """A time budget's plan (None: no plan yet, or no budget)."""
+    rescues: list[dict] = field(default_factory=list)
+    """The rescues so far (`w2vkit.train.rescue`), oldest first: {"update", "finding",
+    "rolled_back_to", "change"}; a resumed run re-applies each change to its objective."""
 
     @property
     def planned_steps(self) -> int:
