@@ -43,9 +43,14 @@ def test_frame_labels_are_written_and_the_phone_probe_tests_on_unseen_voices(tmp
     assert phone["split"]["num_train_utterances"] == len(files) - len(unseen)
     assert {s["features"] for s in phone["scores"]} == {"pretrained", "random", "logmel"}
     capsys.readouterr()
-    demo._probe_table(probes)
+    asr = {"pretrained": {"cer": 12.5, "wer": 40.25, "cer_lm": 9.75, "wer_lm": 30.5}}
+    demo._probe_table(probes, asr)
     table = capsys.readouterr().out
     assert "phones, unseen voices" in table and "logmel ±4" in table and "chance" in table
+    pretrained = next(line for line in table.splitlines() if line.strip().startswith("pretrained"))
+    assert pretrained.split()[-4:] == ["12.5", "40.2", "9.8", "30.5"]  # CER, WER, +LM (%.1f)
+    random_row = next(line for line in table.splitlines() if line.strip().startswith("random"))
+    assert random_row.split()[-4:] == ["-", "-", "-", "-"]  # no recogniser fine-tuned from it
 
 
 @pytest.mark.parametrize("verbose", [False, True])
