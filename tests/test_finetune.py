@@ -373,7 +373,9 @@ def test_print_config_needs_no_init_from_as_the_help_footer_says(capsys):
     assert "`w2vkit finetune cpu --print-config`" in cli.HELP_NOTES["finetune"]
     assert cli.main(["finetune", "cpu", "--print-config"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# without --init-from, `model` is the config's model.preset (random init) or")
+    assert out.startswith(
+        "# without --init-from, `model` is the config's model.preset (random init) or"
+    )
     printed = yaml.safe_load(out)
     assert printed["train"]["max_steps"] == 600 and printed["ctc"]["freeze_encoder_steps"] == 50
     assert printed["model"]["masking"]["time_prob"] == 0.3  # the cpu preset over the encoder
