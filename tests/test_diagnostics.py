@@ -55,6 +55,28 @@ def test_plateau_at_chance_is_named_once_and_rearms():
     assert [f.code for r in later for f in monitor.observe(r)] == ["loss_at_chance"]
 
 
+def test_a_run_that_ends_on_the_plateau_before_the_window_is_named_at_its_end():
+    # 65 updates (a budget shorter than the warm-up): no 500-update window, still a finding.
+    short = [_healthy(s) | {"loss_0": CHANCE - 0.03} for s in range(5, 70, 5)]
+    monitor = HealthMonitor(K, G)
+    assert [f for r in short for f in monitor.observe(r)] == []
+    (finding,) = monitor.finish()
+    assert (finding.code, finding.step) == ("ended_at_chance", 65)
+    assert finding.message == (
+        "the run ended on the plateau: the contrastive loss (median 3.429 bits over its last 5 "
+        "log records) is within 0.1 bits of chance log2(1+K) = 3.459"
+    )
+    assert finding.likely_cause == ADVICE["ended_at_chance"][0]
+    left = [_healthy(s) | {"loss_0": CHANCE - 0.3} for s in range(5, 70, 5)]
+    monitor = HealthMonitor(K, G)
+    assert [f for r in left for f in monitor.observe(r)] == [] and monitor.finish() == []
+    # A long stuck run already has its loss_at_chance: no second finding at the end.
+    stuck = [_healthy(s) | {"loss_0": CHANCE} for s in range(10, 200, 10)]
+    monitor = HealthMonitor(K, G, plateau_updates=100)
+    assert [f.code for r in stuck for f in monitor.observe(r)] == ["loss_at_chance"]
+    assert monitor.finish() == []
+
+
 def test_plateau_from_a_real_run_with_a_tiny_learning_rate(tmp_path):
     dest = make_manifest(tmp_path, num_files=6, valid_percent=0.0)
     out_dir = tmp_path / "run"
@@ -139,7 +161,8 @@ def test_validation_records_are_ignored_and_bad_arguments_refused(tmp_path):
     (tmp_path / "train_log.jsonl").write_text(json.dumps(_healthy(10)) + "\n")
     with pytest.raises(FileNotFoundError, match="config.yaml not found"):
         diagnose_log(tmp_path / "train_log.jsonl")
-    (tmp_path / "train_log.jsonl").write_text(json.dumps(_healthy(10)) + '\n{"cut')  # crashed
+    # A crashed last line; update 100 is well below chance (no end-of-run plateau finding).
+    (tmp_path / "train_log.jsonl").write_text(json.dumps(_healthy(100)) + '\n{"cut')
     assert diagnose_log(tmp_path / "train_log.jsonl", num_negatives=K, num_groups=G) == []
 
 

@@ -41,7 +41,8 @@ def findings(records: list[dict], config: dict) -> list[Finding]:
     monitor = entry.health(config) if entry.health is not None else None
     if monitor is None:
         return []
-    return [finding for record in records for finding in monitor.observe(record)]
+    found = [finding for record in records for finding in monitor.observe(record)]
+    return found + monitor.finish()
 
 
 def build_config(layers: list[dict], *, init_model: ModelConfig | None = None) -> PretrainConfig:

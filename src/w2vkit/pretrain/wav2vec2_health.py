@@ -46,6 +46,12 @@ ADVICE: dict[str, tuple[str, str]] = {
         "negatives, or long stretches of identical frames (digital silence)",
         "raise data.min_samples; trim silence; lower model.num_negatives for short crops",
     ),
+    "ended_at_chance": (
+        "the run ended before it left the plateau: too few updates for this recipe (a time "
+        "budget shorter than the warm-up, or a run stopped early), or it never learned",
+        "train longer (train.max_minutes, train.max_steps); on a short budget shorten "
+        "optim.warmup_steps; let train.on_stuck=rescue act on a long run",
+    ),
 } | SHARED_ADVICE
 """(likely cause, what to try) per finding code of a wav2vec 2.0 run."""
 
@@ -116,6 +122,24 @@ class HealthMonitor(Monitor):
         if code == "codebook_collapse":
             return self._streak_start["collapse"]
         return super().since(code, step)
+
+    def finish(self) -> list[Finding]:
+        """`ended_at_chance`: the last records' median contrastive loss is still within the
+        tolerance of chance, and no `loss_at_chance` is active (a run shorter than its window)."""
+        if not self._losses or "loss_at_chance" in self._active:
+            return super().finish()
+        last = [loss for _, loss in list(self._losses)[-5:]]
+        typical = statistics.median(last)
+        if typical < self.chance_bits - self.plateau_tolerance_bits:
+            return super().finish()
+        cause, remedy = self.ADVICE["ended_at_chance"]
+        message = (
+            f"the run ended on the plateau: the contrastive loss (median {typical:.3f} bits over "
+            f"its last {len(last)} log records) is within {self.plateau_tolerance_bits} bits of "
+            f"chance log2(1+K) = {self.chance_bits:.3f}"
+        )
+        finding = Finding("ended_at_chance", message, cause, remedy, self._step, self._step)
+        return [*super().finish(), finding]
 
     def _plateau(self, record: dict, step: int) -> str | None:
         contrastive = record.get("loss_0")
@@ -214,7 +238,8 @@ def diagnose_log(
         num_negatives = negatives if num_negatives is None else num_negatives
         num_groups = groups if num_groups is None else num_groups
     monitor = HealthMonitor(num_negatives, num_groups, **thresholds)
-    return [finding for record in read_log(path) for finding in monitor.observe(record)]
+    found = [finding for record in read_log(path) for finding in monitor.observe(record)]
+    return found + monitor.finish()
 
 
 __all__ = [

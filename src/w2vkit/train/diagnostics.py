@@ -122,6 +122,11 @@ class Monitor:
                 findings.append(Finding(code, message, cause, remedy, step, self.since(code, step)))
         return findings
 
+    def finish(self) -> list[Finding]:
+        """Findings about how the run ended, once its last record was observed (a replayed log,
+        the report): what no windowed signature could see in a run shorter than its window."""
+        return []
+
     def since(self, code: str, step: int) -> int:
         """The update after which the evidence of finding `code` raised at `step` starts (a
         subclass with windowed or sustained signatures says where theirs start)."""
