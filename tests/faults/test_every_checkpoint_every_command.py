@@ -75,7 +75,7 @@ def _finetune(data: Path, out: Path, init: Path) -> int:
     return cli.main(
         [
             "finetune", "--init-from", str(init), "preset=cpu", f"data.manifest_dir={data}",
-            f"train.out_dir={out}", "data.max_batch_samples=40000", "ctc.freeze_encoder_steps=0",
+            f"train.out_dir={out}", "data.max_batch_samples=40000", "ctc.freeze_encoder_steps=2",
             "train.max_steps=2", "optim.total_steps=2", "train.validate_interval_steps=0",
             "train.save_interval_steps=0", "train.log_interval=1",
         ]
@@ -134,6 +134,11 @@ def test_extract(world, kind, tmp_path):
     assert len(stored) == 3
     for features in stored.values():
         assert features.ndim == 2 and features.shape[0] > 10  # (T, D), 20 ms frames
+    # The same model as `load_model` + `embed_file` give it (the same normalisation included).
+    path = _audio(world)
+    expected = w2vkit.embed_file(w2vkit.load_model(model), path, layer=1)
+    got = stored[str(path.relative_to(world["data"]))].float().numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -201,6 +206,10 @@ def test_finetune_init_from(world, kind, tmp_path, capsys):
     assert _finetune(world["data"], tmp_path / "ft", model) == 0, capsys.readouterr().err
     saved = checkpoint.load(tmp_path / "ft" / checkpoint.LAST)
     assert saved["progress"]["step"] == 2 and "lm_head.weight" in saved["model"]
+    # The encoder is frozen for both updates: it is the source's, weight for weight.
+    source = w2vkit.load_model(model, head="encoder").state_dict()
+    for key, value in source.items():
+        assert torch.equal(saved["model"][f"wav2vec2.{key}"], value), key
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -209,7 +218,13 @@ def test_pretrain_init_from(world, kind, tmp_path, capsys):
     out = tmp_path / "pt"
     code = _pretrain(world["data"], out, "wav2vec2", "train.max_steps=1", "--init-from", str(model))
     assert code == 0, capsys.readouterr().err
-    assert checkpoint.load(out / checkpoint.LAST)["progress"]["step"] == 1
+    saved = checkpoint.load(out / checkpoint.LAST)
+    assert saved["progress"]["step"] == 1
+    # One Adam update at tiny.yaml's peak LR moves a weight by about the LR; a fresh init differs
+    # by far more: the encoder started from the source's weights.
+    source = w2vkit.load_model(model, head="encoder").state_dict()
+    for key, value in source.items():
+        assert float((saved["model"][key] - value).abs().max()) <= 2 * 3e-3, key
 
 
 @pytest.mark.parametrize("kind", KINDS)
