@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--batch-seconds must be > 0 and --max-seconds >= 0")
     existed = args.output is not None and args.output.exists()
     out = _open_output(args)  # before any work: a bad -o must not cost the whole run
-    wrote = False
+    started = False
     try:
         try:
             finetuned = read_model(args.model, dict_path=args.dict)
@@ -115,14 +115,14 @@ def run(args: argparse.Namespace) -> int:
         assert finetuned.vocab is not None  # the "ctc" head refuses a record without one
         _check_dict(args, finetuned.vocab)
         decoder = _beam_decoder(args, finetuned.vocab)
-        if out is not sys.stdout:
+        if out is not sys.stdout and out.seekable():  # not a pipe such as -o /dev/stdout
             out.truncate(0)  # opened for appending: a refused model leaves an earlier -o intact
-        wrote = True
+        started = True
         return _transcribe(args, finetuned, model, decoder, device, paths, names, out)
     finally:
         if out is not sys.stdout:
             out.close()
-            if not wrote and not existed:
+            if not started and not existed:
                 args.output.unlink()
 
 
