@@ -145,6 +145,14 @@ def hf_config_from_w2vkit(
     return out
 
 
+HINTS = {
+    "diversity_loss_weight": "; set loss.diversity_weight in the pretraining config instead)",
+    # `convert --to hf` writes HubertModel / Data2VecAudioModel for transformers users only.
+    "model_type": "; read the w2vkit or fairseq checkpoint this directory was converted from)",
+}
+"""What to do instead, for the FIXED fields that have an alternative."""
+
+
 def config_from_hf(hf: dict, *, source: str = "config.json") -> ModelConfig:
     """HF config.json dict -> ModelConfig; HF options w2vkit cannot represent are ConfigErrors."""
     for name, value in FIXED.items():  # absent = HF's default, which is the value w2vkit implements
@@ -154,12 +162,7 @@ def config_from_hf(hf: dict, *, source: str = "config.json") -> ModelConfig:
         if found != value:
             raise ConfigError(
                 f"{source}: {name}={found!r} cannot be represented in w2vkit (it implements "
-                f"only {value!r}"
-                + (
-                    "; set loss.diversity_weight in the pretraining config instead)"
-                    if name == "diversity_loss_weight"
-                    else ")"
-                )
+                f"only {value!r}" + HINTS.get(name, ")")
             )
     _check_sizes(hf, source)
     hf = {**HF_DEFAULTS, **hf}  # a missing field means HF's default, as in Wav2Vec2Config

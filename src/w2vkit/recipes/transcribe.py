@@ -101,7 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_seconds <= 0 or args.max_seconds < 0:
         raise ConfigError("--batch-seconds must be > 0 and --max-seconds >= 0")
+    existed = args.output is not None and args.output.exists()
     out = _open_output(args)  # before any work: a bad -o must not cost the whole run
+    started = False
     try:
         try:
             finetuned = read_model(args.model, dict_path=args.dict)
@@ -113,10 +115,15 @@ def run(args: argparse.Namespace) -> int:
         assert finetuned.vocab is not None  # the "ctc" head refuses a record without one
         _check_dict(args, finetuned.vocab)
         decoder = _beam_decoder(args, finetuned.vocab)
+        if out is not sys.stdout and out.seekable():  # not a pipe such as -o /dev/stdout
+            out.truncate(0)  # opened for appending: a refused model leaves an earlier -o intact
+        started = True
         return _transcribe(args, finetuned, model, decoder, device, paths, names, out)
     finally:
         if out is not sys.stdout:
             out.close()
+            if not started and not existed:
+                args.output.unlink()
 
 
 def _transcribe(args, finetuned, model, decoder, device, paths, names, out) -> int:
@@ -153,7 +160,7 @@ def _open_output(args: argparse.Namespace) -> TextIO:
     if any(Path(p).resolve() == args.output.resolve() for p in inputs):
         raise ConfigError(f"-o {args.output} is one of the inputs: write elsewhere")
     try:
-        return open(args.output, "w", encoding="utf-8")
+        return open(args.output, "a", encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot write -o {args.output}: {err.strerror}") from err
 
