@@ -77,6 +77,21 @@ def test_a_run_that_ends_on_the_plateau_before_the_window_is_named_at_its_end():
     assert monitor.finish() == []
 
 
+def test_a_run_that_ends_with_its_learning_rate_still_rising_is_named_at_its_end():
+    rising = [_healthy(s) | {"lr": 1e-4 * s / 10} for s in range(10, 70, 10)]
+    monitor = HealthMonitor(K, G)
+    assert [f for r in rising for f in monitor.observe(r)] == []
+    (finding,) = monitor.finish()
+    assert (finding.code, finding.step) == ("ended_in_warmup", 60)
+    assert finding.message == (
+        "the run ended at update 60 with its learning rate still rising (0.0005 -> 0.0006 over "
+        "its last two log records)"
+    )
+    decaying = [_healthy(s) | {"lr": 1e-3 / s} for s in range(10, 70, 10)]
+    monitor = HealthMonitor(K, G)
+    assert [f for r in decaying for f in monitor.observe(r)] == [] and monitor.finish() == []
+
+
 def test_plateau_from_a_real_run_with_a_tiny_learning_rate(tmp_path):
     dest = make_manifest(tmp_path, num_files=6, valid_percent=0.0)
     out_dir = tmp_path / "run"
@@ -85,12 +100,18 @@ def test_plateau_from_a_real_run_with_a_tiny_learning_rate(tmp_path):
     argv += ["data.max_batch_samples=32000"]
     assert cli.main(argv) == 0
     findings = diagnose_log(out_dir / "train_log.jsonl", plateau_updates=10)  # K, G: config.yaml
-    # The tiny codebook (2 x 16 entries) also draws many negatives equal to their positive.
+    # The tiny codebook (2 x 16 entries) also draws many negatives equal to their positive, and
+    # 10 updates end inside tiny's 30-update warm-up (the LR still rising at the last record).
     codes = [f.code for f in findings]
-    assert "loss_at_chance" in codes and set(codes) <= {
-        "loss_at_chance",
-        "negatives_equal_positive",
-    }
+    assert (
+        {"loss_at_chance", "ended_in_warmup"}
+        <= set(codes)
+        <= {
+            "loss_at_chance",
+            "negatives_equal_positive",
+            "ended_in_warmup",
+        }
+    )
     plateau = findings[codes.index("loss_at_chance")]
     assert "log2(1+K) = 3.459" in plateau.message and plateau.step == 10
 
@@ -175,5 +196,8 @@ def test_pretrain_prints_each_health_finding_once_on_the_console(tmp_path, capsy
     out = capsys.readouterr().out
     logged = diagnose_log(tmp_path / "run" / "train_log.jsonl")  # what the monitor saw, offline
     printed = [line for line in out.splitlines() if line.startswith("health [")]
-    assert [f.format().splitlines()[0] for f in logged] == printed  # once each, as they appear
+    # The end-of-run findings are the replay's (the live run ends with its summary's notes).
+    during = [f for f in logged if not f.code.startswith("ended_")]
+    assert [f.format().splitlines()[0] for f in during] == printed  # once each, as they appear
+    assert [f.code for f in logged if f not in during] == ["ended_in_warmup"]  # 10 of 30 updates
     assert printed, "2 x 2 codes draw negatives equal to their positive at lr 0"

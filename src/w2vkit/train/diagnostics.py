@@ -70,6 +70,11 @@ SHARED_ADVICE: dict[str, tuple[str, str]] = {
         "raise data.num_workers; store audio as 16 kHz FLAC/WAV (no resampling); put the data "
         "on a local disk",
     ),
+    "ended_in_warmup": (
+        "the run ended while its learning rate was still rising: the warm-up never finished, so "
+        "the LR never reached optim.lr (a budget or max_steps shorter than the warm-up)",
+        "train longer (train.max_minutes, train.max_steps) or lower optim.warmup_steps",
+    ),
 }
 """(likely cause, what to try) of the signatures every objective shares."""
 
@@ -106,12 +111,15 @@ class Monitor:
         self._step = 0
         self._gnorms: deque[float] = deque(maxlen=explode_history)
         self._nonfinite: deque[int] = deque(maxlen=nonfinite_window + 1)
+        self._lrs: deque[float] = deque(maxlen=2)
 
     def observe(self, record: dict) -> list[Finding]:
         """New findings for one log record (validation records: none)."""
         if record.get("split", "train") != "train":
             return []
         step = self._step = int(record.get("num_updates", 0))
+        if isinstance(record.get("lr"), (int, float)):
+            self._lrs.append(float(record["lr"]))
         findings = []
         for code, message in self.conditions(record, step).items():
             if message is None:
@@ -124,8 +132,16 @@ class Monitor:
 
     def finish(self) -> list[Finding]:
         """Findings about how the run ended, once its last record was observed (a replayed log,
-        the report): what no windowed signature could see in a run shorter than its window."""
-        return []
+        the report): what no windowed signature could see in a run shorter than its window.
+        `ended_in_warmup`: the LR of the last two train records still rising."""
+        if len(self._lrs) < 2 or not self._lrs[1] > self._lrs[0]:
+            return []
+        cause, remedy = self.ADVICE["ended_in_warmup"]
+        message = (
+            f"the run ended at update {self._step} with its learning rate still rising "
+            f"({self._lrs[0]:.3g} -> {self._lrs[1]:.3g} over its last two log records)"
+        )
+        return [Finding("ended_in_warmup", message, cause, remedy, self._step, self._step)]
 
     def since(self, code: str, step: int) -> int:
         """The update after which the evidence of finding `code` raised at `step` starts (a
